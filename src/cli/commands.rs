@@ -1,0 +1,381 @@
+//! What each command does: open what it needs, call the library, print the result.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::{
+    Cli, Command, HoldsCommand, RequestsCommand, RuleArgs, RulesCommand, SessionsCommand,
+    UsageError, load_config,
+};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, ConfigError, RuleSpec};
+use crate::model::ChatKey;
+use crate::scheduler::Schedule;
+use crate::store::Store;
+use crate::store::holds::HoldTarget;
+use crate::store::inventory::NewSession;
+
+pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let config = load_config(&cli)?;
+    let now = SystemClock.now();
+    match cli.command {
+        Command::CheckConfig => check_config(&config),
+        Command::Erase {
+            subject,
+            external_ref,
+            json,
+        } => {
+            let mut store = open(&config)?;
+            let filed = store.file_request(
+                &subject,
+                external_ref.as_deref(),
+                now,
+                config.daemon.deadline.as_secs() as i64,
+            )?;
+            if filed.subject_differs {
+                eprintln!(
+                    "forgetd: warning: ref {:?} was already filed for another subject; request {} is unchanged",
+                    filed.external_ref.as_deref().unwrap_or(""),
+                    filed.id
+                );
+            }
+            if json {
+                print_json(&filed)?;
+            } else {
+                println!("{}", filed.id);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sessions(SessionsCommand::Add {
+            provider,
+            scope,
+            id,
+            subject,
+            created_at,
+            repo_id,
+        }) => {
+            let created_at = created_at.as_deref().map(parse_time).transpose()?;
+            let mut store = open(&config)?;
+            let added = store.add_session(&NewSession {
+                provider: provider.as_str().to_string(),
+                scope,
+                session_id: id,
+                subject,
+                repo_id,
+                created_at,
+            })?;
+            println!(
+                "{}",
+                if added {
+                    "added"
+                } else {
+                    "already known (skipped)"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sessions(SessionsCommand::Import { file }) => import(&config, &file),
+        Command::Requests(cmd) => requests(&config, cmd, now),
+        Command::Status { json } => {
+            let store = open(&config)?;
+            let st = store.status(now, config.daemon.deadline.as_secs() as i64)?;
+            if json {
+                print_json(&st)?;
+            } else {
+                print!("{}", crate::report::status_text(&st, now));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rules(cmd) => rules(&config, cmd, now),
+        Command::Holds(cmd) => holds(&config, cmd, now),
+    }
+}
+
+fn open(config: &Config) -> Result<Store> {
+    Store::open(&config.database)
+        .with_context(|| format!("opening the queue at {}", config.database.display()))
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Unix seconds, or an RFC 3339 time.
+fn parse_time(text: &str) -> Result<i64> {
+    if let Ok(n) = text.parse::<i64>() {
+        return Ok(n);
+    }
+    let t = humantime::parse_rfc3339_weak(text).map_err(|_| {
+        UsageError(format!(
+            "\"{text}\" is not a time: give unix seconds or RFC 3339 (2026-01-31T12:00:00Z)"
+        ))
+    })?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0))
+}
+
+fn check_config(config: &Config) -> Result<ExitCode> {
+    let failures = config.check_secrets();
+    if !failures.is_empty() {
+        return Err(ConfigError::Invalid {
+            path: config
+                .source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(defaults)".into()),
+            problems: failures.iter().map(|e| e.to_string()).collect(),
+        }
+        .into());
+    }
+    let source = config
+        .source
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "no file (defaults)".into());
+    println!("config OK: {source}");
+    println!("  database: {}", config.database.display());
+    if let Some(c) = &config.convai {
+        println!("  convai: {} (api_key from {})", c.base_url, c.api_key);
+    }
+    if let Some(k) = &config.koosearch {
+        let auth = match &k.auth {
+            crate::config::KooSearchAuth::Token(t) => format!("token from {t}"),
+            crate::config::KooSearchAuth::Iam(i) => format!(
+                "IAM {} as {} (password from {})",
+                i.endpoint, i.user, i.password
+            ),
+        };
+        println!(
+            "  koosearch: {} project {} ({auth})",
+            k.endpoint, k.project_id
+        );
+    }
+    if config.convai.is_none() && config.koosearch.is_none() {
+        println!("  no provider configured: `forgetd run` needs at least one");
+    }
+    println!("  rules: {}", config.rules.len());
+    println!(
+        "  secrets: {} named, all readable",
+        config.secret_refs().len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import(config: &Config, file: &std::path::Path) -> Result<ExitCode> {
+    let mut store = open(config)?;
+    let (input, size): (Box<dyn std::io::Read>, Option<u64>) = if file.as_os_str() == "-" {
+        (Box::new(std::io::stdin().lock()), None)
+    } else {
+        let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+        let size = f.metadata().ok().map(|m| m.len());
+        (Box::new(f), size)
+    };
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = match size {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let report = store
+        .import_sessions(input, |bytes, r| {
+            if let Some(b) = &bar {
+                b.set_position(bytes);
+                b.set_message(format!("{} added, {} known", r.inserted, r.skipped));
+            }
+        })
+        .with_context(|| format!("importing {}", file.display()))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    println!(
+        "imported {} chats ({} already known, skipped)",
+        report.inserted, report.skipped
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn requests(config: &Config, cmd: RequestsCommand, now: i64) -> Result<ExitCode> {
+    let deadline = config.daemon.deadline.as_secs() as i64;
+    match cmd {
+        RequestsCommand::List { json } => {
+            let store = open(config)?;
+            let list = store.list_requests(deadline)?;
+            if json {
+                print_json(&list)?;
+            } else {
+                print!("{}", crate::report::requests_text(&list, now));
+            }
+        }
+        RequestsCommand::Show { id, json } => {
+            let store = open(config)?;
+            let detail = store.request_detail(id, deadline)?;
+            if json {
+                print_json(&detail)?;
+            } else {
+                print!("{}", crate::report::request_detail_text(&detail, now));
+            }
+        }
+        RequestsCommand::Retry { id, json } => {
+            let mut store = open(config)?;
+            let n = store.retry_request(id, now)?;
+            if json {
+                print_json(&serde_json::json!({"id": id, "revived": n}))?;
+            } else {
+                println!("request {id}: {n} dead item(s) back to pending");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rule_spec(a: &RuleArgs) -> Result<RuleSpec> {
+    let max_age = humantime::parse_duration(&a.max_age).map_err(|e| {
+        UsageError(format!(
+            "--max-age \"{}\" is not a duration ({e}); e.g. 30d",
+            a.max_age
+        ))
+    })?;
+    if max_age.is_zero() {
+        return Err(UsageError("--max-age must be longer than zero".into()).into());
+    }
+    Schedule::parse(&a.schedule, &a.timezone).map_err(|e| UsageError(e.to_string()))?;
+    let spec = RuleSpec {
+        name: a.name.clone(),
+        provider: a.provider,
+        scope: a.scope.clone(),
+        max_age,
+        schedule: a.schedule.clone(),
+        timezone: a.timezone.clone(),
+        discover: a.discover,
+        max_deletions: a.max_deletions,
+    };
+    spec.check_shape().map_err(UsageError)?;
+    if a.max_deletions == 0 {
+        return Err(UsageError("--max-deletions must be at least 1".into()).into());
+    }
+    Ok(spec)
+}
+
+fn rules(config: &Config, cmd: RulesCommand, now: i64) -> Result<ExitCode> {
+    let mut store = open(config)?;
+    match cmd {
+        RulesCommand::List { json } => {
+            let list = store.list_rules()?;
+            if json {
+                print_json(&list)?;
+            } else {
+                print!("{}", crate::report::rules_text(&list));
+            }
+        }
+        RulesCommand::Add(args) => {
+            let spec = rule_spec(&args)?;
+            store.add_rule(&spec, now)?;
+            if args.json {
+                print_json(&store.get_rule(&spec.name)?)?;
+            } else {
+                println!("rule {} added", spec.name);
+            }
+        }
+        RulesCommand::Remove { name, json } => {
+            store.remove_rule(&name)?;
+            if json {
+                print_json(&serde_json::json!({"removed": name}))?;
+            } else {
+                println!("rule {name} removed");
+            }
+        }
+        RulesCommand::Approve { name, json } => {
+            store.approve_rule(&name)?;
+            if json {
+                print_json(&serde_json::json!({"approved": name}))?;
+            } else {
+                println!("rule {name}: the held run is approved and will delete on its next run");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn holds(config: &Config, cmd: HoldsCommand, now: i64) -> Result<ExitCode> {
+    let mut store = open(config)?;
+    match cmd {
+        HoldsCommand::Add {
+            subject,
+            provider,
+            scope,
+            id,
+            reason,
+            json,
+        } => {
+            let target = match (subject, provider, scope, id) {
+                (Some(s), None, None, None) => HoldTarget::Subject(s),
+                (None, Some(provider), Some(scope), Some(session_id)) => {
+                    HoldTarget::Chat(ChatKey {
+                        provider,
+                        scope,
+                        session_id,
+                    })
+                }
+                _ => {
+                    return Err(UsageError(
+                        "holds add takes --subject S, or --provider P --scope SC --id ID".into(),
+                    )
+                    .into());
+                }
+            };
+            let (hold_id, held) = store.add_hold(&target, &reason, now)?;
+            if json {
+                print_json(&serde_json::json!({"id": hold_id, "items_held": held.len()}))?;
+            } else {
+                println!("{hold_id}");
+                if !held.is_empty() {
+                    eprintln!(
+                        "forgetd: hold {hold_id} took {} queued chat(s) out of deletion",
+                        held.len()
+                    );
+                }
+                if matches!(target, HoldTarget::Subject(_)) {
+                    eprintln!(
+                        "forgetd: note: a subject hold covers only chats the inventory attributes to that subject; chats found by provider listing with no owner need a chat hold"
+                    );
+                }
+            }
+        }
+        HoldsCommand::List { json } => {
+            let list = store.list_holds()?;
+            if json {
+                print_json(&list)?;
+            } else {
+                print!("{}", crate::report::holds_text(&list));
+            }
+        }
+        HoldsCommand::Remove { hold_id, json } => {
+            let freed = store.remove_hold(hold_id, now)?;
+            if json {
+                print_json(
+                    &serde_json::json!({"removed": hold_id, "items_released": freed.len()}),
+                )?;
+            } else {
+                println!(
+                    "hold {hold_id} lifted; {} chat(s) back in the queue",
+                    freed.len()
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

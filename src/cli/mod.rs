@@ -1,0 +1,245 @@
+//! The command line: `forgetd [--config FILE] [--db FILE] <command>`, per the SPEC's contract.
+//!
+//! Rules: every command that opens the database creates it and applies migrations. `--json`
+//! output is one JSON document on stdout; human output is plain text; diagnostics go to stderr.
+//! Exit codes: 0 success, 1 failure at run time, 2 usage error (clap's own, and ours via
+//! [`UsageError`]), 75 database busy / daemon lock held, 78 configuration error. The mapping from
+//! error to code is [`exit_code`], which walks the error's causes.
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+use crate::model::ProviderKind;
+use crate::store::StoreError;
+use crate::store::lock::LockError;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "forgetd",
+    version,
+    about = "Erases chat histories at Convai and Huawei Cloud KooSearch, on time and provably"
+)]
+pub struct Cli {
+    /// Config file (TOML). Without one, forgetd runs on defaults with no providers.
+    #[arg(long, global = true, env = "FORGETD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Database file; overrides `[database] path`.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// File an erasure request for a subject; prints its id.
+    Erase {
+        #[arg(long)]
+        subject: String,
+        /// Your own reference; filing the same ref again changes nothing.
+        #[arg(long = "ref", value_name = "REF")]
+        external_ref: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The chat inventory.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+    /// Erasure requests.
+    #[command(subcommand)]
+    Requests(RequestsCommand),
+    /// Queue depth by state and provider, overdue requests, dead items, paused providers.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retention rules.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Legal holds.
+    #[command(subcommand)]
+    Holds(HoldsCommand),
+    /// Validate the configuration and the secrets it names, then exit.
+    CheckConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// Add one chat to the inventory.
+    Add {
+        #[arg(long)]
+        provider: ProviderKind,
+        #[arg(long)]
+        scope: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        subject: Option<String>,
+        /// Unix seconds or RFC 3339; default now.
+        #[arg(long, value_name = "T")]
+        created_at: Option<String>,
+        #[arg(long)]
+        repo_id: Option<String>,
+    },
+    /// Import chats from CSV (header = column names) or JSON lines; `-` reads stdin.
+    Import { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RequestsCommand {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a request's dead items another round.
+    Retry {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Add(RuleArgs),
+    /// Remove a rule added with `rules add` (config rules are changed in the file).
+    Remove {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release a run held back by the rule's max_deletions.
+    Approve {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RuleArgs {
+    pub name: String,
+    #[arg(long)]
+    pub provider: ProviderKind,
+    /// Character/application ID, or "*" for every scope.
+    #[arg(long)]
+    pub scope: String,
+    /// e.g. "30d"
+    #[arg(long)]
+    pub max_age: String,
+    /// 5-field cron, or 6 with seconds first.
+    #[arg(long)]
+    pub schedule: String,
+    #[arg(long, default_value = "UTC")]
+    pub timezone: String,
+    /// Also list chats at the provider.
+    #[arg(long)]
+    pub discover: bool,
+    #[arg(long, default_value_t = crate::config::defaults::MAX_DELETIONS)]
+    pub max_deletions: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HoldsCommand {
+    /// Hold a subject (--subject) or one chat (--provider --scope --id).
+    Add {
+        #[arg(long, conflicts_with_all = ["provider", "scope", "id"], required_unless_present = "id")]
+        subject: Option<String>,
+        #[arg(long, requires_all = ["scope", "id"])]
+        provider: Option<ProviderKind>,
+        #[arg(long, requires_all = ["provider", "id"])]
+        scope: Option<String>,
+        #[arg(long, requires_all = ["provider", "scope"])]
+        id: Option<String>,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Remove {
+        hold_id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A usage mistake found after parsing (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Maps an error to the SPEC's exit codes by walking its causes.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.is::<ConfigError>() {
+            return 78;
+        }
+        if cause.is::<UsageError>() {
+            return 2;
+        }
+        if let Some(LockError::Held { .. }) = cause.downcast_ref::<LockError>() {
+            return 75;
+        }
+        if let Some(StoreError::Busy(_)) = cause.downcast_ref::<StoreError>() {
+            return 75;
+        }
+    }
+    1
+}
+
+/// Loads the configuration the flags name (defaults without `--config`), with `--db` applied.
+pub fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::defaults(),
+    };
+    if let Some(db) = &cli.db {
+        config.database = db.clone();
+    }
+    Ok(config)
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::logging::init_cli();
+    match commands::dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = exit_code(&e);
+            eprintln!("forgetd: {}", render_error(&e));
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The error and its causes on one line each, without repeating a cause already in the message.
+pub fn render_error(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(&format!("\n  caused by: {c}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,1134 @@
+//! Configuration: the TOML file, parsed and validated into typed values before anything runs.
+//!
+//! Rules this module keeps:
+//! - Every problem is reported at once: unknown keys (collected with `serde_ignored`, named by
+//!   their full path), bad durations, bad URLs, missing provider settings, literal secrets. One
+//!   [`ConfigError`] lists them all; the CLI exits 78 on it.
+//! - A secret in the file is always a *reference* ([`SecretRef`]): `env:NAME`, `file:/path` or
+//!   `credential:NAME` (`$CREDENTIALS_DIRECTORY/NAME`, systemd `LoadCredential=`). A literal value is
+//!   refused without echoing it. Resolved secrets live in [`secrecy::SecretString`], whose `Debug`
+//!   is redacted; nothing in this module ever formats a secret's value.
+//! - `http://` is accepted only for loopback hosts; everything else must be `https://`.
+//! - No config file at all means defaults and no providers (fine for the CLI; `run` refuses it).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::Url;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::model::ProviderKind;
+use crate::scheduler::Schedule;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the file came from (`None`: built-in defaults).
+    pub source: Option<PathBuf>,
+    pub database: PathBuf,
+    pub daemon: DaemonConfig,
+    pub retry: RetryConfig,
+    pub http: Option<HttpConfig>,
+    pub audit: AuditConfig,
+    pub convai: Option<ConvaiConfig>,
+    pub koosearch: Option<KooSearchConfig>,
+    pub rules: Vec<RuleSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    /// An erasure request is due this long after it was received (GDPR Art. 12(3): one month).
+    pub deadline: Duration,
+    /// How long a claimed batch stays in flight before another worker may take it back.
+    pub lease: Duration,
+    /// How long in-flight batches may take to finish after SIGTERM.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    pub max_attempts: u32,
+    pub give_up_after: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditConfig {
+    /// Keys the subject hash. `None`: a generated key file beside the database.
+    pub subject_key: Option<SecretRef>,
+}
+
+/// Settings every provider shares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderLimits {
+    pub batch_size: usize,
+    pub concurrency: usize,
+    /// `None`: no client-side limit.
+    pub requests_per_second: Option<f64>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvaiConfig {
+    pub base_url: Url,
+    pub api_key: SecretRef,
+    pub limits: ProviderLimits,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KooSearchConfig {
+    pub endpoint: Url,
+    pub project_id: String,
+    pub applications: Vec<String>,
+    pub discover_by_user_name: bool,
+    pub auth: KooSearchAuth,
+    pub limits: ProviderLimits,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum KooSearchAuth {
+    /// A fixed token (no refresh; a 401 pauses the provider).
+    Token(SecretRef),
+    /// Password auth against Huawei IAM, token cached and refreshed.
+    Iam(IamConfig),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IamConfig {
+    pub endpoint: Url,
+    pub domain: String,
+    pub user: String,
+    pub password: SecretRef,
+    pub project: String,
+}
+
+/// A retention rule as written in the config file (or given to `forgetd rules add`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleSpec {
+    pub name: String,
+    pub provider: ProviderKind,
+    /// A character/application ID, or `"*"` for every scope of the provider.
+    pub scope: String,
+    pub max_age: Duration,
+    pub schedule: String,
+    pub timezone: String,
+    pub discover: bool,
+    pub max_deletions: u64,
+}
+
+/// Every problem found in a configuration file, reported together.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {source}")]
+    Syntax {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("config file {path} has {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: String, problems: Vec<String> },
+    #[error("{0}")]
+    Secret(#[from] SecretError),
+    #[error("{0}")]
+    Other(String),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets
+
+/// Where a secret is read from. Holds the reference, never the secret, so it may be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+    Credential(String),
+}
+
+/// Why a secret could not be read. Names the reference, never the value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error(
+        "secret {reference}: environment variable {name} is not set (export it, or use file: or credential:)"
+    )]
+    EnvMissing { reference: String, name: String },
+    #[error("secret {reference}: cannot read {path}: {source}")]
+    Io {
+        reference: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "secret {reference}: CREDENTIALS_DIRECTORY is not set (credential: works under systemd's LoadCredential=; elsewhere use env: or file:)"
+    )]
+    NoCredentialsDirectory { reference: String },
+    #[error("secret {reference} is empty")]
+    Empty { reference: String },
+}
+
+impl SecretRef {
+    /// Parses `env:NAME`, `file:/path` or `credential:NAME`. The error never repeats the value: a
+    /// value that is not a reference may be the secret itself.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let bad = || {
+            "a literal secret is not accepted (the value is not shown); write env:NAME, file:/path or credential:NAME".to_string()
+        };
+        let (kind, rest) = value.split_once(':').ok_or_else(bad)?;
+        if rest.is_empty() {
+            return Err(format!("`{kind}:` needs a name after the colon"));
+        }
+        match kind {
+            "env" => Ok(Self::Env(rest.to_string())),
+            "file" => {
+                let path = PathBuf::from(rest);
+                if !path.is_absolute() {
+                    return Err(format!("file:{rest} must be an absolute path"));
+                }
+                Ok(Self::File(path))
+            }
+            "credential" => {
+                if rest.contains('/') || rest == "." || rest == ".." {
+                    return Err(format!(
+                        "credential:{rest} must be a plain name, not a path"
+                    ));
+                }
+                Ok(Self::Credential(rest.to_string()))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// Reads the secret. Trailing newlines of files are dropped (editors and `echo` add them).
+    pub fn read(&self) -> Result<SecretString, SecretError> {
+        let reference = self.to_string();
+        let value = match self {
+            Self::Env(name) => std::env::var(name).map_err(|_| SecretError::EnvMissing {
+                reference: reference.clone(),
+                name: name.clone(),
+            })?,
+            Self::File(path) => read_secret_file(&reference, path)?,
+            Self::Credential(name) => {
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                    SecretError::NoCredentialsDirectory {
+                        reference: reference.clone(),
+                    }
+                })?;
+                read_secret_file(&reference, &Path::new(&dir).join(name))?
+            }
+        };
+        let trimmed = value.trim_end_matches(['\n', '\r']);
+        if trimmed.is_empty() {
+            return Err(SecretError::Empty { reference });
+        }
+        Ok(SecretString::from(trimmed.to_string()))
+    }
+}
+
+fn read_secret_file(reference: &str, path: &Path) -> Result<String, SecretError> {
+    std::fs::read_to_string(path).map_err(|source| SecretError::Io {
+        reference: reference.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Env(n) => write!(f, "env:{n}"),
+            Self::File(p) => write!(f, "file:{}", p.display()),
+            Self::Credential(n) => write!(f, "credential:{n}"),
+        }
+    }
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretRef({self})")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The raw file shape. Durations and references stay strings here so that validation can report
+// every bad one, not just the first serde meets.
+
+#[derive(Debug, Default, Deserialize)]
+struct RawConfig {
+    database: Option<RawDatabase>,
+    daemon: Option<RawDaemon>,
+    retry: Option<RawRetry>,
+    http: Option<RawHttp>,
+    audit: Option<RawAudit>,
+    providers: Option<RawProviders>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawDatabase {
+    path: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawDaemon {
+    deadline: Option<String>,
+    lease: Option<String>,
+    shutdown_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawRetry {
+    base_delay: Option<String>,
+    max_delay: Option<String>,
+    max_attempts: Option<i64>,
+    give_up_after: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawHttp {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawAudit {
+    subject_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawProviders {
+    convai: Option<RawConvai>,
+    koosearch: Option<RawKooSearch>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawLimits {
+    batch_size: Option<i64>,
+    concurrency: Option<i64>,
+    requests_per_second: Option<f64>,
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawConvai {
+    base_url: Option<String>,
+    api_key: Option<String>,
+    #[serde(flatten)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawKooSearch {
+    endpoint: Option<String>,
+    project_id: Option<String>,
+    #[serde(default)]
+    applications: Vec<String>,
+    discover_by_user_name: Option<bool>,
+    token: Option<String>,
+    iam: Option<RawIam>,
+    #[serde(flatten)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawIam {
+    endpoint: Option<String>,
+    domain: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    project: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawRule {
+    name: Option<String>,
+    provider: Option<String>,
+    scope: Option<String>,
+    max_age: Option<String>,
+    schedule: Option<String>,
+    timezone: Option<String>,
+    discover: Option<bool>,
+    max_deletions: Option<i64>,
+}
+
+// Serde's `flatten` hides unknown keys from `serde_ignored`, so the provider tables list their own
+// keys and anything else is reported explicitly.
+const LIMIT_KEYS: &[&str] = &[
+    "batch_size",
+    "concurrency",
+    "requests_per_second",
+    "timeout",
+];
+const CONVAI_KEYS: &[&str] = &["base_url", "api_key"];
+const KOOSEARCH_KEYS: &[&str] = &[
+    "endpoint",
+    "project_id",
+    "applications",
+    "discover_by_user_name",
+    "token",
+    "iam",
+];
+
+// ---------------------------------------------------------------------------------------------
+
+/// Defaults, in one place (config.example.toml repeats them in its comments).
+pub mod defaults {
+    use std::time::Duration;
+    pub const DEADLINE: Duration = Duration::from_secs(30 * 86_400);
+    pub const LEASE: Duration = Duration::from_secs(5 * 60);
+    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const BASE_DELAY: Duration = Duration::from_secs(1);
+    pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
+    pub const MAX_ATTEMPTS: u32 = 20;
+    pub const GIVE_UP_AFTER: Duration = Duration::from_secs(7 * 86_400);
+    pub const BATCH_SIZE: usize = 100;
+    pub const CONCURRENCY: usize = 4;
+    pub const TIMEOUT: Duration = Duration::from_secs(30);
+    pub const MAX_DELETIONS: u64 = 10_000;
+    pub const CONVAI_BASE_URL: &str = "https://api.convai.com";
+    pub const HTTP_LISTEN: &str = "127.0.0.1:9464";
+}
+
+/// The default database path: `$STATE_DIRECTORY/forgetd.db` under systemd, else `./forgetd.db`.
+pub fn default_database_path() -> PathBuf {
+    match std::env::var_os("STATE_DIRECTORY") {
+        // systemd may pass several colon-separated directories; the first is ours.
+        Some(dirs) if !dirs.is_empty() => {
+            let first = dirs
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            PathBuf::from(first).join("forgetd.db")
+        }
+        _ => PathBuf::from("forgetd.db"),
+    }
+}
+
+impl Config {
+    /// The configuration used when no file is given.
+    pub fn defaults() -> Self {
+        Self {
+            source: None,
+            database: default_database_path(),
+            daemon: DaemonConfig {
+                deadline: defaults::DEADLINE,
+                lease: defaults::LEASE,
+                shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
+            },
+            retry: RetryConfig {
+                base_delay: defaults::BASE_DELAY,
+                max_delay: defaults::MAX_DELAY,
+                max_attempts: defaults::MAX_ATTEMPTS,
+                give_up_after: defaults::GIVE_UP_AFTER,
+            },
+            http: None,
+            audit: AuditConfig { subject_key: None },
+            convai: None,
+            koosearch: None,
+            rules: Vec::new(),
+        }
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::parse(&text, &path.display().to_string())?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let mut unknown = Vec::new();
+        let de = toml::Deserializer::parse(text).map_err(|source| ConfigError::Syntax {
+            path: origin.to_string(),
+            source,
+        })?;
+        let raw: RawConfig = serde_ignored::deserialize(de, |path| {
+            unknown.push(format!("unknown key `{}`", key_path(&path)))
+        })
+        .map_err(|source| ConfigError::Syntax {
+            path: origin.to_string(),
+            source,
+        })?;
+        let mut problems = unknown;
+        problems.extend(unknown_flattened_keys(text));
+        let config = validate(raw, &mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: origin.to_string(),
+                problems,
+            })
+        }
+    }
+
+    /// The providers this config enables.
+    pub fn providers(&self) -> Vec<ProviderKind> {
+        let mut v = Vec::new();
+        if self.convai.is_some() {
+            v.push(ProviderKind::Convai);
+        }
+        if self.koosearch.is_some() {
+            v.push(ProviderKind::KooSearch);
+        }
+        v
+    }
+
+    pub fn limits(&self, provider: ProviderKind) -> Option<&ProviderLimits> {
+        match provider {
+            ProviderKind::Convai => self.convai.as_ref().map(|c| &c.limits),
+            ProviderKind::KooSearch => self.koosearch.as_ref().map(|c| &c.limits),
+        }
+    }
+
+    /// Every secret reference the config names, with the key it sits under.
+    pub fn secret_refs(&self) -> Vec<(&'static str, &SecretRef)> {
+        let mut v = Vec::new();
+        if let Some(key) = &self.audit.subject_key {
+            v.push(("audit.subject_key", key));
+        }
+        if let Some(c) = &self.convai {
+            v.push(("providers.convai.api_key", &c.api_key));
+        }
+        if let Some(k) = &self.koosearch {
+            match &k.auth {
+                KooSearchAuth::Token(t) => v.push(("providers.koosearch.token", t)),
+                KooSearchAuth::Iam(i) => v.push(("providers.koosearch.iam.password", &i.password)),
+            }
+        }
+        v
+    }
+
+    /// Reads every secret the config names, so that a missing one fails start-up (exit 78) rather
+    /// than the first delete. Returns the first failure; `check-config` reports them all.
+    pub fn check_secrets(&self) -> Vec<SecretError> {
+        self.secret_refs()
+            .into_iter()
+            .filter_map(|(_, r)| r.read().err())
+            .collect()
+    }
+}
+
+/// `daemon.bogus`, `rules[2].nme`: serde_ignored's path without its `?` for options.
+fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => {
+            let p = key_path(parent);
+            if p.is_empty() {
+                key.clone()
+            } else {
+                format!("{p}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
+    }
+}
+
+/// Keys under `[providers.convai]` / `[providers.koosearch]` that no field takes (see LIMIT_KEYS).
+fn unknown_flattened_keys(text: &str) -> Vec<String> {
+    let Ok(value) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    let Some(providers) = value.get("providers").and_then(|p| p.as_table()) else {
+        return problems;
+    };
+    for (name, known) in [("convai", CONVAI_KEYS), ("koosearch", KOOSEARCH_KEYS)] {
+        if let Some(table) = providers.get(name).and_then(|t| t.as_table()) {
+            for key in table.keys() {
+                if !known.contains(&key.as_str()) && !LIMIT_KEYS.contains(&key.as_str()) {
+                    problems.push(format!("unknown key `providers.{name}.{key}`"));
+                }
+            }
+        }
+    }
+    problems
+}
+
+fn duration(
+    problems: &mut Vec<String>,
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Duration {
+    match value {
+        None => default,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                problems.push(format!("`{key}` = \"{text}\": must be longer than zero"));
+                default
+            }
+            Err(e) => {
+                problems.push(format!(
+                    "`{key}` = \"{text}\" is not a duration ({e}); write e.g. \"30s\", \"5m\", \"30d\""
+                ));
+                default
+            }
+        },
+    }
+}
+
+fn secret(problems: &mut Vec<String>, key: &str, value: Option<&str>) -> Option<SecretRef> {
+    match value {
+        None => {
+            problems.push(format!(
+                "`{key}` is required (env:NAME, file:/path or credential:NAME)"
+            ));
+            None
+        }
+        Some(v) => match SecretRef::parse(v) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                problems.push(format!("`{key}`: {e}"));
+                None
+            }
+        },
+    }
+}
+
+/// Parses a provider URL: https, or http on a loopback host only.
+pub fn parse_service_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("\"{text}\" is not a URL ({e})"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback_url(&url) => {}
+        "http" => {
+            return Err(format!(
+                "\"{text}\": http:// is accepted only for loopback hosts; use https://"
+            ));
+        }
+        other => {
+            return Err(format!(
+                "\"{text}\": scheme {other}:// is not supported; use https://"
+            ));
+        }
+    }
+    if url.host().is_none() {
+        return Err(format!("\"{text}\" has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "\"{text}\": credentials in the URL are not accepted"
+        ));
+    }
+    Ok(url)
+}
+
+fn is_loopback_url(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+fn url(problems: &mut Vec<String>, key: &str, value: Option<&str>) -> Option<Url> {
+    match value {
+        None => {
+            problems.push(format!("`{key}` is required"));
+            None
+        }
+        Some(v) => match parse_service_url(v) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                problems.push(format!("`{key}`: {e}"));
+                None
+            }
+        },
+    }
+}
+
+fn required(problems: &mut Vec<String>, key: &str, value: Option<String>) -> String {
+    match value {
+        Some(v) if !v.trim().is_empty() => v,
+        _ => {
+            problems.push(format!("`{key}` is required"));
+            String::new()
+        }
+    }
+}
+
+/// True for 1..64 characters of `[A-Za-z0-9_-]` (KooSearch's ID alphabet).
+pub fn is_koosearch_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn limits(problems: &mut Vec<String>, prefix: &str, raw: &RawLimits) -> ProviderLimits {
+    let mut positive = |key: &str, v: Option<i64>, default: usize, max: usize| match v {
+        None => default,
+        Some(n) if n >= 1 && (n as u64) <= max as u64 => n as usize,
+        Some(n) => {
+            problems.push(format!(
+                "`{prefix}.{key}` = {n}: must be between 1 and {max}"
+            ));
+            default
+        }
+    };
+    let batch_size = positive("batch_size", raw.batch_size, defaults::BATCH_SIZE, 100);
+    let concurrency = positive("concurrency", raw.concurrency, defaults::CONCURRENCY, 256);
+    let requests_per_second = match raw.requests_per_second {
+        None => None,
+        Some(r) if r.is_finite() && r > 0.0 => Some(r),
+        Some(r) => {
+            problems.push(format!(
+                "`{prefix}.requests_per_second` = {r}: must be above zero (omit it for no limit)"
+            ));
+            None
+        }
+    };
+    let timeout = duration(
+        problems,
+        &format!("{prefix}.timeout"),
+        raw.timeout.as_deref(),
+        defaults::TIMEOUT,
+    );
+    ProviderLimits {
+        batch_size,
+        concurrency,
+        requests_per_second,
+        timeout,
+    }
+}
+
+fn validate(raw: RawConfig, p: &mut Vec<String>) -> Config {
+    let base = Config::defaults();
+    let database = raw.database.and_then(|d| d.path).unwrap_or(base.database);
+
+    let d = raw.daemon.unwrap_or_default();
+    let daemon = DaemonConfig {
+        deadline: duration(
+            p,
+            "daemon.deadline",
+            d.deadline.as_deref(),
+            defaults::DEADLINE,
+        ),
+        lease: duration(p, "daemon.lease", d.lease.as_deref(), defaults::LEASE),
+        shutdown_timeout: duration(
+            p,
+            "daemon.shutdown_timeout",
+            d.shutdown_timeout.as_deref(),
+            defaults::SHUTDOWN_TIMEOUT,
+        ),
+    };
+
+    let r = raw.retry.unwrap_or_default();
+    let retry = RetryConfig {
+        base_delay: duration(
+            p,
+            "retry.base_delay",
+            r.base_delay.as_deref(),
+            defaults::BASE_DELAY,
+        ),
+        max_delay: duration(
+            p,
+            "retry.max_delay",
+            r.max_delay.as_deref(),
+            defaults::MAX_DELAY,
+        ),
+        max_attempts: match r.max_attempts {
+            None => defaults::MAX_ATTEMPTS,
+            Some(n) if (1..=10_000).contains(&n) => n as u32,
+            Some(n) => {
+                p.push(format!(
+                    "`retry.max_attempts` = {n}: must be between 1 and 10000"
+                ));
+                defaults::MAX_ATTEMPTS
+            }
+        },
+        give_up_after: duration(
+            p,
+            "retry.give_up_after",
+            r.give_up_after.as_deref(),
+            defaults::GIVE_UP_AFTER,
+        ),
+    };
+    if retry.base_delay > retry.max_delay {
+        p.push(format!(
+            "`retry.base_delay` ({}) is longer than `retry.max_delay` ({})",
+            humantime::format_duration(retry.base_delay),
+            humantime::format_duration(retry.max_delay)
+        ));
+    }
+
+    let http = raw.http.map(|h| {
+        let text = h
+            .listen
+            .unwrap_or_else(|| defaults::HTTP_LISTEN.to_string());
+        match text.parse::<SocketAddr>() {
+            Ok(listen) => HttpConfig { listen },
+            Err(_) => {
+                p.push(format!(
+                    "`http.listen` = \"{text}\" is not an address:port such as \"127.0.0.1:9464\""
+                ));
+                HttpConfig {
+                    listen: defaults::HTTP_LISTEN
+                        .parse()
+                        .expect("default listen address"),
+                }
+            }
+        }
+    });
+
+    let audit = AuditConfig {
+        subject_key: raw.audit.and_then(|a| a.subject_key).and_then(|k| {
+            match SecretRef::parse(&k) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    p.push(format!("`audit.subject_key`: {e}"));
+                    None
+                }
+            }
+        }),
+    };
+
+    let providers = raw.providers.unwrap_or_default();
+    let convai = providers.convai.map(|c| {
+        let base_url = url(
+            p,
+            "providers.convai.base_url",
+            Some(c.base_url.as_deref().unwrap_or(defaults::CONVAI_BASE_URL)),
+        );
+        let api_key = secret(p, "providers.convai.api_key", c.api_key.as_deref());
+        let limits = limits(p, "providers.convai", &c.limits);
+        (base_url, api_key, limits)
+    });
+    let convai = match convai {
+        Some((Some(base_url), Some(api_key), limits)) => Some(ConvaiConfig {
+            base_url,
+            api_key,
+            limits,
+        }),
+        _ => None,
+    };
+
+    let koosearch = providers.koosearch.and_then(|k| {
+        let endpoint = url(p, "providers.koosearch.endpoint", k.endpoint.as_deref());
+        let project_id = required(p, "providers.koosearch.project_id", k.project_id);
+        if !project_id.is_empty() && !is_koosearch_id(&project_id) {
+            p.push(format!(
+                "`providers.koosearch.project_id` = \"{project_id}\": must be 1 to 64 characters of A-Z a-z 0-9 _ -"
+            ));
+        }
+        for app in &k.applications {
+            if !is_koosearch_id(app) {
+                p.push(format!(
+                    "`providers.koosearch.applications`: \"{app}\" must be 1 to 64 characters of A-Z a-z 0-9 _ -"
+                ));
+            }
+        }
+        let discover_by_user_name = k.discover_by_user_name.unwrap_or(!k.applications.is_empty());
+        if discover_by_user_name && k.applications.is_empty() {
+            p.push(
+                "`providers.koosearch.discover_by_user_name` is true but `applications` is empty: list the application IDs to search".to_string(),
+            );
+        }
+        let auth = match (k.token, k.iam) {
+            (Some(_), Some(_)) => {
+                p.push("`providers.koosearch`: give either `token` or the `[providers.koosearch.iam]` table, not both".to_string());
+                None
+            }
+            (None, None) => {
+                p.push("`providers.koosearch`: needs `token` or a `[providers.koosearch.iam]` table".to_string());
+                None
+            }
+            (Some(t), None) => secret(p, "providers.koosearch.token", Some(&t)).map(KooSearchAuth::Token),
+            (None, Some(iam)) => {
+                let endpoint = url(p, "providers.koosearch.iam.endpoint", iam.endpoint.as_deref());
+                let domain = required(p, "providers.koosearch.iam.domain", iam.domain);
+                let user = required(p, "providers.koosearch.iam.user", iam.user);
+                let password = secret(p, "providers.koosearch.iam.password", iam.password.as_deref());
+                let project = required(p, "providers.koosearch.iam.project", iam.project);
+                match (endpoint, password) {
+                    (Some(endpoint), Some(password)) => Some(KooSearchAuth::Iam(IamConfig {
+                        endpoint,
+                        domain,
+                        user,
+                        password,
+                        project,
+                    })),
+                    _ => None,
+                }
+            }
+        };
+        let limits = limits(p, "providers.koosearch", &k.limits);
+        Some(KooSearchConfig {
+            endpoint: endpoint?,
+            project_id,
+            applications: k.applications,
+            discover_by_user_name,
+            auth: auth?,
+            limits,
+        })
+    });
+
+    let mut rules = Vec::new();
+    let mut names = BTreeMap::new();
+    for (i, r) in raw.rules.into_iter().enumerate() {
+        let at = match &r.name {
+            Some(n) => format!("rules[{i}] ({n})"),
+            None => format!("rules[{i}]"),
+        };
+        if let Some(provider) = r
+            .provider
+            .as_deref()
+            .and_then(|t| t.parse::<ProviderKind>().ok())
+        {
+            let enabled = match provider {
+                ProviderKind::Convai => convai.is_some(),
+                ProviderKind::KooSearch => koosearch.is_some(),
+            };
+            if !enabled {
+                p.push(format!(
+                    "{at}: provider \"{provider}\" has no [providers.{provider}] table"
+                ));
+            }
+        }
+        match validate_rule(r, &at) {
+            Ok(rule) => {
+                if names.insert(rule.name.clone(), i).is_some() {
+                    p.push(format!(
+                        "{at}: a rule named \"{}\" is already defined",
+                        rule.name
+                    ));
+                }
+                rules.push(rule);
+            }
+            Err(errs) => p.extend(errs),
+        }
+    }
+
+    Config {
+        source: None,
+        database,
+        daemon,
+        retry,
+        http,
+        audit,
+        convai,
+        koosearch,
+        rules,
+    }
+}
+
+fn validate_rule(r: RawRule, at: &str) -> Result<RuleSpec, Vec<String>> {
+    let mut p = Vec::new();
+    let name = required(&mut p, &format!("{at}.name"), r.name);
+    let provider = match r.provider.as_deref() {
+        None => {
+            p.push(format!(
+                "{at}.provider is required (\"convai\" or \"koosearch\")"
+            ));
+            None
+        }
+        Some(text) => match text.parse::<ProviderKind>() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                p.push(format!("{at}.provider: {e}"));
+                None
+            }
+        },
+    };
+    let scope = required(&mut p, &format!("{at}.scope"), r.scope);
+    let max_age = match r.max_age.as_deref() {
+        None => {
+            p.push(format!("{at}.max_age is required (e.g. \"30d\")"));
+            Duration::ZERO
+        }
+        Some(_) => duration(
+            &mut p,
+            &format!("{at}.max_age"),
+            r.max_age.as_deref(),
+            Duration::ZERO,
+        ),
+    };
+    let schedule = required(&mut p, &format!("{at}.schedule"), r.schedule);
+    let timezone = r.timezone.unwrap_or_else(|| "UTC".to_string());
+    if !schedule.is_empty() {
+        if let Err(e) = Schedule::parse(&schedule, &timezone) {
+            p.push(format!("{at}: {e}"));
+        }
+    }
+    let max_deletions = match r.max_deletions {
+        None => defaults::MAX_DELETIONS,
+        Some(n) if n >= 1 => n as u64,
+        Some(n) => {
+            p.push(format!("{at}.max_deletions = {n}: must be at least 1"));
+            defaults::MAX_DELETIONS
+        }
+    };
+    let spec = RuleSpec {
+        name,
+        provider: provider.unwrap_or(ProviderKind::Convai),
+        scope,
+        max_age,
+        schedule,
+        timezone,
+        discover: r.discover.unwrap_or(false),
+        max_deletions,
+    };
+    if let Err(e) = spec.check_shape() {
+        p.push(format!("{at}: {e}"));
+    }
+    if p.is_empty() { Ok(spec) } else { Err(p) }
+}
+
+impl RuleSpec {
+    /// Checks what the database would also refuse, with a message naming the value.
+    pub fn check_shape(&self) -> Result<(), String> {
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(format!(
+                "rule name \"{}\" must be 1 to 64 characters of A-Z a-z 0-9 . _ -",
+                self.name
+            ));
+        }
+        if self.scope.is_empty() || self.scope.len() > 64 {
+            return Err(format!(
+                "scope \"{}\" must be 1 to 64 characters (a character/application ID, or \"*\" for all)",
+                self.scope
+            ));
+        }
+        if self.provider == ProviderKind::KooSearch
+            && self.scope != "*"
+            && !is_koosearch_id(&self.scope)
+        {
+            return Err(format!(
+                "scope \"{}\" is not a KooSearch application ID (A-Z a-z 0-9 _ -)",
+                self.scope
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(text, "test.toml") {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            Err(e) => vec![e.to_string()],
+            Ok(_) => vec![],
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", "t").unwrap();
+        assert_eq!(c.daemon.deadline, defaults::DEADLINE);
+        assert_eq!(c.retry.max_attempts, 20);
+        assert!(c.convai.is_none() && c.koosearch.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_all_named_with_their_path() {
+        let p = problems(
+            "[daemon]\nbogus = 1\n[retry]\nbase_dely = \"1s\"\n[providers.convai]\napi_key = \"env:K\"\nbatchsize = 3\n",
+        );
+        assert!(p.iter().any(|m| m.contains("daemon.bogus")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("retry.base_dely")), "{p:?}");
+        assert!(
+            p.iter().any(|m| m.contains("providers.convai.batchsize")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let p = problems(
+            "[daemon]\ndeadline = \"soon\"\nlease = \"0s\"\n[retry]\nmax_attempts = 0\n[http]\nlisten = \"nowhere\"\n",
+        );
+        assert_eq!(p.len(), 4, "{p:?}");
+    }
+
+    #[test]
+    fn literal_secret_is_refused_without_echoing_it() {
+        let p = problems("[providers.convai]\napi_key = \"sk-live-abcdef123\"\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("literal secret"));
+        assert!(!p[0].contains("sk-live-abcdef123"));
+    }
+
+    #[test]
+    fn http_is_refused_except_on_loopback() {
+        assert!(parse_service_url("http://127.0.0.1:8080").is_ok());
+        assert!(parse_service_url("http://localhost:1").is_ok());
+        assert!(parse_service_url("http://[::1]:1").is_ok());
+        assert!(parse_service_url("http://api.convai.com").is_err());
+        assert!(parse_service_url("https://api.convai.com").is_ok());
+        assert!(parse_service_url("ftp://x").is_err());
+    }
+
+    #[test]
+    fn koosearch_takes_token_or_iam_not_both() {
+        let p = problems(
+            "[providers.koosearch]\nendpoint = \"https://x.example\"\nproject_id = \"p1\"\ntoken = \"env:T\"\n[providers.koosearch.iam]\nendpoint = \"https://iam.example\"\ndomain = \"d\"\nuser = \"u\"\npassword = \"env:P\"\nproject = \"r\"\n",
+        );
+        assert!(p.iter().any(|m| m.contains("not both")), "{p:?}");
+    }
+
+    #[test]
+    fn rule_needs_an_enabled_provider_and_valid_schedule() {
+        let p = problems(
+            "[[rules]]\nname = \"r\"\nprovider = \"convai\"\nscope = \"*\"\nmax_age = \"30d\"\nschedule = \"not cron\"\n",
+        );
+        assert!(
+            p.iter().any(|m| m.contains("no [providers.convai]")),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|m| m.contains("schedule")), "{p:?}");
+    }
+
+    #[test]
+    fn secret_ref_reads_env_file_and_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k"), "value\n").unwrap();
+        let r = SecretRef::parse(&format!("file:{}", dir.path().join("k").display())).unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(r.read().unwrap().expose_secret(), "value");
+        assert!(SecretRef::parse("credential:a/b").is_err());
+        assert!(SecretRef::parse("file:relative").is_err());
+        let missing = SecretRef::Env("FORGETD_TEST_SURELY_UNSET".into())
+            .read()
+            .unwrap_err();
+        assert!(missing.to_string().contains("FORGETD_TEST_SURELY_UNSET"));
+    }
+}

@@ -1,0 +1,25 @@
+//! forgetd erases chat histories held by conversational-AI providers (Convai, Huawei Cloud
+//! KooSearch): erasure requests and retention rules from a local SQLite queue, resolved to chat
+//! IDs, deleted in idempotent batches with retry and backoff, with a tamper-evident record.
+//!
+//! Where things live:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | the TOML file, validated into typed values; secret references |
+//! | [`model`] | shared nouns: providers, chat keys, request states |
+//! | [`clock`] | injected time (real, or manual for tests) |
+//! | [`store`] | the SQLite file: schema, migrations, queue state machine, daemon lock |
+//! | [`scheduler`] | cron schedules of retention rules |
+//! | [`cli`] | the command line (`forgetd ...`), exit codes |
+//!
+//! `main.rs` only calls [`cli::main`].
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod logging;
+pub mod model;
+pub mod report;
+pub mod scheduler;
+pub mod store;

@@ -1,0 +1,213 @@
+//! Human-readable text for the CLI's non-JSON output. Pure functions of the data, so they are
+//! tested without a terminal. No secret ever reaches these types.
+
+use std::fmt::Write;
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::store::holds::Hold;
+use crate::store::requests::{RequestDetail, RequestSummary};
+use crate::store::rules::RuleRow;
+use crate::store::status::Status;
+
+pub fn time(ts: i64) -> String {
+    if ts < 0 {
+        return ts.to_string();
+    }
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(ts as u64)).to_string()
+}
+
+pub fn ago(secs: i64) -> String {
+    humantime::format_duration(Duration::from_secs(secs.max(0) as u64)).to_string()
+}
+
+pub fn status_text(st: &Status, now: i64) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "queue (work items by provider):");
+    if st.items.is_empty() {
+        let _ = writeln!(o, "  empty");
+    }
+    for (provider, states) in &st.items {
+        let parts: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        let _ = writeln!(o, "  {provider:<10} {}", parts.join(", "));
+    }
+    let parts: Vec<String> = st
+        .requests
+        .iter()
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect();
+    let _ = writeln!(
+        o,
+        "requests: {}",
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
+    );
+    if let Some(age) = st.oldest_pending_age_secs {
+        let _ = writeln!(o, "oldest pending item: {} old", ago(age));
+    }
+    let _ = writeln!(o, "dead items: {}", st.dead_items);
+    for d in &st.overdue {
+        let _ = writeln!(
+            o,
+            "OVERDUE request {} (ref {}): due {} ({} ago), {}",
+            d.id,
+            d.external_ref.as_deref().unwrap_or("-"),
+            time(d.due_at),
+            ago(now - d.due_at),
+            d.state
+        );
+    }
+    for d in &st.due_soon {
+        let _ = writeln!(
+            o,
+            "due soon: request {} (ref {}): due {}, {}",
+            d.id,
+            d.external_ref.as_deref().unwrap_or("-"),
+            time(d.due_at),
+            d.state
+        );
+    }
+    for p in &st.paused_providers {
+        let _ = writeln!(o, "PAUSED provider {}: {}", p.provider, p.reason);
+    }
+    for r in &st.rules_awaiting_approval {
+        let _ = writeln!(
+            o,
+            "rule {r} is waiting for `forgetd rules approve {r}` (its run exceeded max_deletions)"
+        );
+    }
+    o
+}
+
+pub fn requests_text(list: &[RequestSummary], now: i64) -> String {
+    let mut o = String::new();
+    if list.is_empty() {
+        o.push_str("no erasure requests\n");
+    }
+    for r in list {
+        let overdue = if r.due_at <= now && !matches!(r.state, crate::model::RequestState::Complete)
+        {
+            " OVERDUE"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            o,
+            "{:>6}  {:<12} ref {:<24} due {}{overdue}  items: {} deleted, {} held, {} dead, {} open",
+            r.id,
+            r.state.as_str(),
+            r.external_ref.as_deref().unwrap_or("-"),
+            time(r.due_at),
+            r.items.deleted,
+            r.items.held,
+            r.items.dead,
+            r.items.pending + r.items.in_flight
+        );
+    }
+    o
+}
+
+pub fn request_detail_text(d: &RequestDetail, now: i64) -> String {
+    let s = &d.summary;
+    let mut o = String::new();
+    let _ = writeln!(o, "request {} ({})", s.id, s.state);
+    let _ = writeln!(
+        o,
+        "  ref:       {}",
+        s.external_ref.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(o, "  received:  {}", time(s.received_at));
+    let _ = writeln!(
+        o,
+        "  due:       {}{}",
+        time(s.due_at),
+        if s.due_at <= now && s.completed_at.is_none() {
+            " (OVERDUE)"
+        } else {
+            ""
+        }
+    );
+    if let Some(t) = s.resolved_at {
+        let _ = writeln!(o, "  resolved:  {}", time(t));
+    }
+    if let Some(t) = s.completed_at {
+        let _ = writeln!(o, "  finished:  {}", time(t));
+    }
+    let _ = writeln!(o, "  items ({}):", d.items.len());
+    for i in &d.items {
+        let mut line = format!(
+            "    {}/{}/{}  {}",
+            i.provider, i.scope, i.session_id, i.state
+        );
+        if let Some(out) = &i.outcome {
+            let _ = write!(line, " ({out})");
+        }
+        if let Some(reason) = &i.hold_reason {
+            let _ = write!(line, " hold {}: {reason}", i.hold_id.unwrap_or(0));
+        }
+        if i.state != "deleted" {
+            if let Some(e) = &i.last_error {
+                let _ = write!(line, " attempts {}, last error: {e}", i.attempts);
+            }
+        }
+        let _ = writeln!(o, "{line}");
+    }
+    o
+}
+
+pub fn rules_text(list: &[RuleRow]) -> String {
+    let mut o = String::new();
+    if list.is_empty() {
+        o.push_str("no retention rules\n");
+    }
+    for r in list {
+        let _ = writeln!(
+            o,
+            "{} ({:?}): {} scope {} older than {}, schedule \"{}\" {}{}, ceiling {}{}",
+            r.name,
+            r.origin,
+            r.provider,
+            r.scope,
+            r.max_age,
+            r.schedule,
+            r.timezone,
+            if r.discover { ", discovers" } else { "" },
+            r.max_deletions,
+            match (r.awaiting_approval, r.approved) {
+                (Some(_), false) => " — WAITING FOR APPROVAL",
+                (Some(_), true) => " — approved, runs next time",
+                _ => "",
+            }
+        );
+    }
+    o
+}
+
+pub fn holds_text(list: &[Hold]) -> String {
+    let mut o = String::new();
+    if list.is_empty() {
+        o.push_str("no active holds\n");
+    }
+    for h in list {
+        let target = match &h.subject {
+            Some(s) => format!("subject {s}"),
+            None => format!(
+                "chat {}/{}/{}",
+                h.provider.as_deref().unwrap_or(""),
+                h.scope.as_deref().unwrap_or(""),
+                h.session_id.as_deref().unwrap_or("")
+            ),
+        };
+        let _ = writeln!(
+            o,
+            "{:>4}  {target}  since {}  holding {} item(s)  reason: {}",
+            h.id,
+            time(h.created_at),
+            h.items_held,
+            h.reason
+        );
+    }
+    o
+}

@@ -1,0 +1,424 @@
+//! The store: the one SQLite file forgetd and its feeders share, its schema and migrations, and
+//! every query forgetd runs against it.
+//!
+//! Rules:
+//! - The schema lives in `migrations/*.sql`, embedded in the binary and applied at every open
+//!   (`rusqlite_migration`, tracked in `PRAGMA user_version`). A database from a newer forgetd is
+//!   refused rather than misread.
+//! - Feeders (other users, Debian's sqlite3 3.40, foreign keys off) write `sessions` and
+//!   `erasure_requests` directly, so bad rows are refused by named CHECKs and literal-message
+//!   triggers in the schema itself, not by Rust code they never run.
+//! - The file is shared through a group: the directory forgetd creates is 0770, the database 0660,
+//!   and SQLite gives its -wal/-shm files the database's mode. World bits are never set; an
+//!   existing file that has them is tightened at open.
+//! - WAL mode (feeders write while the daemon reads), `synchronous = NORMAL` (WAL keeps that
+//!   durable across process crashes; the daemon re-sends in-flight work after power loss anyway),
+//!   a busy timeout so short feeder writes never surface as errors.
+//! - Async code never touches a [`rusqlite::Connection`]: [`AsyncStore`] owns one connection on a
+//!   dedicated thread and runs closures there. One thread rather than `spawn_blocking` because a
+//!   single writer serializes the daemon's own writes (no SQLITE_BUSY between its own tasks) and
+//!   keeps prepared statements cached on one connection.
+//!
+//! Submodules: [`queue`] (work-item state machine and batch claims), [`requests`] (erasure
+//! requests), [`inventory`] (sessions and import), [`holds`], [`rules`], [`lock`] (the daemon lock).
+
+pub mod holds;
+pub mod inventory;
+pub mod lock;
+pub mod queue;
+pub mod requests;
+pub mod rules;
+pub mod status;
+
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+use rusqlite_migration::{M, Migrations};
+
+const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("migrations/001_init.sql"))];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot prepare database file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, newer than this forgetd knows ({known}); run the forgetd that wrote it, or upgrade"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: usize,
+    },
+    #[error("database {path} is damaged or not a forgetd database: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("migrating database {path}: {source}")]
+    Migrate {
+        path: PathBuf,
+        #[source]
+        source: rusqlite_migration::Error,
+    },
+    #[error("the database is busy (another process holds a write lock); try again")]
+    Busy(#[source] rusqlite::Error),
+    #[error("the database is read-only or its disk is full: {0}")]
+    Unwritable(#[source] rusqlite::Error),
+    #[error("refused: {message}")]
+    Refused {
+        message: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("database error: {0}")]
+    Sql(#[source] rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    /// Sorts SQLite's errors into what a caller can act on: busy (try again), unwritable (disk or
+    /// permissions), refused (a constraint said no, with its message), or anything else.
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Self::Busy(e),
+            Some(ErrorCode::ReadOnly | ErrorCode::DiskFull | ErrorCode::CannotOpen) => {
+                Self::Unwritable(e)
+            }
+            Some(ErrorCode::ConstraintViolation) => Self::Refused {
+                message: constraint_message(&e),
+                source: e,
+            },
+            _ => Self::Sql(e),
+        }
+    }
+}
+
+/// The message SQLite attached to a constraint failure ("CHECK constraint failed: <name>", a
+/// trigger's text, "UNIQUE constraint failed: ...").
+pub fn constraint_message(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One connection to the database, for synchronous use (CLI commands, the store thread).
+pub struct Store {
+    pub(crate) conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Self> {
+        prepare_files(path)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // The first statement that reads the file is where a non-database shows itself.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| classify_open_error(path, e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("could not switch to WAL (journal_mode is {mode})"),
+            });
+        }
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .map_err(open_err)?;
+        let found: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| classify_open_error(path, e))?;
+        if found > SCHEMA_VERSION as i64 {
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        if (found as usize) < SCHEMA_VERSION {
+            Migrations::from_slice(MIGRATIONS)
+                .to_latest(&mut conn)
+                .map_err(|source| StoreError::Migrate {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        }
+        tighten_sidecars(path);
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Direct access for tests and tools; forgetd's own code goes through the typed methods.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// `PRAGMA quick_check`: run by the daemon at start so a damaged file is found before work.
+    pub fn quick_check(&self) -> Result<()> {
+        let mut stmt = self.conn.prepare("PRAGMA quick_check")?;
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if rows.len() == 1 && rows[0] == "ok" {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: rows.into_iter().take(5).collect::<Vec<_>>().join("; "),
+            })
+        }
+    }
+
+    /// Runs `f` in an IMMEDIATE transaction (takes the write lock up front, so two writers wait on
+    /// the busy timeout instead of failing on upgrade).
+    pub fn write<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// `PRAGMA data_version`: changes when another connection commits. The daemon polls this
+    /// (a cheap in-memory read) to notice feeder writes without re-querying tables.
+    pub fn data_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    }
+}
+
+fn classify_open_error(path: &Path, e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        },
+        _ => StoreError::from(e),
+    }
+}
+
+/// Creates the directory (0770) and the database file (0660) if missing, and strips world bits
+/// from an existing file, before SQLite opens it. SQLite creates -wal/-shm with the database's
+/// mode, so the group can write them too.
+fn prepare_files(path: &Path) -> Result<()> {
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o770)).map_err(io)?;
+        }
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o660)
+        .open(path)
+    {
+        Ok(file) => {
+            // The umask may have taken the group's write bit; put it back.
+            file.set_permissions(std::fs::Permissions::from_mode(0o660))
+                .map_err(io)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => strip_world_bits(path),
+        Err(e) => return Err(io(e)),
+    }
+    Ok(())
+}
+
+fn strip_world_bits(path: &Path) {
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o007 != 0 {
+            // Best effort: a file we do not own stays as it is (and SQLite will say if it can't write).
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & !0o007));
+        }
+    }
+}
+
+fn tighten_sidecars(path: &Path) {
+    for suffix in ["-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        strip_world_bits(Path::new(&p));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+type Job = Box<dyn FnOnce(&mut Store) + Send>;
+
+/// A [`Store`] on its own thread, for async callers. Cloning shares the thread.
+#[derive(Clone)]
+pub struct AsyncStore {
+    tx: std::sync::mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for AsyncStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AsyncStore")
+    }
+}
+
+impl AsyncStore {
+    pub fn spawn(mut store: Store) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("forgetd-store".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job(&mut store);
+                }
+            })
+            .expect("spawn the store thread");
+        Self { tx }
+    }
+
+    /// Runs `f` on the store thread and waits for its result without blocking the runtime.
+    pub async fn call<R, F>(&self, f: F) -> R
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Store) -> R + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Box::new(move |s: &mut Store| {
+                let _ = tx.send(f(s));
+            }))
+            .expect("the store thread outlives its handles");
+        rx.await.expect("a store operation panicked")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A store on a fresh file in a temporary directory (kept alive by the returned guard).
+    pub fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("forgetd.db")).unwrap();
+        (dir, store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::temp_store;
+    use super::*;
+
+    #[test]
+    fn open_creates_group_shared_files_and_migrates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("f.db");
+        let s = Store::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        let dmode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dmode, 0o770);
+        let v: i64 = s
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v as usize, SCHEMA_VERSION);
+        s.conn
+            .execute(
+                "INSERT INTO sessions(provider, scope, session_id) VALUES ('convai','c','s')",
+                [],
+            )
+            .unwrap();
+        let wal = dir.path().join("sub").join("f.db-wal");
+        let wmode = std::fs::metadata(&wal).unwrap().permissions().mode() & 0o777;
+        assert_eq!(wmode & 0o007, 0, "wal must not be world-readable");
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let (dir, s) = temp_store();
+        s.conn.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(s);
+        let err = Store::open(&dir.path().join("forgetd.db")).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn garbage_file_is_reported_as_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
+        let err = Store::open(&path).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn world_bits_are_stripped_from_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        Store::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o007, 0);
+    }
+
+    #[tokio::test]
+    async fn async_store_runs_closures_off_the_runtime() {
+        let (_d, s) = temp_store();
+        let a = AsyncStore::spawn(s);
+        let n: i64 = a
+            .call(|s| s.conn.query_row("SELECT 40 + 2", [], |r| r.get(0)).unwrap())
+            .await;
+        assert_eq!(n, 42);
+    }
+}

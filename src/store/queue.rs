@@ -1,0 +1,692 @@
+//! The work-item queue: one item per chat to delete, and its state machine.
+//!
+//! ```text
+//!            claim              confirm
+//!  pending ─────────▶ in_flight ────────▶ deleted
+//!   │  ▲ ▲   retry/release │  │ give up
+//!   │  │ └─────────────────┘  ▼
+//!   │  │ revive            dead ◀── reject (pending, never sent)
+//!   │  └─────────────────────┘
+//!   │ hold      unhold
+//!   └──────▶ held ──▶ pending
+//! ```
+//!
+//! [`transition`] is the pure definition; the SQL trigger
+//! `work_items_state_transition_must_be_legal` lists the same pairs, and the per-state CHECKs
+//! (`work_items_in_flight_iff_leased`, ...) enforce what each state carries. The property test at
+//! the bottom drives the real SQL store and an in-memory model in lockstep.
+//!
+//! Rules: a claim is one IMMEDIATE transaction (select the most urgent group, mark it in flight
+//! under a lease, record the batch). A batch's answer is applied in one transaction that marks
+//! every item and records the answer, so nothing is lost between the provider and the database.
+//! Attempts count answers that said "try again", not claims: a crash or a paused provider costs an
+//! item nothing.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::{Result, Store, StoreError};
+use crate::model::ProviderKind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemState {
+    Pending,
+    InFlight,
+    Deleted,
+    Held,
+    Dead,
+}
+
+impl ItemState {
+    pub const ALL: [ItemState; 5] = [
+        ItemState::Pending,
+        ItemState::InFlight,
+        ItemState::Deleted,
+        ItemState::Held,
+        ItemState::Dead,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::InFlight => "in_flight",
+            Self::Deleted => "deleted",
+            Self::Held => "held",
+            Self::Dead => "dead",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ItemState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happens to an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ItemEvent {
+    /// Taken into a batch under a lease.
+    Claim,
+    /// The provider confirmed the chat is gone (deleted now, or already absent).
+    Confirm,
+    /// The provider said "not now": back to pending with a next-attempt time.
+    Retry,
+    /// Back to pending without counting an attempt (lease expired, shutdown, provider paused).
+    Release,
+    /// Given up after a send (permanent rejection, attempts or time exhausted).
+    GiveUp,
+    /// Given up without sending (the ID can never be valid at this provider).
+    Reject,
+    /// A legal hold now covers the chat.
+    Hold,
+    /// The last hold covering the chat was lifted.
+    Unhold,
+    /// An operator asked for another round (`requests retry`).
+    Revive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a work item in state {from} cannot take event {event:?}")]
+pub struct IllegalTransition {
+    pub from: ItemState,
+    pub event: ItemEvent,
+}
+
+/// The queue's state machine. The SQL trigger allows exactly the (from, to) pairs this produces.
+pub fn transition(from: ItemState, event: ItemEvent) -> Result<ItemState, IllegalTransition> {
+    use ItemEvent::*;
+    use ItemState::*;
+    match (from, event) {
+        (Pending, Claim) => Ok(InFlight),
+        (Pending, Hold) => Ok(Held),
+        (Pending, Reject) => Ok(Dead),
+        (InFlight, Confirm) => Ok(Deleted),
+        (InFlight, Retry | Release) => Ok(Pending),
+        (InFlight, GiveUp) => Ok(Dead),
+        (Held, Unhold) => Ok(Pending),
+        (Dead, Revive) => Ok(Pending),
+        _ => Err(IllegalTransition { from, event }),
+    }
+}
+
+/// One claimed item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedItem {
+    pub id: i64,
+    pub session_id: String,
+    /// Attempts already answered with "try again".
+    pub attempts: u32,
+    /// When this item was first sent (unix ms), for the give-up window.
+    pub first_attempt_ms: i64,
+}
+
+/// A batch of items of one (provider, scope, repo), in flight under a lease.
+#[derive(Debug, Clone)]
+pub struct ClaimedBatch {
+    pub batch_id: i64,
+    pub provider: ProviderKind,
+    pub scope: String,
+    pub repo_id: Option<String>,
+    pub items: Vec<ClaimedItem>,
+}
+
+/// What the executor decided for one item of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemOutcome {
+    Deleted { already_absent: bool },
+    Retry { at_ms: i64, error: String },
+    Dead { error: String },
+    Release,
+}
+
+impl ItemOutcome {
+    pub fn event(&self) -> ItemEvent {
+        match self {
+            Self::Deleted { .. } => ItemEvent::Confirm,
+            Self::Retry { .. } => ItemEvent::Retry,
+            Self::Dead { .. } => ItemEvent::GiveUp,
+            Self::Release => ItemEvent::Release,
+        }
+    }
+}
+
+/// Longest last_error kept (a provider's body can be large).
+pub const MAX_ERROR_LEN: usize = 1000;
+
+pub fn truncate_error(s: &str) -> String {
+    if s.len() <= MAX_ERROR_LEN {
+        return s.to_string();
+    }
+    let mut end = MAX_ERROR_LEN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
+}
+
+impl Store {
+    /// Claims up to `max` due pending items of `provider` for one delete call: the most urgent
+    /// item (earliest due date) picks the (scope, repo) group, and the group's most urgent items
+    /// fill the batch. `None` when nothing is due.
+    pub fn claim_batch(
+        &mut self,
+        provider: ProviderKind,
+        now_ms: i64,
+        lease_ms: i64,
+        max: usize,
+    ) -> Result<Option<ClaimedBatch>> {
+        self.write(|tx| claim_in(tx, provider, now_ms, lease_ms, max))
+    }
+
+    /// Applies a batch's answer: marks each item and records the answer in one transaction.
+    /// Items no longer in flight under this batch (an expired lease taken back) are left alone.
+    /// Returns the ids of requests whose state may have changed.
+    pub fn finish_batch(
+        &mut self,
+        batch_id: i64,
+        now_ms: i64,
+        outcomes: &[(i64, ItemOutcome)],
+        answer: &str,
+    ) -> Result<Vec<i64>> {
+        self.write(|tx| {
+            let now = now_ms.div_euclid(1000);
+            for (id, outcome) in outcomes {
+                apply_outcome(tx, batch_id, *id, now_ms, outcome)?;
+            }
+            tx.execute(
+                "UPDATE batches SET answered_ms = ?2, outcome = ?3 WHERE id = ?1",
+                params![batch_id, now_ms, truncate_error(answer)],
+            )?;
+            let ids: Vec<i64> = outcomes.iter().map(|(id, _)| *id).collect();
+            super::requests::refresh_for_items(tx, &ids, now)
+        })
+    }
+
+    /// Returns items whose lease ran out to pending (their batch never answered).
+    pub fn release_expired_leases(&mut self, now_ms: i64) -> Result<usize> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL
+                 WHERE state = 'in_flight' AND lease_expires_ms <= ?1",
+                [now_ms],
+            )?)
+        })
+    }
+
+    /// Returns every in-flight item to pending. Only safe while holding the daemon lock: that
+    /// proves no other worker holds a lease.
+    pub fn release_all_in_flight(&mut self) -> Result<usize> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL
+                 WHERE state = 'in_flight'",
+                [],
+            )?)
+        })
+    }
+
+    /// Earliest next-attempt time among pending items of `provider` (unix ms).
+    pub fn next_pending_ms(&self, provider: ProviderKind) -> Result<Option<i64>> {
+        Ok(self.conn.query_row(
+            "SELECT min(next_attempt_ms) FROM work_items WHERE provider = ?1 AND state = 'pending'",
+            [provider.as_str()],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Number of items per state (all providers).
+    pub fn count_items(&self, state: ItemState) -> Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM work_items WHERE state = ?1",
+            [state.as_str()],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// The state of one item.
+    pub fn item_state(&self, id: i64) -> Result<ItemState> {
+        let s: String = self
+            .conn
+            .query_row("SELECT state FROM work_items WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("no work item {id}")))?;
+        ItemState::parse(&s).ok_or_else(|| StoreError::Invalid(format!("unknown item state {s}")))
+    }
+}
+
+fn claim_in(
+    tx: &Transaction<'_>,
+    provider: ProviderKind,
+    now_ms: i64,
+    lease_ms: i64,
+    max: usize,
+) -> Result<Option<ClaimedBatch>> {
+    let head: Option<(String, Option<String>)> = tx
+        .prepare_cached(
+            "SELECT scope, repo_id FROM work_items
+             WHERE provider = ?1 AND state = 'pending' AND next_attempt_ms <= ?2
+             ORDER BY due_at, id LIMIT 1",
+        )?
+        .query_row(params![provider.as_str(), now_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let Some((scope, repo_id)) = head else {
+        return Ok(None);
+    };
+    tx.prepare_cached(
+        "INSERT INTO batches (provider, scope, size, claimed_ms) VALUES (?1, ?2, 0, ?3)",
+    )?
+    .execute(params![provider.as_str(), scope, now_ms])?;
+    let batch_id = tx.last_insert_rowid();
+    let mut stmt = tx.prepare_cached(
+        "UPDATE work_items
+         SET state = 'in_flight', lease_expires_ms = ?5, batch_id = ?6,
+             first_attempt_ms = coalesce(first_attempt_ms, ?4)
+         WHERE id IN (SELECT id FROM work_items
+                      WHERE provider = ?1 AND scope = ?2 AND repo_id IS ?3
+                        AND state = 'pending' AND next_attempt_ms <= ?4
+                      ORDER BY due_at, id LIMIT ?7)
+         RETURNING id, session_id, attempts, first_attempt_ms",
+    )?;
+    let mut items: Vec<ClaimedItem> = stmt
+        .query_map(
+            params![
+                provider.as_str(),
+                scope,
+                repo_id,
+                now_ms,
+                now_ms.saturating_add(lease_ms),
+                batch_id,
+                max as i64
+            ],
+            |r| {
+                Ok(ClaimedItem {
+                    id: r.get(0)?,
+                    session_id: r.get(1)?,
+                    attempts: r.get::<_, i64>(2)? as u32,
+                    first_attempt_ms: r.get(3)?,
+                })
+            },
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    items.sort_by_key(|i| i.id);
+    tx.prepare_cached("UPDATE batches SET size = ?2 WHERE id = ?1")?
+        .execute(params![batch_id, items.len() as i64])?;
+    Ok(Some(ClaimedBatch {
+        batch_id,
+        provider,
+        scope,
+        repo_id,
+        items,
+    }))
+}
+
+fn apply_outcome(
+    tx: &Transaction<'_>,
+    batch_id: i64,
+    id: i64,
+    now_ms: i64,
+    outcome: &ItemOutcome,
+) -> Result<()> {
+    let now = now_ms.div_euclid(1000);
+    let guard = "WHERE id = ?1 AND batch_id = ?2 AND state = 'in_flight'";
+    match outcome {
+        ItemOutcome::Deleted { already_absent } => {
+            let kind = if *already_absent {
+                "already_absent"
+            } else {
+                "deleted"
+            };
+            tx.prepare_cached(&format!(
+                "UPDATE work_items SET state = 'deleted', outcome = ?3, finished_at = ?4,
+                 lease_expires_ms = NULL, batch_id = NULL {guard}"
+            ))?
+            .execute(params![id, batch_id, kind, now])?;
+        }
+        ItemOutcome::Retry { at_ms, error } => {
+            tx.prepare_cached(&format!(
+                "UPDATE work_items SET state = 'pending', attempts = attempts + 1,
+                 next_attempt_ms = ?3, last_error = ?4, lease_expires_ms = NULL, batch_id = NULL {guard}"
+            ))?
+            .execute(params![id, batch_id, at_ms, truncate_error(error)])?;
+        }
+        ItemOutcome::Dead { error } => {
+            tx.prepare_cached(&format!(
+                "UPDATE work_items SET state = 'dead', attempts = attempts + 1, last_error = ?3,
+                 finished_at = ?4, lease_expires_ms = NULL, batch_id = NULL {guard}"
+            ))?
+            .execute(params![id, batch_id, truncate_error(error), now])?;
+        }
+        ItemOutcome::Release => {
+            tx.prepare_cached(&format!(
+                "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL {guard}"
+            ))?
+            .execute(params![id, batch_id])?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::temp_store;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    const EVENTS: [ItemEvent; 9] = [
+        ItemEvent::Claim,
+        ItemEvent::Confirm,
+        ItemEvent::Retry,
+        ItemEvent::Release,
+        ItemEvent::GiveUp,
+        ItemEvent::Reject,
+        ItemEvent::Hold,
+        ItemEvent::Unhold,
+        ItemEvent::Revive,
+    ];
+
+    fn add_item(s: &Store, provider: &str, scope: &str, sid: &str, due: i64) -> i64 {
+        s.conn
+            .execute(
+                "INSERT INTO work_items (provider, scope, session_id, due_at, created_at) VALUES (?1, ?2, ?3, ?4, 0)",
+                params![provider, scope, sid, due],
+            )
+            .unwrap();
+        s.conn.last_insert_rowid()
+    }
+
+    /// Moves an item to `to` with the columns that state requires, straight through SQL.
+    fn force(s: &Store, id: i64, to: ItemState) -> rusqlite::Result<usize> {
+        let sql = match to {
+            ItemState::Pending => {
+                "UPDATE work_items SET state='pending', lease_expires_ms=NULL, batch_id=NULL, outcome=NULL, hold_id=NULL, finished_at=NULL WHERE id=?1"
+            }
+            ItemState::InFlight => {
+                "UPDATE work_items SET state='in_flight', lease_expires_ms=1, batch_id=1, outcome=NULL, hold_id=NULL, finished_at=NULL WHERE id=?1"
+            }
+            ItemState::Deleted => {
+                "UPDATE work_items SET state='deleted', lease_expires_ms=NULL, batch_id=NULL, outcome='deleted', hold_id=NULL, finished_at=1 WHERE id=?1"
+            }
+            ItemState::Held => {
+                "UPDATE work_items SET state='held', lease_expires_ms=NULL, batch_id=NULL, outcome=NULL, hold_id=1, finished_at=NULL WHERE id=?1"
+            }
+            ItemState::Dead => {
+                "UPDATE work_items SET state='dead', lease_expires_ms=NULL, batch_id=NULL, outcome=NULL, hold_id=NULL, last_error='x', finished_at=1 WHERE id=?1"
+            }
+        };
+        s.conn.execute(sql, [id])
+    }
+
+    /// The SQL trigger allows exactly the transitions the Rust function produces.
+    #[test]
+    fn sql_trigger_mirrors_the_transition_function() {
+        let (_d, s) = temp_store();
+        let legal: BTreeSet<(ItemState, ItemState)> = ItemState::ALL
+            .iter()
+            .flat_map(|&from| {
+                EVENTS
+                    .iter()
+                    .filter_map(move |&e| transition(from, e).ok().map(|to| (from, to)))
+            })
+            .filter(|(a, b)| a != b)
+            .collect();
+        for (n, from) in ItemState::ALL.into_iter().enumerate() {
+            for to in ItemState::ALL {
+                if from == to {
+                    continue;
+                }
+                let id = add_item(&s, "convai", "c", &format!("{n}-{}", to.as_str()), 0);
+                // reach `from` along legal steps
+                let path: &[ItemState] = match from {
+                    ItemState::Pending => &[],
+                    ItemState::InFlight => &[ItemState::InFlight],
+                    ItemState::Deleted => &[ItemState::InFlight, ItemState::Deleted],
+                    ItemState::Held => &[ItemState::Held],
+                    ItemState::Dead => &[ItemState::InFlight, ItemState::Dead],
+                };
+                for st in path {
+                    force(&s, id, *st).unwrap();
+                }
+                let allowed = force(&s, id, to).is_ok();
+                assert_eq!(allowed, legal.contains(&(from, to)), "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn claim_takes_the_most_urgent_group_and_respects_scope() {
+        let (_d, mut s) = temp_store();
+        add_item(&s, "convai", "charA", "late", 500);
+        let urgent = add_item(&s, "convai", "charB", "urgent", 100);
+        add_item(&s, "convai", "charB", "also-b", 900);
+        add_item(&s, "koosearch", "app", "other-provider", 1);
+        let b = s
+            .claim_batch(ProviderKind::Convai, 0, 60_000, 10)
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.scope, "charB");
+        assert_eq!(b.items.len(), 2);
+        assert_eq!(b.items[0].id, urgent);
+        let b2 = s
+            .claim_batch(ProviderKind::Convai, 0, 60_000, 10)
+            .unwrap()
+            .unwrap();
+        assert_eq!(b2.scope, "charA");
+        assert!(
+            s.claim_batch(ProviderKind::Convai, 0, 60_000, 10)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn items_in_backoff_are_not_claimed_until_due() {
+        let (_d, mut s) = temp_store();
+        let id = add_item(&s, "convai", "c", "x", 0);
+        let b = s
+            .claim_batch(ProviderKind::Convai, 1_000, 60_000, 10)
+            .unwrap()
+            .unwrap();
+        s.finish_batch(
+            b.batch_id,
+            1_000,
+            &[(
+                id,
+                ItemOutcome::Retry {
+                    at_ms: 5_000,
+                    error: "503".into(),
+                },
+            )],
+            "503",
+        )
+        .unwrap();
+        assert!(
+            s.claim_batch(ProviderKind::Convai, 4_999, 60_000, 10)
+                .unwrap()
+                .is_none()
+        );
+        let b = s
+            .claim_batch(ProviderKind::Convai, 5_000, 60_000, 10)
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.items[0].attempts, 1);
+        assert_eq!(b.items[0].first_attempt_ms, 1_000);
+    }
+
+    #[test]
+    fn an_answer_for_a_lost_lease_changes_nothing() {
+        let (_d, mut s) = temp_store();
+        let id = add_item(&s, "convai", "c", "x", 0);
+        let b1 = s
+            .claim_batch(ProviderKind::Convai, 0, 10, 10)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.release_expired_leases(10).unwrap(), 1);
+        let b2 = s
+            .claim_batch(ProviderKind::Convai, 11, 10_000, 10)
+            .unwrap()
+            .unwrap();
+        s.finish_batch(
+            b1.batch_id,
+            12,
+            &[(
+                id,
+                ItemOutcome::Dead {
+                    error: "late".into(),
+                },
+            )],
+            "",
+        )
+        .unwrap();
+        assert_eq!(s.item_state(id).unwrap(), ItemState::InFlight);
+        s.finish_batch(
+            b2.batch_id,
+            13,
+            &[(
+                id,
+                ItemOutcome::Deleted {
+                    already_absent: false,
+                },
+            )],
+            "",
+        )
+        .unwrap();
+        assert_eq!(s.item_state(id).unwrap(), ItemState::Deleted);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Add(u8, u8),
+        Claim(u8),
+        Finish(u8, Vec<u8>),
+        Tick(u16),
+        ReleaseAll,
+        Hold(u8),
+        Unhold(u8),
+        Revive(u8),
+        Raw(u8, u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..3, 0u8..20).prop_map(|(s, i)| Op::Add(s, i)),
+            (1u8..6).prop_map(Op::Claim),
+            (0u8..8, proptest::collection::vec(0u8..4, 0..8)).prop_map(|(b, o)| Op::Finish(b, o)),
+            (0u16..3000).prop_map(Op::Tick),
+            Just(Op::ReleaseAll),
+            (0u8..30).prop_map(Op::Hold),
+            (0u8..30).prop_map(Op::Unhold),
+            (0u8..30).prop_map(Op::Revive),
+            (0u8..30, 0u8..5).prop_map(|(i, t)| Op::Raw(i, t)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+        /// Random operation sequences against the real SQL store and a plain model, in lockstep.
+        #[test]
+        fn store_and_model_agree(ops in proptest::collection::vec(op(), 1..60)) {
+            let (_d, mut s) = temp_store();
+            let mut model: BTreeMap<i64, (ItemState, Option<i64>, i64)> = BTreeMap::new(); // state, batch, lease
+            let mut ids: Vec<i64> = Vec::new();
+            let mut batches: Vec<(i64, Vec<i64>)> = Vec::new();
+            let mut now: i64 = 0;
+            let lease = 1_000;
+            for op in ops {
+                match op {
+                    Op::Add(scope, i) => {
+                        let sid = format!("s{i}");
+                        let scope = format!("c{scope}");
+                        let exists = s.conn.query_row("SELECT count(*) FROM work_items WHERE scope=?1 AND session_id=?2", params![scope, sid], |r| r.get::<_, i64>(0)).unwrap();
+                        if exists == 0 {
+                            let id = add_item(&s, "convai", &scope, &sid, i as i64);
+                            ids.push(id);
+                            model.insert(id, (ItemState::Pending, None, 0));
+                        }
+                    }
+                    Op::Claim(max) => {
+                        if let Some(b) = s.claim_batch(ProviderKind::Convai, now, lease, max as usize).unwrap() {
+                            prop_assert!(!b.items.is_empty() && b.items.len() <= max as usize);
+                            for it in &b.items {
+                                let m = model.get_mut(&it.id).unwrap();
+                                prop_assert_eq!(transition(m.0, ItemEvent::Claim), Ok(ItemState::InFlight));
+                                *m = (ItemState::InFlight, Some(b.batch_id), now + lease);
+                            }
+                            batches.push((b.batch_id, b.items.iter().map(|i| i.id).collect()));
+                        } else {
+                            prop_assert!(!model.values().any(|m| m.0 == ItemState::Pending), "pending items left unclaimed");
+                        }
+                    }
+                    Op::Finish(bi, kinds) => {
+                        if batches.is_empty() { continue; }
+                        let (bid, items) = batches[bi as usize % batches.len()].clone();
+                        let outcomes: Vec<(i64, ItemOutcome)> = items.iter().zip(kinds.iter().cycle()).map(|(id, k)| (*id, match k {
+                            0 => ItemOutcome::Deleted { already_absent: false },
+                            1 => ItemOutcome::Retry { at_ms: now, error: "e".into() },
+                            2 => ItemOutcome::Dead { error: "d".into() },
+                            _ => ItemOutcome::Release,
+                        })).collect();
+                        if kinds.is_empty() { continue; }
+                        s.finish_batch(bid, now, &outcomes, "").unwrap();
+                        for (id, o) in &outcomes {
+                            let m = model.get_mut(id).unwrap();
+                            if m.0 == ItemState::InFlight && m.1 == Some(bid) {
+                                let to = transition(m.0, o.event()).unwrap();
+                                *m = (to, None, 0);
+                            }
+                        }
+                    }
+                    Op::Tick(ms) => {
+                        now += ms as i64;
+                        s.release_expired_leases(now).unwrap();
+                        for m in model.values_mut() {
+                            if m.0 == ItemState::InFlight && m.2 <= now { *m = (ItemState::Pending, None, 0); }
+                        }
+                    }
+                    Op::ReleaseAll => {
+                        s.release_all_in_flight().unwrap();
+                        for m in model.values_mut() {
+                            if m.0 == ItemState::InFlight { *m = (ItemState::Pending, None, 0); }
+                        }
+                    }
+                    Op::Hold(i) | Op::Unhold(i) | Op::Revive(i) | Op::Raw(i, _) if ids.is_empty() => { let _ = i; }
+                    Op::Hold(i) | Op::Unhold(i) | Op::Revive(i) => {
+                        let id = ids[i as usize % ids.len()];
+                        let (event, to) = match op {
+                            Op::Hold(_) => (ItemEvent::Hold, ItemState::Held),
+                            Op::Unhold(_) => (ItemEvent::Unhold, ItemState::Pending),
+                            _ => (ItemEvent::Revive, ItemState::Pending),
+                        };
+                        let m = model.get_mut(&id).unwrap();
+                        // A legal event must go through in SQL too; Raw covers the refusals.
+                        if let Ok(next) = transition(m.0, event) {
+                            prop_assert_eq!(next, to);
+                            prop_assert!(force(&s, id, to).is_ok(), "{:?} -> {:?} refused", m.0, to);
+                            *m = (next, None, 0);
+                        }
+                    }
+                    Op::Raw(i, t) => {
+                        let id = ids[i as usize % ids.len()];
+                        let to = ItemState::ALL[t as usize];
+                        let m = model.get_mut(&id).unwrap();
+                        if m.0 == to || to == ItemState::InFlight { continue; }
+                        let legal_pair = EVENTS.iter().any(|e| transition(m.0, *e) == Ok(to));
+                        let ok = force(&s, id, to).is_ok();
+                        prop_assert_eq!(ok, legal_pair, "raw {:?} -> {:?}", m.0, to);
+                        if ok { *m = (to, None, 0); }
+                    }
+                }
+                for (id, m) in &model {
+                    prop_assert_eq!(s.item_state(*id).unwrap(), m.0, "item {}", id);
+                }
+            }
+        }
+    }
+}

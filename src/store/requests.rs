@@ -1,0 +1,316 @@
+//! Erasure requests: filing (idempotent on `external_ref`), listing, showing, retrying, and
+//! keeping each request's state in step with its items.
+//!
+//! A request's state is derived from its items and recomputed in the same transaction that changes
+//! them: `in_progress` while any item is pending or in flight; then `failed` if any went dead,
+//! else `complete` (every item deleted or held). `failed` is therefore final until
+//! `requests retry` revives the dead items.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde::Serialize;
+
+use super::{Result, Store, StoreError};
+use crate::model::RequestState;
+
+/// The outcome of filing a request.
+#[derive(Debug, Clone, Serialize)]
+pub struct FiledRequest {
+    pub id: i64,
+    pub external_ref: Option<String>,
+    pub state: RequestState,
+    /// False when the ref was already filed (nothing changed).
+    #[serde(skip)]
+    pub created: bool,
+    /// The existing request under this ref names another subject (a feeder bug worth a warning).
+    #[serde(skip)]
+    pub subject_differs: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestSummary {
+    pub id: i64,
+    pub external_ref: Option<String>,
+    pub state: RequestState,
+    pub received_at: i64,
+    pub due_at: i64,
+    pub resolved_at: Option<i64>,
+    pub completed_at: Option<i64>,
+    pub items: ItemCounts,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ItemCounts {
+    pub pending: u64,
+    pub in_flight: u64,
+    pub deleted: u64,
+    pub held: u64,
+    pub dead: u64,
+}
+
+impl ItemCounts {
+    pub fn total(&self) -> u64 {
+        self.pending + self.in_flight + self.deleted + self.held + self.dead
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestItem {
+    pub provider: String,
+    pub scope: String,
+    pub session_id: String,
+    pub state: String,
+    pub attempts: u32,
+    /// `deleted` or `already_absent` once the provider confirmed.
+    pub outcome: Option<String>,
+    pub finished_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub hold_id: Option<i64>,
+    pub hold_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestDetail {
+    #[serde(flatten)]
+    pub summary: RequestSummary,
+    pub items: Vec<RequestItem>,
+}
+
+const SUMMARY_COLUMNS: &str = "r.id, r.external_ref, r.state, r.received_at, r.due_at, r.resolved_at, r.completed_at,
+    (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = r.id AND w.state = 'pending'),
+    (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = r.id AND w.state = 'in_flight'),
+    (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = r.id AND w.state = 'deleted'),
+    (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = r.id AND w.state = 'held'),
+    (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = r.id AND w.state = 'dead')";
+
+fn summary_row(r: &rusqlite::Row<'_>, deadline_secs: i64) -> rusqlite::Result<RequestSummary> {
+    let state: String = r.get(2)?;
+    let received_at: i64 = r.get(3)?;
+    Ok(RequestSummary {
+        id: r.get(0)?,
+        external_ref: r.get(1)?,
+        state: RequestState::parse(&state).unwrap_or(RequestState::Received),
+        received_at,
+        due_at: r
+            .get::<_, Option<i64>>(4)?
+            .unwrap_or(received_at.saturating_add(deadline_secs)),
+        resolved_at: r.get(5)?,
+        completed_at: r.get(6)?,
+        items: ItemCounts {
+            pending: r.get::<_, i64>(7)? as u64,
+            in_flight: r.get::<_, i64>(8)? as u64,
+            deleted: r.get::<_, i64>(9)? as u64,
+            held: r.get::<_, i64>(10)? as u64,
+            dead: r.get::<_, i64>(11)? as u64,
+        },
+    })
+}
+
+impl Store {
+    /// Files an erasure request. Filing an existing `external_ref` changes nothing and returns the
+    /// existing request.
+    pub fn file_request(
+        &mut self,
+        subject: &str,
+        external_ref: Option<&str>,
+        received_at: i64,
+        deadline_secs: i64,
+    ) -> Result<FiledRequest> {
+        self.write(|tx| {
+            let inserted: Option<(i64, String)> = tx
+                .query_row(
+                    "INSERT INTO erasure_requests (subject, external_ref, received_at, due_at)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (external_ref) DO NOTHING
+                     RETURNING id, state",
+                    params![subject, external_ref, received_at, received_at.saturating_add(deadline_secs)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((id, state)) = inserted {
+                return Ok(FiledRequest {
+                    id,
+                    external_ref: external_ref.map(str::to_string),
+                    state: RequestState::parse(&state).unwrap_or(RequestState::Received),
+                    created: true,
+                    subject_differs: false,
+                });
+            }
+            let (id, state, existing_subject, subject_hash): (i64, String, String, Option<String>) = tx.query_row(
+                "SELECT id, state, subject, subject_hash FROM erasure_requests WHERE external_ref = ?1",
+                [external_ref],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?;
+            Ok(FiledRequest {
+                id,
+                external_ref: external_ref.map(str::to_string),
+                state: RequestState::parse(&state).unwrap_or(RequestState::Received),
+                created: false,
+                // After completion the subject is replaced by its hash: do not compare then.
+                subject_differs: subject_hash.is_none() && existing_subject != subject,
+            })
+        })
+    }
+
+    pub fn list_requests(&self, deadline_secs: i64) -> Result<Vec<RequestSummary>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM erasure_requests r ORDER BY r.id"
+        ))?;
+        let rows = stmt
+            .query_map([], |r| summary_row(r, deadline_secs))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    pub fn request_detail(&self, id: i64, deadline_secs: i64) -> Result<RequestDetail> {
+        let summary = self
+            .conn
+            .query_row(
+                &format!("SELECT {SUMMARY_COLUMNS} FROM erasure_requests r WHERE r.id = ?1"),
+                [id],
+                |r| summary_row(r, deadline_secs),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("no erasure request with id {id}")))?;
+        let mut stmt = self.conn.prepare(
+            "SELECT w.provider, w.scope, w.session_id, w.state, w.attempts, w.outcome, w.finished_at,
+                    w.last_error, w.hold_id, h.reason
+             FROM request_items ri JOIN work_items w ON w.id = ri.item_id
+             LEFT JOIN holds h ON h.id = w.hold_id
+             WHERE ri.request_id = ?1
+             ORDER BY w.provider, w.scope, w.session_id",
+        )?;
+        let items = stmt
+            .query_map([id], |r| {
+                Ok(RequestItem {
+                    provider: r.get(0)?,
+                    scope: r.get(1)?,
+                    session_id: r.get(2)?,
+                    state: r.get(3)?,
+                    attempts: r.get::<_, i64>(4)? as u32,
+                    outcome: r.get(5)?,
+                    finished_at: r.get(6)?,
+                    last_error: r.get(7)?,
+                    hold_id: r.get(8)?,
+                    hold_reason: r.get(9)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(RequestDetail { summary, items })
+    }
+
+    /// Gives a request's dead items another round: back to pending with fresh attempt counts.
+    /// Returns how many items were revived.
+    pub fn retry_request(&mut self, id: i64, now: i64) -> Result<usize> {
+        self.write(|tx| {
+            let exists: Option<i64> = tx
+                .query_row("SELECT id FROM erasure_requests WHERE id = ?1", [id], |r| r.get(0))
+                .optional()?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("no erasure request with id {id}")));
+            }
+            let n = tx.execute(
+                "UPDATE work_items SET state = 'pending', attempts = 0, first_attempt_ms = NULL,
+                        next_attempt_ms = 0, finished_at = NULL
+                 WHERE state = 'dead' AND id IN (SELECT item_id FROM request_items WHERE request_id = ?1)",
+                [id],
+            )?;
+            refresh_request(tx, id, now)?;
+            Ok(n)
+        })
+    }
+}
+
+/// Recomputes the state of every resolved request linked to any of `item_ids`; returns the ids of
+/// requests whose state changed.
+pub(crate) fn refresh_for_items(
+    tx: &Transaction<'_>,
+    item_ids: &[i64],
+    now: i64,
+) -> Result<Vec<i64>> {
+    let mut requests = std::collections::BTreeSet::new();
+    {
+        let mut stmt =
+            tx.prepare_cached("SELECT request_id FROM request_items WHERE item_id = ?1")?;
+        for id in item_ids {
+            for r in stmt.query_map([id], |r| r.get::<_, i64>(0))? {
+                requests.insert(r?);
+            }
+        }
+    }
+    let mut changed = Vec::new();
+    for r in requests {
+        if refresh_request(tx, r, now)?.is_some() {
+            changed.push(r);
+        }
+    }
+    Ok(changed)
+}
+
+/// Recomputes one resolved request's state from its items. Returns the new state if it changed.
+pub(crate) fn refresh_request(
+    tx: &Transaction<'_>,
+    id: i64,
+    now: i64,
+) -> Result<Option<RequestState>> {
+    let (state, open, dead): (String, i64, i64) = tx
+        .prepare_cached(
+            "SELECT r.state,
+            (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id
+             WHERE ri.request_id = r.id AND w.state IN ('pending', 'in_flight')),
+            (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id
+             WHERE ri.request_id = r.id AND w.state = 'dead')
+         FROM erasure_requests r WHERE r.id = ?1",
+        )?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let old = RequestState::parse(&state).unwrap_or(RequestState::Received);
+    if old == RequestState::Received {
+        return Ok(None); // not resolved yet: resolution sets the first state
+    }
+    let new = if open > 0 {
+        RequestState::InProgress
+    } else if dead > 0 {
+        RequestState::Failed
+    } else {
+        RequestState::Complete
+    };
+    if new == old {
+        return Ok(None);
+    }
+    let completed_at = matches!(new, RequestState::Complete | RequestState::Failed).then_some(now);
+    tx.prepare_cached(
+        "UPDATE erasure_requests SET state = ?2, completed_at = ?3, updated_at = ?4 WHERE id = ?1",
+    )?
+    .execute(params![id, new.as_str(), completed_at, now])?;
+    Ok(Some(new))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::testing::temp_store;
+
+    #[test]
+    fn filing_the_same_ref_twice_yields_one_request() {
+        let (_d, mut s) = temp_store();
+        let a = s.file_request("alice", Some("ref-1"), 100, 10).unwrap();
+        let b = s.file_request("alice", Some("ref-1"), 200, 10).unwrap();
+        assert!(a.created && !b.created);
+        assert_eq!(a.id, b.id);
+        assert!(!b.subject_differs);
+        let c = s.file_request("bob", Some("ref-1"), 200, 10).unwrap();
+        assert!(c.subject_differs);
+        assert_eq!(s.list_requests(10).unwrap().len(), 1);
+        // no ref: every filing is a new request
+        let d = s.file_request("alice", None, 1, 10).unwrap();
+        let e = s.file_request("alice", None, 1, 10).unwrap();
+        assert_ne!(d.id, e.id);
+    }
+
+    #[test]
+    fn retry_of_unknown_request_is_not_found() {
+        let (_d, mut s) = temp_store();
+        assert!(matches!(
+            s.retry_request(42, 0),
+            Err(crate::store::StoreError::NotFound(_))
+        ));
+    }
+}

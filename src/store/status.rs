@@ -1,0 +1,116 @@
+//! The numbers `forgetd status` and the daemon's STATUS= line show: queue depth by state and
+//! provider, requests by state, overdue and soon-due requests, dead items, paused providers, rules
+//! waiting for approval.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{Result, Store};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    /// provider -> state -> count
+    pub items: BTreeMap<String, BTreeMap<String, u64>>,
+    /// request state -> count
+    pub requests: BTreeMap<String, u64>,
+    /// Open requests past their due date.
+    pub overdue: Vec<DueRequest>,
+    /// Open requests due within the next 7 days.
+    pub due_soon: Vec<DueRequest>,
+    pub dead_items: u64,
+    /// Age in seconds of the oldest pending item.
+    pub oldest_pending_age_secs: Option<i64>,
+    pub paused_providers: Vec<PausedProvider>,
+    pub rules_awaiting_approval: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DueRequest {
+    pub id: i64,
+    pub external_ref: Option<String>,
+    pub due_at: i64,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PausedProvider {
+    pub provider: String,
+    pub reason: String,
+    pub paused_at: Option<i64>,
+}
+
+pub const SOON_SECS: i64 = 7 * 86_400;
+
+impl Store {
+    pub fn status(&self, now: i64, deadline_secs: i64) -> Result<Status> {
+        let mut st = Status::default();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT provider, state, count(*) FROM work_items GROUP BY provider, state")?;
+        for row in stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })? {
+            let (p, s, n) = row?;
+            if s == "dead" {
+                st.dead_items += n as u64;
+            }
+            st.items.entry(p).or_default().insert(s, n as u64);
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT state, count(*) FROM erasure_requests GROUP BY state")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+            let (s, n) = row?;
+            st.requests.insert(s, n as u64);
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT id, external_ref, coalesce(due_at, received_at + ?1), state FROM erasure_requests
+             WHERE state IN ('received', 'in_progress', 'failed') AND coalesce(due_at, received_at + ?1) <= ?2 + ?3
+             ORDER BY 3",
+        )?;
+        for row in stmt.query_map(rusqlite::params![deadline_secs, now, SOON_SECS], |r| {
+            Ok(DueRequest {
+                id: r.get(0)?,
+                external_ref: r.get(1)?,
+                due_at: r.get(2)?,
+                state: r.get(3)?,
+            })
+        })? {
+            let d = row?;
+            if d.due_at <= now {
+                st.overdue.push(d);
+            } else {
+                st.due_soon.push(d);
+            }
+        }
+        st.oldest_pending_age_secs = self.conn.query_row(
+            "SELECT ?1 - min(created_at) FROM work_items WHERE state = 'pending'",
+            [now],
+            |r| r.get(0),
+        )?;
+        let mut stmt = self.conn.prepare(
+            "SELECT provider, paused_reason, paused_at FROM provider_state WHERE paused_reason IS NOT NULL ORDER BY provider",
+        )?;
+        for row in stmt.query_map([], |r| {
+            Ok(PausedProvider {
+                provider: r.get(0)?,
+                reason: r.get(1)?,
+                paused_at: r.get(2)?,
+            })
+        })? {
+            st.paused_providers.push(row?);
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT rule_name FROM rule_state WHERE awaiting_approval IS NOT NULL AND approved = 0 ORDER BY rule_name")?;
+        for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            st.rules_awaiting_approval.push(row?);
+        }
+        Ok(st)
+    }
+}
