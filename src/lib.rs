@@ -20,6 +20,8 @@ pub mod clock;
 pub mod config;
 pub mod logging;
 pub mod model;
+pub mod providers;
 pub mod report;
 pub mod scheduler;
+pub mod simulator;
 pub mod store;

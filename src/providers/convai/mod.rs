@@ -1,0 +1,345 @@
+//! Convai character chat history (seed: ../shared/seeds/000_*, facts: ../shared/providers.md).
+//!
+//! Calls, all `POST` with a JSON body and the `CONVAI-API-KEY` header:
+//! - delete: `/character/chatHistory/delete` `{"charID", "sessionIDs": [...]}` → 200
+//!   `{"status": "SUCCESSFULLY DELETED"}` (text localized: never compared).
+//! - list: `/character/chatHistory/list` `{"charID", "limit": "-1"}` → one unpaginated JSON array of
+//!   `{"sessionID", "date": "DD-MM-YYYY", "time": "HH:MM:SS", ...}`, parsed as a stream (bounded
+//!   memory however long). No zone is documented: the date and time are read as UTC.
+//!
+//! Status mapping (providers.md): 401 → pause (the key is refused; Convai has no token to
+//! refresh); 403 or 404 on the delete path → pause, "delete API not enabled for this key" (never
+//! "already deleted"); 429 → retry after Retry-After (default 5 s); 400/422 → the batch's content
+//! was refused, split it; 5xx and 408 → retry; anything else → pause with the status named.
+//! Unknown IDs and partial deletes are undocumented: a 200 confirms the whole batch, and a repeated
+//! delete of a gone session is success.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::{StatusCode, Url};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde::de::{SeqAccess, Visitor};
+
+use super::http::{self, DETAIL_LEN, MAX_BODY, truncate};
+use super::{
+    Action, BuildError, ChatSink, DeleteBatch, DeleteOutcome, ListedChat, Presence, Provider,
+    ProviderError,
+};
+use crate::config::ConvaiConfig;
+use crate::model::ProviderKind;
+
+const KIND: ProviderKind = ProviderKind::Convai;
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+pub struct ConvaiClient {
+    http: reqwest::Client,
+    base: Url,
+    api_key: SecretString,
+    batch_size: usize,
+}
+
+impl std::fmt::Debug for ConvaiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConvaiClient")
+            .field("base", &self.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `{"ERROR": "...", "Reference ID": "..."}`
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "ERROR")]
+    error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListedSession {
+    #[serde(rename = "sessionID")]
+    session_id: Option<String>,
+    date: Option<String>,
+    time: Option<String>,
+}
+
+impl ConvaiClient {
+    pub fn new(config: &ConvaiConfig) -> Result<Self, BuildError> {
+        Ok(Self {
+            http: http::client(config.limits.timeout).map_err(|source| BuildError::Http {
+                provider: KIND,
+                source,
+            })?,
+            base: config.base_url.clone(),
+            api_key: config.api_key.read()?,
+            batch_size: config.limits.batch_size,
+        })
+    }
+
+    fn url(&self, path: &str) -> Url {
+        let mut u = self.base.clone();
+        let joined = format!("{}{}", u.path().trim_end_matches('/'), path);
+        u.set_path(&joined);
+        u
+    }
+
+    async fn post(
+        &self,
+        operation: &'static str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let mut req = self.http.post(self.url(path)).json(body);
+        if let Some(v) = http::secret_header(&self.api_key) {
+            req = req.header("CONVAI-API-KEY", v);
+        }
+        req.send()
+            .await
+            .map_err(|e| http::transport(KIND, operation, e))
+    }
+
+    /// Maps a non-200 answer to what to do next, by status code only.
+    fn classify(
+        operation: &'static str,
+        status: StatusCode,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+    ) -> ProviderError {
+        let message = serde_json::from_slice::<ErrorBody>(body)
+            .ok()
+            .and_then(|b| b.error)
+            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+        let message = truncate(&message, DETAIL_LEN);
+        let code = status.as_u16();
+        let action = match code {
+            401 => Action::Pause(format!(
+                "Convai refused the API key (HTTP 401: {message}); put a valid key where providers.convai.api_key points"
+            )),
+            403 | 404 if operation == "delete" => Action::Pause(format!(
+                "Convai's chat-history delete API is not enabled for this key (HTTP {code}: {message}); ask Convai to enable it"
+            )),
+            403 => Action::Pause(format!("Convai denied permission (HTTP 403: {message})")),
+            429 => Action::RetryAfter(http::retry_after(headers).unwrap_or(DEFAULT_RETRY_AFTER)),
+            400 | 422 => Action::Rejected,
+            408 | 500..=599 => match http::retry_after(headers) {
+                Some(d) => Action::RetryAfter(d),
+                None => Action::Retry,
+            },
+            _ => Action::Pause(format!(
+                "Convai answered HTTP {code} ({message}); check providers.convai.base_url"
+            )),
+        };
+        ProviderError::new(KIND, operation, action, format!("HTTP {code}: {message}"))
+            .with_status(code)
+    }
+
+    /// Streams the list of a character's sessions into `sink`.
+    async fn list(&self, scope: &str, sink: ChatSink<'_>) -> Result<(), ProviderError> {
+        let op = "list";
+        let resp = self
+            .post(
+                op,
+                "/character/chatHistory/list",
+                &serde_json::json!({"charID": scope, "limit": "-1"}),
+            )
+            .await?;
+        let status = resp.status();
+        if status != StatusCode::OK {
+            let headers = resp.headers().clone();
+            let body = http::read_body(KIND, op, resp, MAX_BODY).await?;
+            return Err(Self::classify(op, status, &headers, &body));
+        }
+        // Parse on a blocking thread from a synchronous view of the body stream; hand sessions
+        // back through a small bounded channel, so memory stays flat however long the array.
+        use futures_util::TryStreamExt;
+        let stream = resp.bytes_stream().map_err(std::io::Error::other);
+        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<ListedChat>(256);
+        let scope_owned = scope.to_string();
+        let parser = tokio::task::spawn_blocking(move || {
+            parse_list(reader, &scope_owned, |c| tx.blocking_send(c).is_ok())
+        });
+        while let Some(chat) = rx.recv().await {
+            sink(chat);
+        }
+        match parser.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(http::unparseable(KIND, op, 200, &[], e)),
+            Err(join) => Err(
+                ProviderError::new(KIND, op, Action::Retry, "list parser failed").with_source(join),
+            ),
+        }
+    }
+}
+
+/// Parses Convai's list array from `reader`, calling `each` per session (stops if it returns false).
+pub fn parse_list(
+    reader: impl std::io::Read,
+    scope: &str,
+    mut each: impl FnMut(ListedChat) -> bool,
+) -> Result<(), serde_json::Error> {
+    struct Each<'a, F> {
+        scope: &'a str,
+        each: &'a mut F,
+    }
+    impl<'de, F: FnMut(ListedChat) -> bool> Visitor<'de> for Each<'_, F> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON array of sessions")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(s) = seq.next_element::<ListedSession>()? {
+                let Some(id) = s.session_id.filter(|i| !i.is_empty() && i != "-1") else {
+                    continue;
+                };
+                let created_at = match (s.date.as_deref(), s.time.as_deref()) {
+                    (Some(d), Some(t)) => parse_date_time(d, t),
+                    (Some(d), None) => parse_date_time(d, "00:00:00"),
+                    _ => None,
+                };
+                let chat = ListedChat {
+                    scope: self.scope.to_string(),
+                    session_id: id,
+                    created_at,
+                    repo_id: None,
+                };
+                if !(self.each)(chat) {
+                    break;
+                }
+            }
+            // Drain what remains so a stopped consumer does not make the parse fail.
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    serde::Deserializer::deserialize_seq(
+        &mut de,
+        Each {
+            scope,
+            each: &mut each,
+        },
+    )?;
+    de.end()
+}
+
+/// "25-09-2024" + "20:52:57", read as UTC (no zone is documented).
+pub fn parse_date_time(date: &str, time: &str) -> Option<i64> {
+    let t = chrono::NaiveDateTime::parse_from_str(&format!("{date} {time}"), "%d-%m-%Y %H:%M:%S")
+        .ok()?;
+    Some(t.and_utc().timestamp())
+}
+
+#[async_trait]
+impl Provider for ConvaiClient {
+    fn kind(&self) -> ProviderKind {
+        KIND
+    }
+
+    fn max_batch(&self) -> usize {
+        self.batch_size
+    }
+
+    fn check_id(&self, session_id: &str) -> Result<(), String> {
+        if session_id.is_empty() || session_id.len() > 64 {
+            return Err("a Convai session ID is 1 to 64 characters".into());
+        }
+        if session_id == "-1" {
+            return Err("\"-1\" means \"new session\" at Convai, never a real session".into());
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, batch: &DeleteBatch) -> Result<DeleteOutcome, ProviderError> {
+        let op = "delete";
+        let body = serde_json::json!({"charID": batch.scope, "sessionIDs": batch.ids});
+        let resp = self
+            .post(op, "/character/chatHistory/delete", &body)
+            .await?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = http::read_body(KIND, op, resp, MAX_BODY).await?;
+        if status != StatusCode::OK {
+            return Err(Self::classify(op, status, &headers, &body));
+        }
+        // 200: an object that is not an error envelope confirms the batch.
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(serde_json::Value::Object(map)) if !map.contains_key("ERROR") => {
+                Ok(DeleteOutcome::AllDeleted)
+            }
+            Ok(_) => Err(http::unparseable(
+                KIND,
+                op,
+                200,
+                &body,
+                "not a success object",
+            )),
+            Err(e) => Err(http::unparseable(KIND, op, 200, &body, e)),
+        }
+    }
+
+    async fn list_scope(&self, scope: &str, sink: ChatSink<'_>) -> Result<(), ProviderError> {
+        self.list(scope, sink).await
+    }
+
+    async fn list_subject(
+        &self,
+        _scope: &str,
+        _subject: &str,
+        _sink: ChatSink<'_>,
+    ) -> Result<bool, ProviderError> {
+        Ok(false) // Convai's list has no owner field: chats are found by subject only via the inventory.
+    }
+
+    fn subject_scopes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    async fn lookup(
+        &self,
+        scope: &str,
+        _repo_id: Option<&str>,
+        session_id: &str,
+    ) -> Result<Presence, ProviderError> {
+        let mut found = false;
+        let target = session_id.to_string();
+        self.list(scope, &mut |c: ListedChat| {
+            if c.session_id == target {
+                found = true;
+            }
+        })
+        .await?;
+        Ok(if found {
+            Presence::Present
+        } else {
+            Presence::Absent
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_parses_as_a_stream_and_reads_dates_as_utc() {
+        let body = r#"[{"sessionID":"a1","date":"25-09-2024","time":"20:52:57","is_added_to_memory":true},
+                      {"sessionID":"-1"},{"date":"01-01-2024"},{"sessionID":"b2","date":"31-12-2023","time":"00:00:00","extra":{"x":[1]}}]"#;
+        let mut got = Vec::new();
+        parse_list(body.as_bytes(), "char", |c| {
+            got.push(c);
+            true
+        })
+        .unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].session_id, "a1");
+        assert_eq!(got[0].created_at, Some(1727297577));
+        assert_eq!(got[1].created_at, Some(1703980800));
+    }
+
+    #[test]
+    fn an_error_object_is_not_a_list() {
+        assert!(parse_list(r#"{"ERROR":"x"}"#.as_bytes(), "c", |_| true).is_err());
+        assert!(parse_list(r#"[{"sessionID":"a"}"#.as_bytes(), "c", |_| true).is_err());
+    }
+}

@@ -1,0 +1,444 @@
+//! Huawei Cloud KooSearch "uni-search" chat history (seed: ../shared/seeds/002_*, facts:
+//! ../shared/providers.md).
+//!
+//! Prefix `{endpoint}/v1/{project_id}/applications/{application_id}/uni-search`, header
+//! `X-Auth-Token` (see [`iam`]). The scope of a chat is its application ID.
+//! - batch delete: `DELETE .../chat-history/batch` `{"chat_ids": [...], "repo_ids": [...]}` → 200
+//!   `{"total_count","deleted_count"}`, or camelCase as the doc's example shows: both are read. A
+//!   batch carries chats of one knowledge base (or none), so `repo_ids` is that ID repeated per
+//!   chat as in the doc's example, and never more than 100 entries.
+//! - list: `GET .../chat-history?user_name=&repo_id=&chat_id=&page_num=&page_size=`, pages of
+//!   `{"total","pages","current","records": [{"chat_id","knowledge_repo_id","create_date_time"
+//!   (epoch ms, as a string),"is_del"}]}`. Records marked `is_del` are treated as absent.
+//!
+//! Errors: `{"error_code","error_msg"}`; codes are compared case-insensitively, messages never.
+//! 429 / `APIG.0308` → retry after Retry-After or 3 s (Huawei advises 2-5 s); 401 → refresh the
+//! token once and retry, then pause; 403 → pause (permission); 404 → pause (endpoint, project or
+//! application wrong); 400 `KOS.00010001`/`KOS.00010002` → the batch's content was refused, split
+//! it; 5xx and `KOS.00060002` (database failure) → retry.
+
+pub mod iam;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::{Method, StatusCode, Url};
+use serde::Deserialize;
+
+use super::http::{self, DETAIL_LEN, MAX_BODY, truncate};
+use super::{
+    Action, BuildError, ChatSink, DeleteBatch, DeleteOutcome, ListedChat, Presence, Provider,
+    ProviderError,
+};
+use crate::clock::SharedClock;
+use crate::config::{KooSearchAuth, KooSearchConfig, is_koosearch_id};
+use crate::model::ProviderKind;
+use iam::TokenSource;
+
+const KIND: ProviderKind = ProviderKind::KooSearch;
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(3);
+/// Documented maximum of repo_ids; chat_ids has none documented, we send no more either.
+pub const MAX_BATCH: usize = 100;
+const PAGE_SIZE: u32 = 100;
+/// A listing never walks more pages than this (a provider that keeps answering pages is a bug).
+const MAX_PAGES: u32 = 100_000;
+
+pub struct KooSearchClient {
+    http: reqwest::Client,
+    endpoint: Url,
+    project_id: String,
+    applications: Vec<String>,
+    discover_by_user_name: bool,
+    auth: TokenSource,
+    batch_size: usize,
+}
+
+impl std::fmt::Debug for KooSearchClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KooSearchClient")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("project_id", &self.project_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    error_code: Option<String>,
+    error_msg: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchAnswer {
+    #[serde(alias = "totalCount")]
+    total_count: Option<u64>,
+    #[serde(alias = "deletedCount")]
+    deleted_count: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    #[serde(default)]
+    pages: Option<u64>,
+    #[serde(default)]
+    records: Vec<Record>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Record {
+    chat_id: Option<String>,
+    knowledge_repo_id: Option<String>,
+    create_date_time: Option<serde_json::Value>,
+    is_del: Option<serde_json::Value>,
+}
+
+impl Record {
+    fn deleted(&self) -> bool {
+        match &self.is_del {
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(serde_json::Value::Number(n)) => n.as_i64() != Some(0),
+            Some(serde_json::Value::String(s)) => {
+                matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes")
+            }
+            _ => false,
+        }
+    }
+    fn created_at(&self) -> Option<i64> {
+        let ms = match &self.create_date_time {
+            Some(serde_json::Value::String(s)) => s.trim().parse::<i64>().ok()?,
+            Some(serde_json::Value::Number(n)) => n.as_i64()?,
+            _ => return None,
+        };
+        Some(ms.div_euclid(1000))
+    }
+}
+
+impl KooSearchClient {
+    pub fn new(config: &KooSearchConfig, clock: SharedClock) -> Result<Self, BuildError> {
+        let http = http::client(config.limits.timeout).map_err(|source| BuildError::Http {
+            provider: KIND,
+            source,
+        })?;
+        let auth = match &config.auth {
+            KooSearchAuth::Token(t) => TokenSource::Fixed(t.read()?),
+            KooSearchAuth::Iam(i) => {
+                TokenSource::iam(http.clone(), i.clone(), i.password.read()?, clock)
+            }
+        };
+        Ok(Self {
+            http,
+            endpoint: config.endpoint.clone(),
+            project_id: config.project_id.clone(),
+            applications: config.applications.clone(),
+            discover_by_user_name: config.discover_by_user_name,
+            auth,
+            batch_size: config.limits.batch_size.min(MAX_BATCH),
+        })
+    }
+
+    /// How many IAM tokens this client fetched.
+    pub fn token_refreshes(&self) -> u64 {
+        self.auth.refreshes()
+    }
+
+    fn url(&self, application: &str, tail: &str) -> Url {
+        let mut u = self.endpoint.clone();
+        let path = format!(
+            "{}/v1/{}/applications/{}/uni-search{}",
+            u.path().trim_end_matches('/'),
+            self.project_id,
+            application,
+            tail
+        );
+        u.set_path(&path);
+        u
+    }
+
+    /// Sends with a token; on 401 refreshes once and resends; a second 401 pauses the provider.
+    async fn send(
+        &self,
+        op: &'static str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), ProviderError> {
+        let mut refreshed = false;
+        loop {
+            let token = self.auth.token().await?;
+            let mut req = build();
+            if let Some(v) = http::secret_header(&token) {
+                req = req.header("X-Auth-Token", v);
+            }
+            let resp = req.send().await.map_err(|e| http::transport(KIND, op, e))?;
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let body = http::read_body(KIND, op, resp, MAX_BODY).await?;
+            if status == StatusCode::UNAUTHORIZED {
+                let (code, msg) = error_parts(&body);
+                let can_refresh = !refreshed && self.auth.invalidate(&token).await;
+                if can_refresh {
+                    tracing::info!(
+                        provider = "koosearch",
+                        code = code.as_deref().unwrap_or(""),
+                        "token refused; refreshing once"
+                    );
+                    refreshed = true;
+                    continue;
+                }
+                let why = if refreshed {
+                    "KooSearch refused a freshly issued IAM token (HTTP 401); check the IAM user's permissions for KooSearch"
+                } else {
+                    "KooSearch refused the configured token (HTTP 401); replace providers.koosearch.token or configure [providers.koosearch.iam]"
+                };
+                return Err(ProviderError::new(
+                    KIND,
+                    op,
+                    Action::Pause(why.to_string()),
+                    format!("HTTP 401 {}: {msg}", code.as_deref().unwrap_or("")),
+                )
+                .with_status(401)
+                .with_code(code));
+            }
+            return Ok((status, headers, body));
+        }
+    }
+
+    fn classify(
+        op: &'static str,
+        status: StatusCode,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+    ) -> ProviderError {
+        let (code, msg) = error_parts(body);
+        let upper = code
+            .as_deref()
+            .map(str::to_ascii_uppercase)
+            .unwrap_or_default();
+        let n = status.as_u16();
+        let action = if n == 429 || upper == "APIG.0308" {
+            Action::RetryAfter(http::retry_after(headers).unwrap_or(DEFAULT_RETRY_AFTER))
+        } else if upper == "KOS.00060002" || (500..=599).contains(&n) || n == 408 {
+            http::retry_after(headers)
+                .map(Action::RetryAfter)
+                .unwrap_or(Action::Retry)
+        } else if n == 403 {
+            Action::Pause(format!(
+                "KooSearch denied permission (HTTP 403 {upper}); grant the IAM user access to KooSearch"
+            ))
+        } else if n == 404 {
+            Action::Pause(format!(
+                "KooSearch answered 404 ({upper}): check providers.koosearch.endpoint and project_id, and the application ID"
+            ))
+        } else if n == 400 || upper.starts_with("KOS.0001") {
+            Action::Rejected
+        } else {
+            Action::Pause(format!(
+                "KooSearch answered HTTP {n} ({upper}); check the configuration"
+            ))
+        };
+        ProviderError::new(KIND, op, action, format!("HTTP {n} {upper}: {msg}"))
+            .with_status(n)
+            .with_code(code)
+    }
+
+    /// Walks every page of a listing query, calling `sink` per live record.
+    async fn list_pages(
+        &self,
+        scope: &str,
+        query: &[(&str, &str)],
+        sink: ChatSink<'_>,
+    ) -> Result<(), ProviderError> {
+        let op = "list";
+        let mut page = 1u32;
+        loop {
+            let page_s = page.to_string();
+            let size_s = PAGE_SIZE.to_string();
+            let url = self.url(scope, "/chat-history");
+            let (status, headers, body) = self
+                .send(op, || {
+                    let mut q: Vec<(&str, &str)> = query.to_vec();
+                    q.push(("page_num", &page_s));
+                    q.push(("page_size", &size_s));
+                    self.http.get(url.clone()).query(&q)
+                })
+                .await?;
+            if status != StatusCode::OK {
+                return Err(Self::classify(op, status, &headers, &body));
+            }
+            let parsed: Page = serde_json::from_slice(&body)
+                .map_err(|e| http::unparseable(KIND, op, 200, &body, e))?;
+            let n = parsed.records.len();
+            for r in parsed.records {
+                if r.deleted() {
+                    continue;
+                }
+                let Some(id) = r.chat_id.clone() else {
+                    continue;
+                };
+                sink(ListedChat {
+                    scope: scope.to_string(),
+                    created_at: r.created_at(),
+                    repo_id: r.knowledge_repo_id.clone().filter(|s| !s.is_empty()),
+                    session_id: id,
+                });
+            }
+            let pages = parsed.pages.unwrap_or(0);
+            if n == 0 || (pages > 0 && page as u64 >= pages) || page >= MAX_PAGES {
+                return Ok(());
+            }
+            page += 1;
+        }
+    }
+}
+
+fn error_parts(body: &[u8]) -> (Option<String>, String) {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => (
+            e.error_code,
+            truncate(e.error_msg.as_deref().unwrap_or(""), DETAIL_LEN),
+        ),
+        Err(_) => (None, truncate(&String::from_utf8_lossy(body), DETAIL_LEN)),
+    }
+}
+
+/// Reads a batch delete's 200 answer; both casings are accepted.
+pub fn parse_batch_answer(body: &[u8], sent: usize) -> Result<DeleteOutcome, String> {
+    let a: BatchAnswer = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let (Some(total), Some(deleted)) = (a.total_count, a.deleted_count) else {
+        return Err("no total_count/deleted_count".into());
+    };
+    let total = total.max(sent as u64);
+    if deleted >= total {
+        Ok(DeleteOutcome::AllDeleted)
+    } else {
+        Ok(DeleteOutcome::Partial { total, deleted })
+    }
+}
+
+#[async_trait]
+impl Provider for KooSearchClient {
+    fn kind(&self) -> ProviderKind {
+        KIND
+    }
+
+    fn max_batch(&self) -> usize {
+        self.batch_size
+    }
+
+    fn check_id(&self, session_id: &str) -> Result<(), String> {
+        if is_koosearch_id(session_id) {
+            Ok(())
+        } else {
+            Err("a KooSearch chat_id is 1 to 64 characters of A-Z a-z 0-9 _ -".into())
+        }
+    }
+
+    async fn delete(&self, batch: &DeleteBatch) -> Result<DeleteOutcome, ProviderError> {
+        let op = "delete";
+        let mut body = serde_json::json!({"chat_ids": batch.ids});
+        if let Some(repo) = &batch.repo_id {
+            body["repo_ids"] = serde_json::json!(vec![repo; batch.ids.len().min(MAX_BATCH)]);
+        }
+        let url = self.url(&batch.scope, "/chat-history/batch");
+        let (status, headers, answer) = self
+            .send(op, || {
+                self.http.request(Method::DELETE, url.clone()).json(&body)
+            })
+            .await?;
+        if status != StatusCode::OK {
+            return Err(Self::classify(op, status, &headers, &answer));
+        }
+        parse_batch_answer(&answer, batch.ids.len())
+            .map_err(|e| http::unparseable(KIND, op, 200, &answer, e))
+    }
+
+    async fn list_scope(&self, scope: &str, sink: ChatSink<'_>) -> Result<(), ProviderError> {
+        self.list_pages(scope, &[], sink).await
+    }
+
+    async fn list_subject(
+        &self,
+        scope: &str,
+        subject: &str,
+        sink: ChatSink<'_>,
+    ) -> Result<bool, ProviderError> {
+        if !self.discover_by_user_name {
+            return Ok(false);
+        }
+        self.list_pages(scope, &[("user_name", subject)], sink)
+            .await?;
+        Ok(true)
+    }
+
+    fn subject_scopes(&self) -> Vec<String> {
+        if self.discover_by_user_name {
+            self.applications.clone()
+        } else {
+            Vec::new()
+        }
+    }
+
+    async fn lookup(
+        &self,
+        scope: &str,
+        repo_id: Option<&str>,
+        session_id: &str,
+    ) -> Result<Presence, ProviderError> {
+        let mut found = false;
+        let mut q = vec![("chat_id", session_id)];
+        if let Some(r) = repo_id {
+            q.push(("repo_id", r));
+        }
+        let target = session_id.to_string();
+        self.list_pages(scope, &q, &mut |c: ListedChat| {
+            if c.session_id == target {
+                found = true;
+            }
+        })
+        .await?;
+        Ok(if found {
+            Presence::Present
+        } else {
+            Presence::Absent
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_answer_reads_both_casings() {
+        assert_eq!(
+            parse_batch_answer(br#"{"total_count":2,"deleted_count":2}"#, 2),
+            Ok(DeleteOutcome::AllDeleted)
+        );
+        assert_eq!(
+            parse_batch_answer(br#"{"totalCount":2,"deletedCount":2}"#, 2),
+            Ok(DeleteOutcome::AllDeleted)
+        );
+        assert_eq!(
+            parse_batch_answer(br#"{"totalCount":3,"deletedCount":1}"#, 3),
+            Ok(DeleteOutcome::Partial {
+                total: 3,
+                deleted: 1
+            })
+        );
+        assert!(parse_batch_answer(br#"{"status":"ok"}"#, 1).is_err());
+        assert!(parse_batch_answer(b"<html>", 1).is_err());
+    }
+
+    #[test]
+    fn records_read_ms_strings_and_is_del_shapes() {
+        let r: Record = serde_json::from_str(
+            r#"{"chat_id":"a","create_date_time":"1731052459260","is_del":false}"#,
+        )
+        .unwrap();
+        assert_eq!(r.created_at(), Some(1731052459));
+        assert!(!r.deleted());
+        let r: Record = serde_json::from_str(
+            r#"{"chat_id":"a","create_date_time":1731052459260,"is_del":"true"}"#,
+        )
+        .unwrap();
+        assert!(r.deleted());
+    }
+}

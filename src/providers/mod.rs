@@ -1,0 +1,196 @@
+//! Provider clients behind one trait, [`Provider`]: delete a batch of chat IDs in one scope, list
+//! chats for discovery, look one chat up, and say what the caller should do when a call fails.
+//!
+//! Rules:
+//! - Answers are classified by HTTP status and provider error code, never by message text (the
+//!   providers' pages are localized; messages differ by language).
+//! - Every failure is a [`ProviderError`] whose [`Action`] says what to do next: retry, retry after
+//!   a given time, split the batch to isolate a bad ID, or pause the provider until an operator
+//!   acts. Re-authentication is handled inside the client that needs it (KooSearch refreshes its
+//!   IAM token once); it surfaces only as a pause when refreshing did not help.
+//! - "Already gone" is success only when the provider says so for that ID. A 403/404 on Convai's
+//!   delete path means the delete API is not enabled for the key: a pause, never "deleted".
+//! - Secrets go only into headers marked sensitive; no error or log line carries them.
+//!
+//! Adding a provider: a module here with a type implementing [`Provider`], a variant of
+//! [`ProviderKind`], and one line in [`build`].
+
+pub mod convai;
+pub mod http;
+pub mod koosearch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::clock::SharedClock;
+use crate::config::{Config, SecretError};
+use crate::model::ProviderKind;
+
+/// One delete call's worth: IDs of one scope (and, for KooSearch, one knowledge base).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteBatch {
+    pub scope: String,
+    pub repo_id: Option<String>,
+    pub ids: Vec<String>,
+}
+
+/// What a successful delete call established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// The provider confirmed the whole batch (Convai's "SUCCESSFULLY DELETED"; KooSearch's
+    /// deleted_count == total_count). A repeated delete of a gone chat answers the same way.
+    AllDeleted,
+    /// KooSearch deleted fewer than it was sent. The client does not guess which: the executor
+    /// looks each ID up ([`Provider::lookup`]) before marking anything.
+    Partial { total: u64, deleted: u64 },
+}
+
+/// Whether a chat exists at the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Present,
+    Absent,
+}
+
+/// A chat found by listing at the provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedChat {
+    pub scope: String,
+    pub session_id: String,
+    /// Unix seconds, when the provider says (Convai's date/time read as UTC; KooSearch's ms).
+    pub created_at: Option<i64>,
+    pub repo_id: Option<String>,
+}
+
+/// What the caller should do after a failed call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Transient (transport, timeout, 5xx, an answer that could not be parsed): back off, retry.
+    Retry,
+    /// Throttled: wait at least this long, then retry; slow down.
+    RetryAfter(Duration),
+    /// The provider refused the request's content (bad parameters) without naming an ID: split
+    /// the batch to isolate the bad IDs; a single refused ID is dead.
+    Rejected,
+    /// The provider named these IDs as bad; the rest of the batch may be retried at once.
+    RejectIds(Vec<String>),
+    /// Stop using this provider until an operator acts (credentials, permission, API not
+    /// enabled, wrong endpoint). The reason says what to fix.
+    Pause(String),
+}
+
+/// A failed provider call. `detail` is the provider's answer, truncated, never a secret.
+#[derive(Debug, thiserror::Error)]
+#[error("{provider} {operation}: {summary}")]
+pub struct ProviderError {
+    pub provider: ProviderKind,
+    pub operation: &'static str,
+    pub action: Action,
+    pub status: Option<u16>,
+    pub code: Option<String>,
+    pub summary: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ProviderError {
+    pub fn new(
+        provider: ProviderKind,
+        operation: &'static str,
+        action: Action,
+        summary: impl Into<String>,
+    ) -> Self {
+        Self {
+            provider,
+            operation,
+            action,
+            status: None,
+            code: None,
+            summary: summary.into(),
+            source: None,
+        }
+    }
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+    pub fn with_code(mut self, code: Option<String>) -> Self {
+        self.code = code;
+        self
+    }
+    pub fn with_source(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(e));
+        self
+    }
+    /// A short label for metrics and logs: which class of failure this was.
+    pub fn cause_label(&self) -> &'static str {
+        match (&self.action, self.status) {
+            (Action::RetryAfter(_), _) => "throttled",
+            (Action::Retry, Some(s)) if s >= 500 => "server_error",
+            (Action::Retry, Some(_)) => "bad_answer",
+            (Action::Retry, None) => "transport",
+            (Action::Rejected | Action::RejectIds(_), _) => "rejected",
+            (Action::Pause(_), _) => "paused",
+        }
+    }
+}
+
+/// A sink for listed chats, so listing streams instead of building a list in memory.
+pub type ChatSink<'a> = &'a mut (dyn FnMut(ListedChat) + Send);
+
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    fn kind(&self) -> ProviderKind;
+    /// The largest batch one delete call may carry.
+    fn max_batch(&self) -> usize;
+    /// Client-side check of an ID before sending; `Err(reason)` means it can never be valid here.
+    fn check_id(&self, session_id: &str) -> Result<(), String>;
+    /// Deletes a batch of chats in one scope.
+    async fn delete(&self, batch: &DeleteBatch) -> Result<DeleteOutcome, ProviderError>;
+    /// Lists every chat of one scope (retention discovery).
+    async fn list_scope(&self, scope: &str, sink: ChatSink<'_>) -> Result<(), ProviderError>;
+    /// Lists the chats of one person in one scope, where the provider can (`Ok(false)`: it cannot).
+    async fn list_subject(
+        &self,
+        scope: &str,
+        subject: &str,
+        sink: ChatSink<'_>,
+    ) -> Result<bool, ProviderError>;
+    /// The scopes to search for a subject's chats (KooSearch: the configured applications).
+    fn subject_scopes(&self) -> Vec<String>;
+    /// Looks one chat up (after a partial delete).
+    async fn lookup(
+        &self,
+        scope: &str,
+        repo_id: Option<&str>,
+        session_id: &str,
+    ) -> Result<Presence, ProviderError>;
+}
+
+pub type SharedProvider = Arc<dyn Provider>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("building the HTTP client for {provider}: {source}")]
+    Http {
+        provider: ProviderKind,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// Builds a client for every provider the config enables (secrets are read here).
+pub fn build(config: &Config, clock: SharedClock) -> Result<Vec<SharedProvider>, BuildError> {
+    let mut out: Vec<SharedProvider> = Vec::new();
+    if let Some(c) = &config.convai {
+        out.push(Arc::new(convai::ConvaiClient::new(c)?));
+    }
+    if let Some(k) = &config.koosearch {
+        out.push(Arc::new(koosearch::KooSearchClient::new(k, clock.clone())?));
+    }
+    Ok(out)
+}

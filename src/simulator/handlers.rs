@@ -1,0 +1,703 @@
+//! The simulator's HTTP handlers and its fault pipeline.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use rand::Rng;
+use serde_json::json;
+
+use super::{
+    CONVAI_KEY, CallRecord, IAM_DOMAIN, IAM_PASSWORD, IAM_PROJECT, IAM_USER, PROJECT_ID, SimState,
+};
+use crate::model::ProviderKind;
+
+type St = State<Arc<SimState>>;
+
+/// The fault chosen for one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    Error,
+    Throttle,
+    Hang,
+    Reset,
+    Malformed,
+    Partial,
+}
+
+impl Fault {
+    fn label(self) -> &'static str {
+        match self {
+            Self::None => "ok",
+            Self::Error => "error",
+            Self::Throttle => "throttled",
+            Self::Hang => "hang",
+            Self::Reset => "reset",
+            Self::Malformed => "malformed",
+            Self::Partial => "partial",
+        }
+    }
+}
+
+/// Releases the concurrency slot when the call ends, however it ends.
+struct Slot {
+    state: Arc<SimState>,
+    provider: ProviderKind,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(n) = self.state.inflight.lock().unwrap().get_mut(&self.provider) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl SimState {
+    fn record(
+        &self,
+        provider: ProviderKind,
+        op: &'static str,
+        scope: &str,
+        ids: Vec<String>,
+        status: u16,
+        fault: &'static str,
+    ) {
+        let at_ms = self.clock.now_ms();
+        self.inner.lock().unwrap().calls.push(CallRecord {
+            at_ms,
+            provider,
+            op,
+            scope: scope.to_string(),
+            ids,
+            status,
+            fault,
+        });
+    }
+
+    /// Server-side concurrency and rate limits: `Err` is a 429 to send.
+    fn admit(self: &Arc<Self>, provider: ProviderKind) -> Result<Slot, &'static str> {
+        let faults = self.faults.lock().unwrap().clone();
+        {
+            let mut inflight = self.inflight.lock().unwrap();
+            let n = inflight.entry(provider).or_insert(0);
+            if faults.concurrency_limit.is_some_and(|lim| *n >= lim) {
+                return Err("concurrency_limited");
+            }
+            *n += 1;
+        }
+        let slot = Slot {
+            state: self.clone(),
+            provider,
+        };
+        if let Some(limit) = faults.rate_limit {
+            let now = self.clock.now_ms();
+            let mut inner = self.inner.lock().unwrap();
+            let q = inner.recent.entry(provider).or_default();
+            while q.front().is_some_and(|t| *t <= now - 1000) {
+                q.pop_front();
+            }
+            if q.len() >= limit as usize {
+                return Err("rate_limited");
+            }
+            q.push_back(now);
+        }
+        Ok(slot)
+    }
+
+    fn pick(&self, allow_partial: bool) -> Fault {
+        let f = self.faults.lock().unwrap().clone();
+        let mut rng = self.rng.lock().unwrap();
+        let mut roll = |p: f64| p > 0.0 && rng.random_bool(p.min(1.0));
+        if roll(f.hang_rate) {
+            Fault::Hang
+        } else if roll(f.error_rate) {
+            Fault::Error
+        } else if roll(f.throttle_rate) {
+            Fault::Throttle
+        } else if roll(f.reset_rate) {
+            Fault::Reset
+        } else if roll(f.malformed_rate) {
+            Fault::Malformed
+        } else if allow_partial && roll(f.partial_rate) {
+            Fault::Partial
+        } else {
+            Fault::None
+        }
+    }
+
+    fn coin(&self) -> bool {
+        self.rng.lock().unwrap().random_bool(0.5)
+    }
+
+    async fn latency(&self) {
+        let d = self.faults.lock().unwrap().latency;
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+    }
+
+    async fn hang(&self) {
+        let d = self.faults.lock().unwrap().hang_for;
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+    }
+
+    async fn wait_if_held(&self) {
+        let mut rx = self.hold_deletes.subscribe();
+        while *rx.borrow_and_update() {
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+fn throttled(retry_after_secs: u64, body: serde_json::Value) -> Response {
+    let mut r = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    r.headers_mut()
+        .insert("Retry-After", HeaderValue::from(retry_after_secs));
+    r
+}
+
+/// A 200 whose body breaks off: the client sees the connection fail mid-answer.
+fn broken() -> Response {
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(Bytes::from_static(b"{\"sta")),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "simulated reset",
+        )),
+    ];
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Body::from_stream(futures_util::stream::iter(chunks)))
+        .unwrap()
+}
+
+fn malformed() -> Response {
+    (
+        StatusCode::OK,
+        [("content-type", "text/html")],
+        "<html><body>502 Bad Gateway</body></html>",
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convai
+
+pub(crate) fn convai_router(state: Arc<SimState>) -> Router {
+    Router::new()
+        .route("/character/chatHistory/delete", post(convai_delete))
+        .route("/character/chatHistory/list", post(convai_list))
+        .with_state(state)
+}
+
+fn convai_error(status: StatusCode, msg: &str) -> Response {
+    (status, axum::Json(json!({"ERROR": msg}))).into_response()
+}
+
+fn convai_key_ok(st: &SimState, headers: &HeaderMap) -> bool {
+    let refused = st
+        .faults
+        .lock()
+        .unwrap()
+        .auth_fail
+        .contains(&ProviderKind::Convai);
+    !refused && headers.get("CONVAI-API-KEY").and_then(|v| v.to_str().ok()) == Some(CONVAI_KEY)
+}
+
+async fn convai_delete(State(st): St, headers: HeaderMap, body: Bytes) -> Response {
+    let p = ProviderKind::Convai;
+    let parsed: Option<(String, Vec<String>)> = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            let char_id = v.get("charID")?.as_str()?.to_string();
+            let ids = v
+                .get("sessionIDs")?
+                .as_array()?
+                .iter()
+                .map(|s| s.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()?;
+            Some((char_id, ids))
+        });
+    let (scope, ids) = parsed.clone().unwrap_or_default();
+    let _slot = match st.admit(p) {
+        Ok(s) => s,
+        Err(why) => {
+            st.record(p, "delete", &scope, ids, 429, why);
+            return throttled(
+                1,
+                json!({"ERROR": "API rate limit exceeded. Please try again later."}),
+            );
+        }
+    };
+    st.latency().await;
+    if !convai_key_ok(&st, &headers) {
+        st.record(p, "delete", &scope, ids, 401, "auth");
+        return convai_error(StatusCode::UNAUTHORIZED, "Invalid API key provided.");
+    }
+    let Some((scope, ids)) = parsed else {
+        st.record(p, "delete", "", vec![], 400, "bad_request");
+        return convai_error(StatusCode::BAD_REQUEST, "Invalid request body");
+    };
+    let fault = st.pick(false);
+    let faults = st.faults.lock().unwrap().clone();
+    let status = match fault {
+        Fault::Hang => 0,
+        Fault::Error => 503,
+        Fault::Throttle => 429,
+        _ if faults.delete_disabled => 403,
+        _ if ids.iter().any(|i| faults.bad_ids.contains(i)) => 400,
+        _ => 200,
+    };
+    st.record(
+        p,
+        "delete",
+        &scope,
+        ids.clone(),
+        status,
+        if status == 403 {
+            "disabled"
+        } else if status == 400 {
+            "bad_id"
+        } else {
+            fault.label()
+        },
+    );
+    match status {
+        0 => {
+            st.hang().await;
+            return convai_error(StatusCode::SERVICE_UNAVAILABLE, "timeout");
+        }
+        503 => return convai_error(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable"),
+        429 => {
+            return throttled(
+                faults.retry_after.as_secs(),
+                json!({"ERROR": "API usage limit exceeded for current plan."}),
+            );
+        }
+        403 => return convai_error(StatusCode::FORBIDDEN, "Permission denied"),
+        400 => return convai_error(StatusCode::BAD_REQUEST, "Invalid sessionID"),
+        _ => {}
+    }
+    st.wait_if_held().await;
+    let apply = fault != Fault::Reset || st.coin();
+    if apply {
+        let now = st.clock.now_ms();
+        let mut inner = st.inner.lock().unwrap();
+        let mut removed = Vec::new();
+        if let Some(chats) = inner.convai.get_mut(&scope) {
+            for id in &ids {
+                if chats.remove(id).is_some() {
+                    removed.push(id.clone());
+                }
+            }
+        }
+        for id in removed {
+            inner.deleted.push((p, scope.clone(), id, now));
+        }
+    }
+    match fault {
+        Fault::Reset => broken(),
+        Fault::Malformed => malformed(),
+        _ => axum::Json(json!({"status": "SUCCESSFULLY DELETED"})).into_response(),
+    }
+}
+
+async fn convai_list(State(st): St, headers: HeaderMap, body: Bytes) -> Response {
+    let p = ProviderKind::Convai;
+    let scope = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("charID").and_then(|c| c.as_str()).map(str::to_string));
+    let _slot = match st.admit(p) {
+        Ok(s) => s,
+        Err(why) => {
+            st.record(p, "list", scope.as_deref().unwrap_or(""), vec![], 429, why);
+            return throttled(
+                1,
+                json!({"ERROR": "API rate limit exceeded. Please try again later."}),
+            );
+        }
+    };
+    st.latency().await;
+    if !convai_key_ok(&st, &headers) {
+        st.record(
+            p,
+            "list",
+            scope.as_deref().unwrap_or(""),
+            vec![],
+            401,
+            "auth",
+        );
+        return convai_error(StatusCode::UNAUTHORIZED, "Invalid API key provided.");
+    }
+    let Some(scope) = scope else {
+        return convai_error(StatusCode::BAD_REQUEST, "charID is required");
+    };
+    st.record(p, "list", &scope, vec![], 200, "ok");
+    let inner = st.inner.lock().unwrap();
+    let mut sessions: Vec<(String, i64)> = inner
+        .convai
+        .get(&scope)
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+        .unwrap_or_default();
+    drop(inner);
+    sessions.sort_by(|a, b| b.1.cmp(&a.1)); // newest first, as the doc's example
+    let list: Vec<serde_json::Value> = sessions
+        .into_iter()
+        .map(|(id, t)| {
+            let dt = chrono::DateTime::from_timestamp(t, 0).unwrap_or_default();
+            json!({"sessionID": id, "date": dt.format("%d-%m-%Y").to_string(), "time": dt.format("%H:%M:%S").to_string(), "is_added_to_memory": false})
+        })
+        .collect();
+    axum::Json(list).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// KooSearch
+
+pub(crate) fn koosearch_router(state: Arc<SimState>) -> Router {
+    Router::new()
+        .route(
+            "/v1/{project}/applications/{app}/uni-search/chat-history/batch",
+            delete(koo_batch),
+        )
+        .route(
+            "/v1/{project}/applications/{app}/uni-search/chat-history",
+            get(koo_list),
+        )
+        .with_state(state)
+}
+
+fn koo_error(status: StatusCode, code: &str, msg: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error_code": code, "error_msg": msg})),
+    )
+        .into_response()
+}
+
+fn koo_token_ok(st: &SimState, headers: &HeaderMap) -> bool {
+    if st
+        .faults
+        .lock()
+        .unwrap()
+        .auth_fail
+        .contains(&ProviderKind::KooSearch)
+    {
+        return false;
+    }
+    let Some(token) = headers.get("X-Auth-Token").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let now = st.clock.now_ms();
+    st.inner
+        .lock()
+        .unwrap()
+        .tokens
+        .get(token)
+        .is_some_and(|exp| *exp > now)
+}
+
+fn koo_id_ok(id: &str) -> bool {
+    crate::config::is_koosearch_id(id)
+}
+
+async fn koo_batch(
+    State(st): St,
+    Path((project, app)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let p = ProviderKind::KooSearch;
+    let parsed: Option<(Vec<String>, Option<Vec<String>>)> =
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                let ids = v
+                    .get("chat_ids")?
+                    .as_array()?
+                    .iter()
+                    .map(|s| s.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()?;
+                let repos = match v.get("repo_ids") {
+                    None => None,
+                    Some(r) => Some(
+                        r.as_array()?
+                            .iter()
+                            .map(|s| s.as_str().map(str::to_string))
+                            .collect::<Option<Vec<_>>>()?,
+                    ),
+                };
+                Some((ids, repos))
+            });
+    let ids = parsed.as_ref().map(|p| p.0.clone()).unwrap_or_default();
+    let _slot = match st.admit(p) {
+        Ok(s) => s,
+        Err(why) => {
+            st.record(p, "delete", &app, ids, 429, why);
+            return throttled(
+                1,
+                json!({"error_code": "APIG.0308", "error_msg": "The throttling threshold has been reached: policy user over ratelimit,limit:10,time:1 second"}),
+            );
+        }
+    };
+    st.latency().await;
+    if !koo_token_ok(&st, &headers) {
+        st.record(p, "delete", &app, ids, 401, "auth");
+        return koo_error(
+            StatusCode::UNAUTHORIZED,
+            "APIG.0301",
+            "Incorrect IAM authentication information: token expires",
+        );
+    }
+    if project != PROJECT_ID {
+        st.record(p, "delete", &app, ids, 404, "not_found");
+        return koo_error(
+            StatusCode::NOT_FOUND,
+            "APIG.0101",
+            "The API does not exist or has not been published in the environment",
+        );
+    }
+    let Some((ids, repos)) = parsed else {
+        st.record(p, "delete", &app, vec![], 400, "bad_request");
+        return koo_error(StatusCode::BAD_REQUEST, "KOS.00010001", "Invalid JSON");
+    };
+    let fault = st.pick(true);
+    let faults = st.faults.lock().unwrap().clone();
+    let bad = ids.is_empty()
+        || ids
+            .iter()
+            .any(|i| !koo_id_ok(i) || faults.bad_ids.contains(i))
+        || repos
+            .as_ref()
+            .is_some_and(|r| r.len() > 100 || r.iter().any(|x| !koo_id_ok(x)));
+    let status = match fault {
+        Fault::Hang => 0,
+        Fault::Error => 500,
+        Fault::Throttle => 429,
+        _ if bad => 400,
+        _ => 200,
+    };
+    st.record(
+        p,
+        "delete",
+        &app,
+        ids.clone(),
+        status,
+        if status == 400 {
+            "bad_id"
+        } else {
+            fault.label()
+        },
+    );
+    match status {
+        0 => {
+            st.hang().await;
+            return koo_error(StatusCode::GATEWAY_TIMEOUT, "APIG.0201", "Backend timeout");
+        }
+        500 => {
+            return koo_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "KOS.00060002",
+                "Database operation failed",
+            );
+        }
+        429 => {
+            return throttled(
+                faults.retry_after.as_secs(),
+                json!({"error_code": "APIG.0308", "error_msg": "The throttling threshold has been reached"}),
+            );
+        }
+        400 => {
+            return koo_error(
+                StatusCode::BAD_REQUEST,
+                "KOS.00010002",
+                "Invalid parameter: chat_ids",
+            );
+        }
+        _ => {}
+    }
+    st.wait_if_held().await;
+    let apply = fault != Fault::Reset || st.coin();
+    let mut deleted = 0u64;
+    if apply {
+        let now = st.clock.now_ms();
+        let mut inner = st.inner.lock().unwrap();
+        let mut removed = Vec::new();
+        let keep_some = fault == Fault::Partial;
+        if let Some(chats) = inner.koo.get_mut(&app) {
+            for (n, id) in ids.iter().enumerate() {
+                if keep_some && n % 2 == 1 {
+                    continue; // a partial batch: every other chat survives this call
+                }
+                if let Some(c) = chats.get_mut(id) {
+                    if !c.is_del {
+                        c.is_del = true;
+                        deleted += 1;
+                        removed.push(id.clone());
+                    }
+                }
+            }
+        }
+        for id in removed {
+            inner.deleted.push((p, app.clone(), id, now));
+        }
+    }
+    match fault {
+        Fault::Reset => broken(),
+        Fault::Malformed => malformed(),
+        _ => {
+            let total = ids.len() as u64;
+            if st.coin() {
+                axum::Json(json!({"totalCount": total, "deletedCount": deleted})).into_response()
+            } else {
+                axum::Json(json!({"total_count": total, "deleted_count": deleted})).into_response()
+            }
+        }
+    }
+}
+
+async fn koo_list(
+    State(st): St,
+    Path((project, app)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let p = ProviderKind::KooSearch;
+    let _slot = match st.admit(p) {
+        Ok(s) => s,
+        Err(why) => {
+            st.record(p, "list", &app, vec![], 429, why);
+            return throttled(
+                1,
+                json!({"error_code": "APIG.0308", "error_msg": "The throttling threshold has been reached"}),
+            );
+        }
+    };
+    st.latency().await;
+    if !koo_token_ok(&st, &headers) {
+        st.record(p, "list", &app, vec![], 401, "auth");
+        return koo_error(
+            StatusCode::UNAUTHORIZED,
+            "APIG.0301",
+            "Incorrect IAM authentication information: token expires",
+        );
+    }
+    if project != PROJECT_ID {
+        return koo_error(StatusCode::NOT_FOUND, "APIG.0101", "The API does not exist");
+    }
+    let num = |k: &str, d: u64| {
+        q.get(k)
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|n| (1..=65535).contains(n))
+            .unwrap_or(d)
+    };
+    let page_num = num("page_num", 1);
+    let page_size = num("page_size", 10);
+    st.record(p, "list", &app, vec![], 200, "ok");
+    let inner = st.inner.lock().unwrap();
+    let matching: Vec<(&String, &super::KooChat)> = inner
+        .koo
+        .get(&app)
+        .map(|m| {
+            m.iter()
+                .filter(|(id, c)| {
+                    q.get("user_name")
+                        .is_none_or(|u| c.user_name.as_deref() == Some(u.as_str()))
+                        && q.get("chat_id").is_none_or(|want| *id == want)
+                        && q.get("repo_id")
+                            .is_none_or(|r| c.repo_id.as_deref() == Some(r.as_str()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let total = matching.len() as u64;
+    let pages = total.div_ceil(page_size);
+    let records: Vec<serde_json::Value> = matching
+        .into_iter()
+        .skip(((page_num - 1) * page_size) as usize)
+        .take(page_size as usize)
+        .map(|(id, c)| {
+            json!({"chat_id": id, "knowledge_repo_id": c.repo_id, "chat_title": "a chat",
+                   "create_date_time": c.created_ms.to_string(), "project_id": PROJECT_ID, "is_del": c.is_del})
+        })
+        .collect();
+    axum::Json(json!({"total": total, "size": records.len(), "pages": pages, "current": page_num, "records": records})).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// IAM
+
+pub(crate) fn iam_router(state: Arc<SimState>) -> Router {
+    Router::new()
+        .route("/v3/auth/tokens", post(iam_token))
+        .with_state(state)
+}
+
+async fn iam_token(State(st): St, body: Bytes) -> Response {
+    let p = ProviderKind::KooSearch;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let user = &v["auth"]["identity"]["password"]["user"];
+    let ok = v["auth"]["identity"]["methods"][0] == "password"
+        && user["name"] == IAM_USER
+        && user["password"] == IAM_PASSWORD
+        && user["domain"]["name"] == IAM_DOMAIN
+        && v["auth"]["scope"]["project"]["name"] == IAM_PROJECT;
+    if !ok {
+        st.record(p, "token", "", vec![], 401, "auth");
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": {"code": 401, "title": "Unauthorized", "message": "The username or password is wrong."}})),
+        )
+            .into_response();
+    }
+    let now = st.clock.now_ms();
+    let ttl = st.faults.lock().unwrap().token_ttl;
+    let token: String = {
+        let mut rng = st.rng.lock().unwrap();
+        (0..48)
+            .map(|_| {
+                char::from(
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                        [rng.random_range(0..62)],
+                )
+            })
+            .collect()
+    };
+    let expires_ms = now + ttl.as_millis() as i64;
+    st.inner
+        .lock()
+        .unwrap()
+        .tokens
+        .insert(format!("MII{token}"), expires_ms);
+    st.record(p, "token", "", vec![], 201, "ok");
+    let fmt = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap_or_default()
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string()
+    };
+    let mut r = (
+        StatusCode::CREATED,
+        axum::Json(json!({"token": {"expires_at": fmt(expires_ms), "issued_at": fmt(now), "methods": ["password"]}})),
+    )
+        .into_response();
+    r.headers_mut().insert(
+        "X-Subject-Token",
+        HeaderValue::from_str(&format!("MII{token}")).unwrap(),
+    );
+    r
+}

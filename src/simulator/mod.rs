@@ -1,0 +1,347 @@
+//! The provider simulator: Convai, KooSearch and Huawei IAM as in-process HTTP servers on
+//! loopback, stateful and faithful to the shapes in ../shared/providers.md, with fault injection.
+//! Tests, `forgetd demo` and the benchmarks share it; a user can point a config at it to see
+//! forgetd work before going live (see README, "Trying forgetd against the simulator").
+//!
+//! What it models:
+//! - Convai: `POST /character/chatHistory/{delete,list}` with the `CONVAI-API-KEY` header; `{"ERROR"}`
+//!   envelopes; deleting an unknown or already-deleted session is a 200 (idempotent).
+//! - KooSearch: `DELETE .../uni-search/chat-history/batch` and `GET .../uni-search/chat-history`
+//!   (paged, by user_name, chat_id, repo_id) with `X-Auth-Token`; `deleted_count` counts only chats
+//!   that existed, so a repeated delete reports fewer than sent (the cautious reading of an
+//!   undocumented case); answers in snake_case or camelCase at random, as the docs disagree.
+//! - IAM: `POST /v3/auth/tokens`, 201 with `X-Subject-Token` and `token.expires_at`; tokens expire
+//!   after `token_ttl` on the simulator's clock.
+//!
+//! Faults ([`Faults`]): latency, 500/503, 429 with Retry-After, hung answers, connections broken
+//! mid-answer (with or without the delete applied), malformed bodies, partial batch deletes, IDs
+//! the provider rejects, expired tokens, refused credentials, the delete API disabled, a
+//! server-side rate limit and a concurrency limit. Random choices come from a seeded RNG.
+//!
+//! Every call is recorded ([`CallRecord`]) with the simulator clock's time, so tests check what
+//! was sent (never an untargeted chat), when (Retry-After honoured) and how often (no storms).
+
+mod handlers;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::model::ProviderKind;
+
+/// Credentials the simulator accepts.
+pub const CONVAI_KEY: &str = "sim-convai-key";
+pub const IAM_DOMAIN: &str = "sim-domain";
+pub const IAM_USER: &str = "forgetd";
+pub const IAM_PASSWORD: &str = "sim-iam-password";
+pub const IAM_PROJECT: &str = "sim-region-1";
+pub const PROJECT_ID: &str = "0123456789abcdef0123456789abcdef";
+
+/// Fault injection settings. Rates are probabilities per call.
+#[derive(Debug, Clone)]
+pub struct Faults {
+    pub latency: Duration,
+    /// 500 or 503 answers.
+    pub error_rate: f64,
+    /// 429 answers with `Retry-After: retry_after`.
+    pub throttle_rate: f64,
+    pub retry_after: Duration,
+    /// Answers that never come (the client's timeout must end them).
+    pub hang_rate: f64,
+    pub hang_for: Duration,
+    /// Connections broken mid-answer; half of them after the delete was applied.
+    pub reset_rate: f64,
+    /// 200 answers whose body is not JSON.
+    pub malformed_rate: f64,
+    /// KooSearch batches that delete only some chats (and say so in deleted_count).
+    pub partial_rate: f64,
+    /// IDs the provider refuses: a batch containing one is answered 400.
+    pub bad_ids: HashSet<String>,
+    pub token_ttl: Duration,
+    /// Providers that refuse every credential (Convai 401; KooSearch 401 even on fresh tokens).
+    pub auth_fail: HashSet<ProviderKind>,
+    /// Convai answers 403 on the delete path ("not enabled for this key").
+    pub delete_disabled: bool,
+    /// Server-side limit: requests per second per provider before 429.
+    pub rate_limit: Option<u32>,
+    /// Server-side limit: concurrent requests per provider before 429.
+    pub concurrency_limit: Option<usize>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            latency: Duration::ZERO,
+            error_rate: 0.0,
+            throttle_rate: 0.0,
+            retry_after: Duration::from_secs(2),
+            hang_rate: 0.0,
+            hang_for: Duration::from_secs(3600),
+            reset_rate: 0.0,
+            malformed_rate: 0.0,
+            partial_rate: 0.0,
+            bad_ids: HashSet::new(),
+            token_ttl: Duration::from_secs(24 * 3600),
+            auth_fail: HashSet::new(),
+            delete_disabled: false,
+            rate_limit: None,
+            concurrency_limit: None,
+        }
+    }
+}
+
+/// One call the simulator received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    /// Simulator clock, unix ms.
+    pub at_ms: i64,
+    pub provider: ProviderKind,
+    /// "delete", "list", "token"
+    pub op: &'static str,
+    pub scope: String,
+    /// IDs named in a delete call.
+    pub ids: Vec<String>,
+    pub status: u16,
+    /// What the simulator did: "ok", "throttled", "error", "hang", "reset", ...
+    pub fault: &'static str,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct KooChat {
+    pub user_name: Option<String>,
+    pub repo_id: Option<String>,
+    pub created_ms: i64,
+    pub is_del: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Inner {
+    pub convai: HashMap<String, BTreeMap<String, i64>>,
+    pub koo: HashMap<String, BTreeMap<String, KooChat>>,
+    pub tokens: HashMap<String, i64>,
+    pub calls: Vec<CallRecord>,
+    /// Chats removed, with the time (first removal only).
+    pub deleted: Vec<(ProviderKind, String, String, i64)>,
+    pub recent: HashMap<ProviderKind, VecDeque<i64>>,
+}
+
+pub(crate) struct SimState {
+    pub inner: Mutex<Inner>,
+    pub faults: Mutex<Faults>,
+    pub rng: Mutex<StdRng>,
+    pub clock: SharedClock,
+    pub inflight: Mutex<HashMap<ProviderKind, usize>>,
+    /// While set, delete answers wait (the crash test kills forgetd with an answer held back).
+    pub hold_deletes: tokio::sync::watch::Sender<bool>,
+    pub shutdown: CancellationToken,
+}
+
+/// A running simulator. Dropping it stops the servers.
+pub struct Simulator {
+    pub convai_url: String,
+    pub koosearch_url: String,
+    pub iam_url: String,
+    state: Arc<SimState>,
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.state.shutdown.cancel();
+    }
+}
+
+async fn serve(router: axum::Router, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+    });
+    Ok(addr)
+}
+
+impl Simulator {
+    /// Starts the three servers on loopback ports chosen by the OS.
+    pub async fn start(clock: SharedClock, faults: Faults, seed: u64) -> std::io::Result<Self> {
+        let (hold_tx, _) = tokio::sync::watch::channel(false);
+        let state = Arc::new(SimState {
+            inner: Mutex::new(Inner::default()),
+            faults: Mutex::new(faults),
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            clock,
+            inflight: Mutex::new(HashMap::new()),
+            hold_deletes: hold_tx,
+            shutdown: CancellationToken::new(),
+        });
+        let convai = serve(
+            handlers::convai_router(state.clone()),
+            state.shutdown.clone(),
+        )
+        .await?;
+        let koo = serve(
+            handlers::koosearch_router(state.clone()),
+            state.shutdown.clone(),
+        )
+        .await?;
+        let iam = serve(handlers::iam_router(state.clone()), state.shutdown.clone()).await?;
+        Ok(Self {
+            convai_url: format!("http://{convai}"),
+            koosearch_url: format!("http://{koo}"),
+            iam_url: format!("http://{iam}"),
+            state,
+        })
+    }
+
+    /// A config snippet pointing forgetd at this simulator (secrets from the env variables
+    /// `FORGETD_SIM_CONVAI_KEY` and `FORGETD_SIM_IAM_PASSWORD`, whose values [`Simulator::secret_env`] gives).
+    pub fn config_toml(&self, applications: &[&str]) -> String {
+        format!(
+            r#"[providers.convai]
+base_url = "{}"
+api_key = "env:FORGETD_SIM_CONVAI_KEY"
+
+[providers.koosearch]
+endpoint = "{}"
+project_id = "{PROJECT_ID}"
+applications = [{}]
+[providers.koosearch.iam]
+endpoint = "{}"
+domain = "{IAM_DOMAIN}"
+user = "{IAM_USER}"
+password = "env:FORGETD_SIM_IAM_PASSWORD"
+project = "{IAM_PROJECT}"
+"#,
+            self.convai_url,
+            self.koosearch_url,
+            applications
+                .iter()
+                .map(|a| format!("\"{a}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.iam_url
+        )
+    }
+
+    /// Sets the environment variables [`Simulator::config_toml`] refers to (process-wide: call
+    /// it before spawning threads that read the environment, or pass them to a child process).
+    pub fn secret_env() -> [(&'static str, &'static str); 2] {
+        [
+            ("FORGETD_SIM_CONVAI_KEY", CONVAI_KEY),
+            ("FORGETD_SIM_IAM_PASSWORD", IAM_PASSWORD),
+        ]
+    }
+
+    pub fn set_faults(&self, f: Faults) {
+        *self.state.faults.lock().unwrap() = f;
+    }
+
+    pub fn update_faults(&self, f: impl FnOnce(&mut Faults)) {
+        f(&mut self.state.faults.lock().unwrap());
+    }
+
+    /// Makes every issued token expire now (as a password change would).
+    pub fn expire_tokens(&self) {
+        self.state.inner.lock().unwrap().tokens.clear();
+    }
+
+    /// While on, delete calls are received (and recorded) but their answer waits.
+    pub fn hold_deletes(&self, on: bool) {
+        let _ = self.state.hold_deletes.send(on);
+    }
+
+    pub fn add_convai_chat(&self, char_id: &str, session_id: &str, created_at: i64) {
+        self.state
+            .inner
+            .lock()
+            .unwrap()
+            .convai
+            .entry(char_id.into())
+            .or_default()
+            .insert(session_id.into(), created_at);
+    }
+
+    pub fn add_koosearch_chat(
+        &self,
+        app: &str,
+        chat_id: &str,
+        user_name: Option<&str>,
+        repo_id: Option<&str>,
+        created_at: i64,
+    ) {
+        self.state
+            .inner
+            .lock()
+            .unwrap()
+            .koo
+            .entry(app.into())
+            .or_default()
+            .insert(
+                chat_id.into(),
+                KooChat {
+                    user_name: user_name.map(str::to_string),
+                    repo_id: repo_id.map(str::to_string),
+                    created_ms: created_at * 1000,
+                    is_del: false,
+                },
+            );
+    }
+
+    /// Whether a chat still exists.
+    pub fn exists(&self, provider: ProviderKind, scope: &str, id: &str) -> bool {
+        let inner = self.state.inner.lock().unwrap();
+        match provider {
+            ProviderKind::Convai => inner.convai.get(scope).is_some_and(|m| m.contains_key(id)),
+            ProviderKind::KooSearch => inner
+                .koo
+                .get(scope)
+                .and_then(|m| m.get(id))
+                .is_some_and(|c| !c.is_del),
+        }
+    }
+
+    /// Every call received so far.
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.state.inner.lock().unwrap().calls.clone()
+    }
+
+    /// Every (provider, scope, id) named in any delete call.
+    pub fn named_in_deletes(&self) -> HashSet<(ProviderKind, String, String)> {
+        let inner = self.state.inner.lock().unwrap();
+        inner
+            .calls
+            .iter()
+            .filter(|c| c.op == "delete")
+            .flat_map(|c| {
+                c.ids
+                    .iter()
+                    .map(move |id| (c.provider, c.scope.clone(), id.clone()))
+            })
+            .collect()
+    }
+
+    /// Chats the simulator removed, with when.
+    pub fn deleted(&self) -> Vec<(ProviderKind, String, String, i64)> {
+        self.state.inner.lock().unwrap().deleted.clone()
+    }
+
+    /// Chats still present per provider.
+    pub fn remaining(&self, provider: ProviderKind) -> usize {
+        let inner = self.state.inner.lock().unwrap();
+        match provider {
+            ProviderKind::Convai => inner.convai.values().map(|m| m.len()).sum(),
+            ProviderKind::KooSearch => inner
+                .koo
+                .values()
+                .flat_map(|m| m.values())
+                .filter(|c| !c.is_del)
+                .count(),
+        }
+    }
+}
