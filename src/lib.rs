@@ -15,13 +15,16 @@
 //!
 //! `main.rs` only calls [`cli::main`].
 
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod executor;
 pub mod logging;
 pub mod model;
 pub mod providers;
 pub mod report;
+pub mod resolve;
 pub mod scheduler;
 pub mod simulator;
 pub mod store;

@@ -190,11 +190,21 @@ impl Store {
         now_ms: i64,
         outcomes: &[(i64, ItemOutcome)],
         answer: &str,
+        audit: Option<&serde_json::Value>,
     ) -> Result<Vec<i64>> {
         self.write(|tx| {
             let now = now_ms.div_euclid(1000);
+            let mut returned = Vec::new();
             for (id, outcome) in outcomes {
                 apply_outcome(tx, batch_id, *id, now_ms, outcome)?;
+                if matches!(outcome, ItemOutcome::Retry { .. } | ItemOutcome::Release) {
+                    returned.push(*id);
+                }
+            }
+            // A hold placed while these were on the wire applies before they can be claimed again.
+            super::holds::apply_holds(tx, Some(&returned))?;
+            if let Some(data) = audit {
+                crate::audit::append(tx, now, "batch.answered", None, data)?;
             }
             tx.execute(
                 "UPDATE batches SET answered_ms = ?2, outcome = ?3 WHERE id = ?1",
@@ -225,6 +235,37 @@ impl Store {
                  WHERE state = 'in_flight'",
                 [],
             )?)
+        })
+    }
+
+    /// Records a provider's pause (`Some(reason)`) or its end (`None`), with an audit event.
+    pub fn set_provider_paused(
+        &mut self,
+        provider: ProviderKind,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        self.write(|tx| {
+            let was: Option<String> = tx
+                .query_row("SELECT paused_reason FROM provider_state WHERE provider = ?1", [provider.as_str()], |r| r.get(0))
+                .optional()?
+                .flatten();
+            tx.execute(
+                "INSERT INTO provider_state (provider, paused_reason, paused_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (provider) DO UPDATE SET paused_reason = excluded.paused_reason,
+                   paused_at = CASE WHEN excluded.paused_reason IS NULL THEN NULL ELSE coalesce(provider_state.paused_at, excluded.paused_at) END",
+                params![provider.as_str(), reason, now],
+            )?;
+            match (was.is_some(), reason) {
+                (false, Some(r)) => {
+                    crate::audit::append(tx, now, "provider.paused", None, &serde_json::json!({"provider": provider, "reason": r}))?;
+                }
+                (true, None) => {
+                    crate::audit::append(tx, now, "provider.resumed", None, &serde_json::json!({"provider": provider}))?;
+                }
+                _ => {}
+            }
+            Ok(())
         })
     }
 
@@ -505,6 +546,7 @@ mod tests {
                 },
             )],
             "503",
+            None,
         )
         .unwrap();
         assert!(
@@ -543,6 +585,7 @@ mod tests {
                 },
             )],
             "",
+            None,
         )
         .unwrap();
         assert_eq!(s.item_state(id).unwrap(), ItemState::InFlight);
@@ -556,6 +599,7 @@ mod tests {
                 },
             )],
             "",
+            None,
         )
         .unwrap();
         assert_eq!(s.item_state(id).unwrap(), ItemState::Deleted);
@@ -634,7 +678,7 @@ mod tests {
                             _ => ItemOutcome::Release,
                         })).collect();
                         if kinds.is_empty() { continue; }
-                        s.finish_batch(bid, now, &outcomes, "").unwrap();
+                        s.finish_batch(bid, now, &outcomes, "", None).unwrap();
                         for (id, o) in &outcomes {
                             let m = model.get_mut(id).unwrap();
                             if m.0 == ItemState::InFlight && m.1 == Some(bid) {

@@ -281,7 +281,77 @@ pub(crate) fn refresh_request(
         "UPDATE erasure_requests SET state = ?2, completed_at = ?3, updated_at = ?4 WHERE id = ?1",
     )?
     .execute(params![id, new.as_str(), completed_at, now])?;
+    if matches!(new, RequestState::Complete | RequestState::Failed) {
+        record_outcome(tx, id, new, now)?;
+    }
+    if new == RequestState::Complete {
+        minimize(tx, id)?;
+    }
     Ok(Some(new))
+}
+
+/// The audit event that closes a request: every chat with its outcome, confirmation time, hold
+/// reason or last error. The erasure certificate is built from this event.
+fn record_outcome(tx: &Transaction<'_>, id: i64, state: RequestState, now: i64) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT w.provider, w.scope, w.session_id, w.state, w.outcome, w.finished_at, w.last_error, h.id, h.reason
+         FROM request_items ri JOIN work_items w ON w.id = ri.item_id LEFT JOIN holds h ON h.id = w.hold_id
+         WHERE ri.request_id = ?1 ORDER BY w.provider, w.scope, w.session_id",
+    )?;
+    let items: Vec<serde_json::Value> = stmt
+        .query_map([id], |r| {
+            Ok(serde_json::json!({
+                "provider": r.get::<_, String>(0)?, "scope": r.get::<_, String>(1)?,
+                "session_id": r.get::<_, String>(2)?, "state": r.get::<_, String>(3)?,
+                "outcome": r.get::<_, Option<String>>(4)?, "confirmed_at": r.get::<_, Option<i64>>(5)?,
+                "last_error": r.get::<_, Option<String>>(6)?, "hold_id": r.get::<_, Option<i64>>(7)?,
+                "hold_reason": r.get::<_, Option<String>>(8)?,
+            }))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    drop(stmt);
+    let kind = if state == RequestState::Complete {
+        "request.completed"
+    } else {
+        "request.failed"
+    };
+    crate::audit::append(
+        tx,
+        now,
+        kind,
+        Some(id),
+        &serde_json::json!({ "items": items }),
+    )?;
+    Ok(())
+}
+
+/// After completion, keep no more personal data than the proof needs: the request's subject
+/// becomes its keyed hash, deleted chats leave the inventory, and held ones lose their owner.
+fn minimize(tx: &Transaction<'_>, id: i64) -> Result<()> {
+    let (subject, hash): (String, Option<String>) = tx.query_row(
+        "SELECT subject, subject_hash FROM erasure_requests WHERE id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let Some(hash) = hash else { return Ok(()) };
+    if subject == hash {
+        return Ok(());
+    }
+    tx.execute(
+        "DELETE FROM sessions WHERE subject = ?1 AND (provider, scope, session_id) IN
+           (SELECT w.provider, w.scope, w.session_id FROM request_items ri JOIN work_items w ON w.id = ri.item_id
+            WHERE ri.request_id = ?2 AND w.state = 'deleted')",
+        params![subject, id],
+    )?;
+    tx.execute(
+        "UPDATE sessions SET subject = NULL WHERE subject = ?1",
+        [&subject],
+    )?;
+    tx.execute(
+        "UPDATE erasure_requests SET subject = ?2 WHERE id = ?1",
+        params![id, hash],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,630 @@
+//! The executor: pending work items become confirmed deletions, in batches, politely, without
+//! losing or double-counting an item.
+//!
+//! Per provider, one lane loop ([`Executor::run`]) claims the most urgent due group of items
+//! (earliest due date first, one scope and knowledge base per batch, at most the provider's batch
+//! size), waits for a concurrency slot and the rate limit ([`lane`]), sends the delete, and applies
+//! the answer to every item in one store transaction together with its audit event:
+//!
+//! | answer | items |
+//! |---|---|
+//! | confirmed | deleted |
+//! | KooSearch partial (deleted_count < total) | each ID looked up: absent → deleted, present → retry |
+//! | retry / timeout / 5xx / unparseable | retry at backoff ([`retry`]), or dead when used up |
+//! | 429 | retry no sooner than Retry-After; the lane slows down |
+//! | content refused (400) | batch split in halves until the bad IDs stand alone; they go dead with the provider's message, the rest are deleted |
+//! | pause (auth, permission, API not enabled) | released without counting an attempt; the lane pauses and probes with backoff |
+//!
+//! Rules: IDs the provider can never accept go dead before sending. A batch's items stay in flight
+//! under a lease until the answer is stored, so a crash sends them again (deletes are idempotent).
+//! Items sent back to pending are checked against legal holds before they can be claimed again.
+//! Time (backoff, Retry-After, probes) is the injected clock's.
+
+pub mod lane;
+pub mod retry;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::model::ProviderKind;
+use crate::providers::{
+    Action, DeleteBatch, DeleteOutcome, Presence, ProviderError, SharedProvider,
+};
+use crate::store::queue::{ClaimedBatch, ClaimedItem, ItemOutcome};
+use crate::store::{AsyncStore, StoreError};
+use lane::Lane;
+use retry::{Next, RetryPolicy};
+
+/// How long the loop waits for new work before looking again (feeder writes are also announced
+/// through [`Executor::wake`]).
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Drain everything, waiting out backoffs, then return.
+    Once,
+    /// Work until cancelled.
+    Forever,
+}
+
+/// Counters of what the executor did (the demo report, `run --once`, metrics).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    pub calls: u64,
+    pub deleted: BTreeMap<String, u64>,
+    pub dead: BTreeMap<String, u64>,
+    /// provider -> cause -> count of items sent back for another try
+    pub retries: BTreeMap<String, BTreeMap<String, u64>>,
+    pub throttled: BTreeMap<String, u64>,
+    pub lookups: u64,
+    pub splits: u64,
+    pub paused: BTreeMap<String, String>,
+}
+
+/// How a lane ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaneEnd {
+    Drained,
+    Paused(String),
+    Cancelled,
+}
+
+pub struct Executor {
+    store: AsyncStore,
+    lanes: Vec<(SharedProvider, Arc<Lane>)>,
+    clock: SharedClock,
+    retry: RetryPolicy,
+    lease_ms: i64,
+    shutdown_timeout: Duration,
+    wake: Notify,
+    stats: Mutex<Stats>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl Executor {
+    pub fn new(
+        config: &Config,
+        store: AsyncStore,
+        providers: Vec<SharedProvider>,
+        clock: SharedClock,
+    ) -> Self {
+        let lanes = providers
+            .into_iter()
+            .map(|p| {
+                let limits =
+                    config
+                        .limits(p.kind())
+                        .cloned()
+                        .unwrap_or(crate::config::ProviderLimits {
+                            batch_size: p.max_batch(),
+                            concurrency: crate::config::defaults::CONCURRENCY,
+                            requests_per_second: None,
+                            timeout: crate::config::defaults::TIMEOUT,
+                        });
+                (p, Arc::new(Lane::new(&limits, clock.clone())))
+            })
+            .collect();
+        Self {
+            store,
+            lanes,
+            clock,
+            retry: RetryPolicy::new(&config.retry),
+            lease_ms: crate::clock::ms(config.daemon.lease),
+            shutdown_timeout: config.daemon.shutdown_timeout,
+            wake: Notify::new(),
+            stats: Mutex::new(Stats::default()),
+        }
+    }
+
+    /// Announces new work (a resolved request, a rule run, a lifted hold).
+    pub fn wake(&self) {
+        self.wake.notify_waiters();
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().unwrap().clone()
+    }
+
+    pub fn lane(&self, kind: ProviderKind) -> Option<&Arc<Lane>> {
+        self.lanes
+            .iter()
+            .find(|(p, _)| p.kind() == kind)
+            .map(|(_, l)| l)
+    }
+
+    /// Runs every provider's lane until drained (`Once`) or cancelled.
+    pub async fn run(
+        self: &Arc<Self>,
+        mode: Mode,
+        cancel: CancellationToken,
+    ) -> Result<Vec<(ProviderKind, LaneEnd)>, ExecutorError> {
+        let reaper_cancel = cancel.child_token();
+        let reaper = (mode == Mode::Forever).then(|| {
+            let me = self.clone();
+            let c = reaper_cancel.clone();
+            tokio::spawn(async move { me.reap_leases(c).await })
+        });
+        let mut set = JoinSet::new();
+        for i in 0..self.lanes.len() {
+            let me = self.clone();
+            let cancel = cancel.clone();
+            set.spawn(async move {
+                let kind = me.lanes[i].0.kind();
+                (kind, me.lane_loop(i, mode, cancel).await)
+            });
+        }
+        let mut ends = Vec::new();
+        let mut failure = None;
+        while let Some(joined) = set.join_next().await {
+            let (kind, end) = joined.expect("a lane task panicked");
+            match end {
+                Ok(e) => ends.push((kind, e)),
+                Err(e) => {
+                    // A store failure ends every lane: nothing can be recorded.
+                    cancel.cancel();
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        reaper_cancel.cancel();
+        if let Some(r) = reaper {
+            let _ = r.await;
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(ends),
+        }
+    }
+
+    /// Returns items whose lease ran out (a stuck batch) to pending, every quarter lease.
+    async fn reap_leases(&self, cancel: CancellationToken) {
+        let every = Duration::from_millis((self.lease_ms / 4).max(1000) as u64);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let now = self.clock.now_ms();
+            match self
+                .store
+                .call(move |s| s.release_expired_leases(now))
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(items = n, "leases expired; items returned to pending"),
+                Err(e) => tracing::error!(error = %e, "could not reap expired leases"),
+            }
+        }
+    }
+
+    async fn lane_loop(
+        self: &Arc<Self>,
+        idx: usize,
+        mode: Mode,
+        cancel: CancellationToken,
+    ) -> Result<LaneEnd, ExecutorError> {
+        let (provider, lane) = self.lanes[idx].clone();
+        let kind = provider.kind();
+        let mut tasks: JoinSet<Result<(), ExecutorError>> = JoinSet::new();
+        let end = loop {
+            while let Some(done) = tasks.try_join_next() {
+                done.expect("a batch task panicked")?;
+            }
+            if cancel.is_cancelled() {
+                break LaneEnd::Cancelled;
+            }
+            if let Some(p) = lane.paused() {
+                if mode == Mode::Once {
+                    while let Some(done) = tasks.join_next().await {
+                        done.expect("a batch task panicked")?;
+                    }
+                    break LaneEnd::Paused(p.reason);
+                }
+                let now = self.clock.now_ms();
+                if now < p.next_probe_ms {
+                    let wait = Duration::from_millis((p.next_probe_ms - now) as u64)
+                        .min(IDLE_RECHECK * 30);
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = self.clock.sleep(wait) => {}
+                    }
+                    continue;
+                }
+                // Probe: let exactly one batch through.
+                while let Some(done) = tasks.join_next().await {
+                    done.expect("a batch task panicked")?;
+                }
+            }
+            let slot = tokio::select! {
+                _ = cancel.cancelled() => break LaneEnd::Cancelled,
+                s = lane.slot() => s,
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break LaneEnd::Cancelled,
+                _ = lane.ready() => {}
+            }
+            let now = self.clock.now_ms();
+            let (lease, max) = (self.lease_ms, provider.max_batch());
+            let claimed = self
+                .store
+                .call(move |s| s.claim_batch(kind, now, lease, max))
+                .await?;
+            match claimed {
+                Some(batch) => {
+                    let me = self.clone();
+                    let (p, l) = (provider.clone(), lane.clone());
+                    let probing = lane.paused().is_some();
+                    tasks.spawn(async move {
+                        let r = me.process(&p, &l, batch).await;
+                        drop(slot);
+                        r
+                    });
+                    if probing {
+                        while let Some(done) = tasks.join_next().await {
+                            done.expect("a batch task panicked")?;
+                        }
+                    }
+                }
+                None => {
+                    drop(slot);
+                    if !tasks.is_empty() {
+                        // Work in flight may send items back; wait for one batch to finish.
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            done = tasks.join_next() => { if let Some(d) = done { d.expect("a batch task panicked")?; } }
+                            _ = self.wake.notified() => {}
+                        }
+                        continue;
+                    }
+                    let next = self.store.call(move |s| s.next_pending_ms(kind)).await?;
+                    let wait = match next {
+                        None if mode == Mode::Once => break LaneEnd::Drained,
+                        None => IDLE_RECHECK,
+                        Some(t) => {
+                            let d = Duration::from_millis((t - self.clock.now_ms()).max(1) as u64);
+                            if mode == Mode::Forever {
+                                d.min(IDLE_RECHECK)
+                            } else {
+                                d
+                            }
+                        }
+                    };
+                    if mode == Mode::Forever {
+                        // Real time here: new work is announced by `wake`, and the clock's sleep
+                        // must not race ahead of the outside world while idle.
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            _ = self.wake.notified() => {}
+                            _ = self.clock.sleep(wait) => {}
+                        }
+                    } else {
+                        self.clock.sleep(wait).await;
+                    }
+                }
+            }
+        };
+        // Shutdown: let in-flight batches finish within the timeout; the rest are released by the
+        // caller (their items return to pending and are sent again next time).
+        if end == LaneEnd::Cancelled && !tasks.is_empty() {
+            let drain = async {
+                while let Some(done) = tasks.join_next().await {
+                    if let Ok(Err(e)) = done {
+                        tracing::error!(provider = %kind, error = %e, "batch failed during shutdown");
+                    }
+                }
+            };
+            if tokio::time::timeout(self.shutdown_timeout, drain)
+                .await
+                .is_err()
+            {
+                tracing::warn!(provider = %kind, "shutdown timeout: abandoning in-flight batches (they will be sent again)");
+                tasks.abort_all();
+            }
+        }
+        Ok(end)
+    }
+
+    /// Sends one claimed batch and records the answer.
+    async fn process(
+        &self,
+        provider: &SharedProvider,
+        lane: &Lane,
+        batch: ClaimedBatch,
+    ) -> Result<(), ExecutorError> {
+        let kind = provider.kind();
+        let mut outcomes: Vec<(i64, ItemOutcome)> = Vec::with_capacity(batch.items.len());
+        let mut sendable = Vec::with_capacity(batch.items.len());
+        for item in &batch.items {
+            match provider.check_id(&item.session_id) {
+                Ok(()) => sendable.push(item.clone()),
+                Err(reason) => outcomes.push((
+                    item.id,
+                    ItemOutcome::Dead {
+                        error: format!("not sent: {reason}"),
+                    },
+                )),
+            }
+        }
+        let mut summary = Vec::new();
+        if !sendable.is_empty() {
+            self.send(
+                provider,
+                lane,
+                &batch,
+                sendable,
+                &mut outcomes,
+                &mut summary,
+            )
+            .await?;
+        }
+        let now = self.clock.now_ms();
+        let audit = batch_audit(&batch, &outcomes, &summary);
+        let answer = summary.join("; ");
+        let (bid, outs) = (batch.batch_id, outcomes.clone());
+        self.store
+            .call(move |s| s.finish_batch(bid, now, &outs, &answer, Some(&audit)))
+            .await?;
+        let mut st = self.stats.lock().unwrap();
+        for (_, o) in &outcomes {
+            match o {
+                ItemOutcome::Deleted { .. } => {
+                    *st.deleted.entry(kind.to_string()).or_default() += 1
+                }
+                ItemOutcome::Dead { .. } => *st.dead.entry(kind.to_string()).or_default() += 1,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// One delete call for `items` (and, after a refusal, the calls of its halves).
+    fn send<'a>(
+        &'a self,
+        provider: &'a SharedProvider,
+        lane: &'a Lane,
+        batch: &'a ClaimedBatch,
+        items: Vec<ClaimedItem>,
+        outcomes: &'a mut Vec<(i64, ItemOutcome)>,
+        summary: &'a mut Vec<String>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ExecutorError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let kind = provider.kind();
+            let request = DeleteBatch {
+                scope: batch.scope.clone(),
+                repo_id: batch.repo_id.clone(),
+                ids: items.iter().map(|i| i.session_id.clone()).collect(),
+            };
+            lane.ready().await;
+            self.stats.lock().unwrap().calls += 1;
+            let result = provider.delete(&request).await;
+            let now = self.clock.now_ms();
+            match result {
+                Ok(DeleteOutcome::AllDeleted) => {
+                    lane.succeeded();
+                    self.resume_if_paused(kind, lane).await?;
+                    summary.push(format!("{} confirmed", items.len()));
+                    outcomes.extend(items.iter().map(|i| {
+                        (
+                            i.id,
+                            ItemOutcome::Deleted {
+                                already_absent: false,
+                            },
+                        )
+                    }));
+                }
+                Ok(DeleteOutcome::Partial { total, deleted }) => {
+                    lane.succeeded();
+                    self.resume_if_paused(kind, lane).await?;
+                    summary.push(format!(
+                        "partial: {deleted} of {total} deleted; looked up each"
+                    ));
+                    for item in &items {
+                        self.stats.lock().unwrap().lookups += 1;
+                        lane.ready().await;
+                        let o = match provider
+                            .lookup(&batch.scope, batch.repo_id.as_deref(), &item.session_id)
+                            .await
+                        {
+                            Ok(Presence::Absent) => ItemOutcome::Deleted {
+                                already_absent: false,
+                            },
+                            Ok(Presence::Present) => self.retry_outcome(
+                                kind,
+                                item,
+                                now,
+                                None,
+                                "still present after a partial batch delete",
+                            ),
+                            Err(e) => self.failure_outcome(kind, item, now, &e),
+                        };
+                        outcomes.push((item.id, o));
+                    }
+                }
+                Err(e) => {
+                    summary.push(e.to_string());
+                    match &e.action {
+                        Action::Retry => {
+                            outcomes.extend(
+                                items
+                                    .iter()
+                                    .map(|i| (i.id, self.failure_outcome(kind, i, now, &e))),
+                            );
+                        }
+                        Action::RetryAfter(wait) => {
+                            lane.throttled(*wait);
+                            *self
+                                .stats
+                                .lock()
+                                .unwrap()
+                                .throttled
+                                .entry(kind.to_string())
+                                .or_default() += 1;
+                            outcomes.extend(
+                                items
+                                    .iter()
+                                    .map(|i| (i.id, self.failure_outcome(kind, i, now, &e))),
+                            );
+                        }
+                        Action::Rejected if items.len() == 1 => {
+                            outcomes.push((
+                                items[0].id,
+                                ItemOutcome::Dead {
+                                    error: format!("refused by the provider: {e}"),
+                                },
+                            ));
+                        }
+                        Action::Rejected => {
+                            self.stats.lock().unwrap().splits += 1;
+                            let mut left = items;
+                            let right = left.split_off(left.len() / 2);
+                            self.send(provider, lane, batch, left, outcomes, summary)
+                                .await?;
+                            self.send(provider, lane, batch, right, outcomes, summary)
+                                .await?;
+                        }
+                        Action::RejectIds(bad) => {
+                            let (dead, rest): (Vec<_>, Vec<_>) =
+                                items.into_iter().partition(|i| bad.contains(&i.session_id));
+                            outcomes.extend(dead.iter().map(|i| {
+                                (
+                                    i.id,
+                                    ItemOutcome::Dead {
+                                        error: format!("refused by the provider: {e}"),
+                                    },
+                                )
+                            }));
+                            if !rest.is_empty() {
+                                self.send(provider, lane, batch, rest, outcomes, summary)
+                                    .await?;
+                            }
+                        }
+                        Action::Pause(reason) => {
+                            let p = lane.pause(reason.clone());
+                            tracing::error!(provider = %kind, reason = %reason, probe_in_s = p.probe_delay.as_secs(), "provider paused");
+                            self.stats
+                                .lock()
+                                .unwrap()
+                                .paused
+                                .insert(kind.to_string(), reason.clone());
+                            let (r, at) = (reason.clone(), self.clock.now());
+                            self.store
+                                .call(move |s| s.set_provider_paused(kind, Some(&r), at))
+                                .await?;
+                            outcomes.extend(items.iter().map(|i| (i.id, ItemOutcome::Release)));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn resume_if_paused(&self, kind: ProviderKind, lane: &Lane) -> Result<(), ExecutorError> {
+        if lane.resume() {
+            tracing::info!(provider = %kind, "provider answered again; resumed");
+            self.stats.lock().unwrap().paused.remove(kind.as_str());
+            let at = self.clock.now();
+            self.store
+                .call(move |s| s.set_provider_paused(kind, None, at))
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn failure_outcome(
+        &self,
+        kind: ProviderKind,
+        item: &ClaimedItem,
+        now: i64,
+        e: &ProviderError,
+    ) -> ItemOutcome {
+        let wait = match e.action {
+            Action::RetryAfter(d) => Some(d),
+            _ => None,
+        };
+        let o = self.retry_outcome(kind, item, now, wait, &e.to_string());
+        if matches!(o, ItemOutcome::Retry { .. }) {
+            *self
+                .stats
+                .lock()
+                .unwrap()
+                .retries
+                .entry(kind.to_string())
+                .or_default()
+                .entry(e.cause_label().to_string())
+                .or_default() += 1;
+        }
+        o
+    }
+
+    fn retry_outcome(
+        &self,
+        _kind: ProviderKind,
+        item: &ClaimedItem,
+        now: i64,
+        wait: Option<Duration>,
+        error: &str,
+    ) -> ItemOutcome {
+        match self
+            .retry
+            .next(item.attempts, item.first_attempt_ms, now, wait)
+        {
+            Next::At(at_ms) => ItemOutcome::Retry {
+                at_ms,
+                error: error.to_string(),
+            },
+            Next::GiveUp => ItemOutcome::Dead {
+                error: format!("gave up after {} attempt(s): {error}", item.attempts + 1),
+            },
+        }
+    }
+}
+
+/// The audit event of one batch: what was sent and what each ID came to.
+fn batch_audit(
+    batch: &ClaimedBatch,
+    outcomes: &[(i64, ItemOutcome)],
+    summary: &[String],
+) -> serde_json::Value {
+    let sid = |id: i64| {
+        batch
+            .items
+            .iter()
+            .find(|i| i.id == id)
+            .map(|i| i.session_id.as_str())
+            .unwrap_or("")
+    };
+    let mut deleted = Vec::new();
+    let mut retry = Vec::new();
+    let mut dead = Vec::new();
+    let mut released = 0;
+    for (id, o) in outcomes {
+        match o {
+            ItemOutcome::Deleted { .. } => deleted.push(sid(*id)),
+            ItemOutcome::Retry { .. } => retry.push(sid(*id)),
+            ItemOutcome::Dead { error } => {
+                dead.push(serde_json::json!({"session_id": sid(*id), "error": error}))
+            }
+            ItemOutcome::Release => released += 1,
+        }
+    }
+    serde_json::json!({
+        "batch_id": batch.batch_id, "provider": batch.provider, "scope": batch.scope, "repo_id": batch.repo_id,
+        "sent": batch.items.len(), "deleted": deleted, "retry": retry, "dead": dead, "released": released,
+        "answer": summary,
+    })
+}

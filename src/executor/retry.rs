@@ -1,0 +1,133 @@
+//! When to try an item again, and when to give up.
+//!
+//! Exponential backoff with full jitter (a uniform wait in `[0, min(max_delay, base * 2^n)]`),
+//! computed by the `retry-policies` crate; the server's Retry-After takes precedence when longer.
+//! An item goes dead after `max_attempts` answers that said "try again", or once `give_up_after`
+//! has passed since its first send, whichever comes first, keeping its last error.
+//!
+//! `retry-policies` answers with a wall-clock `SystemTime`; only the delay it implies is used, and
+//! it is applied to the injected clock, so tests drive retries without sleeping.
+
+use std::time::{Duration, SystemTime};
+
+use retry_policies::policies::ExponentialBackoff;
+use retry_policies::{Jitter, RetryDecision, RetryPolicy as _};
+
+use crate::config::RetryConfig;
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    backoff: ExponentialBackoff,
+    max_attempts: u32,
+    give_up_after_ms: i64,
+}
+
+/// What to do with an item after a retryable failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Try again at this time (unix ms).
+    At(i64),
+    /// Attempts or time are used up.
+    GiveUp,
+}
+
+impl RetryPolicy {
+    pub fn new(c: &RetryConfig) -> Self {
+        let backoff = ExponentialBackoff::builder()
+            .retry_bounds(c.base_delay, c.max_delay)
+            .jitter(Jitter::Full)
+            .base(2)
+            .build_with_max_retries(c.max_attempts);
+        Self {
+            backoff,
+            max_attempts: c.max_attempts,
+            give_up_after_ms: crate::clock::ms(c.give_up_after),
+        }
+    }
+
+    /// The full-jitter delay before retry number `past + 1`.
+    pub fn delay(&self, past: u32) -> Duration {
+        let start = SystemTime::now();
+        match self.backoff.should_retry(start, past) {
+            RetryDecision::Retry { execute_after } => execute_after
+                .duration_since(start)
+                .unwrap_or(Duration::ZERO),
+            RetryDecision::DoNotRetry => Duration::ZERO,
+        }
+    }
+
+    /// Decides an item's next step. `attempts` counts earlier "try again" answers (this failure
+    /// not included); `retry_after` is the provider's minimum wait, if it gave one.
+    pub fn next(
+        &self,
+        attempts: u32,
+        first_attempt_ms: i64,
+        now_ms: i64,
+        retry_after: Option<Duration>,
+    ) -> Next {
+        let attempts_after = attempts + 1;
+        if attempts_after >= self.max_attempts || now_ms - first_attempt_ms >= self.give_up_after_ms
+        {
+            return Next::GiveUp;
+        }
+        let wait = self
+            .delay(attempts)
+            .max(retry_after.unwrap_or(Duration::ZERO));
+        let at = now_ms.saturating_add(crate::clock::ms(wait));
+        if at - first_attempt_ms >= self.give_up_after_ms {
+            // Never schedule past the give-up window: one last try at its edge.
+            return Next::At(first_attempt_ms + self.give_up_after_ms - 1);
+        }
+        Next::At(at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(max_attempts: u32, give_up: Duration) -> RetryPolicy {
+        RetryPolicy::new(&RetryConfig {
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+            max_attempts,
+            give_up_after: give_up,
+        })
+    }
+
+    #[test]
+    fn delays_stay_within_the_full_jitter_envelope() {
+        let p = policy(100, Duration::from_secs(86400));
+        for n in 0..12u32 {
+            let cap = Duration::from_secs(1)
+                .saturating_mul(1 << n)
+                .min(Duration::from_secs(60));
+            for _ in 0..50 {
+                assert!(p.delay(n) <= cap, "retry {n}");
+            }
+        }
+        // full jitter: some delays are well below the cap
+        assert!((0..200).any(|_| p.delay(6) < Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn retry_after_takes_precedence_when_longer() {
+        let p = policy(100, Duration::from_secs(86400));
+        match p.next(0, 0, 1_000, Some(Duration::from_secs(30))) {
+            Next::At(t) => assert!(t >= 31_000),
+            Next::GiveUp => panic!(),
+        }
+    }
+
+    #[test]
+    fn gives_up_after_attempts_or_window() {
+        let p = policy(3, Duration::from_secs(100));
+        assert!(matches!(p.next(1, 0, 0, None), Next::At(_)));
+        assert_eq!(p.next(2, 0, 0, None), Next::GiveUp);
+        assert_eq!(p.next(0, 0, 100_000, None), Next::GiveUp);
+        match p.next(0, 0, 99_000, Some(Duration::from_secs(50))) {
+            Next::At(t) => assert_eq!(t, 99_999),
+            Next::GiveUp => panic!(),
+        }
+    }
+}
