@@ -16,9 +16,12 @@
 //! `main.rs` only calls [`cli::main`].
 
 pub mod audit;
+pub mod certificate;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
+pub mod demo;
 pub mod executor;
 pub mod logging;
 pub mod model;

@@ -211,3 +211,34 @@ pub fn holds_text(list: &[Hold]) -> String {
     }
     o
 }
+
+pub fn plan_text(p: &crate::resolve::Plan) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "plan for {}: {} chat(s) would be deleted, {} held",
+        p.target, p.delete, p.held
+    );
+    if let Some(r) = &p.rule {
+        let _ = writeln!(
+            o,
+            "  cutoff {} (created at or before is expired); {} matched",
+            time(r.cutoff),
+            r.matched
+        );
+    }
+    for c in &p.chats {
+        let mut line = format!(
+            "  {:<16} {}/{}/{}",
+            c.action, c.provider, c.scope, c.session_id
+        );
+        if let Some(h) = &c.hold_reason {
+            let _ = write!(line, "  (hold: {h})");
+        }
+        let _ = writeln!(o, "{line}");
+    }
+    for n in &p.notes {
+        let _ = writeln!(o, "note: {n}");
+    }
+    o
+}

@@ -108,3 +108,23 @@ mod tests {
         assert_eq!(a.next_after(t), b.next_after(t));
     }
 }
+
+/// Whether a rule should run now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    Now,
+    /// Next run at this unix time.
+    At(i64),
+    Never,
+}
+
+/// A rule is due when the first scheduled time after its last run (or, never run, after it was
+/// created) has come. A daemon that was down over several scheduled times finds the first of them
+/// past and runs once; the run records `now` as its last run, so the missed ones are not replayed.
+pub fn due(schedule: &Schedule, last_run_at: Option<i64>, created_at: i64, now: i64) -> Due {
+    match schedule.next_after(last_run_at.unwrap_or(created_at)) {
+        Some(t) if t <= now => Due::Now,
+        Some(t) => Due::At(t),
+        None => Due::Never,
+    }
+}

@@ -22,6 +22,26 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     let config = load_config(&cli)?;
     let now = SystemClock.now();
     match cli.command {
+        Command::Run { once } => run(config, once, cli.config.clone(), cli.db.clone()),
+        Command::Demo {
+            chats,
+            no_faults,
+            json,
+        } => {
+            let rt = runtime()?;
+            rt.block_on(crate::demo::run(crate::demo::DemoOptions {
+                chats,
+                faults: !no_faults,
+                json,
+                db: cli.db.clone().unwrap_or_else(|| "forgetd-demo.db".into()),
+            }))
+        }
+        Command::Plan {
+            subject,
+            rule,
+            json,
+        } => plan(config, subject, rule, json),
+        Command::Audit(cmd) => audit(&config, cmd),
         Command::CheckConfig => check_config(&config),
         Command::Erase {
             subject,
@@ -91,6 +111,156 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Rules(cmd) => rules(&config, cmd, now),
         Command::Holds(cmd) => holds(&config, cmd, now),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(
+    config: Config,
+    once: bool,
+    config_path: Option<std::path::PathBuf>,
+    db_override: Option<std::path::PathBuf>,
+) -> Result<ExitCode> {
+    crate::logging::init_daemon();
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let clock: crate::clock::SharedClock = std::sync::Arc::new(SystemClock);
+        let prepared = crate::daemon::prepare(config, clock.clone())?;
+        if once {
+            let report = crate::daemon::run_once(&prepared).await?;
+            let deleted: u64 = report.stats.deleted.values().sum();
+            println!(
+                "resolved {} request(s), ran {} rule(s); deleted {deleted}, held {}, dead {}, pending {}",
+                report.resolved_requests,
+                report.rule_runs.len(),
+                report.held,
+                report.dead,
+                report.pending
+            );
+            if report.clean() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for p in &report.problems {
+                    eprintln!("forgetd: {p}");
+                }
+                Ok(ExitCode::from(1))
+            }
+        } else {
+            let options = crate::daemon::RunOptions { once, config_path, db_override };
+            crate::daemon::run_forever(prepared, options, clock).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    })
+}
+
+fn plan(
+    config: Config,
+    subject: Option<String>,
+    rule: Option<String>,
+    json: bool,
+) -> Result<ExitCode> {
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let clock: crate::clock::SharedClock = std::sync::Arc::new(SystemClock);
+        let now = clock.now();
+        let deadline = config.daemon.deadline.as_secs() as i64;
+        let mut store = open(&config)?;
+        // Discovery needs the providers; without any configured, the plan is the inventory's.
+        let providers = if config.providers().is_empty() {
+            Vec::new()
+        } else {
+            crate::providers::build(&config, clock.clone()).map_err(|e| match e {
+                crate::providers::BuildError::Secret(s) => {
+                    anyhow::Error::from(ConfigError::Secret(s))
+                }
+                other => anyhow::Error::from(other),
+            })?
+        };
+        let plan = if let Some(name) = rule {
+            let row = store.get_rule(&name)?;
+            let resolver = resolver_for(&config, &store, providers, clock.clone())?;
+            let found = resolver.discover_for_rule(&row, now).await?;
+            store.plan_rule(&row, &found, now, deadline)?
+        } else {
+            let subject = subject.expect("clap requires --subject or --rule");
+            let mut found = Vec::new();
+            for p in &providers {
+                for scope in p.subject_scopes() {
+                    let kind = p.kind();
+                    let mut sink = |c: crate::providers::ListedChat| {
+                        found.push(NewSession {
+                            provider: kind.as_str().into(),
+                            scope: c.scope,
+                            session_id: c.session_id,
+                            subject: Some(subject.clone()),
+                            repo_id: c.repo_id,
+                            created_at: c.created_at,
+                        })
+                    };
+                    p.list_subject(&scope, &subject, &mut sink).await?;
+                }
+            }
+            store.plan_subject(&subject, &found, now, deadline)?
+        };
+        if json {
+            print_json(&plan)?;
+        } else {
+            print!("{}", crate::report::plan_text(&plan));
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn resolver_for(
+    config: &Config,
+    store: &Store,
+    providers: Vec<crate::providers::SharedProvider>,
+    clock: crate::clock::SharedClock,
+) -> Result<crate::resolve::Resolver> {
+    // A second connection for the resolver's store thread (the plan's own stays for the dry run).
+    let conn = Store::open(store.path())?;
+    Ok(crate::resolve::Resolver {
+        store: crate::store::AsyncStore::spawn(conn),
+        providers,
+        key: std::sync::Arc::new(crate::audit::SubjectKey::from_bytes(&[0; 32])),
+        clock,
+        deadline_secs: config.daemon.deadline.as_secs() as i64,
+    })
+}
+
+fn audit(config: &Config, cmd: super::AuditCommand) -> Result<ExitCode> {
+    let store = open(config)?;
+    match cmd {
+        super::AuditCommand::Verify { json } => {
+            let v = crate::audit::verify(&store)?;
+            if json {
+                print_json(&v)?;
+            } else if let Some(b) = &v.broken {
+                println!("audit trail BROKEN at event {}: {}", b.seq, b.reason);
+                println!("{} event(s) before it verify", v.events);
+            } else {
+                println!("audit trail intact: {} event(s), head {}", v.events, v.head);
+            }
+            Ok(if v.broken.is_some() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        super::AuditCommand::Export { request, json } => {
+            let cert = crate::certificate::Certificate::build(&store, request)?;
+            if json {
+                print_json(&cert)?;
+            } else {
+                print!("{}", cert.text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -37,6 +37,34 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The daemon. --once: resolve, run every rule once, drain everything, then exit.
+    Run {
+        #[arg(long)]
+        once: bool,
+    },
+    /// The whole pipeline against built-in simulated providers, with a report.
+    Demo {
+        /// Chats to seed (spread over providers, characters and applications).
+        #[arg(long, default_value_t = 3000)]
+        chats: usize,
+        /// Leave the simulator's faults off.
+        #[arg(long)]
+        no_faults: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What would be deleted, deleting nothing.
+    Plan {
+        #[arg(long, conflicts_with = "rule", required_unless_present = "rule")]
+        subject: Option<String>,
+        #[arg(long)]
+        rule: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit trail: verify the hash chain, or export a certificate of erasure.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// File an erasure request for a subject; prints its id.
     Erase {
         #[arg(long)]
@@ -178,6 +206,22 @@ pub enum HoldsCommand {
     },
     Remove {
         hold_id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain; names the first broken link and exits 1 if any.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A certificate of erasure for one request.
+    Export {
+        #[arg(long)]
+        request: i64,
         #[arg(long)]
         json: bool,
     },

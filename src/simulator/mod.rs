@@ -251,6 +251,12 @@ project = "{IAM_PROJECT}"
         self.state.inner.lock().unwrap().tokens.clear();
     }
 
+    /// A handle that expires every token when called (usable from another task).
+    pub fn expirer(&self) -> impl Fn() + Send + Sync + 'static {
+        let st = self.state.clone();
+        move || st.inner.lock().unwrap().tokens.clear()
+    }
+
     /// While on, delete calls are received (and recorded) but their answer waits.
     pub fn hold_deletes(&self, on: bool) {
         let _ = self.state.hold_deletes.send(on);

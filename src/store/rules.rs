@@ -48,6 +48,7 @@ pub struct RuleRow {
     /// Set when the last run matched more than max_deletions and waits for `rules approve`.
     pub awaiting_approval: Option<i64>,
     pub approved: bool,
+    pub created_at: i64,
 }
 
 impl RuleRow {
@@ -119,7 +120,7 @@ impl Store {
     pub fn list_rules(&self) -> Result<Vec<RuleRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT r.name, r.provider, r.scope, r.max_age_secs, r.schedule, r.timezone, r.discover,
-                    r.max_deletions, r.origin, s.last_run_at, s.awaiting_approval, coalesce(s.approved, 0)
+                    r.max_deletions, r.origin, s.last_run_at, s.awaiting_approval, coalesce(s.approved, 0), r.created_at
              FROM rules r LEFT JOIN rule_state s ON s.rule_name = r.name ORDER BY r.name",
         )?;
         let rows = stmt
@@ -146,6 +147,7 @@ impl Store {
                     last_run_at: r.get(9)?,
                     awaiting_approval: r.get(10)?,
                     approved: r.get::<_, i64>(11)? != 0,
+                    created_at: r.get(12)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -197,6 +199,18 @@ impl Store {
                     Ok(())
                 }
             }
+        })
+    }
+
+    /// Records a failed run attempt as the rule's last run, so it waits for its next schedule.
+    pub fn mark_rule_attempt(&mut self, name: &str, now: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO rule_state (rule_name, last_run_at) VALUES (?1, ?2)
+                 ON CONFLICT (rule_name) DO UPDATE SET last_run_at = excluded.last_run_at",
+                params![name, now],
+            )?;
+            Ok(())
         })
     }
 

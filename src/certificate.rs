@@ -1,0 +1,251 @@
+//! The certificate of erasure (`forgetd audit export --request ID`): what a privacy officer hands a
+//! regulator. Built from the audit event that closed the request (`request.completed` or
+//! `request.failed`), anchored by that event's hash and the verified chain head, so it states only
+//! what the tamper-evident record says.
+//!
+//! Wording matters: forgetd can prove that the provider *confirmed* a deletion, not what the
+//! provider does inside (it may soft-delete), and Convai's long-term memory is a separate store
+//! that deleting chat sessions does not touch. The certificate says both.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use rusqlite::OptionalExtension;
+use serde::Serialize;
+
+use crate::report::time;
+use crate::store::{Result, Store, StoreError};
+
+pub const CAVEATS: [&str; 2] = [
+    "Each deletion listed was confirmed by the provider's API at the time shown; how the provider erases internally (it may soft-delete first) is outside what forgetd can observe.",
+    "Convai keeps long-term character memory in a separate store that deleting chat sessions does not touch.",
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CertChat {
+    pub scope: String,
+    pub session_id: String,
+    pub confirmed_at: Option<i64>,
+    pub outcome: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CertHeld {
+    pub provider: String,
+    pub scope: String,
+    pub session_id: String,
+    pub hold_id: Option<i64>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CertFailed {
+    pub provider: String,
+    pub scope: String,
+    pub session_id: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Anchor {
+    pub event_seq: i64,
+    pub event_hash: String,
+    pub chain_head: String,
+    pub chain_events: u64,
+    pub chain_intact: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Certificate {
+    pub request_id: i64,
+    pub external_ref: Option<String>,
+    pub subject_hash: Option<String>,
+    pub state: String,
+    pub received_at: i64,
+    pub due_at: Option<i64>,
+    pub completed_at: Option<i64>,
+    /// provider -> chats whose deletion the provider confirmed
+    pub deleted: BTreeMap<String, Vec<CertChat>>,
+    pub held: Vec<CertHeld>,
+    pub failed: Vec<CertFailed>,
+    pub anchor: Option<Anchor>,
+    pub caveats: Vec<String>,
+}
+
+impl Certificate {
+    pub fn build(store: &Store, request_id: i64) -> Result<Self> {
+        let conn = store.connection();
+        let row: Option<(Option<String>, Option<String>, String, i64, Option<i64>, Option<i64>)> = conn
+            .query_row(
+                "SELECT external_ref, subject_hash, state, received_at, due_at, completed_at FROM erasure_requests WHERE id = ?1",
+                [request_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()?;
+        let Some((external_ref, subject_hash, state, received_at, due_at, completed_at)) = row
+        else {
+            return Err(StoreError::NotFound(format!(
+                "no erasure request with id {request_id}"
+            )));
+        };
+        let event: Option<(i64, String, String)> = conn
+            .query_row(
+                "SELECT seq, hash, data FROM audit_log WHERE request_id = ?1 AND kind IN ('request.completed', 'request.failed')
+                 ORDER BY seq DESC LIMIT 1",
+                [request_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let mut cert = Certificate {
+            request_id,
+            external_ref,
+            subject_hash,
+            state,
+            received_at,
+            due_at,
+            completed_at,
+            deleted: BTreeMap::new(),
+            held: Vec::new(),
+            failed: Vec::new(),
+            anchor: None,
+            caveats: CAVEATS.iter().map(|s| s.to_string()).collect(),
+        };
+        let Some((seq, hash, data)) = event else {
+            return Ok(cert); // not finished: nothing is certified yet
+        };
+        let data: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
+        let s =
+            |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        for item in data["items"].as_array().into_iter().flatten() {
+            let provider = s(item, "provider").unwrap_or_default();
+            let scope = s(item, "scope").unwrap_or_default();
+            let session_id = s(item, "session_id").unwrap_or_default();
+            match item["state"].as_str() {
+                Some("deleted") => cert.deleted.entry(provider).or_default().push(CertChat {
+                    scope,
+                    session_id,
+                    confirmed_at: item["confirmed_at"].as_i64(),
+                    outcome: s(item, "outcome"),
+                }),
+                Some("held") => cert.held.push(CertHeld {
+                    provider,
+                    scope,
+                    session_id,
+                    hold_id: item["hold_id"].as_i64(),
+                    reason: s(item, "hold_reason"),
+                }),
+                _ => cert.failed.push(CertFailed {
+                    provider,
+                    scope,
+                    session_id,
+                    error: s(item, "last_error"),
+                }),
+            }
+        }
+        let v = crate::audit::verify(store)?;
+        cert.anchor = Some(Anchor {
+            event_seq: seq,
+            event_hash: hash,
+            chain_head: v.head,
+            chain_events: v.events,
+            chain_intact: v.broken.is_none(),
+        });
+        Ok(cert)
+    }
+
+    pub fn text(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(o, "CERTIFICATE OF ERASURE — request {}", self.request_id);
+        let _ = writeln!(
+            o,
+            "  reference:   {}",
+            self.external_ref.as_deref().unwrap_or("-")
+        );
+        let _ = writeln!(
+            o,
+            "  subject:     keyed hash {}",
+            self.subject_hash.as_deref().unwrap_or("-")
+        );
+        let _ = writeln!(o, "  state:       {}", self.state);
+        let _ = writeln!(o, "  received:    {}", time(self.received_at));
+        if let Some(d) = self.due_at {
+            let _ = writeln!(o, "  due:         {}", time(d));
+        }
+        if let Some(c) = self.completed_at {
+            let _ = writeln!(o, "  completed:   {}", time(c));
+        }
+        if self.anchor.is_none() {
+            let _ = writeln!(
+                o,
+                "\nThis request is not finished; nothing is certified yet."
+            );
+            return o;
+        }
+        for (provider, chats) in &self.deleted {
+            let _ = writeln!(
+                o,
+                "\n  {provider}: deletion confirmed by the provider for {} chat(s):",
+                chats.len()
+            );
+            for c in chats {
+                let _ = writeln!(
+                    o,
+                    "    {}/{}  confirmed {}",
+                    c.scope,
+                    c.session_id,
+                    c.confirmed_at.map(time).unwrap_or_default()
+                );
+            }
+        }
+        if !self.held.is_empty() {
+            let _ = writeln!(o, "\n  held under legal hold (not deleted):");
+            for h in &self.held {
+                let _ = writeln!(
+                    o,
+                    "    {}/{}/{}  hold {}: {}",
+                    h.provider,
+                    h.scope,
+                    h.session_id,
+                    h.hold_id.unwrap_or(0),
+                    h.reason.as_deref().unwrap_or("")
+                );
+            }
+        }
+        if !self.failed.is_empty() {
+            let _ = writeln!(o, "\n  NOT deleted (failed):");
+            for f in &self.failed {
+                let _ = writeln!(
+                    o,
+                    "    {}/{}/{}  {}",
+                    f.provider,
+                    f.scope,
+                    f.session_id,
+                    f.error.as_deref().unwrap_or("")
+                );
+            }
+        }
+        if let Some(a) = &self.anchor {
+            let _ = writeln!(
+                o,
+                "\n  anchored by audit event {} (hash {})",
+                a.event_seq, a.event_hash
+            );
+            let _ = writeln!(
+                o,
+                "  audit chain: {} event(s), head {}, {}",
+                a.chain_events,
+                a.chain_head,
+                if a.chain_intact {
+                    "verified intact"
+                } else {
+                    "BROKEN (run `forgetd audit verify`)"
+                }
+            );
+        }
+        let _ = writeln!(o);
+        for c in &self.caveats {
+            let _ = writeln!(o, "  note: {c}");
+        }
+        o
+    }
+}

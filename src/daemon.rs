@@ -1,0 +1,435 @@
+//! The daemon: `forgetd run` and `forgetd run --once`.
+//!
+//! Start-up, in order, each step able to stop it with the right exit code before any work: the
+//! config has a provider and every secret it names is readable (78), the database opens and passes
+//! `PRAGMA quick_check`, the daemon lock is taken (75), every in-flight item returns to pending
+//! (the lock proves no other worker holds a lease), the config's rules are synced, and only then
+//! READY=1 goes to systemd.
+//!
+//! Running, four tasks share one cancellation token:
+//! - intake: polls `PRAGMA data_version` (a cheap in-memory read) every 250 ms; when another
+//!   connection committed, resolves new requests and wakes the executor. It also sends WATCHDOG=1
+//!   (so a stuck loop is caught, not hidden by a timer) and a STATUS= summary every 10 s.
+//! - scheduler: runs each retention rule when its cron schedule says, one run at a time; a run
+//!   missed while the daemon was down is made up once (see [`crate::scheduler`]).
+//! - executor: the lanes that delete (see [`crate::executor`]).
+//! - signals: SIGTERM/SIGINT stop claiming, let in-flight batches finish within
+//!   `shutdown_timeout`, return the rest to pending, STOPPING=1, exit 0. SIGHUP reloads and
+//!   validates the config file; a bad one is logged and the old one kept; rules are re-synced.
+//!   (Provider connections and limits take effect at the next start.)
+//!
+//! `--once` resolves, runs every rule once, drains the queue waiting out backoffs, and reports.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::SubjectKey;
+use crate::clock::SharedClock;
+use crate::config::{Config, ConfigError};
+use crate::executor::{Executor, LaneEnd, Mode};
+use crate::model::ProviderKind;
+use crate::resolve::Resolver;
+use crate::scheduler::Schedule;
+use crate::store::lock::DaemonLock;
+use crate::store::{AsyncStore, Store};
+
+const INTAKE_POLL: Duration = Duration::from_millis(250);
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// What the operator asked for.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub once: bool,
+    /// The config file to re-read on SIGHUP (with `db_override` applied again).
+    pub config_path: Option<PathBuf>,
+    pub db_override: Option<PathBuf>,
+}
+
+/// The result of `run --once`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct OnceReport {
+    pub resolved_requests: usize,
+    pub rule_runs: Vec<crate::resolve::RuleRun>,
+    pub stats: crate::executor::Stats,
+    pub pending: u64,
+    pub in_flight: u64,
+    pub dead: u64,
+    pub held: u64,
+    pub problems: Vec<String>,
+}
+
+impl OnceReport {
+    pub fn clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Everything a running daemon needs, set up by [`prepare`].
+pub struct Prepared {
+    pub config: Config,
+    pub store: AsyncStore,
+    pub executor: Arc<Executor>,
+    pub resolver: Arc<Resolver>,
+    _lock: DaemonLock,
+}
+
+/// The checks and set-up that come before any work (see the module doc).
+pub fn prepare(config: Config, clock: SharedClock) -> Result<Prepared> {
+    if config.providers().is_empty() {
+        return Err(ConfigError::Other(
+            "no provider is configured: `forgetd run` needs [providers.convai] and/or [providers.koosearch] (the simulator is reachable only through `forgetd demo`)".into(),
+        )
+        .into());
+    }
+    let secret_failures = config.check_secrets();
+    if !secret_failures.is_empty() {
+        return Err(ConfigError::Invalid {
+            path: config
+                .source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            problems: secret_failures.iter().map(|e| e.to_string()).collect(),
+        }
+        .into());
+    }
+    let mut store = Store::open(&config.database)
+        .with_context(|| format!("opening {}", config.database.display()))?;
+    store.quick_check()?;
+    let lock = DaemonLock::acquire(&config.database)?;
+    let released = store.release_all_in_flight()?;
+    if released > 0 {
+        tracing::info!(
+            items = released,
+            "returned in-flight items of a previous run to pending"
+        );
+    }
+    for kind in ProviderKind::ALL {
+        store.set_provider_paused(kind, None, clock.now())?;
+    }
+    let (changed, removed) = store.sync_config_rules(&config.rules, clock.now())?;
+    store.audit(
+        clock.now(),
+        "config.loaded",
+        None,
+        &serde_json::json!({"source": config.source, "rules_changed": changed, "rules_removed": removed}),
+    )?;
+    let key = SubjectKey::load(&config)
+        .map_err(|e| ConfigError::Other(format!("audit subject key: {e}")))?;
+    let providers = crate::providers::build(&config, clock.clone()).map_err(|e| match e {
+        crate::providers::BuildError::Secret(s) => anyhow::Error::from(ConfigError::Secret(s)),
+        other => anyhow::Error::from(other),
+    })?;
+    let store = AsyncStore::spawn(store);
+    let executor = Arc::new(Executor::new(
+        &config,
+        store.clone(),
+        providers.clone(),
+        clock.clone(),
+    ));
+    let resolver = Arc::new(Resolver {
+        store: store.clone(),
+        providers,
+        key: Arc::new(key),
+        clock: clock.clone(),
+        deadline_secs: config.daemon.deadline.as_secs() as i64,
+    });
+    Ok(Prepared {
+        config,
+        store,
+        executor,
+        resolver,
+        _lock: lock,
+    })
+}
+
+/// `run --once`: resolve, run every rule once, drain, report.
+pub async fn run_once(p: &Prepared) -> Result<OnceReport> {
+    let mut report = OnceReport::default();
+    let (n, failures) = p.resolver.resolve_received().await?;
+    report.resolved_requests = n;
+    for f in failures {
+        report.problems.push(f.to_string());
+    }
+    let rules = p.store.call(|s| s.list_rules()).await?;
+    for rule in rules {
+        if !p.config.providers().contains(&rule.provider) {
+            report.problems.push(format!(
+                "rule {} names provider {}, which is not configured",
+                rule.name, rule.provider
+            ));
+            continue;
+        }
+        match p.resolver.run_rule(&rule).await {
+            Ok(run) => {
+                if run.awaiting_approval {
+                    report.problems.push(format!(
+                        "rule {} matched {} chats, more than its max_deletions ({}): nothing queued until `forgetd rules approve {}`",
+                        rule.name, run.matched, rule.max_deletions, rule.name
+                    ));
+                }
+                report.rule_runs.push(run);
+            }
+            Err(e) => report.problems.push(format!("rule {}: {e:#}", rule.name)),
+        }
+    }
+    let ends = p.executor.run(Mode::Once, CancellationToken::new()).await?;
+    for (kind, end) in ends {
+        if let LaneEnd::Paused(reason) = end {
+            report
+                .problems
+                .push(format!("provider {kind} is paused: {reason}"));
+        }
+    }
+    report.stats = p.executor.stats();
+    let status = p.store.call(|s| s.status(0, 0)).await?;
+    for (provider, states) in &status.items {
+        let get = |k: &str| states.get(k).copied().unwrap_or(0);
+        report.pending += get("pending");
+        report.in_flight += get("in_flight");
+        report.dead += get("dead");
+        report.held += get("held");
+        let configured = provider
+            .parse::<ProviderKind>()
+            .is_ok_and(|k| p.config.providers().contains(&k));
+        if !configured && get("pending") > 0 {
+            report.problems.push(format!(
+                "{} item(s) wait for provider {provider}, which is not configured",
+                get("pending")
+            ));
+        }
+    }
+    if report.dead > 0 {
+        report.problems.push(format!(
+            "{} item(s) are dead (see `forgetd status` and `forgetd requests show ID`)",
+            report.dead
+        ));
+    }
+    if report.in_flight > 0 {
+        report
+            .problems
+            .push(format!("{} item(s) are still in flight", report.in_flight));
+    }
+    if report.pending > 0
+        && !report
+            .problems
+            .iter()
+            .any(|p| p.contains("paused") || p.contains("not configured"))
+    {
+        report
+            .problems
+            .push(format!("{} item(s) are still pending", report.pending));
+    }
+    Ok(report)
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    // Without NOTIFY_SOCKET this is a no-op; an error only means systemd is not listening.
+    let _ = sd_notify::notify(false, states);
+}
+
+/// `run`: the long-running daemon. Returns when SIGTERM or SIGINT arrives.
+pub async fn run_forever(p: Prepared, options: RunOptions, clock: SharedClock) -> Result<()> {
+    let cancel = CancellationToken::new();
+    let Prepared {
+        config,
+        store,
+        executor,
+        resolver,
+        _lock,
+    } = p;
+    let deadline_secs = Arc::new(std::sync::atomic::AtomicI64::new(
+        config.daemon.deadline.as_secs() as i64,
+    ));
+    let shutdown_timeout = config.daemon.shutdown_timeout;
+
+    let exec = {
+        let (e, c) = (executor.clone(), cancel.clone());
+        tokio::spawn(async move { e.run(Mode::Forever, c).await })
+    };
+    let sched = {
+        let (r, s, c, cl) = (
+            resolver.clone(),
+            store.clone(),
+            cancel.clone(),
+            clock.clone(),
+        );
+        let e = executor.clone();
+        tokio::spawn(async move { scheduler_loop(r, s, e, cl, c).await })
+    };
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("ready"),
+    ]);
+    tracing::info!(database = %config.database.display(), providers = ?config.providers(), "forgetd is running");
+
+    let mut watchdog_usec = 0u64;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut last_version = None;
+    let mut last_status = std::time::Instant::now() - STATUS_EVERY;
+    let mut current = config;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
+            _ = hup.recv() => {
+                notify(&[sd_notify::NotifyState::Reloading]);
+                match reload(&options, &store, clock.now()).await {
+                    Ok(new) => {
+                        deadline_secs.store(new.daemon.deadline.as_secs() as i64, std::sync::atomic::Ordering::Relaxed);
+                        current = new;
+                        tracing::info!("SIGHUP: configuration reloaded and rules re-synced");
+                        executor.wake();
+                    }
+                    Err(e) => tracing::error!(error = %crate::cli::render_error(&e), "SIGHUP: the new configuration is invalid; keeping the old one"),
+                }
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
+            _ = tokio::time::sleep(INTAKE_POLL) => {
+                // The intake loop is the daemon's heartbeat: if it stalls, systemd's watchdog fires.
+                if watchdog {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+                let version = store.call(|s| s.data_version()).await?;
+                if last_version != Some(version) {
+                    last_version = Some(version);
+                    let (n, _failures) = resolver.resolve_received().await?;
+                    if n > 0 {
+                        executor.wake();
+                    }
+                }
+                if last_status.elapsed() >= STATUS_EVERY {
+                    last_status = std::time::Instant::now();
+                    let (now, d) = (clock.now(), deadline_secs.load(std::sync::atomic::Ordering::Relaxed));
+                    let st = store.call(move |s| s.status(now, d)).await?;
+                    let line = status_line(&st);
+                    notify(&[sd_notify::NotifyState::Status(&line)]);
+                    for o in &st.overdue {
+                        tracing::warn!(request = o.id, due_at = o.due_at, "erasure request is overdue");
+                    }
+                }
+            }
+        }
+    }
+    let _ = current;
+    notify(&[sd_notify::NotifyState::Stopping]);
+    cancel.cancel();
+    let _ = sched.await;
+    match tokio::time::timeout(shutdown_timeout + Duration::from_secs(5), exec).await {
+        Ok(Ok(Ok(_))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "executor stopped with an error"),
+        Ok(Err(e)) => tracing::error!(error = %e, "executor task failed"),
+        Err(_) => tracing::warn!("executor did not stop in time"),
+    }
+    let released = store.call(|s| s.release_all_in_flight()).await?;
+    if released > 0 {
+        tracing::info!(items = released, "returned unfinished items to pending");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn status_line(st: &crate::store::status::Status) -> String {
+    let sum = |state: &str| {
+        st.items
+            .values()
+            .map(|m| m.get(state).copied().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let mut line = format!(
+        "pending {}, in flight {}, deleted {}, held {}, dead {}; requests open {}",
+        sum("pending"),
+        sum("in_flight"),
+        sum("deleted"),
+        sum("held"),
+        sum("dead"),
+        st.requests.get("in_progress").copied().unwrap_or(0)
+            + st.requests.get("received").copied().unwrap_or(0)
+    );
+    if !st.overdue.is_empty() {
+        line.push_str(&format!(", {} OVERDUE", st.overdue.len()));
+    }
+    for p in &st.paused_providers {
+        line.push_str(&format!("; {} PAUSED", p.provider));
+    }
+    line
+}
+
+async fn reload(options: &RunOptions, store: &AsyncStore, now: i64) -> Result<Config> {
+    let Some(path) = &options.config_path else {
+        anyhow::bail!("no config file was given at start; nothing to reload");
+    };
+    let mut config = Config::load(path)?;
+    if let Some(db) = &options.db_override {
+        config.database = db.clone();
+    }
+    let rules = config.rules.clone();
+    let source = config.source.clone();
+    store
+        .call(move |s| -> Result<()> {
+            let (changed, removed) = s.sync_config_rules(&rules, now)?;
+            s.audit(now, "config.reloaded", None, &serde_json::json!({"source": source, "rules_changed": changed, "rules_removed": removed}))?;
+            Ok(())
+        })
+        .await?;
+    Ok(config)
+}
+
+/// Runs retention rules on their schedules until cancelled.
+async fn scheduler_loop(
+    resolver: Arc<Resolver>,
+    store: AsyncStore,
+    executor: Arc<Executor>,
+    clock: SharedClock,
+    cancel: CancellationToken,
+) {
+    loop {
+        let now = clock.now();
+        let rules = match store.call(|s| s.list_rules()).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "scheduler: cannot read rules");
+                Vec::new()
+            }
+        };
+        let mut next_wake = now + 60;
+        for rule in rules {
+            if rule.awaiting_approval.is_some() && !rule.approved {
+                continue;
+            }
+            let Ok(schedule) = Schedule::parse(&rule.schedule, &rule.timezone) else {
+                tracing::error!(rule = %rule.name, schedule = %rule.schedule, "rule has an invalid schedule; skipped");
+                continue;
+            };
+            match crate::scheduler::due(&schedule, rule.last_run_at, rule.created_at, now) {
+                crate::scheduler::Due::Now => {
+                    if let Err(e) = resolver.run_rule(&rule).await {
+                        tracing::error!(rule = %rule.name, error = %format!("{e:#}"), "retention rule run failed; retrying at its next schedule");
+                        let at = clock.now();
+                        let name = rule.name.clone();
+                        let _ = store.call(move |s| s.mark_rule_attempt(&name, at)).await;
+                    }
+                    executor.wake();
+                }
+                crate::scheduler::Due::At(t) => next_wake = next_wake.min(t),
+                crate::scheduler::Due::Never => {}
+            }
+            if cancel.is_cancelled() {
+                return;
+            }
+        }
+        let wait = Duration::from_secs((next_wake - clock.now()).clamp(1, 60) as u64)
+            .min(Duration::from_secs(1));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
