@@ -1,0 +1,88 @@
+//! Configuration at the command line: exit 78 naming the problem, secrets never printed.
+
+mod common;
+use common::*;
+
+#[test]
+fn a_bad_config_exits_78_naming_every_key() {
+    let s = Scratch::new();
+    let cfg = s.write(
+        "bad.toml",
+        "[daemon]\nlease = \"forever\"\nbogus_key = 1\n[providers.convai]\napi_key = \"env:X\"\nbatch_sise = 5\n",
+    );
+    let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "status"]);
+    assert_eq!(code(&o), 78, "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("daemon.bogus_key"), "{e}");
+    assert!(e.contains("providers.convai.batch_sise"), "{e}");
+    assert!(e.contains("daemon.lease"), "{e}");
+}
+
+#[test]
+fn a_literal_secret_is_refused_and_never_echoed() {
+    let s = Scratch::new();
+    let cfg = s.write("lit.toml", "[providers.convai]\napi_key = \"sk-live-SUPERSECRET\"\n");
+    let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "check-config"]);
+    assert_eq!(code(&o), 78);
+    assert!(!stderr(&o).contains("SUPERSECRET") && !stdout(&o).contains("SUPERSECRET"));
+    assert!(stderr(&o).contains("providers.convai.api_key"), "{}", stderr(&o));
+}
+
+#[test]
+fn check_config_reads_every_secret_without_printing_any() {
+    let s = Scratch::new();
+    let key = s.write("convai.key", "ck-VERYSECRET-123\n");
+    let cfg = s.write(
+        "ok.toml",
+        &format!(
+            "[providers.convai]\nbase_url = \"https://api.convai.com\"\napi_key = \"file:{}\"\n[providers.koosearch]\nendpoint = \"https://css.example.com\"\nproject_id = \"p1\"\ntoken = \"env:FORGETD_TEST_KOO_TOKEN\"\n",
+            key.display()
+        ),
+    );
+    let o = std::process::Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "check-config"])
+        .env("FORGETD_TEST_KOO_TOKEN", "kt-ALSOSECRET-456")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(!all.contains("VERYSECRET") && !all.contains("ALSOSECRET"), "{all}");
+    assert!(all.contains("file:"), "names the reference: {all}");
+    // the same config with the env secret missing: 78, naming the variable, not a value
+    let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "check-config"]);
+    assert_eq!(code(&o), 78);
+    assert!(stderr(&o).contains("FORGETD_TEST_KOO_TOKEN"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("VERYSECRET"));
+}
+
+#[test]
+fn credential_secrets_read_from_the_credentials_directory() {
+    let s = Scratch::new();
+    std::fs::create_dir(s.path("creds")).unwrap();
+    s.write("creds/convai-api-key", "ck-CRED");
+    let cfg = s.write("c.toml", "[providers.convai]\napi_key = \"credential:convai-api-key\"\n");
+    let o = std::process::Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "check-config"])
+        .env("CREDENTIALS_DIRECTORY", s.path("creds"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "check-config"]);
+    assert_eq!(code(&o), 78, "without CREDENTIALS_DIRECTORY");
+    assert!(stderr(&o).contains("CREDENTIALS_DIRECTORY"), "{}", stderr(&o));
+}
+
+#[test]
+fn run_without_a_provider_is_a_configuration_error() {
+    let s = Scratch::new();
+    let o = s.forgetd(&["run", "--once"]);
+    assert_eq!(code(&o), 78, "{}", stderr(&o));
+    assert!(stderr(&o).contains("no provider is configured"), "{}", stderr(&o));
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+    let c = forgetd::config::Config::load(std::path::Path::new(example)).unwrap();
+    assert!(c.convai.is_some() && c.koosearch.is_some() && c.rules.len() == 1);
+}
