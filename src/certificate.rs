@@ -21,6 +21,16 @@ pub const CAVEATS: [&str; 2] = [
     "Convai keeps long-term character memory in a separate store that deleting chat sessions does not touch.",
 ];
 
+/// external_ref, subject_hash, state, received_at, due_at, completed_at
+type RequestRow = (
+    Option<String>,
+    Option<String>,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+);
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CertChat {
     pub scope: String,
@@ -75,7 +85,7 @@ pub struct Certificate {
 impl Certificate {
     pub fn build(store: &Store, request_id: i64) -> Result<Self> {
         let conn = store.connection();
-        let row: Option<(Option<String>, Option<String>, String, i64, Option<i64>, Option<i64>)> = conn
+        let row: Option<RequestRow> = conn
             .query_row(
                 "SELECT external_ref, subject_hash, state, received_at, due_at, completed_at FROM erasure_requests WHERE id = ?1",
                 [request_id],

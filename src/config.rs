@@ -975,10 +975,10 @@ fn validate_rule(r: RawRule, at: &str) -> Result<RuleSpec, Vec<String>> {
     };
     let schedule = required(&mut p, &format!("{at}.schedule"), r.schedule);
     let timezone = r.timezone.unwrap_or_else(|| "UTC".to_string());
-    if !schedule.is_empty() {
-        if let Err(e) = Schedule::parse(&schedule, &timezone) {
-            p.push(format!("{at}: {e}"));
-        }
+    if !schedule.is_empty()
+        && let Err(e) = Schedule::parse(&schedule, &timezone)
+    {
+        p.push(format!("{at}: {e}"));
     }
     let max_deletions = match r.max_deletions {
         None => defaults::MAX_DELETIONS,

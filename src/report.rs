@@ -147,10 +147,10 @@ pub fn request_detail_text(d: &RequestDetail, now: i64) -> String {
         if let Some(reason) = &i.hold_reason {
             let _ = write!(line, " hold {}: {reason}", i.hold_id.unwrap_or(0));
         }
-        if i.state != "deleted" {
-            if let Some(e) = &i.last_error {
-                let _ = write!(line, " attempts {}, last error: {e}", i.attempts);
-            }
+        if i.state != "deleted"
+            && let Some(e) = &i.last_error
+        {
+            let _ = write!(line, " attempts {}, last error: {e}", i.attempts);
         }
         let _ = writeln!(o, "{line}");
     }

@@ -21,11 +21,18 @@ fn a_bad_config_exits_78_naming_every_key() {
 #[test]
 fn a_literal_secret_is_refused_and_never_echoed() {
     let s = Scratch::new();
-    let cfg = s.write("lit.toml", "[providers.convai]\napi_key = \"sk-live-SUPERSECRET\"\n");
+    let cfg = s.write(
+        "lit.toml",
+        "[providers.convai]\napi_key = \"sk-live-SUPERSECRET\"\n",
+    );
     let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "check-config"]);
     assert_eq!(code(&o), 78);
     assert!(!stderr(&o).contains("SUPERSECRET") && !stdout(&o).contains("SUPERSECRET"));
-    assert!(stderr(&o).contains("providers.convai.api_key"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("providers.convai.api_key"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -46,12 +53,19 @@ fn check_config_reads_every_secret_without_printing_any() {
         .unwrap();
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let all = format!("{}{}", stdout(&o), stderr(&o));
-    assert!(!all.contains("VERYSECRET") && !all.contains("ALSOSECRET"), "{all}");
+    assert!(
+        !all.contains("VERYSECRET") && !all.contains("ALSOSECRET"),
+        "{all}"
+    );
     assert!(all.contains("file:"), "names the reference: {all}");
     // the same config with the env secret missing: 78, naming the variable, not a value
     let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "check-config"]);
     assert_eq!(code(&o), 78);
-    assert!(stderr(&o).contains("FORGETD_TEST_KOO_TOKEN"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("FORGETD_TEST_KOO_TOKEN"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!stderr(&o).contains("VERYSECRET"));
 }
 
@@ -60,7 +74,10 @@ fn credential_secrets_read_from_the_credentials_directory() {
     let s = Scratch::new();
     std::fs::create_dir(s.path("creds")).unwrap();
     s.write("creds/convai-api-key", "ck-CRED");
-    let cfg = s.write("c.toml", "[providers.convai]\napi_key = \"credential:convai-api-key\"\n");
+    let cfg = s.write(
+        "c.toml",
+        "[providers.convai]\napi_key = \"credential:convai-api-key\"\n",
+    );
     let o = std::process::Command::new(BIN)
         .args(["--config", cfg.to_str().unwrap(), "check-config"])
         .env("CREDENTIALS_DIRECTORY", s.path("creds"))
@@ -69,7 +86,11 @@ fn credential_secrets_read_from_the_credentials_directory() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "check-config"]);
     assert_eq!(code(&o), 78, "without CREDENTIALS_DIRECTORY");
-    assert!(stderr(&o).contains("CREDENTIALS_DIRECTORY"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("CREDENTIALS_DIRECTORY"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -77,7 +98,11 @@ fn run_without_a_provider_is_a_configuration_error() {
     let s = Scratch::new();
     let o = s.forgetd(&["run", "--once"]);
     assert_eq!(code(&o), 78, "{}", stderr(&o));
-    assert!(stderr(&o).contains("no provider is configured"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no provider is configured"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

@@ -12,7 +12,10 @@ fn init(s: &Scratch) {
 
 #[test]
 fn feeder_sqlite3_is_debian_3_40_or_newer() {
-    let o = std::process::Command::new("sqlite3").arg("--version").output().unwrap();
+    let o = std::process::Command::new("sqlite3")
+        .arg("--version")
+        .output()
+        .unwrap();
     let v = stdout(&o);
     assert!(v.starts_with("3."), "{v}");
 }
@@ -45,7 +48,11 @@ fn a_plain_insert_of_an_existing_ref_fails_on_unique() {
     s.sqlite3("INSERT INTO erasure_requests(subject, external_ref) VALUES ('a', 'R');");
     let o = s.sqlite3("INSERT INTO erasure_requests(subject, external_ref) VALUES ('a', 'R');");
     assert_ne!(code(&o), 0);
-    assert!(stderr(&o).contains("UNIQUE constraint failed: erasure_requests.external_ref"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("UNIQUE constraint failed: erasure_requests.external_ref"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// Each kind of bad row is refused at INSERT, and the message names the rule broken.
@@ -54,27 +61,76 @@ fn each_kind_of_bad_row_is_refused_with_its_message() {
     let s = Scratch::new();
     init(&s);
     let cases = [
-        ("INSERT INTO sessions(provider, scope, session_id) VALUES ('openai', 'c', 's')", "sessions_provider_must_be_convai_or_koosearch"),
-        ("INSERT INTO sessions(provider, scope, session_id) VALUES ('convai', 'c', '')", "sessions_session_id_must_be_1_to_64_chars"),
-        ("INSERT INTO sessions(provider, scope, session_id) VALUES ('convai', 'c', printf('%.65c', 'x'))", "sessions_session_id_must_be_1_to_64_chars"),
-        ("INSERT INTO sessions(provider, scope, session_id) VALUES ('convai', '', 's')", "sessions_scope_must_be_1_to_64_chars_and_not_star"),
-        ("INSERT INTO sessions(provider, scope, session_id) VALUES ('koosearch', 'app', 'bad id')", "sessions_koosearch_ids_must_be_A_Z_a_z_0_9_underscore_dash"),
-        ("INSERT INTO sessions(provider, scope, session_id) VALUES ('koosearch', 'app/x', 'ok')", "sessions_koosearch_ids_must_be_A_Z_a_z_0_9_underscore_dash"),
-        ("INSERT INTO sessions(provider, scope, session_id, subject) VALUES ('convai', 'c', 's', '   ')", "sessions_subject_must_be_null_or_not_blank"),
-        ("INSERT INTO sessions(provider, scope, session_id, repo_id) VALUES ('convai', 'c', 's', 'kb')", "sessions_repo_id_only_for_koosearch"),
-        ("INSERT INTO sessions(provider, scope, session_id, created_at) VALUES ('convai', 'c', 's', '2024-01-01')", "sessions_created_at_must_be_unix_seconds"),
-        ("INSERT INTO sessions(provider, scope, session_id) VALUES ('convai', 'c', '-1')", "sessions_convai_session_id_minus_1_means_new_session_not_a_chat"),
-        ("INSERT INTO erasure_requests(subject) VALUES ('')", "erasure_requests_subject_must_not_be_blank"),
-        ("INSERT INTO erasure_requests(subject, state) VALUES ('a', 'complete')", "state and progress columns are set by forgetd"),
-        ("INSERT INTO erasure_requests(subject, received_at) VALUES ('a', 'yesterday')", "erasure_requests_received_at_must_be_unix_seconds"),
+        (
+            "INSERT INTO sessions(provider, scope, session_id) VALUES ('openai', 'c', 's')",
+            "sessions_provider_must_be_convai_or_koosearch",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id) VALUES ('convai', 'c', '')",
+            "sessions_session_id_must_be_1_to_64_chars",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id) VALUES ('convai', 'c', printf('%.65c', 'x'))",
+            "sessions_session_id_must_be_1_to_64_chars",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id) VALUES ('convai', '', 's')",
+            "sessions_scope_must_be_1_to_64_chars_and_not_star",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id) VALUES ('koosearch', 'app', 'bad id')",
+            "sessions_koosearch_ids_must_be_A_Z_a_z_0_9_underscore_dash",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id) VALUES ('koosearch', 'app/x', 'ok')",
+            "sessions_koosearch_ids_must_be_A_Z_a_z_0_9_underscore_dash",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id, subject) VALUES ('convai', 'c', 's', '   ')",
+            "sessions_subject_must_be_null_or_not_blank",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id, repo_id) VALUES ('convai', 'c', 's', 'kb')",
+            "sessions_repo_id_only_for_koosearch",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id, created_at) VALUES ('convai', 'c', 's', '2024-01-01')",
+            "sessions_created_at_must_be_unix_seconds",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id) VALUES ('convai', 'c', '-1')",
+            "sessions_convai_session_id_minus_1_means_new_session_not_a_chat",
+        ),
+        (
+            "INSERT INTO erasure_requests(subject) VALUES ('')",
+            "erasure_requests_subject_must_not_be_blank",
+        ),
+        (
+            "INSERT INTO erasure_requests(subject, state) VALUES ('a', 'complete')",
+            "state and progress columns are set by forgetd",
+        ),
+        (
+            "INSERT INTO erasure_requests(subject, received_at) VALUES ('a', 'yesterday')",
+            "erasure_requests_received_at_must_be_unix_seconds",
+        ),
     ];
     for (sql, message) in cases {
         let o = s.sqlite3(sql);
         assert_ne!(code(&o), 0, "accepted: {sql}");
-        assert!(stderr(&o).contains(message), "{sql}\n  expected: {message}\n  got: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(message),
+            "{sql}\n  expected: {message}\n  got: {}",
+            stderr(&o)
+        );
     }
-    let o = s.sqlite3("SELECT (SELECT count(*) FROM sessions) + (SELECT count(*) FROM erasure_requests)");
-    assert_eq!(stdout(&o).trim(), "0", "nothing half-valid entered the queue");
+    let o = s.sqlite3(
+        "SELECT (SELECT count(*) FROM sessions) + (SELECT count(*) FROM erasure_requests)",
+    );
+    assert_eq!(
+        stdout(&o).trim(),
+        "0",
+        "nothing half-valid entered the queue"
+    );
 }
 
 #[test]
@@ -82,11 +138,28 @@ fn hostile_content_is_stored_verbatim() {
     let s = Scratch::new();
     init(&s);
     let evil = "x'); DROP TABLE sessions; --\u{7}\t";
-    let o = s.forgetd(&["sessions", "add", "--provider", "convai", "--scope", "c", "--id", evil, "--subject", "Robert'); DROP TABLE erasure_requests;--"]);
+    let o = s.forgetd(&[
+        "sessions",
+        "add",
+        "--provider",
+        "convai",
+        "--scope",
+        "c",
+        "--id",
+        evil,
+        "--subject",
+        "Robert'); DROP TABLE erasure_requests;--",
+    ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let o = s.sqlite3("SELECT session_id, subject FROM sessions");
     assert!(stdout(&o).contains("DROP TABLE sessions"), "{}", stdout(&o));
-    let o = s.forgetd(&["erase", "--subject", "Robert'); DROP TABLE erasure_requests;--", "--ref", "r'1"]);
+    let o = s.forgetd(&[
+        "erase",
+        "--subject",
+        "Robert'); DROP TABLE erasure_requests;--",
+        "--ref",
+        "r'1",
+    ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
@@ -98,7 +171,11 @@ fn filing_the_same_ref_twice_yields_one_request() {
     assert_eq!(code(&a), 0, "{}", stderr(&a));
     assert_eq!(code(&b), 0);
     assert_eq!(stdout(&a), stdout(&b));
-    assert!(stdout(&a).trim().parse::<i64>().is_ok(), "prints the id alone: {:?}", stdout(&a));
+    assert!(
+        stdout(&a).trim().parse::<i64>().is_ok(),
+        "prints the id alone: {:?}",
+        stdout(&a)
+    );
     let j = s.forgetd(&["erase", "--subject", "alice", "--ref", "DSR-7", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&j)).unwrap();
     assert_eq!(v["id"].to_string(), stdout(&a).trim());
@@ -113,7 +190,12 @@ fn database_files_are_group_shared_never_world_readable() {
     use std::os::unix::fs::PermissionsExt;
     let s = Scratch::new();
     let nested = s.path("state").join("forgetd.db");
-    let o = std::process::Command::new(BIN).arg("--db").arg(&nested).arg("status").output().unwrap();
+    let o = std::process::Command::new(BIN)
+        .arg("--db")
+        .arg(&nested)
+        .arg("status")
+        .output()
+        .unwrap();
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&nested), 0o660);
@@ -123,10 +205,17 @@ fn database_files_are_group_shared_never_world_readable() {
 #[test]
 fn import_rejects_the_whole_file_on_a_bad_line_and_counts_known_chats() {
     let s = Scratch::new();
-    let good = s.write("good.csv", "provider,scope,session_id,subject,created_at\nconvai,c,s1,alice,100\nconvai,c,s2,,\n");
+    let good = s.write(
+        "good.csv",
+        "provider,scope,session_id,subject,created_at\nconvai,c,s1,alice,100\nconvai,c,s2,,\n",
+    );
     let o = s.forgetd(&["sessions", "import", good.to_str().unwrap()]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert!(stdout(&o).contains("imported 2 chats (0 already known"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("imported 2 chats (0 already known"),
+        "{}",
+        stdout(&o)
+    );
     let jsonl = s.write(
         "more.jsonl",
         "{\"provider\":\"convai\",\"scope\":\"c\",\"session_id\":\"s1\"}\n{\"provider\":\"convai\",\"scope\":\"c\",\"session_id\":\"s3\"}\n{\"provider\":\"koosearch\",\"scope\":\"app\",\"session_id\":\"no spaces\"}\n",
@@ -135,7 +224,11 @@ fn import_rejects_the_whole_file_on_a_bad_line_and_counts_known_chats() {
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("line 3"), "{}", stderr(&o));
     let o = s.sqlite3("SELECT count(*) FROM sessions");
-    assert_eq!(stdout(&o).trim(), "2", "nothing from the bad file was imported");
+    assert_eq!(
+        stdout(&o).trim(),
+        "2",
+        "nothing from the bad file was imported"
+    );
     // stdin works too, and a known chat is skipped and counted
     let mut child = std::process::Command::new(BIN)
         .args(["--db", s.db().to_str().unwrap(), "sessions", "import", "-"])
@@ -144,9 +237,18 @@ fn import_rejects_the_whole_file_on_a_bad_line_and_counts_known_chats() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"provider,scope,session_id\nconvai,c,s1\nconvai,c,s9\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"provider,scope,session_id\nconvai,c,s1\nconvai,c,s9\n")
+        .unwrap();
     let o = child.wait_with_output().unwrap();
-    assert!(stdout(&o).contains("imported 1 chats (1 already known"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("imported 1 chats (1 already known"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -154,7 +256,11 @@ fn unknown_request_id_is_a_runtime_failure() {
     let s = Scratch::new();
     let o = s.forgetd(&["requests", "show", "999"]);
     assert_eq!(code(&o), 1);
-    assert!(stderr(&o).contains("no erasure request with id 999"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no erasure request with id 999"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -162,5 +268,17 @@ fn usage_errors_exit_2() {
     let s = Scratch::new();
     assert_eq!(code(&s.forgetd(&["erase"])), 2);
     assert_eq!(code(&s.forgetd(&["holds", "add", "--reason", "x"])), 2);
-    assert_eq!(code(&s.forgetd(&["sessions", "add", "--provider", "openai", "--scope", "c", "--id", "s"])), 2);
+    assert_eq!(
+        code(&s.forgetd(&[
+            "sessions",
+            "add",
+            "--provider",
+            "openai",
+            "--scope",
+            "c",
+            "--id",
+            "s"
+        ])),
+        2
+    );
 }

@@ -354,7 +354,7 @@ async fn convai_list(State(st): St, headers: HeaderMap, body: Bytes) -> Response
         .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
         .unwrap_or_default();
     drop(inner);
-    sessions.sort_by(|a, b| b.1.cmp(&a.1)); // newest first, as the doc's example
+    sessions.sort_by_key(|s| std::cmp::Reverse(s.1)); // newest first, as the doc's example
     let list: Vec<serde_json::Value> = sessions
         .into_iter()
         .map(|(id, t)| {
@@ -543,12 +543,12 @@ async fn koo_batch(
                 if keep_some && n % 2 == 1 {
                     continue; // a partial batch: every other chat survives this call
                 }
-                if let Some(c) = chats.get_mut(id) {
-                    if !c.is_del {
-                        c.is_del = true;
-                        deleted += 1;
-                        removed.push(id.clone());
-                    }
+                if let Some(c) = chats.get_mut(id)
+                    && !c.is_del
+                {
+                    c.is_del = true;
+                    deleted += 1;
+                    removed.push(id.clone());
                 }
             }
         }

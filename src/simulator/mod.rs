@@ -259,7 +259,7 @@ project = "{IAM_PROJECT}"
 
     /// While on, delete calls are received (and recorded) but their answer waits.
     pub fn hold_deletes(&self, on: bool) {
-        let _ = self.state.hold_deletes.send(on);
+        self.state.hold_deletes.send_replace(on);
     }
 
     pub fn add_convai_chat(&self, char_id: &str, session_id: &str, created_at: i64) {

@@ -154,7 +154,7 @@ impl Store {
                         message: format!("not a sessions object ({e})"),
                     })?;
                 record(line, row, &mut report)?;
-                if line % 10_000 == 0 {
+                if line.is_multiple_of(10_000) {
                     progress(bytes, report);
                 }
             }
@@ -238,7 +238,7 @@ impl Store {
                     }
                 }
                 record(line, row, &mut report)?;
-                if line % 10_000 == 0 {
+                if line.is_multiple_of(10_000) {
                     progress(pos.1, report);
                 }
             }

@@ -66,6 +66,9 @@ impl RuleRow {
     }
 }
 
+/// provider, scope, max_age_secs, schedule, timezone, discover, max_deletions, origin
+type RuleColumns = (String, String, i64, String, String, i64, i64, String);
+
 fn upsert(
     tx: &rusqlite::Transaction<'_>,
     r: &RuleSpec,
@@ -73,7 +76,7 @@ fn upsert(
     now: i64,
 ) -> Result<bool> {
     // Returns true when the rule is new or changed.
-    let existing: Option<(String, String, i64, String, String, i64, i64, String)> = tx
+    let existing: Option<RuleColumns> = tx
         .query_row(
             "SELECT provider, scope, max_age_secs, schedule, timezone, discover, max_deletions, origin FROM rules WHERE name = ?1",
             [&r.name],

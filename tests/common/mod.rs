@@ -13,7 +13,9 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap() }
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
     pub fn db(&self) -> PathBuf {
         self.dir.path().join("forgetd.db")
@@ -66,10 +68,19 @@ pub fn code(o: &Output) -> i32 {
 
 /// Writes a config pointing at a running simulator, secrets in files beside it. `extra` is
 /// appended (rules, retry settings).
-pub fn sim_config(s: &Scratch, sim: &forgetd::simulator::Simulator, applications: &[&str], extra: &str) -> PathBuf {
+pub fn sim_config(
+    s: &Scratch,
+    sim: &forgetd::simulator::Simulator,
+    applications: &[&str],
+    extra: &str,
+) -> PathBuf {
     let convai = s.write("convai.key", forgetd::simulator::CONVAI_KEY);
     let iam = s.write("iam.password", forgetd::simulator::IAM_PASSWORD);
-    let apps = applications.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+    let apps = applications
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let text = format!(
         r#"[database]
 path = "{db}"

@@ -31,7 +31,7 @@ struct Cached {
 
 pub enum TokenSource {
     Fixed(SecretString),
-    Iam(IamTokens),
+    Iam(Box<IamTokens>),
 }
 
 pub struct IamTokens {
@@ -60,14 +60,14 @@ impl TokenSource {
         password: SecretString,
         clock: SharedClock,
     ) -> Self {
-        Self::Iam(IamTokens {
+        Self::Iam(Box::new(IamTokens {
             http,
             config,
             password,
             clock,
             cache: tokio::sync::Mutex::new(None),
             refreshes: AtomicU64::new(0),
-        })
+        }))
     }
 
     /// A token valid for now (fetching or refreshing one if needed).
@@ -109,10 +109,11 @@ impl IamTokens {
     async fn token(&self) -> Result<SecretString, ProviderError> {
         let mut cache = self.cache.lock().await;
         let now = self.clock.now_ms();
-        if let Some(c) = cache.as_ref() {
-            if now < c.refresh_at_ms && now < c.expires_ms {
-                return Ok(c.token.clone());
-            }
+        if let Some(c) = cache.as_ref()
+            && now < c.refresh_at_ms
+            && now < c.expires_ms
+        {
+            return Ok(c.token.clone());
         }
         let fresh = self.fetch(now).await?;
         let token = fresh.token.clone();

@@ -1,0 +1,284 @@
+//! The real binary as systemd runs it: READY=1 over NOTIFY_SOCKET, an erasure request inserted
+//! with plain SQL picked up and carried out at the simulator, STOPPING=1 and exit 0 on SIGTERM,
+//! SIGHUP with a good and a bad config, a second daemon refused with 75, and a SIGKILL while the
+//! simulator holds an answer back.
+
+mod common;
+use common::*;
+
+use std::time::{Duration, Instant};
+
+use forgetd::clock::SystemClock;
+use forgetd::model::ProviderKind;
+use forgetd::simulator::{Faults, Simulator};
+use tokio::net::UnixDatagram;
+use tokio::process::{Child, Command};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Notify {
+    sock: UnixDatagram,
+    path: std::path::PathBuf,
+    seen: Vec<String>,
+}
+
+impl Notify {
+    fn new(s: &Scratch, name: &str) -> Self {
+        let path = s.path(name);
+        Self {
+            sock: UnixDatagram::bind(&path).unwrap(),
+            path,
+            seen: Vec::new(),
+        }
+    }
+    /// Waits for a notification containing `what`.
+    async fn wait_for(&mut self, what: &str) -> bool {
+        let deadline = Instant::now() + WAIT;
+        if self.seen.iter().any(|m| m.contains(what)) {
+            return true;
+        }
+        let mut buf = vec![0u8; 4096];
+        while Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(200), self.sock.recv(&mut buf)).await {
+                Ok(Ok(n)) => {
+                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let hit = msg.contains(what);
+                    self.seen.push(msg);
+                    if hit {
+                        return true;
+                    }
+                }
+                _ => continue,
+            }
+        }
+        false
+    }
+}
+
+fn daemon(cfg: &std::path::Path, notify: Option<&Notify>) -> Child {
+    let mut c = Command::new(BIN);
+    c.args(["--config", cfg.to_str().unwrap(), "run"])
+        .env("FORGETD_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(n) = notify {
+        c.env("NOTIFY_SOCKET", &n.path);
+    }
+    c.spawn().unwrap()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().expect("running").to_string();
+    let st = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+async fn seeded_sim() -> Simulator {
+    let sim = Simulator::start(std::sync::Arc::new(SystemClock), Faults::default(), 1)
+        .await
+        .unwrap();
+    sim.add_convai_chat("char-a", "alice-1", 1_700_000_000);
+    sim.add_convai_chat("char-a", "bob-1", 1_700_000_000);
+    sim.add_convai_chat("char-b", "alice-1", 1_700_000_000); // same ID, other character, bob's
+    sim.add_koosearch_chat("app-1", "alice-k1", Some("alice"), None, 1_700_000_000);
+    sim.add_koosearch_chat("app-1", "bob-k1", Some("bob"), None, 1_700_000_000);
+    sim
+}
+
+fn seed_inventory(s: &Scratch) {
+    let o = s.forgetd(&["status"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.sqlite3(
+        "INSERT INTO sessions(provider, scope, session_id, subject) VALUES
+           ('convai', 'char-a', 'alice-1', 'alice'), ('convai', 'char-a', 'bob-1', 'bob'),
+           ('convai', 'char-b', 'alice-1', 'bob');",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_then_plain_sql_request_is_carried_out_then_sigterm_stops_cleanly() {
+    let s = Scratch::new();
+    let sim = seeded_sim().await;
+    let cfg = sim_config(&s, &sim, &["app-1"], "");
+    seed_inventory(&s);
+    let mut n = Notify::new(&s, "notify.sock");
+    let mut child = daemon(&cfg, Some(&n));
+    assert!(n.wait_for("READY=1").await, "no READY=1; saw {:?}", n.seen);
+
+    let o =
+        s.sqlite3("INSERT INTO erasure_requests(subject, external_ref) VALUES ('alice', 'DSR-1');");
+    assert_eq!(code(&o), 0);
+    eventually("alice's chats deleted", || {
+        !sim.exists(ProviderKind::Convai, "char-a", "alice-1")
+            && !sim.exists(ProviderKind::KooSearch, "app-1", "alice-k1")
+    })
+    .await;
+    eventually("request complete", || {
+        stdout(&s.sqlite3("SELECT state FROM erasure_requests")).trim() == "complete"
+    })
+    .await;
+    // decoys: bob's chats, and alice-1 under the other character
+    assert!(sim.exists(ProviderKind::Convai, "char-a", "bob-1"));
+    assert!(sim.exists(ProviderKind::Convai, "char-b", "alice-1"));
+    assert!(sim.exists(ProviderKind::KooSearch, "app-1", "bob-k1"));
+    let named = sim.named_in_deletes();
+    assert!(!named.contains(&(ProviderKind::Convai, "char-b".into(), "alice-1".into())));
+
+    signal(&child, "-TERM");
+    assert!(
+        n.wait_for("STOPPING=1").await,
+        "no STOPPING=1; saw {:?}",
+        n.seen
+    );
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_database_exits_75() {
+    let s = Scratch::new();
+    let sim = seeded_sim().await;
+    let cfg = sim_config(&s, &sim, &["app-1"], "");
+    let mut n = Notify::new(&s, "notify.sock");
+    let mut first = daemon(&cfg, Some(&n));
+    assert!(n.wait_for("READY=1").await);
+    let second = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        second.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another forgetd daemon"));
+    // the CLI's short writes still work alongside the daemon
+    let o = s.forgetd(&["erase", "--subject", "zed", "--ref", "Z1"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    signal(&first, "-TERM");
+    assert_eq!(
+        tokio::time::timeout(WAIT, first.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .code(),
+        Some(0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
+    let s = Scratch::new();
+    let sim = seeded_sim().await;
+    let cfg = sim_config(&s, &sim, &["app-1"], "");
+    let mut n = Notify::new(&s, "notify.sock");
+    let mut child = daemon(&cfg, Some(&n));
+    assert!(n.wait_for("READY=1").await);
+
+    let good = std::fs::read_to_string(&cfg).unwrap()
+        + "\n[[rules]]\nname = \"added-by-reload\"\nprovider = \"convai\"\nscope = \"char-a\"\nmax_age = \"3650d\"\nschedule = \"0 3 * * *\"\n";
+    std::fs::write(&cfg, &good).unwrap();
+    signal(&child, "-HUP");
+    eventually("rule synced from the reloaded file", || {
+        stdout(&s.forgetd(&["rules", "list", "--json"])).contains("added-by-reload")
+    })
+    .await;
+
+    std::fs::write(&cfg, good.replace("[daemon]", "[daemon]\nnot_a_key = 1")).unwrap();
+    signal(&child, "-HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a bad reload must not stop the daemon"
+    );
+    assert!(stdout(&s.forgetd(&["rules", "list", "--json"])).contains("added-by-reload"));
+
+    signal(&child, "-TERM");
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("keeping the old one") && log.contains("daemon.not_a_key"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_an_answer_is_held_back_loses_nothing_and_records_each_deletion_once() {
+    let s = Scratch::new();
+    let sim = seeded_sim().await;
+    let cfg = sim_config(&s, &sim, &["app-1"], "");
+    seed_inventory(&s);
+    s.sqlite3("INSERT INTO erasure_requests(subject, external_ref) VALUES ('alice', 'DSR-K');");
+    sim.hold_deletes(true);
+    let mut n = Notify::new(&s, "notify.sock");
+    let mut child = daemon(&cfg, Some(&n));
+    assert!(n.wait_for("READY=1").await);
+    eventually("a delete call received and held", || {
+        sim.calls().iter().any(|c| c.op == "delete")
+    })
+    .await;
+    child.start_kill().unwrap(); // SIGKILL
+    let _ = child.wait().await;
+    let state =
+        stdout(&s.sqlite3("SELECT state, count(*) FROM work_items GROUP BY state ORDER BY state"));
+    assert!(
+        state.contains("in_flight"),
+        "the killed daemon left its batch in flight: {state}"
+    );
+    sim.hold_deletes(false);
+
+    let out = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "run", "--once"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!sim.exists(ProviderKind::Convai, "char-a", "alice-1"));
+    assert!(!sim.exists(ProviderKind::KooSearch, "app-1", "alice-k1"));
+    assert!(sim.exists(ProviderKind::Convai, "char-b", "alice-1"));
+    assert_eq!(
+        stdout(&s.sqlite3("SELECT state FROM erasure_requests")).trim(),
+        "complete"
+    );
+    // In the record each chat is deleted exactly once, and the chain verifies.
+    let o = s.sqlite3(
+        "SELECT count(*) FROM audit_log, json_each(json_extract(audit_log.data, '$.deleted')) WHERE kind = 'batch.answered'",
+    );
+    assert_eq!(
+        stdout(&o).trim(),
+        "2",
+        "each of alice's two chats recorded deleted once"
+    );
+    let v = s.forgetd(&["audit", "verify"]);
+    assert_eq!(code(&v), 0, "{}", stdout(&v));
+}
