@@ -299,6 +299,18 @@ project = "{IAM_PROJECT}"
             );
     }
 
+    /// Every token IAM issued that is still known (tests check none of them leaks).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state
+            .inner
+            .lock()
+            .unwrap()
+            .tokens
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Whether a chat still exists.
     pub fn exists(&self, provider: ProviderKind, scope: &str, id: &str) -> bool {
         let inner = self.state.inner.lock().unwrap();
