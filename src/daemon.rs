@@ -32,13 +32,15 @@ use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
 use crate::executor::{Executor, LaneEnd, Mode};
 use crate::model::ProviderKind;
-use crate::resolve::Resolver;
+use crate::resolve::{Patience, Resolver};
 use crate::scheduler::Schedule;
 use crate::store::lock::DaemonLock;
 use crate::store::{AsyncStore, Store};
 
 const INTAKE_POLL: Duration = Duration::from_millis(250);
 const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// How often requests whose discovery failed are tried again.
+const RESOLVE_RETRY: Duration = Duration::from_secs(30);
 
 /// What the operator asked for.
 #[derive(Debug, Clone)]
@@ -137,6 +139,7 @@ pub fn prepare(config: Config, clock: SharedClock) -> Result<Prepared> {
         key: Arc::new(key),
         clock: clock.clone(),
         deadline_secs: config.daemon.deadline.as_secs() as i64,
+        retry: crate::executor::retry::RetryPolicy::new(&config.retry),
     });
     Ok(Prepared {
         config,
@@ -150,7 +153,7 @@ pub fn prepare(config: Config, clock: SharedClock) -> Result<Prepared> {
 /// `run --once`: resolve, run every rule once, drain, report.
 pub async fn run_once(p: &Prepared) -> Result<OnceReport> {
     let mut report = OnceReport::default();
-    let (n, failures) = p.resolver.resolve_received().await?;
+    let (n, failures) = p.resolver.resolve_received(Patience::Full).await?;
     report.resolved_requests = n;
     for f in failures {
         report.problems.push(f.to_string());
@@ -164,7 +167,7 @@ pub async fn run_once(p: &Prepared) -> Result<OnceReport> {
             ));
             continue;
         }
-        match p.resolver.run_rule(&rule).await {
+        match p.resolver.run_rule(&rule, Patience::Full).await {
             Ok(run) => {
                 if run.awaiting_approval {
                     report.problems.push(format!(
@@ -273,6 +276,8 @@ pub async fn run_forever(p: Prepared, options: RunOptions, clock: SharedClock) -
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut last_version = None;
+    let mut unresolved = false;
+    let mut last_retry = std::time::Instant::now();
     let mut last_status = std::time::Instant::now() - STATUS_EVERY;
     let mut current = config;
     loop {
@@ -298,9 +303,12 @@ pub async fn run_forever(p: Prepared, options: RunOptions, clock: SharedClock) -
                     notify(&[sd_notify::NotifyState::Watchdog]);
                 }
                 let version = store.call(|s| s.data_version()).await?;
-                if last_version != Some(version) {
+                // New rows from another connection, or requests whose discovery failed earlier.
+                if last_version != Some(version) || (unresolved && last_retry.elapsed() >= RESOLVE_RETRY) {
                     last_version = Some(version);
-                    let (n, _failures) = resolver.resolve_received().await?;
+                    last_retry = std::time::Instant::now();
+                    let (n, failures) = resolver.resolve_received(Patience::Brief).await?;
+                    unresolved = !failures.is_empty();
                     if n > 0 {
                         executor.wake();
                     }
@@ -410,7 +418,7 @@ async fn scheduler_loop(
             };
             match crate::scheduler::due(&schedule, rule.last_run_at, rule.created_at, now) {
                 crate::scheduler::Due::Now => {
-                    if let Err(e) = resolver.run_rule(&rule).await {
+                    if let Err(e) = resolver.run_rule(&rule, Patience::Brief).await {
                         tracing::error!(rule = %rule.name, error = %format!("{e:#}"), "retention rule run failed; retrying at its next schedule");
                         let at = clock.now();
                         let name = rule.name.clone();

@@ -211,7 +211,21 @@ pub struct Resolver {
     pub key: std::sync::Arc<SubjectKey>,
     pub clock: SharedClock,
     pub deadline_secs: i64,
+    /// Backoff for listing calls that fail transiently.
+    pub retry: crate::executor::retry::RetryPolicy,
 }
+
+/// How long a listing may keep retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Patience {
+    /// A few quick tries (the daemon's intake must stay responsive; it tries again later).
+    Brief,
+    /// Until the retry policy gives up, waiting out backoff and Retry-After (`run --once`).
+    Full,
+}
+
+const BRIEF_ATTEMPTS: u32 = 3;
+const BRIEF_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A request that could not be resolved this time.
 #[derive(Debug, thiserror::Error)]
@@ -225,7 +239,10 @@ pub struct DiscoveryFailed {
 
 impl Resolver {
     /// Resolves every received request; returns how many were resolved and the failures.
-    pub async fn resolve_received(&self) -> Result<(usize, Vec<DiscoveryFailed>)> {
+    pub async fn resolve_received(
+        &self,
+        patience: Patience,
+    ) -> Result<(usize, Vec<DiscoveryFailed>)> {
         let mut done = 0;
         let mut failures = Vec::new();
         loop {
@@ -236,7 +253,7 @@ impl Resolver {
             let n = batch.len();
             let mut progressed = false;
             for req in batch {
-                match self.discover(&req).await {
+                match self.discover(&req, patience).await {
                     Ok(found) => {
                         let hash = self.key.hash(&req.subject);
                         let now = self.clock.now();
@@ -270,35 +287,37 @@ impl Resolver {
     }
 
     /// Asks each provider that can list by person for the subject's chats.
-    async fn discover(&self, req: &Received) -> Result<Vec<NewSession>, DiscoveryFailed> {
+    async fn discover(
+        &self,
+        req: &Received,
+        patience: Patience,
+    ) -> Result<Vec<NewSession>, DiscoveryFailed> {
         let mut found = Vec::new();
         for p in &self.providers {
             for scope in p.subject_scopes() {
                 let kind = p.kind();
-                let subject = req.subject.clone();
-                let mut sink = |c: ListedChat| {
-                    found.push(NewSession {
-                        provider: kind.as_str().to_string(),
-                        scope: c.scope,
-                        session_id: c.session_id,
-                        subject: Some(subject.clone()),
-                        repo_id: c.repo_id,
-                        created_at: c.created_at,
-                    })
-                };
-                p.list_subject(&scope, &req.subject, &mut sink)
+                let listed = self
+                    .list_with_retry(p, &scope, Some(&req.subject), &|_| true, patience)
                     .await
                     .map_err(|source| DiscoveryFailed {
                         request_id: req.id,
                         provider: kind,
                         source,
                     })?;
+                found.extend(listed.into_iter().map(|c| NewSession {
+                    provider: kind.as_str().to_string(),
+                    scope: c.scope,
+                    session_id: c.session_id,
+                    subject: Some(req.subject.clone()),
+                    repo_id: c.repo_id,
+                    created_at: c.created_at,
+                }));
             }
         }
         // A provider may list IDs the schema refuses (e.g. outside KooSearch's alphabet): skip
         // them with a warning rather than fail the request's whole resolution.
         found.retain(|s| {
-            let ok = crate::config::is_koosearch_id(&s.session_id) || s.provider != "koosearch";
+            let ok = s.provider != "koosearch" || crate::config::is_koosearch_id(&s.session_id);
             if !ok {
                 tracing::warn!(
                     request = req.id,
@@ -308,6 +327,54 @@ impl Resolver {
             ok
         });
         Ok(found)
+    }
+
+    /// Lists one scope (by subject, or all of it), keeping only chats `keep` accepts, retrying
+    /// transient failures with backoff and Retry-After on the injected clock.
+    async fn list_with_retry(
+        &self,
+        p: &SharedProvider,
+        scope: &str,
+        subject: Option<&str>,
+        keep: &(dyn Fn(&ListedChat) -> bool + Sync),
+        patience: Patience,
+    ) -> Result<Vec<ListedChat>, ProviderError> {
+        let first = self.clock.now_ms();
+        let mut failures = 0u32;
+        loop {
+            let mut got = Vec::new();
+            let mut sink = |c: ListedChat| {
+                if keep(&c) {
+                    got.push(c);
+                }
+            };
+            let result = match subject {
+                Some(s) => p.list_subject(scope, s, &mut sink).await.map(|_| ()),
+                None => p.list_scope(scope, &mut sink).await,
+            };
+            let e = match result {
+                Ok(()) => return Ok(got),
+                Err(e) => e,
+            };
+            let wait = match &e.action {
+                crate::providers::Action::Retry => None,
+                crate::providers::Action::RetryAfter(d) => Some(*d),
+                _ => return Err(e),
+            };
+            let now = self.clock.now_ms();
+            let next = self.retry.next(failures, first, now, wait);
+            failures += 1;
+            let crate::executor::retry::Next::At(at) = next else {
+                return Err(e);
+            };
+            let pause = std::time::Duration::from_millis((at - now).max(0) as u64);
+            if patience == Patience::Brief && (failures >= BRIEF_ATTEMPTS || pause > BRIEF_MAX_WAIT)
+            {
+                return Err(e);
+            }
+            tracing::info!(provider = %p.kind(), scope, error = %e, wait_ms = pause.as_millis() as u64, "listing failed; retrying");
+            self.clock.sleep(pause).await;
+        }
     }
 }
 
@@ -565,6 +632,7 @@ impl Resolver {
         &self,
         rule: &crate::store::rules::RuleRow,
         now: i64,
+        patience: Patience,
     ) -> Result<Vec<NewSession>, ProviderError> {
         let mut found = Vec::new();
         if !rule.discover {
@@ -590,22 +658,21 @@ impl Resolver {
             vec![rule.scope.clone()]
         };
         let cutoff = now - rule.max_age_secs;
+        // Only expired chats are kept: memory holds what will be deleted, not the whole listing.
+        let expired = move |c: &ListedChat| c.created_at.is_some_and(|t| t <= cutoff);
         for scope in scopes {
             let kind = rule.provider;
-            let mut sink = |c: ListedChat| {
-                // Only expired chats join the inventory: memory holds what will be deleted.
-                if c.created_at.is_some_and(|t| t <= cutoff) {
-                    found.push(NewSession {
-                        provider: kind.as_str().to_string(),
-                        scope: c.scope,
-                        session_id: c.session_id,
-                        subject: None,
-                        repo_id: c.repo_id,
-                        created_at: c.created_at,
-                    });
-                }
-            };
-            p.list_scope(&scope, &mut sink).await?;
+            let listed = self
+                .list_with_retry(p, &scope, None, &expired, patience)
+                .await?;
+            found.extend(listed.into_iter().map(|c| NewSession {
+                provider: kind.as_str().to_string(),
+                scope: c.scope,
+                session_id: c.session_id,
+                subject: None,
+                repo_id: c.repo_id,
+                created_at: c.created_at,
+            }));
         }
         found
             .retain(|s| s.provider != "koosearch" || crate::config::is_koosearch_id(&s.session_id));
@@ -613,9 +680,13 @@ impl Resolver {
     }
 
     /// Runs one rule now: discovery if asked, then the store.
-    pub async fn run_rule(&self, rule: &crate::store::rules::RuleRow) -> anyhow::Result<RuleRun> {
+    pub async fn run_rule(
+        &self,
+        rule: &crate::store::rules::RuleRow,
+        patience: Patience,
+    ) -> anyhow::Result<RuleRun> {
         let now = self.clock.now();
-        let discovered = self.discover_for_rule(rule, now).await?;
+        let discovered = self.discover_for_rule(rule, now, patience).await?;
         let (r, deadline) = (rule.clone(), self.deadline_secs);
         let run = self
             .store

@@ -184,7 +184,9 @@ fn plan(
         let plan = if let Some(name) = rule {
             let row = store.get_rule(&name)?;
             let resolver = resolver_for(&config, &store, providers, clock.clone())?;
-            let found = resolver.discover_for_rule(&row, now).await?;
+            let found = resolver
+                .discover_for_rule(&row, now, crate::resolve::Patience::Full)
+                .await?;
             store.plan_rule(&row, &found, now, deadline)?
         } else {
             let subject = subject.expect("clap requires --subject or --rule");
@@ -230,6 +232,7 @@ fn resolver_for(
         key: std::sync::Arc::new(crate::audit::SubjectKey::from_bytes(&[0; 32])),
         clock,
         deadline_secs: config.daemon.deadline.as_secs() as i64,
+        retry: crate::executor::retry::RetryPolicy::new(&config.retry),
     })
 }
 

@@ -1,0 +1,409 @@
+//! The executor against the simulator with each fault alone and all mixed, on an injected clock
+//! (backoffs and Retry-After cost no real time): every targeted chat deleted, no untargeted chat
+//! ever named in a delete call (decoys: other people's chats, the same ID under another character
+//! or application), retries bounded, Retry-After honoured on the simulator's own timestamps, and
+//! dead items only where the fault was permanent.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use forgetd::clock::{ManualClock, SharedClock};
+use forgetd::config::{
+    Config, ConvaiConfig, IamConfig, KooSearchAuth, KooSearchConfig, ProviderLimits, SecretRef,
+};
+use forgetd::model::ProviderKind;
+use forgetd::simulator::{self, Faults, Simulator};
+use forgetd::store::Store;
+use forgetd::store::inventory::NewSession;
+
+type Chat = (ProviderKind, String, String);
+
+struct World {
+    sim: Simulator,
+    dir: tempfile::TempDir,
+    clock: ManualClock,
+    targeted: Vec<Chat>,
+    decoys: Vec<Chat>,
+}
+
+const PEOPLE: [&str; 4] = ["alice", "bob", "carol", "dave"];
+const REQUESTED: [&str; 2] = ["alice", "carol"];
+
+async fn world(faults: Faults, per_person: usize) -> World {
+    let clock = ManualClock::new(1_800_000_000_000);
+    let shared: SharedClock = Arc::new(clock.clone());
+    let sim = Simulator::start(shared, faults, 9).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("forgetd.db")).unwrap();
+    let mut targeted = Vec::new();
+    let mut decoys = Vec::new();
+    for (pi, person) in PEOPLE.iter().enumerate() {
+        let requested = REQUESTED.contains(person);
+        for n in 0..per_person {
+            let ch = if n % 2 == 0 { "char-a" } else { "char-b" };
+            let sid = format!("{person}-c{n}");
+            sim.add_convai_chat(ch, &sid, 1_700_000_000);
+            let app = if n % 2 == 0 { "app-a" } else { "app-b" };
+            let kid = format!("{person}-k{n}");
+            sim.add_koosearch_chat(
+                app,
+                &kid,
+                Some(person),
+                if n % 3 == 0 { Some("kb-1") } else { None },
+                1_700_000_000,
+            );
+            store
+                .add_session(&NewSession {
+                    provider: "convai".into(),
+                    scope: ch.into(),
+                    session_id: sid.clone(),
+                    subject: Some(person.to_string()),
+                    ..Default::default()
+                })
+                .unwrap();
+            // KooSearch chats are found by discovery (user_name), not fed.
+            let list = if requested {
+                &mut targeted
+            } else {
+                &mut decoys
+            };
+            list.push((ProviderKind::Convai, ch.to_string(), sid.clone()));
+            list.push((ProviderKind::KooSearch, app.to_string(), kid));
+            // The same session ID under a third character belongs to someone else.
+            if pi == 0 && n == 0 {
+                sim.add_convai_chat("char-z", &sid, 1_700_000_000);
+                store
+                    .add_session(&NewSession {
+                        provider: "convai".into(),
+                        scope: "char-z".into(),
+                        session_id: sid.clone(),
+                        subject: Some("zed".into()),
+                        ..Default::default()
+                    })
+                    .unwrap();
+                decoys.push((ProviderKind::Convai, "char-z".into(), sid));
+            }
+        }
+    }
+    for (i, p) in REQUESTED.iter().enumerate() {
+        store
+            .file_request(p, Some(&format!("R{i}")), 1_800_000_000, 30 * 86_400)
+            .unwrap();
+    }
+    World {
+        sim,
+        dir,
+        clock,
+        targeted,
+        decoys,
+    }
+}
+
+fn config(w: &World) -> Config {
+    std::fs::write(w.dir.path().join("k"), simulator::CONVAI_KEY).unwrap();
+    std::fs::write(w.dir.path().join("p"), simulator::IAM_PASSWORD).unwrap();
+    let limits = ProviderLimits {
+        batch_size: 7,
+        concurrency: 3,
+        requests_per_second: None,
+        timeout: Duration::from_millis(400),
+    };
+    let mut c = Config::defaults();
+    c.database = w.dir.path().join("forgetd.db");
+    c.retry.base_delay = Duration::from_secs(1);
+    c.retry.max_delay = Duration::from_secs(60);
+    c.retry.max_attempts = 25;
+    c.convai = Some(ConvaiConfig {
+        base_url: w.sim.convai_url.parse().unwrap(),
+        api_key: SecretRef::File(w.dir.path().join("k")),
+        limits: limits.clone(),
+    });
+    c.koosearch = Some(KooSearchConfig {
+        endpoint: w.sim.koosearch_url.parse().unwrap(),
+        project_id: simulator::PROJECT_ID.into(),
+        applications: vec!["app-a".into(), "app-b".into()],
+        discover_by_user_name: true,
+        auth: KooSearchAuth::Iam(IamConfig {
+            endpoint: w.sim.iam_url.parse().unwrap(),
+            domain: simulator::IAM_DOMAIN.into(),
+            user: simulator::IAM_USER.into(),
+            password: SecretRef::File(w.dir.path().join("p")),
+            project: simulator::IAM_PROJECT.into(),
+        }),
+        limits,
+    });
+    c
+}
+
+struct Outcome {
+    report: forgetd::daemon::OnceReport,
+    deletes: usize,
+}
+
+async fn drain(w: &World) -> Outcome {
+    let prepared = forgetd::daemon::prepare(config(w), Arc::new(w.clock.clone())).unwrap();
+    let report = forgetd::daemon::run_once(&prepared).await.unwrap();
+    let deletes = w.sim.calls().iter().filter(|c| c.op == "delete").count();
+    Outcome { report, deletes }
+}
+
+fn exists(w: &World, c: &Chat) -> bool {
+    w.sim.exists(c.0, &c.1, &c.2)
+}
+
+/// The assertions every fault case shares.
+fn check_safe(w: &World) {
+    let named: HashSet<Chat> = w.sim.named_in_deletes();
+    for d in &w.decoys {
+        assert!(exists(w, d), "decoy {d:?} was deleted");
+        assert!(!named.contains(d), "decoy {d:?} was named in a delete call");
+    }
+    // Retry-After honoured: after a 429 naming some IDs, no call names them again too early.
+    let calls = w.sim.calls();
+    for (i, c) in calls.iter().enumerate() {
+        if c.op != "delete" || c.status != 429 || c.fault != "throttled" {
+            continue;
+        }
+        let retry_after_ms = 2_000;
+        for later in &calls[i + 1..] {
+            if later.op == "delete"
+                && later.provider == c.provider
+                && later.ids.iter().any(|id| c.ids.contains(id))
+            {
+                assert!(
+                    later.at_ms >= c.at_ms + retry_after_ms,
+                    "re-sent {} ms after a 429 with Retry-After 2 s",
+                    later.at_ms - c.at_ms
+                );
+            }
+        }
+    }
+}
+
+fn check_all_deleted(w: &World, o: &Outcome) {
+    for t in &w.targeted {
+        assert!(
+            !exists(w, t),
+            "targeted chat {t:?} survived; report {:?}",
+            o.report.problems
+        );
+    }
+    assert!(o.report.clean(), "{:?}", o.report.problems);
+    assert_eq!(o.report.dead, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_faults_deletes_exactly_the_targeted_chats() {
+    let w = world(Faults::default(), 10).await;
+    let o = drain(&w).await;
+    check_safe(&w);
+    check_all_deleted(&w, &o);
+    // 2 people x 10 chats per provider, batches of at most 7, split by scope and knowledge base
+    assert!(o.deletes <= 16, "{} delete calls", o.deletes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_transient_fault_alone_is_retried_to_completion_with_bounded_calls() {
+    let cases = [
+        (
+            "500/503",
+            Faults {
+                error_rate: 0.3,
+                ..Faults::default()
+            },
+        ),
+        (
+            "429 + Retry-After",
+            Faults {
+                throttle_rate: 0.3,
+                retry_after: Duration::from_secs(2),
+                ..Faults::default()
+            },
+        ),
+        (
+            "connection reset",
+            Faults {
+                reset_rate: 0.3,
+                ..Faults::default()
+            },
+        ),
+        (
+            "hung answers",
+            Faults {
+                hang_rate: 0.2,
+                ..Faults::default()
+            },
+        ),
+        (
+            "malformed bodies",
+            Faults {
+                malformed_rate: 0.3,
+                ..Faults::default()
+            },
+        ),
+        (
+            "partial batches",
+            Faults {
+                partial_rate: 0.6,
+                ..Faults::default()
+            },
+        ),
+        (
+            "token expiry",
+            Faults {
+                token_ttl: Duration::from_secs(3),
+                error_rate: 0.2,
+                ..Faults::default()
+            },
+        ),
+        (
+            "server rate limit",
+            Faults {
+                rate_limit: Some(2),
+                ..Faults::default()
+            },
+        ),
+    ];
+    for (name, faults) in cases {
+        let w = world(faults, 10).await;
+        let o = drain(&w).await;
+        check_safe(&w);
+        check_all_deleted(&w, &o);
+        assert!(
+            o.deletes <= 80,
+            "{name}: {} delete calls is a retry storm",
+            o.deletes
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_id_goes_dead_alone_and_its_batch_mates_are_deleted() {
+    let w = world(
+        Faults {
+            bad_ids: ["alice-c2".to_string(), "carol-k3".to_string()].into(),
+            ..Faults::default()
+        },
+        10,
+    )
+    .await;
+    let o = drain(&w).await;
+    check_safe(&w);
+    assert_eq!(o.report.dead, 2, "{:?}", o.report.problems);
+    assert!(!o.report.clean());
+    for t in &w.targeted {
+        let bad = t.2 == "alice-c2" || t.2 == "carol-k3";
+        assert_eq!(exists(&w, t), bad, "{t:?}");
+    }
+    let store = Store::open(&w.dir.path().join("forgetd.db")).unwrap();
+    let err: String = store
+        .connection()
+        .query_row(
+            "SELECT last_error FROM work_items WHERE session_id = 'alice-c2'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(err.contains("400"), "the provider's message is kept: {err}");
+    let states: Vec<String> = store
+        .list_requests(0)
+        .unwrap()
+        .iter()
+        .map(|r| r.state.to_string())
+        .collect();
+    assert_eq!(states, vec!["failed", "failed"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auth_failure_pauses_one_provider_while_the_other_finishes() {
+    let w = world(
+        Faults {
+            auth_fail: [ProviderKind::Convai].into(),
+            ..Faults::default()
+        },
+        6,
+    )
+    .await;
+    let o = drain(&w).await;
+    check_safe(&w);
+    assert!(
+        o.report
+            .problems
+            .iter()
+            .any(|p| p.contains("convai is paused")),
+        "{:?}",
+        o.report.problems
+    );
+    assert_eq!(o.report.dead, 0);
+    for t in &w.targeted {
+        assert_eq!(exists(&w, t), t.0 == ProviderKind::Convai, "{t:?}");
+    }
+    let store = Store::open(&w.dir.path().join("forgetd.db")).unwrap();
+    let st = store.status(0, 0).unwrap();
+    assert_eq!(st.paused_providers.len(), 1);
+    assert!(st.paused_providers[0].reason.contains("API key"));
+    let attempts: i64 = store
+        .connection()
+        .query_row(
+            "SELECT max(attempts) FROM work_items WHERE provider = 'convai'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        attempts, 0,
+        "a paused provider's items keep their attempt counts"
+    );
+    // After the operator fixes the key, the next run finishes the job.
+    w.sim.update_faults(|f| f.auth_fail.clear());
+    drop(store);
+    let o = drain(&w).await;
+    check_all_deleted(&w, &o);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_faults_mixed_at_high_rates() {
+    let faults = Faults {
+        error_rate: 0.15,
+        throttle_rate: 0.1,
+        retry_after: Duration::from_secs(2),
+        reset_rate: 0.1,
+        hang_rate: 0.05,
+        malformed_rate: 0.1,
+        partial_rate: 0.3,
+        token_ttl: Duration::from_secs(30),
+        bad_ids: ["bob-c0".to_string()].into(), // a decoy's ID: never sent anyway
+        ..Faults::default()
+    };
+    let w = world(faults, 20).await;
+    let o = drain(&w).await;
+    check_safe(&w);
+    check_all_deleted(&w, &o);
+    assert!(o.deletes <= 200, "{} delete calls", o.deletes);
+    let v =
+        forgetd::audit::verify(&Store::open(&w.dir.path().join("forgetd.db")).unwrap()).unwrap();
+    assert!(v.broken.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanently_failing_provider_goes_dead_after_max_attempts_not_forever() {
+    let w = world(
+        Faults {
+            error_rate: 1.0,
+            ..Faults::default()
+        },
+        3,
+    )
+    .await;
+    let o = drain(&w).await;
+    check_safe(&w);
+    assert_eq!(
+        o.report.dead as usize,
+        w.targeted.len(),
+        "{:?}",
+        o.report.problems
+    );
+    // 25 attempts per item, batches of at most 7 over 4 scopes per provider
+    assert!(o.deletes <= 25 * 8 * 2, "{}", o.deletes);
+}
