@@ -17,6 +17,9 @@ use wiremock::matchers::{body_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const PROJECT: &str = "b25446daeb1a41a7953c5deba2b2677a";
+
+/// Whether an action is the expected one.
+type Check = fn(&Action) -> bool;
 const APP: &str = "be9b19bf-4865-4fb8-b9f8-2fd1fea98d76";
 const BATCH_PATH: &str = "/v1/b25446daeb1a41a7953c5deba2b2677a/applications/be9b19bf-4865-4fb8-b9f8-2fd1fea98d76/uni-search/chat-history/batch";
 
@@ -102,7 +105,7 @@ async fn convai_delete_sends_the_seed_request_and_reads_success_in_any_language(
 #[tokio::test]
 async fn convai_error_statuses_map_to_what_to_do_next() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(ResponseTemplate, fn(&Action) -> bool)> = vec![
+    let cases: Vec<(ResponseTemplate, Check)> = vec![
         // the seed's 401 body
         (
             ResponseTemplate::new(401).set_body_json(json!({"ERROR": "Invalid API key provided."})),
@@ -247,7 +250,7 @@ async fn koosearch_reads_the_documented_snake_case_and_reports_partial_without_g
 #[tokio::test]
 async fn koosearch_error_codes_map_to_what_to_do_next() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(ResponseTemplate, fn(&Action) -> bool)> = vec![
+    let cases: Vec<(ResponseTemplate, Check)> = vec![
         (
             ResponseTemplate::new(429).set_body_json(json!({"error_code": "APIG.0308", "error_msg": "The throttling threshold has been reached: policy user over ratelimit,limit:10,time:1 second"})),
             |a| *a == Action::RetryAfter(Duration::from_secs(3)),
