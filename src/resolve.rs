@@ -714,3 +714,84 @@ impl Store {
         Ok(rows)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::temp_store;
+
+    fn rule(max_age_secs: i64, max_deletions: u64) -> crate::store::rules::RuleRow {
+        crate::store::rules::RuleRow {
+            name: "r".into(),
+            provider: ProviderKind::Convai,
+            scope: "c".into(),
+            max_age: String::new(),
+            max_age_secs,
+            schedule: "0 3 * * *".into(),
+            timezone: "UTC".into(),
+            discover: false,
+            max_deletions,
+            origin: crate::store::rules::RuleOrigin::Cli,
+            last_run_at: None,
+            awaiting_approval: None,
+            approved: false,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_chat_exactly_max_age_old_is_expired_one_second_younger_is_not() {
+        let (_d, mut s) = temp_store();
+        let now = 1_000_000;
+        for (id, created) in [
+            ("exact", now - 100),
+            ("younger", now - 99),
+            ("older", now - 101),
+        ] {
+            s.add_session(&NewSession {
+                provider: "convai".into(),
+                scope: "c".into(),
+                session_id: id.into(),
+                created_at: Some(created),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let plan = s.plan_rule(&rule(100, 10), &[], now, 0).unwrap();
+        let ids: Vec<&str> = plan.chats.iter().map(|c| c.session_id.as_str()).collect();
+        assert_eq!(ids, vec!["exact", "older"]);
+        let run = s.run_rule(&rule(100, 10), &[], now, 0).unwrap();
+        assert_eq!((run.matched, run.enqueued), (2, 2));
+    }
+
+    #[test]
+    fn the_ceiling_queues_nothing_until_approved() {
+        let (_d, mut s) = temp_store();
+        for i in 0..5 {
+            s.add_session(&NewSession {
+                provider: "convai".into(),
+                scope: "c".into(),
+                session_id: format!("s{i}"),
+                created_at: Some(0),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        s.add_rule(&rule(10, 4).spec(), 0).unwrap();
+        let row = s.get_rule("r").unwrap();
+        let run = s.run_rule(&row, &[], 100, 0).unwrap();
+        assert!(run.awaiting_approval);
+        assert_eq!(
+            s.count_items(crate::store::queue::ItemState::Pending)
+                .unwrap(),
+            0
+        );
+        s.approve_rule("r").unwrap();
+        let row = s.get_rule("r").unwrap();
+        let run = s.run_rule(&row, &[], 200, 0).unwrap();
+        assert!(!run.awaiting_approval);
+        assert_eq!(run.enqueued, 5);
+        // the approval released one run; the next is held again if still over the ceiling
+        assert!(!s.get_rule("r").unwrap().approved);
+    }
+}

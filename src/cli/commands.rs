@@ -170,6 +170,7 @@ fn plan(
         let now = clock.now();
         let deadline = config.daemon.deadline.as_secs() as i64;
         let mut store = open(&config)?;
+        sync_file_rules(&config, &mut store, now)?;
         // Discovery needs the providers; without any configured, the plan is the inventory's.
         let providers = if config.providers().is_empty() {
             Vec::new()
@@ -265,6 +266,14 @@ fn audit(config: &Config, cmd: super::AuditCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The config file owns its rules: commands given one see them as the daemon would.
+fn sync_file_rules(config: &Config, store: &mut Store, now: i64) -> Result<()> {
+    if config.source.is_some() {
+        store.sync_config_rules(&config.rules, now)?;
+    }
+    Ok(())
 }
 
 fn open(config: &Config) -> Result<Store> {
@@ -445,6 +454,7 @@ pub fn rule_spec(a: &RuleArgs) -> Result<RuleSpec> {
 
 fn rules(config: &Config, cmd: RulesCommand, now: i64) -> Result<ExitCode> {
     let mut store = open(config)?;
+    sync_file_rules(config, &mut store, now)?;
     match cmd {
         RulesCommand::List { json } => {
             let list = store.list_rules()?;
