@@ -33,7 +33,6 @@ use crate::config::{Config, ConfigError};
 use crate::executor::{Executor, LaneEnd, Mode};
 use crate::model::ProviderKind;
 use crate::resolve::{Patience, Resolver};
-use crate::scheduler::Schedule;
 use crate::store::lock::DaemonLock;
 use crate::store::{AsyncStore, Store};
 
@@ -262,7 +261,9 @@ pub async fn run_forever(p: Prepared, options: RunOptions, clock: SharedClock) -
             clock.clone(),
         );
         let e = executor.clone();
-        tokio::spawn(async move { scheduler_loop(r, s, e, cl, c).await })
+        tokio::spawn(
+            async move { crate::scheduler::run_schedules(r, s, move || e.wake(), cl, c).await },
+        )
     };
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -388,56 +389,4 @@ async fn reload(options: &RunOptions, store: &AsyncStore, now: i64) -> Result<Co
         })
         .await?;
     Ok(config)
-}
-
-/// Runs retention rules on their schedules until cancelled.
-async fn scheduler_loop(
-    resolver: Arc<Resolver>,
-    store: AsyncStore,
-    executor: Arc<Executor>,
-    clock: SharedClock,
-    cancel: CancellationToken,
-) {
-    loop {
-        let now = clock.now();
-        let rules = match store.call(|s| s.list_rules()).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "scheduler: cannot read rules");
-                Vec::new()
-            }
-        };
-        let mut next_wake = now + 60;
-        for rule in rules {
-            if rule.awaiting_approval.is_some() && !rule.approved {
-                continue;
-            }
-            let Ok(schedule) = Schedule::parse(&rule.schedule, &rule.timezone) else {
-                tracing::error!(rule = %rule.name, schedule = %rule.schedule, "rule has an invalid schedule; skipped");
-                continue;
-            };
-            match crate::scheduler::due(&schedule, rule.last_run_at, rule.created_at, now) {
-                crate::scheduler::Due::Now => {
-                    if let Err(e) = resolver.run_rule(&rule, Patience::Brief).await {
-                        tracing::error!(rule = %rule.name, error = %format!("{e:#}"), "retention rule run failed; retrying at its next schedule");
-                        let at = clock.now();
-                        let name = rule.name.clone();
-                        let _ = store.call(move |s| s.mark_rule_attempt(&name, at)).await;
-                    }
-                    executor.wake();
-                }
-                crate::scheduler::Due::At(t) => next_wake = next_wake.min(t),
-                crate::scheduler::Due::Never => {}
-            }
-            if cancel.is_cancelled() {
-                return;
-            }
-        }
-        let wait = Duration::from_secs((next_wake - clock.now()).clamp(1, 60) as u64)
-            .min(Duration::from_secs(1));
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
 }
