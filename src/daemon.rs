@@ -265,6 +265,24 @@ pub async fn run_forever(p: Prepared, options: RunOptions, clock: SharedClock) -
             async move { crate::scheduler::run_schedules(r, s, move || e.wake(), cl, c).await },
         )
     };
+    let metrics = executor.metrics();
+    metrics
+        .heartbeat_ms
+        .store(clock.now_ms(), std::sync::atomic::Ordering::Relaxed);
+    let http = match &config.http {
+        Some(h) => {
+            let listener = tokio::net::TcpListener::bind(h.listen)
+                .await
+                .with_context(|| format!("binding [http] listen = {}", h.listen))?;
+            tracing::info!(listen = %h.listen, "serving /metrics and /healthz");
+            let (m, st, pr) = (metrics.clone(), store.clone(), executor.providers());
+            let (cl, d, c) = (clock.clone(), deadline_secs.clone(), cancel.clone());
+            Some(tokio::spawn(async move {
+                crate::metrics::serve(listener, m, st, pr, cl, d, c).await
+            }))
+        }
+        None => None,
+    };
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("ready"),
@@ -303,6 +321,7 @@ pub async fn run_forever(p: Prepared, options: RunOptions, clock: SharedClock) -
                 if watchdog {
                     notify(&[sd_notify::NotifyState::Watchdog]);
                 }
+                metrics.heartbeat_ms.store(clock.now_ms(), std::sync::atomic::Ordering::Relaxed);
                 let version = store.call(|s| s.data_version()).await?;
                 // New rows from another connection, or requests whose discovery failed earlier.
                 if last_version != Some(version) || (unresolved && last_retry.elapsed() >= RESOLVE_RETRY) {
@@ -331,6 +350,9 @@ pub async fn run_forever(p: Prepared, options: RunOptions, clock: SharedClock) -
     notify(&[sd_notify::NotifyState::Stopping]);
     cancel.cancel();
     let _ = sched.await;
+    if let Some(h) = http {
+        let _ = h.await;
+    }
     match tokio::time::timeout(shutdown_timeout + Duration::from_secs(5), exec).await {
         Ok(Ok(Ok(_))) => {}
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "executor stopped with an error"),

@@ -24,6 +24,7 @@ pub mod daemon;
 pub mod demo;
 pub mod executor;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod providers;
 pub mod report;

@@ -86,6 +86,7 @@ pub struct Executor {
     shutdown_timeout: Duration,
     wake: Notify,
     stats: Mutex<Stats>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +127,18 @@ impl Executor {
             shutdown_timeout: config.daemon.shutdown_timeout,
             wake: Notify::new(),
             stats: Mutex::new(Stats::default()),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         }
+    }
+
+    /// The counters this executor updates (served at /metrics).
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.metrics.clone()
+    }
+
+    /// The providers this executor deletes at.
+    pub fn providers(&self) -> Vec<SharedProvider> {
+        self.lanes.iter().map(|(p, _)| p.clone()).collect()
     }
 
     /// Announces new work (a resolved request, a rule run, a lifted hold).
@@ -379,13 +391,24 @@ impl Executor {
             .await?;
         let mut st = self.stats.lock().unwrap();
         for (_, o) in &outcomes {
-            match o {
+            let outcome = match o {
                 ItemOutcome::Deleted { .. } => {
-                    *st.deleted.entry(kind.to_string()).or_default() += 1
+                    *st.deleted.entry(kind.to_string()).or_default() += 1;
+                    "deleted"
                 }
-                ItemOutcome::Dead { .. } => *st.dead.entry(kind.to_string()).or_default() += 1,
-                _ => {}
-            }
+                ItemOutcome::Dead { .. } => {
+                    *st.dead.entry(kind.to_string()).or_default() += 1;
+                    "dead"
+                }
+                _ => continue,
+            };
+            self.metrics
+                .deletions
+                .get_or_create(&crate::metrics::labels(&[
+                    ("provider", kind.as_str()),
+                    ("outcome", outcome),
+                ]))
+                .inc();
         }
         Ok(())
     }
@@ -410,7 +433,12 @@ impl Executor {
             };
             lane.ready().await;
             self.stats.lock().unwrap().calls += 1;
+            let started = std::time::Instant::now();
             let result = provider.delete(&request).await;
+            self.metrics
+                .batch_seconds
+                .get_or_create(&crate::metrics::labels(&[("provider", kind.as_str())]))
+                .observe(started.elapsed().as_secs_f64());
             let now = self.clock.now_ms();
             match result {
                 Ok(DeleteOutcome::AllDeleted) => {
@@ -466,6 +494,13 @@ impl Executor {
                         }
                         Action::RetryAfter(wait) => {
                             lane.throttled(*wait);
+                            self.metrics
+                                .throttled
+                                .get_or_create(&crate::metrics::labels(&[(
+                                    "provider",
+                                    kind.as_str(),
+                                )]))
+                                .inc();
                             *self
                                 .stats
                                 .lock()
@@ -558,6 +593,13 @@ impl Executor {
         };
         let o = self.retry_outcome(kind, item, now, wait, &e.to_string());
         if matches!(o, ItemOutcome::Retry { .. }) {
+            self.metrics
+                .retries
+                .get_or_create(&crate::metrics::labels(&[
+                    ("provider", kind.as_str()),
+                    ("cause", e.cause_label()),
+                ]))
+                .inc();
             *self
                 .stats
                 .lock()

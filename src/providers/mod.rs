@@ -167,6 +167,10 @@ pub trait Provider: Send + Sync + 'static {
         repo_id: Option<&str>,
         session_id: &str,
     ) -> Result<Presence, ProviderError>;
+    /// How many auth tokens this client fetched (metrics); providers without tokens say 0.
+    fn token_refreshes(&self) -> u64 {
+        0
+    }
 }
 
 pub type SharedProvider = Arc<dyn Provider>;

@@ -136,11 +136,6 @@ impl KooSearchClient {
         })
     }
 
-    /// How many IAM tokens this client fetched.
-    pub fn token_refreshes(&self) -> u64 {
-        self.auth.refreshes()
-    }
-
     fn url(&self, application: &str, tail: &str) -> Url {
         let mut u = self.endpoint.clone();
         let path = format!(
@@ -374,6 +369,10 @@ impl Provider for KooSearchClient {
         } else {
             Vec::new()
         }
+    }
+
+    fn token_refreshes(&self) -> u64 {
+        self.auth.refreshes()
     }
 
     async fn lookup(

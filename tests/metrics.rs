@@ -1,0 +1,143 @@
+//! /metrics and /healthz scraped over HTTP from the real daemon while it drains.
+
+mod common;
+use common::*;
+
+use std::time::{Duration, Instant};
+
+use forgetd::clock::SystemClock;
+use forgetd::simulator::{Faults, Simulator};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name_and_labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_change_as_a_drain_proceeds() {
+    let s = Scratch::new();
+    let sim = Simulator::start(
+        std::sync::Arc::new(SystemClock),
+        Faults {
+            throttle_rate: 0.3,
+            retry_after: Duration::from_secs(1),
+            ..Faults::default()
+        },
+        5,
+    )
+    .await
+    .unwrap();
+    for i in 0..30 {
+        sim.add_convai_chat("char", &format!("m{i}"), 1);
+    }
+    let port = free_port();
+    let cfg = sim_config(
+        &s,
+        &sim,
+        &["app-1"],
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let scrape = || async {
+        http.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    };
+    let before = loop {
+        if let Some(t) = scrape().await {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the metrics listener never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(metric(&before, "forgetd_deletions_total"), 0.0);
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    let csv: String = std::iter::once("provider,scope,session_id,subject".to_string())
+        .chain(
+            (0..30).map(|i| format!("convai,char,m{i},{}", if i < 20 { "mia" } else { "other" })),
+        )
+        .collect::<Vec<_>>()
+        .join("\n");
+    let f = s.write("inv.csv", &csv);
+    assert_eq!(
+        code(&s.forgetd(&["sessions", "import", f.to_str().unwrap()])),
+        0
+    );
+    assert_eq!(code(&s.forgetd(&["erase", "--subject", "mia"])), 0);
+
+    let mut after = String::new();
+    while Instant::now() < deadline {
+        after = scrape().await.unwrap_or_default();
+        if metric(
+            &after,
+            "forgetd_deletions_total{provider=\"convai\",outcome=\"deleted\"}",
+        ) >= 20.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        metric(
+            &after,
+            "forgetd_deletions_total{provider=\"convai\",outcome=\"deleted\"}"
+        ),
+        20.0,
+        "{after}"
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "forgetd_items{provider=\"convai\",state=\"deleted\"}"
+        ),
+        20.0,
+        "{after}"
+    );
+    assert!(
+        metric(&after, "forgetd_batch_duration_seconds_count") >= 1.0,
+        "{after}"
+    );
+    assert!(
+        after.contains("forgetd_provider_paused{provider=\"convai\"} 0"),
+        "{after}"
+    );
+    if metric(&after, "forgetd_throttled_total") > 0.0 {
+        assert!(
+            metric(
+                &after,
+                "forgetd_retries_total{provider=\"convai\",cause=\"throttled\"}"
+            ) > 0.0,
+            "{after}"
+        );
+    }
+    assert!(after.contains("forgetd_token_refreshes{provider=\"koosearch\"}"));
+    child.start_kill().unwrap();
+}
