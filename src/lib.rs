@@ -16,6 +16,7 @@
 //! `main.rs` only calls [`cli::main`].
 
 pub mod audit;
+pub mod bench;
 pub mod certificate;
 pub mod cli;
 pub mod clock;

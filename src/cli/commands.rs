@@ -36,6 +36,18 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 db: cli.db.clone().unwrap_or_else(|| "forgetd-demo.db".into()),
             }))
         }
+        Command::Bench {
+            quick,
+            retention,
+            sweep_sessions,
+            sweep_expired,
+        } => runtime()?.block_on(crate::bench::run(crate::bench::BenchOptions {
+            quick,
+            retention,
+            sweep_sessions,
+            sweep_expired,
+        })),
+        Command::BenchSweep { rule } => crate::bench::sweep_child(&config.database, &rule),
         Command::Plan {
             subject,
             rule,

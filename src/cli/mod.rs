@@ -53,6 +53,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmarks: throughput against the provider limit, CPU per ID, memory, idle CPU
+    /// (see docs/BENCHMARKS.md); --retention: the retention sweep over a large inventory.
+    Bench {
+        /// Smaller runs (a fifth of the items, shorter idle window).
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        retention: bool,
+        #[arg(long, default_value_t = 10_000_000)]
+        sweep_sessions: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        sweep_expired: u64,
+    },
+    /// (benchmark child) one real run of a rule without discovery.
+    #[command(hide = true)]
+    BenchSweep { rule: String },
     /// What would be deleted, deleting nothing.
     Plan {
         #[arg(long, conflicts_with = "rule", required_unless_present = "rule")]

@@ -70,6 +70,7 @@ impl SimState {
         fault: &'static str,
     ) {
         let at_ms = self.clock.now_ms();
+        let ids = if self.record_ids.load(std::sync::atomic::Ordering::Relaxed) { ids } else { Vec::new() };
         self.inner.lock().unwrap().calls.push(CallRecord {
             at_ms,
             provider,

@@ -140,6 +140,8 @@ pub(crate) struct SimState {
     /// While set, delete answers wait (the crash test kills forgetd with an answer held back).
     pub hold_deletes: tokio::sync::watch::Sender<bool>,
     pub shutdown: CancellationToken,
+    /// Off for benchmarks: a million recorded IDs would weigh on the measuring process.
+    pub record_ids: std::sync::atomic::AtomicBool,
 }
 
 /// A running simulator. Dropping it stops the servers.
@@ -179,6 +181,7 @@ impl Simulator {
             inflight: Mutex::new(HashMap::new()),
             hold_deletes: hold_tx,
             shutdown: CancellationToken::new(),
+            record_ids: std::sync::atomic::AtomicBool::new(true),
         });
         let convai = serve(
             handlers::convai_router(state.clone()),
@@ -236,6 +239,11 @@ project = "{IAM_PROJECT}"
             ("FORGETD_SIM_CONVAI_KEY", CONVAI_KEY),
             ("FORGETD_SIM_IAM_PASSWORD", IAM_PASSWORD),
         ]
+    }
+
+    /// Whether calls keep the IDs they named (on by default; benchmarks turn it off).
+    pub fn set_record_ids(&self, on: bool) {
+        self.state.record_ids.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn set_faults(&self, f: Faults) {
