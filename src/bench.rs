@@ -91,7 +91,18 @@ fn queue_items(db: &Path, n: u64) -> Result<()> {
     Ok(())
 }
 
+/// CPU time this process (the simulator's side) has used so far.
+fn own_cpu() -> Duration {
+    // SAFETY: an all-zero rusage is valid for getrusage to overwrite.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer, RUSAGE_SELF.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
 struct Row {
+    sim_cpu: Duration,
     concurrency: usize,
     batch: usize,
     latency_ms: u64,
@@ -121,7 +132,9 @@ async fn throughput(concurrency: usize, batch: usize, latency_ms: u64, items: u6
     let mut cmd = std::process::Command::new(exe()?);
     cmd.args(["--config"]).arg(&cfg).args(["run", "--once"]);
     cmd.env("FORGETD_LOG", "warn").stdout(std::process::Stdio::null());
+    let sim_before = own_cpu();
     let usage = tokio::task::spawn_blocking(move || measure(cmd)).await??;
+    let sim_cpu = own_cpu().saturating_sub(sim_before);
     if usage.exit != 0 {
         bail!("the daemon exited {} in scenario ({concurrency}, {batch}, {latency_ms} ms)", usage.exit);
     }
@@ -130,6 +143,7 @@ async fn throughput(concurrency: usize, batch: usize, latency_ms: u64, items: u6
         bail!("only {deleted} of {items} items were deleted");
     }
     Ok(Row {
+        sim_cpu,
         concurrency,
         batch,
         latency_ms,
@@ -231,13 +245,13 @@ pub async fn run(opts: BenchOptions) -> Result<ExitCode> {
         (64, 100, 5, 400_000 / scale),
         (4, 100, 0, 1_000_000 / scale),
     ];
-    println!("\n| concurrency | batch | latency | items | wall | IDs/s | limit IDs/s | % of limit | CPU µs/ID | peak RSS |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("\n| concurrency | batch | latency | items | wall | IDs/s | limit IDs/s | % of limit | CPU µs/ID | peak RSS | simulator CPU µs/ID |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (c, b, l, n) in grid {
         let r = throughput(c, b, l, n).await?;
         let limit = r.limit();
         println!(
-            "| {} | {} | {} ms | {} | {:.2} s | {:.0} | {} | {} | {:.1} | {:.1} MiB |",
+            "| {} | {} | {} ms | {} | {:.2} s | {:.0} | {} | {} | {:.1} | {:.1} MiB | {:.1} |",
             r.concurrency,
             r.batch,
             r.latency_ms,
@@ -248,6 +262,7 @@ pub async fn run(opts: BenchOptions) -> Result<ExitCode> {
             limit.map(|l| format!("{:.1}%", r.rate() / l * 100.0)).unwrap_or_else(|| "-".into()),
             r.usage.cpu.as_secs_f64() * 1e6 / r.items as f64,
             r.usage.max_rss_kib as f64 / 1024.0,
+            r.sim_cpu.as_secs_f64() * 1e6 / r.items as f64,
         );
     }
     let window = Duration::from_secs(if opts.quick { 5 } else { 20 });

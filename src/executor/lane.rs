@@ -156,6 +156,11 @@ impl Lane {
         self.allowed.load(Ordering::SeqCst)
     }
 
+    /// Slots free right now (at least one: a caller about to wait for a slot needs something to send).
+    pub fn free_slots(&self) -> usize {
+        self.allowed().saturating_sub(self.inflight()).max(1)
+    }
+
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::SeqCst)
     }

@@ -231,6 +231,7 @@ impl Executor {
         let (provider, lane) = self.lanes[idx].clone();
         let kind = provider.kind();
         let mut tasks: JoinSet<Result<(), ExecutorError>> = JoinSet::new();
+        let mut prefetched: std::collections::VecDeque<ClaimedBatch> = std::collections::VecDeque::new();
         let end = loop {
             while let Some(done) = tasks.try_join_next() {
                 done.expect("a batch task panicked")?;
@@ -260,29 +261,32 @@ impl Executor {
                     done.expect("a batch task panicked")?;
                 }
             }
-            let slot = tokio::select! {
-                _ = cancel.cancelled() => break LaneEnd::Cancelled,
-                s = lane.slot() => s,
-            };
-            tokio::select! {
-                _ = cancel.cancelled() => break LaneEnd::Cancelled,
-                _ = lane.ready() => {}
+            // Claim before waiting for a slot: the next batch is ready the moment one frees, so
+            // the provider never waits on our database; every free slot is filled from one
+            // transaction. (The rate limit and any Retry-After are waited out in `send`, right
+            // before the call.)
+            if prefetched.is_empty() {
+                let now = self.clock.now_ms();
+                let (lease, max) = (self.lease_ms, provider.max_batch());
+                let count = if lane.paused().is_some() { 1 } else { lane.free_slots().min(2) };
+                let batches = self
+                    .store
+                    .call(move |s| s.claim_batches(kind, now, lease, max, count))
+                    .await?;
+                prefetched.extend(batches);
             }
-            let now = self.clock.now_ms();
-            let (lease, max) = (self.lease_ms, provider.max_batch());
-            let claimed = self
-                .store
-                .call(move |s| s.claim_batch(kind, now, lease, max))
-                .await?;
-            match claimed {
+            match prefetched.pop_front() {
                 Some(batch) => {
+                    let slot = tokio::select! {
+                        // The claimed items return to pending with everything else in flight.
+                        _ = cancel.cancelled() => break LaneEnd::Cancelled,
+                        s = lane.slot() => s,
+                    };
                     let me = self.clone();
                     let (p, l) = (provider.clone(), lane.clone());
                     let probing = lane.paused().is_some();
                     tasks.spawn(async move {
-                        let r = me.process(&p, &l, batch).await;
-                        drop(slot);
-                        r
+                        me.process(&p, &l, batch, slot).await
                     });
                     if probing {
                         while let Some(done) = tasks.join_next().await {
@@ -291,7 +295,6 @@ impl Executor {
                     }
                 }
                 None => {
-                    drop(slot);
                     if !tasks.is_empty() {
                         // Work in flight may send items back; wait for one batch to finish.
                         tokio::select! {
@@ -355,6 +358,7 @@ impl Executor {
         provider: &SharedProvider,
         lane: &Lane,
         batch: ClaimedBatch,
+        slot: lane::Slot,
     ) -> Result<(), ExecutorError> {
         let kind = provider.kind();
         let mut outcomes: Vec<(i64, ItemOutcome)> = Vec::with_capacity(batch.items.len());
@@ -382,6 +386,8 @@ impl Executor {
             )
             .await?;
         }
+        // The provider has answered: the next batch may go out while this one is recorded.
+        drop(slot);
         let now = self.clock.now_ms();
         let audit = batch_audit(&batch, &outcomes, &summary);
         let answer = summary.join("; ");
@@ -642,14 +648,8 @@ fn batch_audit(
     outcomes: &[(i64, ItemOutcome)],
     summary: &[String],
 ) -> serde_json::Value {
-    let sid = |id: i64| {
-        batch
-            .items
-            .iter()
-            .find(|i| i.id == id)
-            .map(|i| i.session_id.as_str())
-            .unwrap_or("")
-    };
+    let by_id: std::collections::HashMap<i64, &str> = batch.items.iter().map(|i| (i.id, i.session_id.as_str())).collect();
+    let sid = |id: i64| by_id.get(&id).copied().unwrap_or("");
     let mut deleted = Vec::new();
     let mut retry = Vec::new();
     let mut dead = Vec::new();

@@ -45,6 +45,34 @@ impl Fault {
     }
 }
 
+/// The per-call fault probabilities, copied out of the lock.
+struct Rates {
+    hang_rate: f64,
+    error_rate: f64,
+    throttle_rate: f64,
+    reset_rate: f64,
+    malformed_rate: f64,
+    partial_rate: f64,
+}
+
+/// What a delete handler needs of the faults besides the rates.
+struct DeleteFaults {
+    delete_disabled: bool,
+    bad: bool,
+    retry_after: std::time::Duration,
+}
+
+impl SimState {
+    fn delete_faults(&self, ids: &[String], repos_bad: bool, id_ok: impl Fn(&str) -> bool) -> DeleteFaults {
+        let f = self.faults.lock().unwrap();
+        DeleteFaults {
+            delete_disabled: f.delete_disabled,
+            bad: repos_bad || ids.is_empty() || ids.iter().any(|i| !id_ok(i) || f.bad_ids.contains(i)),
+            retry_after: f.retry_after,
+        }
+    }
+}
+
 /// Releases the concurrency slot when the call ends, however it ends.
 struct Slot {
     state: Arc<SimState>,
@@ -84,11 +112,14 @@ impl SimState {
 
     /// Server-side concurrency and rate limits: `Err` is a 429 to send.
     fn admit(self: &Arc<Self>, provider: ProviderKind) -> Result<Slot, &'static str> {
-        let faults = self.faults.lock().unwrap().clone();
+        let (concurrency_limit, rate_limit) = {
+            let f = self.faults.lock().unwrap();
+            (f.concurrency_limit, f.rate_limit)
+        };
         {
             let mut inflight = self.inflight.lock().unwrap();
             let n = inflight.entry(provider).or_insert(0);
-            if faults.concurrency_limit.is_some_and(|lim| *n >= lim) {
+            if concurrency_limit.is_some_and(|lim| *n >= lim) {
                 return Err("concurrency_limited");
             }
             *n += 1;
@@ -97,7 +128,7 @@ impl SimState {
             state: self.clone(),
             provider,
         };
-        if let Some(limit) = faults.rate_limit {
+        if let Some(limit) = rate_limit {
             let now = self.clock.now_ms();
             let mut inner = self.inner.lock().unwrap();
             let q = inner.recent.entry(provider).or_default();
@@ -113,7 +144,26 @@ impl SimState {
     }
 
     fn pick(&self, allow_partial: bool) -> Fault {
-        let f = self.faults.lock().unwrap().clone();
+        let f = {
+            let f = self.faults.lock().unwrap();
+            Rates {
+                hang_rate: f.hang_rate,
+                error_rate: f.error_rate,
+                throttle_rate: f.throttle_rate,
+                reset_rate: f.reset_rate,
+                malformed_rate: f.malformed_rate,
+                partial_rate: f.partial_rate,
+            }
+        };
+        if f.hang_rate == 0.0
+            && f.error_rate == 0.0
+            && f.throttle_rate == 0.0
+            && f.reset_rate == 0.0
+            && f.malformed_rate == 0.0
+            && (f.partial_rate == 0.0 || !allow_partial)
+        {
+            return Fault::None;
+        }
         let mut rng = self.rng.lock().unwrap();
         let mut roll = |p: f64| p > 0.0 && rng.random_bool(p.min(1.0));
         if roll(f.hang_rate) {
@@ -254,13 +304,13 @@ async fn convai_delete(State(st): St, headers: HeaderMap, body: Bytes) -> Respon
         return convai_error(StatusCode::BAD_REQUEST, "Invalid request body");
     };
     let fault = st.pick(false);
-    let faults = st.faults.lock().unwrap().clone();
+    let faults = st.delete_faults(&ids, false, |_| true);
     let status = match fault {
         Fault::Hang => 0,
         Fault::Error => 503,
         Fault::Throttle => 429,
         _ if faults.delete_disabled => 403,
-        _ if ids.iter().any(|i| faults.bad_ids.contains(i)) => 400,
+        _ if faults.bad => 400,
         _ => 200,
     };
     st.record(

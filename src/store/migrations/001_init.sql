@@ -120,15 +120,18 @@ CREATE TABLE work_items (
 CREATE INDEX work_items_pending_by_due ON work_items (provider, due_at, id) WHERE state = 'pending';
 CREATE INDEX work_items_pending_by_group ON work_items (provider, scope, repo_id, due_at, id) WHERE state = 'pending';
 CREATE INDEX work_items_in_flight ON work_items (batch_id) WHERE state = 'in_flight';
-CREATE INDEX work_items_by_state ON work_items (state, provider);
+-- No index on state alone: `status` counts by a scan, which costs less than keeping one in step
+-- with every claim and answer.
 
 -- The legal transitions of the state machine (src/store/queue.rs `transition`), enforced here too.
+-- Written as plain comparisons: a row-value IN (VALUES ...) list costs an ephemeral table per
+-- updated row, a third of the queue's throughput.
 CREATE TRIGGER work_items_state_transition_must_be_legal
 BEFORE UPDATE OF state ON work_items
-WHEN OLD.state <> NEW.state AND (OLD.state, NEW.state) NOT IN (VALUES
-    ('pending', 'in_flight'), ('pending', 'held'), ('pending', 'dead'),
-    ('in_flight', 'pending'), ('in_flight', 'deleted'), ('in_flight', 'dead'),
-    ('held', 'pending'), ('dead', 'pending'))
+WHEN OLD.state <> NEW.state AND NOT (
+       (OLD.state = 'pending' AND (NEW.state = 'in_flight' OR NEW.state = 'held' OR NEW.state = 'dead'))
+    OR (OLD.state = 'in_flight' AND (NEW.state = 'pending' OR NEW.state = 'deleted' OR NEW.state = 'dead'))
+    OR (NEW.state = 'pending' AND (OLD.state = 'held' OR OLD.state = 'dead')))
 BEGIN
     SELECT RAISE(ABORT, 'work_items: illegal state transition');
 END;

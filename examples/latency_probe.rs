@@ -1,0 +1,49 @@
+//! Probe: round-trip time of the simulator's delete call at a set latency, with a bare HTTP client
+//! and with forgetd's Convai client (not part of the suite; see docs/BENCHMARKS.md).
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use forgetd::providers::Provider;
+
+#[tokio::main]
+async fn main() {
+    let latency = Duration::from_millis(std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(50));
+    let sim = forgetd::simulator::Simulator::start(
+        Arc::new(forgetd::clock::SystemClock),
+        forgetd::simulator::Faults { latency, ..Default::default() },
+        1,
+    )
+    .await
+    .unwrap();
+    sim.set_record_ids(false);
+    let ids: Vec<String> = (0..100).map(|i| format!("s{i:09}")).collect();
+    let c = reqwest::Client::new();
+    let n = 40;
+    let t = Instant::now();
+    for _ in 0..n {
+        c.post(format!("{}/character/chatHistory/delete", sim.convai_url))
+            .header("CONVAI-API-KEY", forgetd::simulator::CONVAI_KEY)
+            .json(&serde_json::json!({"charID": "c", "sessionIDs": ids}))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+    }
+    println!("bare client: mean RTT {:.2} ms at {} ms latency", t.elapsed().as_secs_f64() * 1000.0 / n as f64, latency.as_millis());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("k"), forgetd::simulator::CONVAI_KEY).unwrap();
+    let client = forgetd::providers::convai::ConvaiClient::new(&forgetd::config::ConvaiConfig {
+        base_url: sim.convai_url.parse().unwrap(),
+        api_key: forgetd::config::SecretRef::File(dir.path().join("k")),
+        limits: forgetd::config::ProviderLimits { batch_size: 100, concurrency: 1, requests_per_second: None, timeout: Duration::from_secs(5) },
+    })
+    .unwrap();
+    let batch = forgetd::providers::DeleteBatch { scope: "c".into(), repo_id: None, ids };
+    let t = Instant::now();
+    for _ in 0..n {
+        client.delete(&batch).await.unwrap();
+    }
+    println!("forgetd client: mean RTT {:.2} ms", t.elapsed().as_secs_f64() * 1000.0 / n as f64);
+}
