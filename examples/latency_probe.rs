@@ -7,10 +7,18 @@ use forgetd::providers::Provider;
 
 #[tokio::main]
 async fn main() {
-    let latency = Duration::from_millis(std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(50));
+    let latency = Duration::from_millis(
+        std::env::args()
+            .nth(1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(50),
+    );
     let sim = forgetd::simulator::Simulator::start(
         Arc::new(forgetd::clock::SystemClock),
-        forgetd::simulator::Faults { latency, ..Default::default() },
+        forgetd::simulator::Faults {
+            latency,
+            ..Default::default()
+        },
         1,
     )
     .await
@@ -31,19 +39,58 @@ async fn main() {
             .await
             .unwrap();
     }
-    println!("bare client: mean RTT {:.2} ms at {} ms latency", t.elapsed().as_secs_f64() * 1000.0 / n as f64, latency.as_millis());
+    println!(
+        "bare client: mean RTT {:.2} ms at {} ms latency",
+        t.elapsed().as_secs_f64() * 1000.0 / n as f64,
+        latency.as_millis()
+    );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("k"), forgetd::simulator::CONVAI_KEY).unwrap();
     let client = forgetd::providers::convai::ConvaiClient::new(&forgetd::config::ConvaiConfig {
         base_url: sim.convai_url.parse().unwrap(),
         api_key: forgetd::config::SecretRef::File(dir.path().join("k")),
-        limits: forgetd::config::ProviderLimits { batch_size: 100, concurrency: 1, requests_per_second: None, timeout: Duration::from_secs(5) },
+        limits: forgetd::config::ProviderLimits {
+            batch_size: 100,
+            concurrency: 1,
+            requests_per_second: None,
+            timeout: Duration::from_secs(5),
+        },
     })
     .unwrap();
-    let batch = forgetd::providers::DeleteBatch { scope: "c".into(), repo_id: None, ids };
+    let batch = forgetd::providers::DeleteBatch {
+        scope: "c".into(),
+        repo_id: None,
+        ids,
+    };
     let t = Instant::now();
     for _ in 0..n {
         client.delete(&batch).await.unwrap();
     }
-    println!("forgetd client: mean RTT {:.2} ms", t.elapsed().as_secs_f64() * 1000.0 / n as f64);
+    println!(
+        "forgetd client: mean RTT {:.2} ms",
+        t.elapsed().as_secs_f64() * 1000.0 / n as f64
+    );
+    // Four concurrent callers, no database: the best a client with concurrency 4 can do.
+    let client = Arc::new(client);
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, b) = (client.clone(), batch.clone());
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    c.delete(&b).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let el = t.elapsed().as_secs_f64();
+    println!(
+        "4 concurrent, no database: {:.0} IDs/s = {:.1}% of {:.0}",
+        8000.0 / el,
+        8000.0 / el / (400.0 / latency.as_secs_f64()) * 100.0,
+        400.0 / latency.as_secs_f64()
+    );
 }

@@ -50,8 +50,14 @@ fn measure(mut cmd: std::process::Command) -> Result<ChildUsage> {
     if r != pid {
         bail!("wait4 failed: {}", std::io::Error::last_os_error());
     }
-    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
-    let exit = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    let exit = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
     Ok(ChildUsage {
         wall,
         cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
@@ -97,7 +103,9 @@ fn own_cpu() -> Duration {
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer, RUSAGE_SELF.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
@@ -115,7 +123,8 @@ impl Row {
         self.items as f64 / self.usage.wall.as_secs_f64()
     }
     fn limit(&self) -> Option<f64> {
-        (self.latency_ms > 0).then(|| (self.concurrency * self.batch) as f64 / (self.latency_ms as f64 / 1000.0))
+        (self.latency_ms > 0)
+            .then(|| (self.concurrency * self.batch) as f64 / (self.latency_ms as f64 / 1000.0))
     }
 }
 
@@ -131,14 +140,19 @@ async fn throughput(concurrency: usize, batch: usize, latency_ms: u64, items: u6
     queue_items(&dir.path().join("forgetd.db"), items)?;
     let mut cmd = std::process::Command::new(exe()?);
     cmd.args(["--config"]).arg(&cfg).args(["run", "--once"]);
-    cmd.env("FORGETD_LOG", "warn").stdout(std::process::Stdio::null());
+    cmd.env("FORGETD_LOG", "warn")
+        .stdout(std::process::Stdio::null());
     let sim_before = own_cpu();
     let usage = tokio::task::spawn_blocking(move || measure(cmd)).await??;
     let sim_cpu = own_cpu().saturating_sub(sim_before);
     if usage.exit != 0 {
-        bail!("the daemon exited {} in scenario ({concurrency}, {batch}, {latency_ms} ms)", usage.exit);
+        bail!(
+            "the daemon exited {} in scenario ({concurrency}, {batch}, {latency_ms} ms)",
+            usage.exit
+        );
     }
-    let deleted: u64 = Store::open(&dir.path().join("forgetd.db"))?.count_items(crate::store::queue::ItemState::Deleted)?;
+    let deleted: u64 = Store::open(&dir.path().join("forgetd.db"))?
+        .count_items(crate::store::queue::ItemState::Deleted)?;
     if deleted != items {
         bail!("only {deleted} of {items} items were deleted");
     }
@@ -216,9 +230,15 @@ async fn sweep(sessions: u64, expired: u64) -> Result<(ChildUsage, String)> {
             now,
         )?;
     }
-    eprintln!("seeded {sessions} sessions in {:.1} s", seed_started.elapsed().as_secs_f64());
+    eprintln!(
+        "seeded {sessions} sessions in {:.1} s",
+        seed_started.elapsed().as_secs_f64()
+    );
     let mut cmd = std::process::Command::new(exe()?);
-    cmd.arg("--db").arg(&db).args(["bench-sweep", "sweep"]).stdout(std::process::Stdio::piped());
+    cmd.arg("--db")
+        .arg(&db)
+        .args(["bench-sweep", "sweep"])
+        .stdout(std::process::Stdio::piped());
     let out_path = dir.path().join("sweep.out");
     cmd.stdout(std::fs::File::create(&out_path)?);
     let usage = tokio::task::spawn_blocking(move || measure(cmd)).await??;
@@ -230,12 +250,28 @@ async fn sweep(sessions: u64, expired: u64) -> Result<(ChildUsage, String)> {
 }
 
 pub async fn run(opts: BenchOptions) -> Result<ExitCode> {
-    println!("forgetd bench ({}), on {} CPU(s)", if opts.quick { "quick" } else { "full" }, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "forgetd bench ({}), on {} CPU(s)",
+        if opts.quick { "quick" } else { "full" },
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
     if opts.retention {
-        println!("\nretention sweep: {} sessions, {} past max_age, rule scope \"*\"", opts.sweep_sessions, opts.sweep_expired);
+        println!(
+            "\nretention sweep: {} sessions, {} past max_age, rule scope \"*\"",
+            opts.sweep_sessions, opts.sweep_expired
+        );
         let (u, out) = sweep(opts.sweep_sessions, opts.sweep_expired).await?;
         println!("| sessions | expired | wall | peak RSS | result |\n|---|---|---|---|---|");
-        println!("| {} | {} | {:.2} s | {:.1} MiB | {} |", opts.sweep_sessions, opts.sweep_expired, u.wall.as_secs_f64(), u.max_rss_kib as f64 / 1024.0, out);
+        println!(
+            "| {} | {} | {:.2} s | {:.1} MiB | {} |",
+            opts.sweep_sessions,
+            opts.sweep_expired,
+            u.wall.as_secs_f64(),
+            u.max_rss_kib as f64 / 1024.0,
+            out
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let scale = if opts.quick { 5 } else { 1 };
@@ -245,7 +281,9 @@ pub async fn run(opts: BenchOptions) -> Result<ExitCode> {
         (64, 100, 5, 400_000 / scale),
         (4, 100, 0, 1_000_000 / scale),
     ];
-    println!("\n| concurrency | batch | latency | items | wall | IDs/s | limit IDs/s | % of limit | CPU µs/ID | peak RSS | simulator CPU µs/ID |");
+    println!(
+        "\n| concurrency | batch | latency | items | wall | IDs/s | limit IDs/s | % of limit | CPU µs/ID | peak RSS | simulator CPU µs/ID |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (c, b, l, n) in grid {
         let r = throughput(c, b, l, n).await?;
@@ -258,8 +296,12 @@ pub async fn run(opts: BenchOptions) -> Result<ExitCode> {
             r.items,
             r.usage.wall.as_secs_f64(),
             r.rate(),
-            limit.map(|l| format!("{l:.0}")).unwrap_or_else(|| "∞".into()),
-            limit.map(|l| format!("{:.1}%", r.rate() / l * 100.0)).unwrap_or_else(|| "-".into()),
+            limit
+                .map(|l| format!("{l:.0}"))
+                .unwrap_or_else(|| "∞".into()),
+            limit
+                .map(|l| format!("{:.1}%", r.rate() / l * 100.0))
+                .unwrap_or_else(|| "-".into()),
             r.usage.cpu.as_secs_f64() * 1e6 / r.items as f64,
             r.usage.max_rss_kib as f64 / 1024.0,
             r.sim_cpu.as_secs_f64() * 1e6 / r.items as f64,
@@ -267,7 +309,10 @@ pub async fn run(opts: BenchOptions) -> Result<ExitCode> {
     }
     let window = Duration::from_secs(if opts.quick { 5 } else { 20 });
     let idle = idle_cpu(window).await?;
-    println!("\nidle daemon CPU over {} s: {idle:.3}% of one core", window.as_secs());
+    println!(
+        "\nidle daemon CPU over {} s: {idle:.3}% of one core",
+        window.as_secs()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -152,13 +152,13 @@ impl Lane {
         }
     }
 
-    pub fn allowed(&self) -> usize {
-        self.allowed.load(Ordering::SeqCst)
+    /// The configured concurrency (the most batches ever in flight).
+    pub fn max_concurrency(&self) -> usize {
+        self.max
     }
 
-    /// Slots free right now (at least one: a caller about to wait for a slot needs something to send).
-    pub fn free_slots(&self) -> usize {
-        self.allowed().saturating_sub(self.inflight()).max(1)
+    pub fn allowed(&self) -> usize {
+        self.allowed.load(Ordering::SeqCst)
     }
 
     pub fn inflight(&self) -> usize {

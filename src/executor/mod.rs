@@ -222,6 +222,9 @@ impl Executor {
         }
     }
 
+    /// One provider's lane: `concurrency` workers, each claiming a batch, sending it, and recording
+    /// the answer together with claiming its next batch (one transaction), so no single loop or
+    /// extra database trip stands between the provider's answer and the next call.
     async fn lane_loop(
         self: &Arc<Self>,
         idx: usize,
@@ -230,137 +233,201 @@ impl Executor {
     ) -> Result<LaneEnd, ExecutorError> {
         let (provider, lane) = self.lanes[idx].clone();
         let kind = provider.kind();
-        let mut tasks: JoinSet<Result<(), ExecutorError>> = JoinSet::new();
-        let mut prefetched: std::collections::VecDeque<ClaimedBatch> = std::collections::VecDeque::new();
-        let end = loop {
-            while let Some(done) = tasks.try_join_next() {
-                done.expect("a batch task panicked")?;
+        let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut workers = JoinSet::new();
+        for w in 0..lane.max_concurrency() {
+            let me = self.clone();
+            let (p, l, b, c) = (provider.clone(), lane.clone(), busy.clone(), cancel.clone());
+            workers.spawn(async move { me.worker(w, p, l, mode, c, b).await });
+        }
+        let drain = async {
+            let mut end = LaneEnd::Drained;
+            while let Some(joined) = workers.join_next().await {
+                match joined.expect("a lane worker panicked")? {
+                    LaneEnd::Paused(r) => end = LaneEnd::Paused(r),
+                    LaneEnd::Cancelled if end == LaneEnd::Drained => end = LaneEnd::Cancelled,
+                    _ => {}
+                }
             }
+            Ok::<LaneEnd, ExecutorError>(end)
+        };
+        tokio::pin!(drain);
+        // Shutdown: stop claiming at once; let batches on the wire finish within the timeout (the
+        // caller returns anything unfinished to pending: it is sent again next time).
+        tokio::select! {
+            r = &mut drain => r,
+            _ = async { cancel.cancelled().await; tokio::time::sleep(self.shutdown_timeout).await } => {
+                tracing::warn!(provider = %kind, "shutdown timeout: abandoning in-flight batches (they will be sent again)");
+                Ok(LaneEnd::Cancelled)
+            }
+        }
+    }
+
+    /// One worker of a lane. Returns how it ended.
+    ///
+    /// While a batch is on the wire the worker claims its next one, and it records an answer in
+    /// the background while the next call goes out: the provider never waits on the database.
+    /// At most one recording per worker is outstanding (back-pressure on a slow disk).
+    async fn worker(
+        self: Arc<Self>,
+        w: usize,
+        provider: SharedProvider,
+        lane: Arc<Lane>,
+        mode: Mode,
+        cancel: CancellationToken,
+        busy: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Result<LaneEnd, ExecutorError> {
+        let mut recording: Option<tokio::task::JoinHandle<Result<(), ExecutorError>>> = None;
+        let end = self
+            .worker_loop(w, &provider, &lane, mode, &cancel, &busy, &mut recording)
+            .await;
+        if let Some(r) = recording.take() {
+            r.await.expect("a recording task panicked")?;
+        }
+        end
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn worker_loop(
+        self: &Arc<Self>,
+        w: usize,
+        provider: &SharedProvider,
+        lane: &Arc<Lane>,
+        mode: Mode,
+        cancel: &CancellationToken,
+        busy: &Arc<std::sync::atomic::AtomicUsize>,
+        recording: &mut Option<tokio::task::JoinHandle<Result<(), ExecutorError>>>,
+    ) -> Result<LaneEnd, ExecutorError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let kind = provider.kind();
+        let (lease, max) = (self.lease_ms, provider.max_batch());
+        let mut next: Option<ClaimedBatch> = None;
+        loop {
             if cancel.is_cancelled() {
-                break LaneEnd::Cancelled;
+                return Ok(LaneEnd::Cancelled); // a claimed `next` is released with the rest
             }
             if let Some(p) = lane.paused() {
+                if let Some(b) = next.take() {
+                    let id = b.batch_id;
+                    self.store.call(move |s| s.release_batch(id)).await?;
+                }
                 if mode == Mode::Once {
-                    while let Some(done) = tasks.join_next().await {
-                        done.expect("a batch task panicked")?;
-                    }
-                    break LaneEnd::Paused(p.reason);
+                    return Ok(LaneEnd::Paused(p.reason));
                 }
                 let now = self.clock.now_ms();
-                if now < p.next_probe_ms {
-                    let wait = Duration::from_millis((p.next_probe_ms - now) as u64)
-                        .min(IDLE_RECHECK * 30);
+                // Worker 0 probes when the time comes; the others wait for the lane to resume.
+                if w != 0 || now < p.next_probe_ms {
+                    let wait = Duration::from_millis((p.next_probe_ms - now).clamp(1, 1000) as u64);
                     tokio::select! {
                         _ = cancel.cancelled() => {}
                         _ = self.clock.sleep(wait) => {}
                     }
                     continue;
                 }
-                // Probe: let exactly one batch through.
-                while let Some(done) = tasks.join_next().await {
-                    done.expect("a batch task panicked")?;
-                }
             }
-            // Claim before waiting for a slot: the next batch is ready the moment one frees, so
-            // the provider never waits on our database; every free slot is filled from one
-            // transaction. (The rate limit and any Retry-After are waited out in `send`, right
-            // before the call.)
-            if prefetched.is_empty() {
-                let now = self.clock.now_ms();
-                let (lease, max) = (self.lease_ms, provider.max_batch());
-                let count = if lane.paused().is_some() { 1 } else { lane.free_slots().min(2) };
-                let batches = self
-                    .store
-                    .call(move |s| s.claim_batches(kind, now, lease, max, count))
-                    .await?;
-                prefetched.extend(batches);
-            }
-            match prefetched.pop_front() {
-                Some(batch) => {
-                    let slot = tokio::select! {
-                        // The claimed items return to pending with everything else in flight.
-                        _ = cancel.cancelled() => break LaneEnd::Cancelled,
-                        s = lane.slot() => s,
-                    };
-                    let me = self.clone();
-                    let (p, l) = (provider.clone(), lane.clone());
-                    let probing = lane.paused().is_some();
-                    tasks.spawn(async move {
-                        me.process(&p, &l, batch, slot).await
-                    });
-                    if probing {
-                        while let Some(done) = tasks.join_next().await {
-                            done.expect("a batch task panicked")?;
-                        }
-                    }
-                }
+            let wake = self.wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            let slot = tokio::select! {
+                _ = cancel.cancelled() => return Ok(LaneEnd::Cancelled),
+                s = lane.slot() => s,
+            };
+            let batch = match next.take() {
+                Some(b) => Some(b),
                 None => {
-                    if !tasks.is_empty() {
-                        // Work in flight may send items back; wait for one batch to finish.
-                        tokio::select! {
-                            _ = cancel.cancelled() => {}
-                            done = tasks.join_next() => { if let Some(d) = done { d.expect("a batch task panicked")?; } }
-                            _ = self.wake.notified() => {}
-                        }
-                        continue;
-                    }
-                    let next = self.store.call(move |s| s.next_pending_ms(kind)).await?;
-                    let wait = match next {
-                        None if mode == Mode::Once => break LaneEnd::Drained,
-                        None => IDLE_RECHECK,
-                        Some(t) => {
-                            let d = Duration::from_millis((t - self.clock.now_ms()).max(1) as u64);
-                            if mode == Mode::Forever {
-                                d.min(IDLE_RECHECK)
-                            } else {
-                                d
-                            }
-                        }
-                    };
-                    if mode == Mode::Forever {
-                        // Real time here: new work is announced by `wake`, and the clock's sleep
-                        // must not race ahead of the outside world while idle.
-                        tokio::select! {
-                            _ = cancel.cancelled() => {}
-                            _ = self.wake.notified() => {}
-                            _ = self.clock.sleep(wait) => {}
-                        }
-                    } else {
-                        self.clock.sleep(wait).await;
-                    }
-                }
-            }
-        };
-        // Shutdown: let in-flight batches finish within the timeout; the rest are released by the
-        // caller (their items return to pending and are sent again next time).
-        if end == LaneEnd::Cancelled && !tasks.is_empty() {
-            let drain = async {
-                while let Some(done) = tasks.join_next().await {
-                    if let Ok(Err(e)) = done {
-                        tracing::error!(provider = %kind, error = %e, "batch failed during shutdown");
-                    }
+                    let now = self.clock.now_ms();
+                    self.store
+                        .call(move |s| s.claim_batch(kind, now, lease, max))
+                        .await?
                 }
             };
-            if tokio::time::timeout(self.shutdown_timeout, drain)
-                .await
-                .is_err()
-            {
-                tracing::warn!(provider = %kind, "shutdown timeout: abandoning in-flight batches (they will be sent again)");
-                tasks.abort_all();
+            let Some(batch) = batch else {
+                drop(slot);
+                // Nothing due. Items in other workers' hands may come back; otherwise wait for the
+                // earliest backoff to end, or (daemon) for new work.
+                let pending = self.store.call(move |s| s.next_pending_ms(kind)).await?;
+                match (pending, mode) {
+                    (None, Mode::Once) if busy.load(SeqCst) == 0 => return Ok(LaneEnd::Drained),
+                    (None, Mode::Once) => {
+                        tokio::select! {
+                            _ = &mut wake => {}
+                            _ = tokio::time::sleep(IDLE_RECHECK) => {}
+                        }
+                    }
+                    (Some(t), Mode::Once) => {
+                        let d = Duration::from_millis((t - self.clock.now_ms()).max(1) as u64);
+                        if busy.load(SeqCst) == 0 {
+                            self.clock.sleep(d).await;
+                        } else {
+                            // Others are working: their answers may make items due sooner.
+                            tokio::select! {
+                                _ = &mut wake => {}
+                                _ = self.clock.sleep(d) => {}
+                            }
+                        }
+                    }
+                    (p, Mode::Forever) => {
+                        let d = p
+                            .map(|t| Duration::from_millis((t - self.clock.now_ms()).max(1) as u64))
+                            .unwrap_or(IDLE_RECHECK);
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            _ = &mut wake => {}
+                            _ = self.clock.sleep(d.min(IDLE_RECHECK)) => {}
+                        }
+                    }
+                }
+                continue;
+            };
+            busy.fetch_add(1, SeqCst);
+            let probing = lane.paused().is_some();
+            let claim_next = async {
+                if probing || cancel.is_cancelled() {
+                    return Ok(None);
+                }
+                let now = self.clock.now_ms();
+                self.store
+                    .call(move |s| s.claim_batch(kind, now, lease, max))
+                    .await
+            };
+            let (sent, claimed) = tokio::join!(self.send_batch(provider, lane, &batch), claim_next);
+            drop(slot);
+            next = claimed?;
+            let (outcomes, summary) = match sent {
+                Ok(x) => x,
+                Err(e) => {
+                    busy.fetch_sub(1, SeqCst);
+                    return Err(e);
+                }
+            };
+            if let Some(prev) = recording.take() {
+                prev.await.expect("a recording task panicked")?;
+            }
+            let me = self.clone();
+            let b = busy.clone();
+            let kind_copy = kind;
+            *recording = Some(tokio::spawn(async move {
+                let r = me.record(kind_copy, batch, outcomes, summary).await;
+                b.fetch_sub(1, SeqCst);
+                me.wake.notify_waiters();
+                r
+            }));
+            if probing {
+                // A probe's answer decides whether the lane resumes: wait for it to be recorded.
+                if let Some(r) = recording.take() {
+                    r.await.expect("a recording task panicked")?;
+                }
             }
         }
-        Ok(end)
     }
 
-    /// Sends one claimed batch and records the answer.
-    async fn process(
+    /// Sends one claimed batch (splitting it if the provider refuses its content).
+    async fn send_batch(
         &self,
         provider: &SharedProvider,
         lane: &Lane,
-        batch: ClaimedBatch,
-        slot: lane::Slot,
-    ) -> Result<(), ExecutorError> {
-        let kind = provider.kind();
+        batch: &ClaimedBatch,
+    ) -> Result<(Vec<(i64, ItemOutcome)>, Vec<String>), ExecutorError> {
         let mut outcomes: Vec<(i64, ItemOutcome)> = Vec::with_capacity(batch.items.len());
         let mut sendable = Vec::with_capacity(batch.items.len());
         for item in &batch.items {
@@ -376,18 +443,20 @@ impl Executor {
         }
         let mut summary = Vec::new();
         if !sendable.is_empty() {
-            self.send(
-                provider,
-                lane,
-                &batch,
-                sendable,
-                &mut outcomes,
-                &mut summary,
-            )
-            .await?;
+            self.send(provider, lane, batch, sendable, &mut outcomes, &mut summary)
+                .await?;
         }
-        // The provider has answered: the next batch may go out while this one is recorded.
-        drop(slot);
+        Ok((outcomes, summary))
+    }
+
+    /// Records a batch's answer: items, audit event, request states, counters.
+    async fn record(
+        &self,
+        kind: ProviderKind,
+        batch: ClaimedBatch,
+        outcomes: Vec<(i64, ItemOutcome)>,
+        summary: Vec<String>,
+    ) -> Result<(), ExecutorError> {
         let now = self.clock.now_ms();
         let audit = batch_audit(&batch, &outcomes, &summary);
         let answer = summary.join("; ");
@@ -648,7 +717,11 @@ fn batch_audit(
     outcomes: &[(i64, ItemOutcome)],
     summary: &[String],
 ) -> serde_json::Value {
-    let by_id: std::collections::HashMap<i64, &str> = batch.items.iter().map(|i| (i.id, i.session_id.as_str())).collect();
+    let by_id: std::collections::HashMap<i64, &str> = batch
+        .items
+        .iter()
+        .map(|i| (i.id, i.session_id.as_str()))
+        .collect();
     let sid = |id: i64| by_id.get(&id).copied().unwrap_or("");
     let mut deleted = Vec::new();
     let mut retry = Vec::new();

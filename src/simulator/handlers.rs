@@ -63,11 +63,18 @@ struct DeleteFaults {
 }
 
 impl SimState {
-    fn delete_faults(&self, ids: &[String], repos_bad: bool, id_ok: impl Fn(&str) -> bool) -> DeleteFaults {
+    fn delete_faults(
+        &self,
+        ids: &[String],
+        repos_bad: bool,
+        id_ok: impl Fn(&str) -> bool,
+    ) -> DeleteFaults {
         let f = self.faults.lock().unwrap();
         DeleteFaults {
             delete_disabled: f.delete_disabled,
-            bad: repos_bad || ids.is_empty() || ids.iter().any(|i| !id_ok(i) || f.bad_ids.contains(i)),
+            bad: repos_bad
+                || ids.is_empty()
+                || ids.iter().any(|i| !id_ok(i) || f.bad_ids.contains(i)),
             retry_after: f.retry_after,
         }
     }
@@ -98,7 +105,11 @@ impl SimState {
         fault: &'static str,
     ) {
         let at_ms = self.clock.now_ms();
-        let ids = if self.record_ids.load(std::sync::atomic::Ordering::Relaxed) { ids } else { Vec::new() };
+        let ids = if self.record_ids.load(std::sync::atomic::Ordering::Relaxed) {
+            ids
+        } else {
+            Vec::new()
+        };
         self.inner.lock().unwrap().calls.push(CallRecord {
             at_ms,
             provider,

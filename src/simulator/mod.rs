@@ -243,7 +243,9 @@ project = "{IAM_PROJECT}"
 
     /// Whether calls keep the IDs they named (on by default; benchmarks turn it off).
     pub fn set_record_ids(&self, on: bool) {
-        self.state.record_ids.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.state
+            .record_ids
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn set_faults(&self, f: Faults) {

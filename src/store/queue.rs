@@ -181,25 +181,18 @@ impl Store {
         self.write(|tx| claim_in(tx, provider, now_ms, lease_ms, max))
     }
 
-    /// Claims up to `count` batches in one transaction (see [`Store::claim_batch`]): the executor
-    /// fills every free slot with one trip to the database.
-    pub fn claim_batches(
-        &mut self,
-        provider: ProviderKind,
-        now_ms: i64,
-        lease_ms: i64,
-        max: usize,
-        count: usize,
-    ) -> Result<Vec<ClaimedBatch>> {
+    /// Returns a claimed batch that was never sent to pending (no attempt counted).
+    pub fn release_batch(&mut self, batch_id: i64) -> Result<usize> {
         self.write(|tx| {
-            let mut out = Vec::with_capacity(count);
-            while out.len() < count {
-                match claim_in(tx, provider, now_ms, lease_ms, max)? {
-                    Some(b) => out.push(b),
-                    None => break,
-                }
-            }
-            Ok(out)
+            let ids: Vec<i64> = tx
+                .prepare_cached(
+                    "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL
+                     WHERE batch_id = ?1 AND state = 'in_flight' RETURNING id",
+                )?
+                .query_map([batch_id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            super::holds::apply_holds(tx, Some(&ids))?;
+            Ok(ids.len())
         })
     }
 
@@ -214,52 +207,7 @@ impl Store {
         answer: &str,
         audit: Option<&serde_json::Value>,
     ) -> Result<Vec<i64>> {
-        self.write(|tx| {
-            let now = now_ms.div_euclid(1000);
-            // The requests this batch serves, read while its items still carry the batch id.
-            let requests: Vec<i64> = tx
-                .prepare_cached(
-                    "SELECT DISTINCT ri.request_id FROM work_items w JOIN request_items ri ON ri.item_id = w.id
-                     WHERE w.batch_id = ?1 AND w.state = 'in_flight'",
-                )?
-                .query_map([batch_id], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            let all_deleted = !outcomes.is_empty()
-                && outcomes.iter().all(|(_, o)| *o == ItemOutcome::Deleted { already_absent: false });
-            let in_flight: i64 = tx
-                .prepare_cached("SELECT count(*) FROM work_items WHERE batch_id = ?1 AND state = 'in_flight'")?
-                .query_row([batch_id], |r| r.get(0))?;
-            let mut returned = Vec::new();
-            if all_deleted && in_flight as usize == outcomes.len() {
-                // The common case, in one statement: the provider confirmed the whole batch.
-                tx.prepare_cached(
-                    "UPDATE work_items SET state = 'deleted', outcome = 'deleted', finished_at = ?2,
-                     lease_expires_ms = NULL, batch_id = NULL WHERE batch_id = ?1 AND state = 'in_flight'",
-                )?
-                .execute(params![batch_id, now])?;
-            } else {
-                for (id, outcome) in outcomes {
-                    apply_outcome(tx, batch_id, *id, now_ms, outcome)?;
-                    if matches!(outcome, ItemOutcome::Retry { .. } | ItemOutcome::Release) {
-                        returned.push(*id);
-                    }
-                }
-            }
-            // A hold placed while these were on the wire applies before they can be claimed again.
-            super::holds::apply_holds(tx, Some(&returned))?;
-            if let Some(data) = audit {
-                crate::audit::append(tx, now, "batch.answered", None, data)?;
-            }
-            tx.prepare_cached("UPDATE batches SET answered_ms = ?2, outcome = ?3 WHERE id = ?1")?
-                .execute(params![batch_id, now_ms, truncate_error(answer)])?;
-            let mut changed = Vec::new();
-            for r in requests {
-                if super::requests::refresh_request(tx, r, now)?.is_some() {
-                    changed.push(r);
-                }
-            }
-            Ok(changed)
-        })
+        self.write(|tx| finish_in(tx, batch_id, now_ms, outcomes, answer, audit))
     }
 
     /// Returns items whose lease ran out to pending (their batch never answered).
@@ -345,6 +293,66 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("no work item {id}")))?;
         ItemState::parse(&s).ok_or_else(|| StoreError::Invalid(format!("unknown item state {s}")))
     }
+}
+
+fn finish_in(
+    tx: &Transaction<'_>,
+    batch_id: i64,
+    now_ms: i64,
+    outcomes: &[(i64, ItemOutcome)],
+    answer: &str,
+    audit: Option<&serde_json::Value>,
+) -> Result<Vec<i64>> {
+    let now = now_ms.div_euclid(1000);
+    // The requests this batch serves, read while its items still carry the batch id.
+    let requests: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT DISTINCT ri.request_id FROM work_items w JOIN request_items ri ON ri.item_id = w.id
+             WHERE w.batch_id = ?1 AND w.state = 'in_flight'",
+        )?
+        .query_map([batch_id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let all_deleted = !outcomes.is_empty()
+        && outcomes.iter().all(|(_, o)| {
+            *o == ItemOutcome::Deleted {
+                already_absent: false,
+            }
+        });
+    let in_flight: i64 = tx
+        .prepare_cached(
+            "SELECT count(*) FROM work_items WHERE batch_id = ?1 AND state = 'in_flight'",
+        )?
+        .query_row([batch_id], |r| r.get(0))?;
+    let mut returned = Vec::new();
+    if all_deleted && in_flight as usize == outcomes.len() {
+        // The common case, in one statement: the provider confirmed the whole batch.
+        tx.prepare_cached(
+            "UPDATE work_items SET state = 'deleted', outcome = 'deleted', finished_at = ?2,
+             lease_expires_ms = NULL, batch_id = NULL WHERE batch_id = ?1 AND state = 'in_flight'",
+        )?
+        .execute(params![batch_id, now])?;
+    } else {
+        for (id, outcome) in outcomes {
+            apply_outcome(tx, batch_id, *id, now_ms, outcome)?;
+            if matches!(outcome, ItemOutcome::Retry { .. } | ItemOutcome::Release) {
+                returned.push(*id);
+            }
+        }
+    }
+    // A hold placed while these were on the wire applies before they can be claimed again.
+    super::holds::apply_holds(tx, Some(&returned))?;
+    if let Some(data) = audit {
+        crate::audit::append(tx, now, "batch.answered", None, data)?;
+    }
+    tx.prepare_cached("UPDATE batches SET answered_ms = ?2, outcome = ?3 WHERE id = ?1")?
+        .execute(params![batch_id, now_ms, truncate_error(answer)])?;
+    let mut changed = Vec::new();
+    for r in requests {
+        if super::requests::refresh_request(tx, r, now)?.is_some() {
+            changed.push(r);
+        }
+    }
+    Ok(changed)
 }
 
 fn claim_in(
@@ -792,19 +800,46 @@ mod throughput_probe {
     #[ignore]
     fn claim_finish_rate() {
         let (_d, mut s) = temp_store();
-        s.conn.execute_batch("INSERT INTO work_items (provider, scope, session_id, due_at, created_at)
+        s.conn
+            .execute_batch(
+                "INSERT INTO work_items (provider, scope, session_id, due_at, created_at)
              WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x < 200000 - 1)
-             SELECT 'convai', 'char-' || (x % 10), printf('s%09d', x), x / 1000, 0 FROM c;").unwrap();
-        if let Ok(sql) = std::env::var("PROBE_SQL") { s.conn.execute_batch(&sql).unwrap(); }
+             SELECT 'convai', 'char-' || (x % 10), printf('s%09d', x), x / 1000, 0 FROM c;",
+            )
+            .unwrap();
+        if let Ok(sql) = std::env::var("PROBE_SQL") {
+            s.conn.execute_batch(&sql).unwrap();
+        }
         let t = std::time::Instant::now();
         let mut n = 0;
         let mut claim_t = std::time::Duration::ZERO;
-        while let Some(b) = { let t0 = std::time::Instant::now(); let r = s.claim_batch(ProviderKind::Convai, 0, 60_000, 100).unwrap(); claim_t += t0.elapsed(); r } {
-            let outs: Vec<(i64, ItemOutcome)> = b.items.iter().map(|i| (i.id, ItemOutcome::Deleted { already_absent: false })).collect();
+        while let Some(b) = {
+            let t0 = std::time::Instant::now();
+            let r = s.claim_batch(ProviderKind::Convai, 0, 60_000, 100).unwrap();
+            claim_t += t0.elapsed();
+            r
+        } {
+            let outs: Vec<(i64, ItemOutcome)> = b
+                .items
+                .iter()
+                .map(|i| {
+                    (
+                        i.id,
+                        ItemOutcome::Deleted {
+                            already_absent: false,
+                        },
+                    )
+                })
+                .collect();
             s.finish_batch(b.batch_id, 0, &outs, "ok", Some(&serde_json::json!({"ids": b.items.iter().map(|i| &i.session_id).collect::<Vec<_>>()}))).unwrap();
             n += b.items.len();
         }
         let el = t.elapsed();
-        println!("{n} items in {:.2} s: {:.0} IDs/s; claim share {:.0}%", el.as_secs_f64(), n as f64 / el.as_secs_f64(), claim_t.as_secs_f64() / el.as_secs_f64() * 100.0);
+        println!(
+            "{n} items in {:.2} s: {:.0} IDs/s; claim share {:.0}%",
+            el.as_secs_f64(),
+            n as f64 / el.as_secs_f64(),
+            claim_t.as_secs_f64() / el.as_secs_f64() * 100.0
+        );
     }
 }
