@@ -236,6 +236,11 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
 
 /// `run`: the long-running daemon. Returns when SIGTERM or SIGINT arrives.
 pub async fn run_forever(p: Prepared, options: RunOptions, clock: SharedClock) -> Result<()> {
+    // Signal handlers go in first: a SIGHUP that arrives between READY=1 and their installation
+    // would otherwise kill the process (the default action).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let cancel = CancellationToken::new();
     let Prepared {
         config,
@@ -291,9 +296,6 @@ pub async fn run_forever(p: Prepared, options: RunOptions, clock: SharedClock) -
 
     let mut watchdog_usec = 0u64;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut last_version = None;
     let mut unresolved = false;
     let mut last_retry = std::time::Instant::now();
