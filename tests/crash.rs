@@ -19,15 +19,31 @@ use rand::{Rng, SeedableRng};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing_and_deletes_nothing_else() {
-    let rounds: usize = std::env::var("FORGETD_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
-    let seed: u64 = std::env::var("FORGETD_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(20261123);
+    let rounds: usize = std::env::var("FORGETD_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let seed: u64 = std::env::var("FORGETD_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20261123);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let s = Scratch::new();
-    let faults = Faults { latency: Duration::from_millis(4), error_rate: 0.05, partial_rate: 0.1, ..Faults::default() };
-    let sim = Simulator::start(std::sync::Arc::new(SystemClock), faults, seed).await.unwrap();
+    let faults = Faults {
+        latency: Duration::from_millis(4),
+        error_rate: 0.05,
+        partial_rate: 0.1,
+        ..Faults::default()
+    };
+    let sim = Simulator::start(std::sync::Arc::new(SystemClock), faults, seed)
+        .await
+        .unwrap();
     let cfg = sim_config(&s, &sim, &["app-1", "app-2"], "");
     // settle small batches so a drain spans many calls
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("timeout = \"2s\"", "timeout = \"2s\"\nbatch_size = 10\nconcurrency = 2");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "timeout = \"2s\"",
+        "timeout = \"2s\"\nbatch_size = 10\nconcurrency = 2",
+    );
     std::fs::write(&cfg, text).unwrap();
 
     // the long version drains more, so the kills keep landing mid-drain
@@ -46,7 +62,11 @@ async fn sigkill_at_random_moments_loses_nothing_and_deletes_nothing_else() {
             let app = if n % 2 == 0 { "app-1" } else { "app-2" };
             let kid = format!("{person}-k{n}");
             sim.add_koosearch_chat(app, &kid, Some(&person), None, 1_700_000_000);
-            let set = if requested { &mut targeted } else { &mut decoys };
+            let set = if requested {
+                &mut targeted
+            } else {
+                &mut decoys
+            };
             set.insert((ProviderKind::Convai, ch.clone(), id.clone()));
             set.insert((ProviderKind::KooSearch, app.to_string(), kid));
             if n == 0 {
@@ -57,10 +77,15 @@ async fn sigkill_at_random_moments_loses_nothing_and_deletes_nothing_else() {
         }
     }
     let f = s.write("inv.csv", &csv);
-    assert_eq!(code(&s.forgetd(&["sessions", "import", f.to_str().unwrap()])), 0);
+    assert_eq!(
+        code(&s.forgetd(&["sessions", "import", f.to_str().unwrap()])),
+        0
+    );
     for p in 0..15 {
         // filed through plain SQL while daemons come and go
-        let o = s.sqlite3(&format!("INSERT INTO erasure_requests(subject, external_ref) VALUES ('p{p:02}', 'R{p}')"));
+        let o = s.sqlite3(&format!(
+            "INSERT INTO erasure_requests(subject, external_ref) VALUES ('p{p:02}', 'R{p}')"
+        ));
         assert_eq!(code(&o), 0, "{}", stderr(&o));
     }
 
@@ -87,7 +112,10 @@ async fn sigkill_at_random_moments_loses_nothing_and_deletes_nothing_else() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 
     for t in &targeted {
-        assert!(!sim.exists(t.0, &t.1, &t.2), "targeted {t:?} survived {kills} kills");
+        assert!(
+            !sim.exists(t.0, &t.1, &t.2),
+            "targeted {t:?} survived {kills} kills"
+        );
     }
     let named = sim.named_in_deletes();
     for d in &decoys {
@@ -105,9 +133,19 @@ async fn sigkill_at_random_moments_loses_nothing_and_deletes_nothing_else() {
     for line in stdout(&o).lines() {
         *counts.entry(line.to_string()).or_default() += 1;
     }
-    assert_eq!(counts.len(), targeted.len(), "every targeted chat recorded deleted");
-    assert!(counts.values().all(|n| *n == 1), "a chat recorded deleted twice");
+    assert_eq!(
+        counts.len(),
+        targeted.len(),
+        "every targeted chat recorded deleted"
+    );
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "a chat recorded deleted twice"
+    );
     let v = s.forgetd(&["audit", "verify"]);
     assert_eq!(code(&v), 0, "{}", stdout(&v));
-    eprintln!("{kills} SIGKILLs, {} delete calls, seed {seed}", sim.calls().iter().filter(|c| c.op == "delete").count());
+    eprintln!(
+        "{kills} SIGKILLs, {} delete calls, seed {seed}",
+        sim.calls().iter().filter(|c| c.op == "delete").count()
+    );
 }

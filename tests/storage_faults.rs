@@ -21,12 +21,23 @@ impl Tmpfs {
         }
         let p = dir.join("mnt");
         std::fs::create_dir_all(&p).unwrap();
-        let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&p).status().unwrap();
-        assert!(st.success(), "mount tmpfs failed (set FORGETD_NO_MOUNT_TESTS=1 where tests cannot mount)");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&p)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mount tmpfs failed (set FORGETD_NO_MOUNT_TESTS=1 where tests cannot mount)"
+        );
         Some(Self(p))
     }
     fn remount(&self, mode: &str) {
-        let st = Command::new("mount").args(["-o", &format!("remount,{mode}")]).arg(&self.0).status().unwrap();
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
         assert!(st.success());
     }
 }
@@ -38,18 +49,33 @@ impl Drop for Tmpfs {
 }
 
 fn forgetd_db(db: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN).arg("--db").arg(db).args(args).output().unwrap()
+    Command::new(BIN)
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
 fn a_full_disk_fails_the_import_clearly_and_keeps_what_was_there() {
     let s = Scratch::new();
-    let Some(fs) = Tmpfs::mount(s.dir.path(), "400k") else { return };
+    let Some(fs) = Tmpfs::mount(s.dir.path(), "400k") else {
+        return;
+    };
     let db = fs.0.join("forgetd.db");
-    assert_eq!(code(&forgetd_db(&db, &["erase", "--subject", "before-the-disk-filled", "--ref", "A"])), 0);
+    assert_eq!(
+        code(&forgetd_db(
+            &db,
+            &["erase", "--subject", "before-the-disk-filled", "--ref", "A"]
+        )),
+        0
+    );
     let mut csv = String::from("provider,scope,session_id,subject\n");
     for i in 0..20_000 {
-        csv.push_str(&format!("convai,char-with-a-longish-name,{i:064},subject-number-{i}\n"));
+        csv.push_str(&format!(
+            "convai,char-with-a-longish-name,{i:064},subject-number-{i}\n"
+        ));
     }
     let f = s.write("big.csv", &csv);
     let o = forgetd_db(&db, &["sessions", "import", f.to_str().unwrap()]);
@@ -65,9 +91,17 @@ fn a_full_disk_fails_the_import_clearly_and_keeps_what_was_there() {
 #[test]
 fn a_read_only_file_system_gives_a_clear_error_and_loses_nothing() {
     let s = Scratch::new();
-    let Some(fs) = Tmpfs::mount(s.dir.path(), "4m") else { return };
+    let Some(fs) = Tmpfs::mount(s.dir.path(), "4m") else {
+        return;
+    };
     let db = fs.0.join("forgetd.db");
-    assert_eq!(code(&forgetd_db(&db, &["erase", "--subject", "alice", "--ref", "A"])), 0);
+    assert_eq!(
+        code(&forgetd_db(
+            &db,
+            &["erase", "--subject", "alice", "--ref", "A"]
+        )),
+        0
+    );
     fs.remount("ro");
     let o = forgetd_db(&db, &["erase", "--subject", "bob", "--ref", "B"]);
     assert_ne!(code(&o), 0);
@@ -75,15 +109,33 @@ fn a_read_only_file_system_gives_a_clear_error_and_loses_nothing() {
     assert!(e.contains("read-only") || e.contains("readonly"), "{e}");
     fs.remount("rw");
     let o = forgetd_db(&db, &["requests", "list", "--json"]);
-    assert!(stdout(&o).contains("\"A\"") && !stdout(&o).contains("\"B\""), "{}", stdout(&o));
-    assert_eq!(code(&forgetd_db(&db, &["erase", "--subject", "bob", "--ref", "B"])), 0);
+    assert!(
+        stdout(&o).contains("\"A\"") && !stdout(&o).contains("\"B\""),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(
+        code(&forgetd_db(
+            &db,
+            &["erase", "--subject", "bob", "--ref", "B"]
+        )),
+        0
+    );
 }
 
 #[test]
 fn a_database_locked_by_another_process_exits_75_then_works() {
     let s = Scratch::new();
-    assert_eq!(code(&s.forgetd(&["erase", "--subject", "alice", "--ref", "A"])), 0);
-    let mut holder = Command::new("sqlite3").arg(s.db()).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    assert_eq!(
+        code(&s.forgetd(&["erase", "--subject", "alice", "--ref", "A"])),
+        0
+    );
+    let mut holder = Command::new("sqlite3")
+        .arg(s.db())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdin = holder.stdin.take().unwrap();
     writeln!(stdin, "BEGIN EXCLUSIVE; INSERT INTO erasure_requests(subject, external_ref) VALUES ('held', 'H'); SELECT 'locked';").unwrap();
     stdin.flush().unwrap();
@@ -95,11 +147,17 @@ fn a_database_locked_by_another_process_exits_75_then_works() {
     let o = s.forgetd(&["erase", "--subject", "bob", "--ref", "B"]);
     assert_eq!(code(&o), 75, "{}", stderr(&o));
     assert!(stderr(&o).contains("busy"), "{}", stderr(&o));
-    assert!(started.elapsed() >= std::time::Duration::from_secs(4), "it waited out the busy timeout first");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(4),
+        "it waited out the busy timeout first"
+    );
     writeln!(stdin, "COMMIT;").unwrap();
     drop(stdin);
     holder.wait().unwrap();
-    assert_eq!(code(&s.forgetd(&["erase", "--subject", "bob", "--ref", "B"])), 0);
+    assert_eq!(
+        code(&s.forgetd(&["erase", "--subject", "bob", "--ref", "B"])),
+        0
+    );
     let o = s.sqlite3("SELECT group_concat(external_ref) FROM (SELECT external_ref FROM erasure_requests ORDER BY id)");
     assert_eq!(stdout(&o).trim(), "A,H,B");
 }
@@ -113,7 +171,10 @@ fn a_corrupted_database_is_detected_at_start() {
         csv.push_str(&format!("convai,c,{i:040},someone-{i}\n"));
     }
     let f = s.write("inv.csv", &csv);
-    assert_eq!(code(&s.forgetd(&["sessions", "import", f.to_str().unwrap()])), 0);
+    assert_eq!(
+        code(&s.forgetd(&["sessions", "import", f.to_str().unwrap()])),
+        0
+    );
     assert_eq!(code(&s.sqlite3("PRAGMA wal_checkpoint(TRUNCATE)")), 0);
     let mut bytes = std::fs::read(s.db()).unwrap();
     let mid = bytes.len() / 2;
@@ -122,7 +183,13 @@ fn a_corrupted_database_is_detected_at_start() {
     }
     std::fs::write(s.db(), &bytes).unwrap();
     let key = s.write("k", "key");
-    let cfg = s.write("c.toml", &format!("[providers.convai]\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"file:{}\"\n", key.display()));
+    let cfg = s.write(
+        "c.toml",
+        &format!(
+            "[providers.convai]\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"file:{}\"\n",
+            key.display()
+        ),
+    );
     let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "run", "--once"]);
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert!(stderr(&o).contains("damaged"), "{}", stderr(&o));
@@ -130,5 +197,9 @@ fn a_corrupted_database_is_detected_at_start() {
     std::fs::write(s.path("junk.db"), vec![b'x'; 10_000]).unwrap();
     let o = forgetd_db(&s.path("junk.db"), &["status"]);
     assert_eq!(code(&o), 1);
-    assert!(stderr(&o).contains("not a forgetd database"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not a forgetd database"),
+        "{}",
+        stderr(&o)
+    );
 }

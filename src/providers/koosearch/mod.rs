@@ -258,22 +258,11 @@ impl KooSearchClient {
             if status != StatusCode::OK {
                 return Err(Self::classify(op, status, &headers, &body));
             }
-            let parsed: Page = serde_json::from_slice(&body)
-                .map_err(|e| http::unparseable(KIND, op, 200, &body, e))?;
-            let n = parsed.records.len();
-            for r in parsed.records {
-                if r.deleted() {
-                    continue;
-                }
-                let Some(id) = r.chat_id.clone() else {
-                    continue;
-                };
-                sink(ListedChat {
-                    scope: scope.to_string(),
-                    created_at: r.created_at(),
-                    repo_id: r.knowledge_repo_id.clone().filter(|s| !s.is_empty()),
-                    session_id: id,
-                });
+            let parsed =
+                parse_page(scope, &body).map_err(|e| http::unparseable(KIND, op, 200, &body, e))?;
+            let n = parsed.records;
+            for chat in parsed.chats {
+                sink(chat);
             }
             let pages = parsed.pages.unwrap_or(0);
             if n == 0 || (pages > 0 && page as u64 >= pages) || page >= MAX_PAGES {
@@ -292,6 +281,39 @@ fn error_parts(body: &[u8]) -> (Option<String>, String) {
         ),
         Err(_) => (None, truncate(&String::from_utf8_lossy(body), DETAIL_LEN)),
     }
+}
+
+/// One page of a listing: its live chats, how many records it held, how many pages there are.
+#[derive(Debug, Default)]
+pub struct ListedPage {
+    pub chats: Vec<ListedChat>,
+    pub records: usize,
+    pub pages: Option<u64>,
+}
+
+/// Reads one page of `GET .../chat-history`; records marked `is_del` or without a chat_id are
+/// left out.
+pub fn parse_page(scope: &str, body: &[u8]) -> Result<ListedPage, serde_json::Error> {
+    let page: Page = serde_json::from_slice(body)?;
+    let records = page.records.len();
+    let chats = page
+        .records
+        .into_iter()
+        .filter(|r| !r.deleted())
+        .filter_map(|r| {
+            Some(ListedChat {
+                scope: scope.to_string(),
+                created_at: r.created_at(),
+                repo_id: r.knowledge_repo_id.clone().filter(|s| !s.is_empty()),
+                session_id: r.chat_id?,
+            })
+        })
+        .collect();
+    Ok(ListedPage {
+        chats,
+        records,
+        pages: page.pages,
+    })
 }
 
 /// Reads a batch delete's 200 answer; both casings are accepted.
