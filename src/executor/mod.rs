@@ -460,6 +460,14 @@ impl Executor {
         let now = self.clock.now_ms();
         let audit = batch_audit(&batch, &outcomes, &summary);
         let answer = summary.join("; ");
+        tracing::debug!(
+            provider = %kind,
+            batch = batch.batch_id,
+            scope = %batch.scope,
+            items = batch.items.len(),
+            answer = %answer,
+            "batch answered"
+        );
         let (bid, outs) = (batch.batch_id, outcomes.clone());
         self.store
             .call(move |s| s.finish_batch(bid, now, &outs, &answer, Some(&audit)))
