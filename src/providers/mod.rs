@@ -137,6 +137,31 @@ impl ProviderError {
     }
 }
 
+/// Looks for one chat in a listing: the lookup of providers that have no per-chat call.
+pub(crate) struct Finder {
+    target: String,
+    found: bool,
+}
+
+impl Finder {
+    pub(crate) fn new(session_id: &str) -> Self {
+        Self {
+            target: session_id.to_string(),
+            found: false,
+        }
+    }
+    pub(crate) fn see(&mut self, c: &ListedChat) {
+        self.found |= c.session_id == self.target;
+    }
+    pub(crate) fn presence(&self) -> Presence {
+        if self.found {
+            Presence::Present
+        } else {
+            Presence::Absent
+        }
+    }
+}
+
 /// A sink for listed chats, so listing streams instead of building a list in memory.
 pub type ChatSink<'a> = &'a mut (dyn FnMut(ListedChat) + Send);
 

@@ -45,6 +45,15 @@ impl Fault {
     }
 }
 
+impl super::Inner {
+    fn note_deleted(&mut self, provider: ProviderKind, scope: &str, ids: Vec<String>, now: i64) {
+        self.deleted.extend(
+            ids.into_iter()
+                .map(|id| (provider, scope.to_string(), id, now)),
+        );
+    }
+}
+
 /// The per-call fault probabilities, copied out of the lock.
 struct Rates {
     hang_rate: f64,
@@ -367,9 +376,7 @@ async fn convai_delete(State(st): St, headers: HeaderMap, body: Bytes) -> Respon
                 }
             }
         }
-        for id in removed {
-            inner.deleted.push((p, scope.clone(), id, now));
-        }
+        inner.note_deleted(p, &scope, removed, now);
     }
     match fault {
         Fault::Reset => broken(),
@@ -614,9 +621,7 @@ async fn koo_batch(
                 }
             }
         }
-        for id in removed {
-            inner.deleted.push((p, app.clone(), id, now));
-        }
+        inner.note_deleted(p, &app, removed, now);
     }
     match fault {
         Fault::Reset => broken(),

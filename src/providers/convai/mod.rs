@@ -301,19 +301,10 @@ impl Provider for ConvaiClient {
         _repo_id: Option<&str>,
         session_id: &str,
     ) -> Result<Presence, ProviderError> {
-        let mut found = false;
-        let target = session_id.to_string();
-        self.list(scope, &mut |c: ListedChat| {
-            if c.session_id == target {
-                found = true;
-            }
-        })
-        .await?;
-        Ok(if found {
-            Presence::Present
-        } else {
-            Presence::Absent
-        })
+        let mut finder = super::Finder::new(session_id);
+        self.list(scope, &mut |c: ListedChat| finder.see(&c))
+            .await?;
+        Ok(finder.presence())
     }
 }
 

@@ -403,23 +403,14 @@ impl Provider for KooSearchClient {
         repo_id: Option<&str>,
         session_id: &str,
     ) -> Result<Presence, ProviderError> {
-        let mut found = false;
         let mut q = vec![("chat_id", session_id)];
         if let Some(r) = repo_id {
             q.push(("repo_id", r));
         }
-        let target = session_id.to_string();
-        self.list_pages(scope, &q, &mut |c: ListedChat| {
-            if c.session_id == target {
-                found = true;
-            }
-        })
-        .await?;
-        Ok(if found {
-            Presence::Present
-        } else {
-            Presence::Absent
-        })
+        let mut finder = super::Finder::new(session_id);
+        self.list_pages(scope, &q, &mut |c: ListedChat| finder.see(&c))
+            .await?;
+        Ok(finder.presence())
     }
 }
 
