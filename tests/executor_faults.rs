@@ -407,3 +407,81 @@ async fn a_permanently_failing_provider_goes_dead_after_max_attempts_not_forever
     // 25 attempts per item, batches of at most 7 over 4 scopes per provider
     assert!(o.deletes <= 25 * 8 * 2, "{}", o.deletes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_provider_is_probed_with_backoff_and_resumes_when_fixed() {
+    use forgetd::executor::Mode;
+    let w = world(
+        Faults {
+            auth_fail: [ProviderKind::Convai].into(),
+            ..Faults::default()
+        },
+        4,
+    )
+    .await;
+    let prepared = forgetd::daemon::prepare(config(&w), Arc::new(w.clock.clone())).unwrap();
+    prepared
+        .resolver
+        .resolve_received(forgetd::resolve::Patience::Full)
+        .await
+        .unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let exec = prepared.executor.clone();
+    let c = cancel.clone();
+    let task = tokio::spawn(async move { exec.run(Mode::Forever, c).await });
+    let refused = |w: &World| -> Vec<i64> {
+        w.sim
+            .calls()
+            .iter()
+            .filter(|c| c.provider == ProviderKind::Convai && c.op == "delete" && c.status == 401)
+            .map(|c| c.at_ms)
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while refused(&w)
+        .windows(2)
+        .filter(|p| p[1] - p[0] > 1_000)
+        .count()
+        < 3
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no probes: {:?}",
+            refused(&w)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Calls already on the wire when the lane paused fail together; the probes follow.
+    let at = refused(&w);
+    let gaps: Vec<i64> = at
+        .windows(2)
+        .map(|p| p[1] - p[0])
+        .filter(|g| *g > 1_000)
+        .collect();
+    assert!(
+        gaps[0] >= 30_000 && gaps[1] >= 60_000 && gaps[2] >= 120_000,
+        "probe gaps double from 30 s: {gaps:?}"
+    );
+    // KooSearch kept working meanwhile
+    assert!(
+        w.targeted
+            .iter()
+            .filter(|t| t.0 == ProviderKind::KooSearch)
+            .all(|t| !exists(&w, t))
+    );
+    // The operator fixes the key: the next probe succeeds and the lane drains.
+    w.sim.update_faults(|f| f.auth_fail.clear());
+    while w.targeted.iter().any(|t| exists(&w, t)) {
+        assert!(std::time::Instant::now() < deadline, "did not resume");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let st = prepared.store.call(|s| s.status(0, 0)).await.unwrap();
+    assert!(
+        st.paused_providers.is_empty(),
+        "resumed: {:?}",
+        st.paused_providers
+    );
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    check_safe(&w);
+}

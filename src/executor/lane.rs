@@ -166,15 +166,19 @@ impl Lane {
     }
 
     /// Pauses the lane (or, if already paused, doubles the delay to the next probe).
+    /// A failure before the probe time is a call that was already on the wire when the lane
+    /// paused: it leaves the pause as it is. Only a failed probe doubles the delay.
     pub fn pause(&self, reason: String) -> Pause {
         let mut p = self.pause.lock().unwrap();
+        let now = self.clock.now_ms();
         let delay = match p.as_ref() {
+            Some(old) if now < old.next_probe_ms => return old.clone(),
             Some(old) => (old.probe_delay * 2).min(MAX_PROBE),
             None => FIRST_PROBE,
         };
         let next = Pause {
             reason,
-            next_probe_ms: self.clock.now_ms() + crate::clock::ms(delay),
+            next_probe_ms: now + crate::clock::ms(delay),
             probe_delay: delay,
         };
         *p = Some(next.clone());
@@ -242,7 +246,14 @@ mod tests {
         let c = ManualClock::new(0);
         let l = lane(1, None, &c);
         assert_eq!(l.pause("x".into()).probe_delay, FIRST_PROBE);
-        assert_eq!(l.pause("x".into()).probe_delay, FIRST_PROBE * 2);
+        // another call that was already on the wire: the pause stands as it is
+        assert_eq!(l.pause("x".into()).probe_delay, FIRST_PROBE);
+        c.advance(FIRST_PROBE);
+        assert_eq!(
+            l.pause("x".into()).probe_delay,
+            FIRST_PROBE * 2,
+            "a failed probe doubles"
+        );
         assert!(l.resume());
         assert!(l.paused().is_none());
     }
