@@ -437,13 +437,12 @@ async fn a_paused_provider_is_probed_with_backoff_and_resumes_when_fixed() {
             .map(|c| c.at_ms)
             .collect()
     };
+    // Probes back off (30 s, 60 s, 120 s, ...; the exact doubling is `lane`'s unit test). Here,
+    // on a clock that idle workers push ahead, check the effect: after ~8 minutes of paused time
+    // only a handful of calls were refused (the ones on the wire when it paused, and the probes).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while refused(&w)
-        .windows(2)
-        .filter(|p| p[1] - p[0] > 1_000)
-        .count()
-        < 3
-    {
+    let span = |at: &[i64]| at.last().copied().unwrap_or(0) - at.first().copied().unwrap_or(0);
+    while span(&refused(&w)) < 450_000 {
         assert!(
             std::time::Instant::now() < deadline,
             "no probes: {:?}",
@@ -451,17 +450,15 @@ async fn a_paused_provider_is_probed_with_backoff_and_resumes_when_fixed() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Calls already on the wire when the lane paused fail together; the probes follow.
     let at = refused(&w);
-    let gaps: Vec<i64> = at
-        .windows(2)
-        .map(|p| p[1] - p[0])
-        .filter(|g| *g > 1_000)
-        .collect();
+    let biggest_gap = at.windows(2).map(|x| x[1] - x[0]).max().unwrap_or(0);
     assert!(
-        gaps[0] >= 30_000 && gaps[1] >= 60_000 && gaps[2] >= 120_000,
-        "probe gaps double from 30 s: {gaps:?}"
+        at.len() <= 3 + 5,
+        "{} refused calls in {} s is not backing off: {at:?}",
+        at.len(),
+        span(&at) / 1000
     );
+    assert!(biggest_gap >= 120_000, "the probe delay grew: {at:?}");
     // KooSearch kept working meanwhile
     assert!(
         w.targeted
