@@ -2,95 +2,14 @@
 //! KooSearch casings, IAM token refresh ahead of expiry and on 401, concurrent batches sharing one
 //! refresh, and no secret in any log line or error.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use forgetd::clock::{Clock, ManualClock, SharedClock};
-use forgetd::config::{
-    ConvaiConfig, IamConfig, KooSearchAuth, KooSearchConfig, ProviderLimits, SecretRef,
-};
 use forgetd::model::ProviderKind;
-use forgetd::providers::convai::ConvaiClient;
-use forgetd::providers::koosearch::KooSearchClient;
-use forgetd::providers::{Action, DeleteBatch, DeleteOutcome, Presence, Provider};
-use forgetd::simulator::{self, Faults, Simulator};
+use forgetd::providers::{Action, DeleteOutcome, Presence, Provider};
+use forgetd::simulator::{self, Faults};
 
-const APP: &str = "app-1";
-
-struct Env {
-    sim: Simulator,
-    clock: ManualClock,
-    _dir: tempfile::TempDir,
-    convai: ConvaiClient,
-    koo: Arc<KooSearchClient>,
-}
-
-async fn env(faults: Faults, timeout: Duration) -> Env {
-    let clock = ManualClock::new(1_800_000_000_000);
-    let shared: SharedClock = Arc::new(clock.clone());
-    let sim = Simulator::start(shared.clone(), faults, 42).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("k"), simulator::CONVAI_KEY).unwrap();
-    std::fs::write(dir.path().join("p"), simulator::IAM_PASSWORD).unwrap();
-    let limits = ProviderLimits {
-        batch_size: 100,
-        concurrency: 4,
-        requests_per_second: None,
-        timeout,
-    };
-    let convai = ConvaiClient::new(&ConvaiConfig {
-        base_url: sim.convai_url.parse().unwrap(),
-        api_key: SecretRef::File(dir.path().join("k")),
-        limits: limits.clone(),
-    })
-    .unwrap();
-    let koo = Arc::new(
-        KooSearchClient::new(
-            &KooSearchConfig {
-                endpoint: sim.koosearch_url.parse().unwrap(),
-                project_id: simulator::PROJECT_ID.into(),
-                applications: vec![APP.into()],
-                discover_by_user_name: true,
-                auth: KooSearchAuth::Iam(IamConfig {
-                    endpoint: sim.iam_url.parse().unwrap(),
-                    domain: simulator::IAM_DOMAIN.into(),
-                    user: simulator::IAM_USER.into(),
-                    password: SecretRef::File(dir.path().join("p")),
-                    project: simulator::IAM_PROJECT.into(),
-                }),
-                limits,
-            },
-            shared,
-        )
-        .unwrap(),
-    );
-    for i in 0..10 {
-        sim.add_convai_chat("char", &format!("s{i}"), 1_700_000_000);
-        sim.add_koosearch_chat(APP, &format!("k{i}"), Some("alice"), None, 1_700_000_000);
-    }
-    Env {
-        sim,
-        clock,
-        _dir: dir,
-        convai,
-        koo,
-    }
-}
-
-fn b(scope: &str, ids: &[&str]) -> DeleteBatch {
-    DeleteBatch {
-        scope: scope.into(),
-        repo_id: None,
-        ids: ids.iter().map(|s| s.to_string()).collect(),
-    }
-}
-
-fn token_calls(sim: &Simulator) -> usize {
-    sim.calls()
-        .iter()
-        .filter(|c| c.op == "token" && c.status == 201)
-        .count()
-}
+mod sim_clients;
+use sim_clients::*;
 
 #[tokio::test]
 async fn success_and_already_deleted_ids() {
@@ -352,77 +271,4 @@ async fn concurrent_batches_share_one_refresh() {
     e.sim.expire_tokens();
     run(16..32).await;
     assert_eq!(token_calls(&e.sim), 2, "16 concurrent 401s, one refresh");
-}
-
-/// A writer that keeps every log line.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[tokio::test]
-async fn no_secret_appears_in_any_log_line_or_error() {
-    let logs = Captured::default();
-    let w = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || w.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let e = env(Faults::default(), Duration::from_millis(300)).await;
-    let mut errors = Vec::new();
-    e.koo.delete(&b(APP, &["k1"])).await.unwrap();
-    e.sim.expire_tokens();
-    e.koo.delete(&b(APP, &["k2"])).await.unwrap();
-    for faults in [
-        Faults {
-            auth_fail: [ProviderKind::Convai, ProviderKind::KooSearch].into(),
-            ..Faults::default()
-        },
-        Faults {
-            malformed_rate: 1.0,
-            ..Faults::default()
-        },
-        Faults {
-            bad_ids: ["k3".to_string(), "s3".to_string()].into(),
-            ..Faults::default()
-        },
-    ] {
-        e.sim.set_faults(faults);
-        errors.push(e.convai.delete(&b("char", &["s3"])).await.unwrap_err());
-        errors.push(e.koo.delete(&b(APP, &["k3"])).await.unwrap_err());
-    }
-    let mut tokens = e.sim.issued_tokens();
-    tokens.push("MII".into()); // every simulator token starts so
-    let text = format!(
-        "{}\n{}\n{:?}\n{:?}",
-        String::from_utf8_lossy(&logs.0.lock().unwrap()),
-        errors
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("\n"),
-        errors,
-        (&e.convai, &e.koo)
-    );
-    assert!(
-        text.contains("fetched an IAM token"),
-        "the capture works: {text}"
-    );
-    for secret in [simulator::CONVAI_KEY, simulator::IAM_PASSWORD]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(tokens)
-    {
-        assert!(!text.contains(&secret), "secret {secret:?} leaked:\n{text}");
-    }
-    let _ = e.clock.now_ms();
 }
