@@ -6,12 +6,23 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`config`] | the TOML file, validated into typed values; secret references |
+//! | [`config`] | the TOML file, validated into typed values before anything runs; secret references |
 //! | [`model`] | shared nouns: providers, chat keys, request states |
-//! | [`clock`] | injected time (real, or manual for tests) |
-//! | [`store`] | the SQLite file: schema, migrations, queue state machine, daemon lock |
-//! | [`scheduler`] | cron schedules of retention rules |
-//! | [`cli`] | the command line (`forgetd ...`), exit codes |
+//! | [`clock`] | injected time (real, or manual for tests: sleeping on it advances it) |
+//! | [`store`] | the SQLite file: schema and migrations, the work-item state machine and batch claims, requests, inventory and import, holds, rules, status, the daemon lock |
+//! | [`resolve`] | erasure requests and retention rules to work items: discovery at the providers, holds, the ceiling, `plan` |
+//! | [`providers`] | one trait; `convai/` and `koosearch/` (with the IAM token lifecycle) behind it; HTTP plumbing |
+//! | [`executor`] | deleting: lane workers, batching, retry and backoff, rate limits and throttling, pauses |
+//! | [`scheduler`] | cron schedules of retention rules, DST-correct, on the injected clock |
+//! | [`daemon`] | `run` and `run --once`: start-up checks, intake, signals, systemd notify, shutdown |
+//! | [`audit`] | the hash-chained audit trail, its verification, the subject key |
+//! | [`certificate`] | the certificate of erasure built from the audit trail |
+//! | [`metrics`] | Prometheus `/metrics` and `/healthz` |
+//! | [`simulator`] | Convai, KooSearch and IAM on loopback, with fault injection (tests, `demo`, `bench`) |
+//! | [`demo`] | `forgetd demo` |
+//! | [`bench`] | `forgetd bench` |
+//! | [`cli`] | the command line, exit codes; [`report`] renders its human output |
+//! | [`logging`] | tracing-subscriber set-up (terminal, journald, JSON) |
 //!
 //! `main.rs` only calls [`cli::main`].
 

@@ -286,8 +286,8 @@ impl Resolver {
         Ok((done, failures))
     }
 
-    /// Asks each provider that can list by person for the subject's chats.
-    async fn discover(
+    /// Asks each provider that can list by person for the subject's chats (also `plan`'s path).
+    pub async fn discover(
         &self,
         req: &Received,
         patience: Patience,

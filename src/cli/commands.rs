@@ -203,23 +203,18 @@ fn plan(
             store.plan_rule(&row, &found, now, deadline)?
         } else {
             let subject = subject.expect("clap requires --subject or --rule");
-            let mut found = Vec::new();
-            for p in &providers {
-                for scope in p.subject_scopes() {
-                    let kind = p.kind();
-                    let mut sink = |c: crate::providers::ListedChat| {
-                        found.push(NewSession {
-                            provider: kind.as_str().into(),
-                            scope: c.scope,
-                            session_id: c.session_id,
-                            subject: Some(subject.clone()),
-                            repo_id: c.repo_id,
-                            created_at: c.created_at,
-                        })
-                    };
-                    p.list_subject(&scope, &subject, &mut sink).await?;
-                }
-            }
+            // The discovery a real resolution does, retries included.
+            let resolver = resolver_for(&config, &store, providers, clock.clone())?;
+            let probe = crate::resolve::Received {
+                id: 0,
+                subject: subject.clone(),
+                external_ref: None,
+                received_at: now,
+                due_at: None,
+            };
+            let found = resolver
+                .discover(&probe, crate::resolve::Patience::Full)
+                .await?;
             store.plan_subject(&subject, &found, now, deadline)?
         };
         if json {
