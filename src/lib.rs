@@ -20,7 +20,7 @@
 //! | [`metrics`] | Prometheus `/metrics` and `/healthz` |
 //! | [`simulator`] | Convai, KooSearch and IAM on loopback, with fault injection (tests, `demo`, `bench`) |
 //! | [`demo`] | `forgetd demo` |
-//! | [`bench`] | `forgetd bench` |
+//! | [`mod@bench`] | `forgetd bench` |
 //! | [`cli`] | the command line, exit codes; [`report`] renders its human output |
 //! | [`logging`] | tracing-subscriber set-up (terminal, journald, JSON) |
 //!

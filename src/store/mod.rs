@@ -110,7 +110,7 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// The message SQLite attached to a constraint failure ("CHECK constraint failed: <name>", a
+/// The message SQLite attached to a constraint failure ("CHECK constraint failed: `<name>`", a
 /// trigger's text, "UNIQUE constraint failed: ...").
 pub fn constraint_message(e: &rusqlite::Error) -> String {
     match e {
