@@ -522,7 +522,7 @@ impl Config {
     }
 
     /// Reads every secret the config names, so that a missing one fails start-up (exit 78) rather
-    /// than the first delete. Returns the first failure; `check-config` reports them all.
+    /// than the first delete. Returns every failure, so `check-config` and start-up report them all at once.
     pub fn check_secrets(&self) -> Vec<SecretError> {
         self.secret_refs()
             .into_iter()

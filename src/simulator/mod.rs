@@ -159,8 +159,13 @@ impl Drop for Simulator {
 }
 
 async fn serve(router: axum::Router, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+    use axum::serve::ListenerExt;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
+    // As production servers do: no Nagle delay on small answers.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
