@@ -506,6 +506,11 @@ fn report_text(r: &DemoReport) -> String {
         "\nThe database is left at {} for you to inspect:",
         r.database
     );
+    // As the user invoked us (target/release/forgetd under `cargo run`), else plain `forgetd`.
+    let exe = std::env::args()
+        .next()
+        .filter(|a| a.contains('/'))
+        .unwrap_or_else(|| "forgetd".into());
     for cmd in [
         "status",
         "requests list",
@@ -514,7 +519,7 @@ fn report_text(r: &DemoReport) -> String {
         "audit verify",
         "audit export --request 1",
     ] {
-        let _ = writeln!(o, "  forgetd --db {} {cmd}", r.database);
+        let _ = writeln!(o, "  {exe} --db {} {cmd}", r.database);
     }
     o
 }
