@@ -60,7 +60,10 @@ pub struct OnceReport {
     pub in_flight: u64,
     pub dead: u64,
     pub held: u64,
+    /// Why the run exits 1: items pending, in flight or dead, a paused provider, a failure.
     pub problems: Vec<String>,
+    /// Worth saying, but no reason to fail (a rule held by its ceiling, a rule of an unconfigured provider).
+    pub warnings: Vec<String>,
 }
 
 impl OnceReport {
@@ -160,8 +163,8 @@ pub async fn run_once(p: &Prepared) -> Result<OnceReport> {
     let rules = p.store.call(|s| s.list_rules()).await?;
     for rule in rules {
         if !p.config.providers().contains(&rule.provider) {
-            report.problems.push(format!(
-                "rule {} names provider {}, which is not configured",
+            report.warnings.push(format!(
+                "rule {} names provider {}, which is not configured; it did not run",
                 rule.name, rule.provider
             ));
             continue;
@@ -169,7 +172,8 @@ pub async fn run_once(p: &Prepared) -> Result<OnceReport> {
         match p.resolver.run_rule(&rule, Patience::Full).await {
             Ok(run) => {
                 if run.awaiting_approval {
-                    report.problems.push(format!(
+                    // Nothing was queued, so nothing is pending: a warning, not a failure.
+                    report.warnings.push(format!(
                         "rule {} matched {} chats, more than its max_deletions ({}): nothing queued until `forgetd rules approve {}`",
                         rule.name, run.matched, rule.max_deletions, rule.name
                     ));

@@ -345,9 +345,13 @@ async fn rule_age_boundary_and_the_ceiling_that_stops_a_runaway_rule() {
     assert_eq!(v["rule"]["awaiting_approval"], true);
     assert!(v["notes"][0].as_str().unwrap().contains("max_deletions"));
     let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "run", "--once"]);
-    assert_eq!(code(&o), 1, "a held rule run is reported");
+    assert_eq!(
+        code(&o),
+        0,
+        "nothing pending, in flight or dead: the SPEC's success"
+    );
     assert!(
-        stderr(&o).contains("rules approve ten-days"),
+        stderr(&o).contains("warning") && stderr(&o).contains("rules approve ten-days"),
         "{}",
         stderr(&o)
     );

@@ -154,6 +154,9 @@ fn run(
                 report.dead,
                 report.pending
             );
+            for w in &report.warnings {
+                eprintln!("forgetd: warning: {w}");
+            }
             if report.clean() {
                 Ok(ExitCode::SUCCESS)
             } else {
