@@ -75,7 +75,6 @@ fn id(prefix: &str, n: usize) -> String {
 }
 
 pub async fn run(opts: DemoOptions) -> Result<ExitCode> {
-    crate::logging::init_daemon();
     let started = Instant::now();
     let clock: SharedClock = Arc::new(SystemClock);
     let now = clock.now();

@@ -17,9 +17,11 @@ fn filter(default: &str) -> EnvFilter {
 fn install(default: &str) {
     let json = std::env::var("FORGETD_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(default))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = if json {
         builder.json().with_current_span(true).try_init()
@@ -30,12 +32,12 @@ fn install(default: &str) {
     };
 }
 
-/// For short CLI commands: warnings and errors only unless asked.
+/// For short CLI commands: warnings and errors only unless asked. Call once, before anything logs.
 pub fn init_cli() {
     install("warn");
 }
 
-/// For the daemon and demo.
+/// For the daemon and the benchmarks.
 pub fn init_daemon() {
     install("info");
 }

@@ -138,7 +138,6 @@ fn run(
     config_path: Option<std::path::PathBuf>,
     db_override: Option<std::path::PathBuf>,
 ) -> Result<ExitCode> {
-    crate::logging::init_daemon();
     let rt = runtime()?;
     rt.block_on(async move {
         let clock: crate::clock::SharedClock = std::sync::Arc::new(SystemClock);

@@ -281,7 +281,12 @@ pub fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::logging::init_cli();
+    // The daemon says what it does; other commands (the demo's output is its report) speak only
+    // of trouble unless FORGETD_LOG asks for more.
+    match cli.command {
+        Command::Run { .. } | Command::Bench { .. } => crate::logging::init_daemon(),
+        _ => crate::logging::init_cli(),
+    }
     match commands::dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
