@@ -118,7 +118,7 @@ async fn ready_then_plain_sql_request_is_carried_out_then_sigterm_stops_cleanly(
     let cfg = sim_config(&s, &sim, &["app-1"], "");
     seed_inventory(&s);
     let mut n = Notify::new(&s, "notify.sock");
-    let mut child = daemon(&cfg, Some(&n));
+    let child = daemon(&cfg, Some(&n));
     assert!(n.wait_for("READY=1").await, "no READY=1; saw {:?}", n.seen);
 
     let o =
@@ -146,11 +146,18 @@ async fn ready_then_plain_sql_request_is_carried_out_then_sigterm_stops_cleanly(
         "no STOPPING=1; saw {:?}",
         n.seen
     );
-    let status = tokio::time::timeout(WAIT, child.wait())
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(0));
+    // The daemon logs at info by default, each line about a request carrying its id.
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("resolved erasure request") && log.contains("request=1"),
+        "{log}"
+    );
+    assert!(!log.contains('\u{1b}'), "no colour codes off a terminal");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
