@@ -482,3 +482,95 @@ async fn a_paused_provider_is_probed_with_backoff_and_resumes_when_fixed() {
     task.await.unwrap().unwrap();
     check_safe(&w);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_placed_after_a_batch_was_claimed_still_keeps_it_from_being_sent() {
+    use forgetd::store::holds::HoldTarget;
+    let w = world(
+        Faults {
+            latency: Duration::from_millis(150),
+            ..Faults::default()
+        },
+        0,
+    )
+    .await;
+    for i in 1..=3 {
+        w.sim
+            .add_convai_chat("char-h", &format!("h{i}"), 1_700_000_000);
+        Store::open(&w.dir.path().join("forgetd.db"))
+            .unwrap()
+            .add_session(&NewSession {
+                provider: "convai".into(),
+                scope: "char-h".into(),
+                session_id: format!("h{i}"),
+                subject: Some("hana".into()),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    Store::open(&w.dir.path().join("forgetd.db"))
+        .unwrap()
+        .file_request("hana", Some("H"), 1_800_000_000, 86_400)
+        .unwrap();
+    let mut c = config(&w);
+    c.koosearch = None;
+    let limits = &mut c.convai.as_mut().unwrap().limits;
+    limits.batch_size = 1;
+    limits.concurrency = 1;
+    let prepared = forgetd::daemon::prepare(c, Arc::new(w.clock.clone())).unwrap();
+    let run = tokio::spawn(async move { forgetd::daemon::run_once(&prepared).await.unwrap() });
+    // With one slot, two chats in flight means one is on the wire and the other (the later batch)
+    // was claimed ahead. Hold that one and every chat still pending.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut s = Store::open(&w.dir.path().join("forgetd.db")).unwrap();
+    let others: Vec<String> = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw a batch claimed ahead"
+        );
+        let rows: Vec<(String, String, Option<i64>)> = s
+            .connection()
+            .prepare("SELECT session_id, state, batch_id FROM work_items ORDER BY batch_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let in_flight: Vec<&(String, String, Option<i64>)> =
+            rows.iter().filter(|r| r.1 == "in_flight").collect();
+        if in_flight.len() == 2 {
+            let ahead = in_flight.iter().max_by_key(|r| r.2).unwrap().0.clone();
+            let mut v: Vec<String> = rows
+                .iter()
+                .filter(|r| r.1 == "pending")
+                .map(|r| r.0.clone())
+                .collect();
+            v.push(ahead);
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    for id in &others {
+        s.add_hold(
+            &HoldTarget::Chat(forgetd::model::ChatKey {
+                provider: ProviderKind::Convai,
+                scope: "char-h".into(),
+                session_id: id.clone(),
+            }),
+            "late hold",
+            1,
+        )
+        .unwrap();
+    }
+    let report = run.await.unwrap();
+    assert!(report.clean(), "{:?}", report.problems);
+    let named = w.sim.named_in_deletes();
+    for id in &others {
+        assert!(
+            !named.contains(&(ProviderKind::Convai, "char-h".to_string(), id.clone())),
+            "{id} was sent despite its hold"
+        );
+        assert!(w.sim.exists(ProviderKind::Convai, "char-h", id));
+    }
+    assert_eq!(report.held as usize, others.len());
+}

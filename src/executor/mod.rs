@@ -509,12 +509,28 @@ impl Executor {
     {
         Box::pin(async move {
             let kind = provider.kind();
+            lane.ready().await;
+            // A legal hold placed since the claim (a batch can wait out a Retry-After) wins: its
+            // chats are released, not sent, and become held when the answer is recorded.
+            let bid = batch.batch_id;
+            let held = self.store.call(move |s| s.held_in_batch(bid)).await?;
+            let (items, kept): (Vec<ClaimedItem>, Vec<ClaimedItem>) =
+                items.into_iter().partition(|i| !held.contains(&i.id));
+            if !kept.is_empty() {
+                summary.push(format!(
+                    "{} not sent: a legal hold now covers them",
+                    kept.len()
+                ));
+                outcomes.extend(kept.iter().map(|i| (i.id, ItemOutcome::Release)));
+            }
+            if items.is_empty() {
+                return Ok(());
+            }
             let request = DeleteBatch {
                 scope: batch.scope.clone(),
                 repo_id: batch.repo_id.clone(),
                 ids: items.iter().map(|i| i.session_id.clone()).collect(),
             };
-            lane.ready().await;
             self.stats.lock().unwrap().calls += 1;
             let started = std::time::Instant::now();
             let result = provider.delete(&request).await;

@@ -65,6 +65,25 @@ pub(crate) fn apply_holds(tx: &Transaction<'_>, only: Option<&[i64]>) -> Result<
 }
 
 impl Store {
+    /// Items of an in-flight batch that an active hold now covers (checked right before sending).
+    pub fn held_in_batch(&self, batch_id: i64) -> Result<Vec<i64>> {
+        let any: bool = self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM holds WHERE removed_at IS NULL)")?
+            .query_row([], |r| r.get(0))?;
+        if !any {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT w.id FROM work_items w WHERE w.batch_id = ?1 AND w.state = 'in_flight'
+               AND EXISTS (SELECT 1 FROM item_holds c WHERE c.item_id = w.id)",
+        )?;
+        let ids = stmt
+            .query_map([batch_id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(ids)
+    }
+
     /// Places a hold; returns its id and the items it took out of the queue.
     pub fn add_hold(
         &mut self,
