@@ -47,6 +47,10 @@ use retry::{Next, RetryPolicy};
 /// through [`Executor::wake`]).
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
+/// A batch older than this (wall time) is checked against legal holds right before it is sent:
+/// a hold placed at least this long before a call starts always keeps its chats out of it.
+pub const HOLD_RECHECK_AFTER: Duration = Duration::from_millis(100);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Drain everything, waiting out backoffs, then return.
@@ -510,10 +514,15 @@ impl Executor {
         Box::pin(async move {
             let kind = provider.kind();
             lane.ready().await;
-            // A legal hold placed since the claim (a batch can wait out a Retry-After) wins: its
-            // chats are released, not sent, and become held when the answer is recorded.
-            let bid = batch.batch_id;
-            let held = self.store.call(move |s| s.held_in_batch(bid)).await?;
+            // A legal hold placed since the claim wins: its chats are released, not sent, and
+            // become held when the answer is recorded. Claims already skip held chats; a batch that
+            // waited (claimed ahead, a Retry-After, a long call before it) is checked again here.
+            let held = if batch.claimed_at.elapsed() >= HOLD_RECHECK_AFTER {
+                let bid = batch.batch_id;
+                self.store.call(move |s| s.held_in_batch(bid)).await?
+            } else {
+                Vec::new()
+            };
             let (items, kept): (Vec<ClaimedItem>, Vec<ClaimedItem>) =
                 items.into_iter().partition(|i| !held.contains(&i.id));
             if !kept.is_empty() {

@@ -131,6 +131,8 @@ pub struct ClaimedBatch {
     pub scope: String,
     pub repo_id: Option<String>,
     pub items: Vec<ClaimedItem>,
+    /// Wall-clock moment of the claim: a batch that waited is checked against new holds.
+    pub claimed_at: std::time::Instant,
 }
 
 /// What the executor decided for one item of a batch.
@@ -420,6 +422,7 @@ fn claim_in(
         scope,
         repo_id,
         items,
+        claimed_at: std::time::Instant::now(),
     }))
 }
 
