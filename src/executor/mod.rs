@@ -1,10 +1,13 @@
 //! The executor: pending work items become confirmed deletions, in batches, politely, without
 //! losing or double-counting an item.
 //!
-//! Per provider, one lane loop ([`Executor::run`]) claims the most urgent due group of items
-//! (earliest due date first, one scope and knowledge base per batch, at most the provider's batch
-//! size), waits for a concurrency slot and the rate limit ([`lane`]), sends the delete, and applies
-//! the answer to every item in one store transaction together with its audit event:
+//! Per provider, a lane of `concurrency` workers ([`Executor::run`]). Each worker claims the most
+//! urgent due group of items (earliest due date first, one scope and knowledge base per batch, at
+//! most the provider's batch size), waits for a concurrency slot and the rate limit ([`lane`]),
+//! sends the delete, and applies the answer to every item in one store transaction together with
+//! its audit event. While one batch is on the wire the worker claims its next, and it records an
+//! answer in the background while the next call goes out, so the provider never waits on the
+//! database (docs/BENCHMARKS.md has the figures).
 //!
 //! | answer | items |
 //! |---|---|
@@ -17,7 +20,9 @@
 //!
 //! Rules: IDs the provider can never accept go dead before sending. A batch's items stay in flight
 //! under a lease until the answer is stored, so a crash sends them again (deletes are idempotent).
-//! Items sent back to pending are checked against legal holds before they can be claimed again.
+//! Items sent back to pending are checked against legal holds before they can be claimed again,
+//! and a batch that waited [`HOLD_RECHECK_AFTER`] or more since its claim is checked right before
+//! its call.
 //! Time (backoff, Retry-After, probes) is the injected clock's.
 
 pub mod lane;
