@@ -145,6 +145,8 @@ pub enum ConfigError {
     Invalid { path: String, problems: Vec<String> },
     #[error("{0}")]
     Secret(#[from] SecretError),
+    #[error("the audit subject key: {0}")]
+    SubjectKey(#[source] crate::audit::KeyError),
     #[error("{0}")]
     Other(String),
 }

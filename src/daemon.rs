@@ -122,8 +122,7 @@ pub fn prepare(config: Config, clock: SharedClock) -> Result<Prepared> {
         None,
         &serde_json::json!({"source": config.source, "rules_changed": changed, "rules_removed": removed}),
     )?;
-    let key = SubjectKey::load(&config)
-        .map_err(|e| ConfigError::Other(format!("audit subject key: {e}")))?;
+    let key = SubjectKey::load(&config).map_err(ConfigError::SubjectKey)?;
     let providers = crate::providers::build(&config, clock.clone()).map_err(|e| match e {
         crate::providers::BuildError::Secret(s) => anyhow::Error::from(ConfigError::Secret(s)),
         other => anyhow::Error::from(other),

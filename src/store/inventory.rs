@@ -39,7 +39,13 @@ pub enum ImportError {
     #[error("reading the import: {0}")]
     Io(#[from] std::io::Error),
     #[error("line {line}: {message}; nothing was imported")]
-    Line { line: u64, message: String },
+    Line {
+        line: u64,
+        message: String,
+        /// The parser's own error, when one said what is wrong.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     #[error("line {line}: {source}; nothing was imported")]
     Row {
         line: u64,
@@ -144,6 +150,7 @@ impl Store {
                 let text = std::str::from_utf8(&raw).map_err(|e| ImportError::Line {
                     line,
                     message: format!("not valid UTF-8 ({e})"),
+                    source: Some(Box::new(e)),
                 })?;
                 if text.trim().is_empty() {
                     continue;
@@ -152,6 +159,7 @@ impl Store {
                     serde_json::from_str(text).map_err(|e| ImportError::Line {
                         line,
                         message: format!("not a sessions object ({e})"),
+                        source: Some(Box::new(e)),
                     })?;
                 record(line, row, &mut report)?;
                 if line.is_multiple_of(10_000) {
@@ -166,6 +174,7 @@ impl Store {
             let header = csv.byte_headers().map_err(|e| ImportError::Line {
                 line: 1,
                 message: format!("unreadable CSV header ({e})"),
+                source: Some(Box::new(e)),
             })?;
             let mut columns = Vec::new();
             for name in header.iter() {
@@ -177,12 +186,14 @@ impl Store {
                             "unknown column \"{name}\" in the header (columns: {})",
                             COLUMNS.join(", ")
                         ),
+                        source: None,
                     });
                 }
                 if columns.contains(&name) {
                     return Err(ImportError::Line {
                         line: 1,
                         message: format!("column \"{name}\" appears twice in the header"),
+                        source: None,
                     });
                 }
                 columns.push(name);
@@ -192,6 +203,7 @@ impl Store {
                     return Err(ImportError::Line {
                         line: 1,
                         message: format!("the header has no \"{required}\" column"),
+                        source: None,
                     });
                 }
             }
@@ -202,6 +214,7 @@ impl Store {
                     .map_err(|e| ImportError::Line {
                         line: e.position().map(|p| p.line()).unwrap_or(0),
                         message: format!("malformed CSV ({e})"),
+                        source: Some(Box::new(e)),
                     })?;
                 if !more {
                     break;
@@ -216,6 +229,7 @@ impl Store {
                     let text = std::str::from_utf8(field).map_err(|e| ImportError::Line {
                         line,
                         message: format!("column {name} is not valid UTF-8 ({e})"),
+                        source: Some(Box::new(e)),
                     })?;
                     let value = (!text.is_empty()).then(|| text.to_string());
                     match name.as_str() {
@@ -231,6 +245,7 @@ impl Store {
                                     ImportError::Line {
                                         line,
                                         message: format!("created_at \"{v}\" is not unix seconds"),
+                                        source: None,
                                     }
                                 })?),
                             }

@@ -188,13 +188,9 @@ impl IamTokens {
                 .with_status(status.as_u16())
             })?;
         let info: TokenBody = serde_json::from_slice(&answer).map_err(|e| {
-            ProviderError::new(
-                KIND,
-                op,
-                Action::Retry,
-                format!("IAM token body unreadable ({e})"),
-            )
-            .with_status(status.as_u16())
+            ProviderError::new(KIND, op, Action::Retry, "IAM token body unreadable")
+                .with_status(status.as_u16())
+                .with_source(e)
         })?;
         let expires_ms = chrono::DateTime::parse_from_rfc3339(&info.token.expires_at)
             .map(|t| t.timestamp_millis())
@@ -203,12 +199,10 @@ impl IamTokens {
                     KIND,
                     op,
                     Action::Retry,
-                    format!(
-                        "IAM expires_at \"{}\" unreadable ({e})",
-                        info.token.expires_at
-                    ),
+                    format!("IAM expires_at \"{}\" unreadable", info.token.expires_at),
                 )
                 .with_status(status.as_u16())
+                .with_source(e)
             })?;
         let life = (expires_ms - now_ms).max(0);
         let refresh_at_ms = expires_ms - (life / 10).min(MAX_EARLY_MS);
