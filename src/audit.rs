@@ -228,6 +228,18 @@ impl SubjectKey {
 }
 
 impl Store {
+    /// The last event's sequence number and hash, if any.
+    pub fn audit_head(&self) -> Result<Option<(i64, String)>> {
+        Ok(self
+            .connection()
+            .query_row(
+                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
     /// Appends one event in its own transaction (for callers outside a larger write).
     pub fn audit(
         &mut self,

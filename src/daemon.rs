@@ -38,6 +38,8 @@ use crate::store::{AsyncStore, Store};
 
 const INTAKE_POLL: Duration = Duration::from_millis(250);
 const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// How often overdue requests are logged and the audit chain's head is written to the journal.
+const REPORT_EVERY: Duration = Duration::from_secs(300);
 /// How often requests whose discovery failed are tried again.
 const RESOLVE_RETRY: Duration = Duration::from_secs(30);
 
@@ -303,6 +305,8 @@ pub async fn run_forever(p: Prepared, options: RunOptions, clock: SharedClock) -
     let mut unresolved = false;
     let mut last_retry = std::time::Instant::now();
     let mut last_status = std::time::Instant::now() - STATUS_EVERY;
+    let mut last_report = std::time::Instant::now() - REPORT_EVERY;
+    let mut last_head: Option<(i64, String)> = None;
     let mut current = config;
     loop {
         tokio::select! {
@@ -344,8 +348,20 @@ pub async fn run_forever(p: Prepared, options: RunOptions, clock: SharedClock) -
                     let st = store.call(move |s| s.status(now, d)).await?;
                     let line = status_line(&st);
                     notify(&[sd_notify::NotifyState::Status(&line)]);
-                    for o in &st.overdue {
-                        tracing::warn!(request = o.id, due_at = o.due_at, "erasure request is overdue");
+                    if last_report.elapsed() >= REPORT_EVERY {
+                        last_report = std::time::Instant::now();
+                        for o in &st.overdue {
+                            tracing::warn!(request = o.id, due_at = o.due_at, "erasure request is overdue");
+                        }
+                        // The journal keeps the chain's head outside the database: rewriting the
+                        // trail after this line would no longer match it.
+                        let head = store.call(|s| s.audit_head()).await?;
+                        if head.is_some() && head != last_head {
+                            if let Some((seq, hash)) = &head {
+                                tracing::info!(audit_seq = seq, audit_hash = %hash, "audit chain head");
+                            }
+                            last_head = head;
+                        }
                     }
                 }
             }

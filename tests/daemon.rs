@@ -158,6 +158,10 @@ async fn ready_then_plain_sql_request_is_carried_out_then_sigterm_stops_cleanly(
         "{log}"
     );
     assert!(!log.contains('\u{1b}'), "no colour codes off a terminal");
+    assert!(
+        log.contains("audit chain head") && log.contains("audit_hash="),
+        "the head is anchored in the journal: {log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
