@@ -141,8 +141,8 @@ pub fn request_detail_text(d: &RequestDetail, now: i64) -> String {
             "    {}/{}/{}  {}",
             i.provider, i.scope, i.session_id, i.state
         );
-        if let Some(out) = &i.outcome {
-            let _ = write!(line, " ({out})");
+        if let Some(out) = i.outcome.as_deref().filter(|o| *o != i.state) {
+            let _ = write!(line, " ({})", out.replace('_', " "));
         }
         if let Some(reason) = &i.hold_reason {
             let _ = write!(line, " hold {}: {reason}", i.hold_id.unwrap_or(0));
@@ -165,9 +165,12 @@ pub fn rules_text(list: &[RuleRow]) -> String {
     for r in list {
         let _ = writeln!(
             o,
-            "{} ({:?}): {} scope {} older than {}, schedule \"{}\" {}{}, ceiling {}{}",
+            "{} (from {}): {} scope {} older than {}, schedule \"{}\" {}{}, ceiling {}{}",
             r.name,
-            r.origin,
+            match r.origin {
+                crate::store::rules::RuleOrigin::Config => "the config file",
+                crate::store::rules::RuleOrigin::Cli => "the CLI",
+            },
             r.provider,
             r.scope,
             r.max_age,
@@ -241,4 +244,48 @@ pub fn plan_text(p: &crate::resolve::Plan) -> String {
         let _ = writeln!(o, "note: {n}");
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::status::{DueRequest, PausedProvider};
+
+    #[test]
+    fn status_names_overdue_requests_paused_providers_and_held_rules() {
+        let mut st = Status::default();
+        st.items
+            .entry("convai".into())
+            .or_default()
+            .insert("pending".into(), 3);
+        st.overdue.push(DueRequest {
+            id: 7,
+            external_ref: Some("DSR-7".into()),
+            due_at: 1_000,
+            state: "in_progress".into(),
+        });
+        st.paused_providers.push(PausedProvider {
+            provider: "koosearch".into(),
+            reason: "IAM refused".into(),
+            paused_at: Some(1),
+        });
+        st.rules_awaiting_approval.push("big-rule".into());
+        let text = status_text(&st, 1_000 + 86_400);
+        assert!(text.contains("convai     pending 3"), "{text}");
+        assert!(
+            text.contains("OVERDUE request 7 (ref DSR-7)") && text.contains("1day ago"),
+            "{text}"
+        );
+        assert!(
+            text.contains("PAUSED provider koosearch: IAM refused"),
+            "{text}"
+        );
+        assert!(text.contains("forgetd rules approve big-rule"), "{text}");
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(ago(90), "1m 30s");
+    }
 }
