@@ -531,6 +531,22 @@ impl Config {
             .filter_map(|(_, r)| r.read().err())
             .collect()
     }
+
+    /// [`Config::check_secrets`] as one [`ConfigError`] listing every unreadable secret.
+    pub fn verify_secrets(&self) -> Result<(), ConfigError> {
+        let failures = self.check_secrets();
+        if failures.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid {
+            path: self
+                .source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(defaults)".into()),
+            problems: failures.iter().map(|e| e.to_string()).collect(),
+        })
+    }
 }
 
 /// `daemon.bogus`, `rules[2].nme`: serde_ignored's path without its `?` for options.

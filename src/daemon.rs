@@ -91,18 +91,7 @@ pub fn prepare(config: Config, clock: SharedClock) -> Result<Prepared> {
         )
         .into());
     }
-    let secret_failures = config.check_secrets();
-    if !secret_failures.is_empty() {
-        return Err(ConfigError::Invalid {
-            path: config
-                .source
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            problems: secret_failures.iter().map(|e| e.to_string()).collect(),
-        }
-        .into());
-    }
+    config.verify_secrets()?;
     let mut store = Store::open(&config.database)
         .with_context(|| format!("opening {}", config.database.display()))?;
     store.quick_check()?;
@@ -125,10 +114,7 @@ pub fn prepare(config: Config, clock: SharedClock) -> Result<Prepared> {
         &serde_json::json!({"source": config.source, "rules_changed": changed, "rules_removed": removed}),
     )?;
     let key = SubjectKey::load(&config).map_err(ConfigError::SubjectKey)?;
-    let providers = crate::providers::build(&config, clock.clone()).map_err(|e| match e {
-        crate::providers::BuildError::Secret(s) => anyhow::Error::from(ConfigError::Secret(s)),
-        other => anyhow::Error::from(other),
-    })?;
+    let providers = crate::providers::build(&config, clock.clone())?;
     let store = AsyncStore::spawn(store);
     let executor = Arc::new(Executor::new(
         &config,

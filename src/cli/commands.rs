@@ -11,7 +11,7 @@ use super::{
     UsageError, load_config,
 };
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError, RuleSpec};
+use crate::config::{Config, RuleSpec};
 use crate::model::ChatKey;
 use crate::scheduler::Schedule;
 use crate::store::Store;
@@ -189,12 +189,7 @@ fn plan(
         let providers = if config.providers().is_empty() {
             Vec::new()
         } else {
-            crate::providers::build(&config, clock.clone()).map_err(|e| match e {
-                crate::providers::BuildError::Secret(s) => {
-                    anyhow::Error::from(ConfigError::Secret(s))
-                }
-                other => anyhow::Error::from(other),
-            })?
+            crate::providers::build(&config, clock.clone())?
         };
         let plan = if let Some(name) = rule {
             let row = store.get_rule(&name)?;
@@ -313,18 +308,7 @@ fn parse_time(text: &str) -> Result<i64> {
 }
 
 fn check_config(config: &Config) -> Result<ExitCode> {
-    let failures = config.check_secrets();
-    if !failures.is_empty() {
-        return Err(ConfigError::Invalid {
-            path: config
-                .source
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "(defaults)".into()),
-            problems: failures.iter().map(|e| e.to_string()).collect(),
-        }
-        .into());
-    }
+    config.verify_secrets()?;
     let source = config
         .source
         .as_ref()

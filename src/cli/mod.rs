@@ -251,7 +251,7 @@ pub struct UsageError(pub String);
 /// Maps an error to the SPEC's exit codes by walking its causes.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if cause.is::<ConfigError>() {
+        if cause.is::<ConfigError>() || cause.is::<crate::config::SecretError>() {
             return 78;
         }
         if cause.is::<UsageError>() {

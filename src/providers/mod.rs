@@ -202,7 +202,8 @@ pub type SharedProvider = Arc<dyn Provider>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error(transparent)]
+    /// Keeps the [`SecretError`] in the cause chain, so the CLI maps it to exit 78.
+    #[error("{0}")]
     Secret(#[from] SecretError),
     #[error("building the HTTP client for {provider}: {source}")]
     Http {

@@ -32,6 +32,15 @@ enum Fault {
 }
 
 impl Fault {
+    /// What a delete call's record says happened: a refusal by status, else the fault drawn.
+    fn label_for(self, status: u16) -> &'static str {
+        match status {
+            403 => "disabled",
+            400 => "bad_id",
+            _ => self.label(),
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Self::None => "ok",
@@ -339,13 +348,7 @@ async fn convai_delete(State(st): St, headers: HeaderMap, body: Bytes) -> Respon
         &scope,
         ids.clone(),
         status,
-        if status == 403 {
-            "disabled"
-        } else if status == 400 {
-            "bad_id"
-        } else {
-            fault.label()
-        },
+        fault.label_for(status),
     );
     match status {
         0 => {
@@ -566,11 +569,7 @@ async fn koo_batch(
         &app,
         ids.clone(),
         status,
-        if status == 400 {
-            "bad_id"
-        } else {
-            fault.label()
-        },
+        fault.label_for(status),
     );
     match status {
         0 => {

@@ -209,7 +209,58 @@ impl Store {
         answer: &str,
         audit: Option<&serde_json::Value>,
     ) -> Result<Vec<i64>> {
-        self.write(|tx| finish_in(tx, batch_id, now_ms, outcomes, answer, audit))
+        self.write(|tx| {
+            let now = now_ms.div_euclid(1000);
+            // The requests this batch serves, read while its items still carry the batch id.
+            let requests: Vec<i64> = tx
+                .prepare_cached(
+                    "SELECT DISTINCT ri.request_id FROM work_items w JOIN request_items ri ON ri.item_id = w.id
+                     WHERE w.batch_id = ?1 AND w.state = 'in_flight'",
+                )?
+                .query_map([batch_id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let all_deleted = !outcomes.is_empty()
+                && outcomes.iter().all(|(_, o)| {
+                    *o == ItemOutcome::Deleted {
+                        already_absent: false,
+                    }
+                });
+            let in_flight: i64 = tx
+                .prepare_cached(
+                    "SELECT count(*) FROM work_items WHERE batch_id = ?1 AND state = 'in_flight'",
+                )?
+                .query_row([batch_id], |r| r.get(0))?;
+            let mut returned = Vec::new();
+            if all_deleted && in_flight as usize == outcomes.len() {
+                // The common case, in one statement: the provider confirmed the whole batch.
+                tx.prepare_cached(
+                    "UPDATE work_items SET state = 'deleted', outcome = 'deleted', finished_at = ?2,
+                     lease_expires_ms = NULL, batch_id = NULL WHERE batch_id = ?1 AND state = 'in_flight'",
+                )?
+                .execute(params![batch_id, now])?;
+            } else {
+                for (id, outcome) in outcomes {
+                    apply_outcome(tx, batch_id, *id, now_ms, outcome)?;
+                    if matches!(outcome, ItemOutcome::Retry { .. } | ItemOutcome::Release) {
+                        returned.push(*id);
+                    }
+                }
+            }
+            // A hold placed while these were on the wire applies before they can be claimed again.
+            super::holds::apply_holds(tx, Some(&returned))?;
+            if let Some(data) = audit {
+                crate::audit::append(tx, now, "batch.answered", None, data)?;
+            }
+            tx.prepare_cached("UPDATE batches SET answered_ms = ?2, outcome = ?3 WHERE id = ?1")?
+                .execute(params![batch_id, now_ms, truncate_error(answer)])?;
+            let mut changed = Vec::new();
+            for r in requests {
+                if super::requests::refresh_request(tx, r, now)?.is_some() {
+                    changed.push(r);
+                }
+            }
+            Ok(changed)
+        })
     }
 
     /// Returns items whose lease ran out to pending (their batch never answered).
@@ -295,66 +346,6 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("no work item {id}")))?;
         ItemState::parse(&s).ok_or_else(|| StoreError::Invalid(format!("unknown item state {s}")))
     }
-}
-
-fn finish_in(
-    tx: &Transaction<'_>,
-    batch_id: i64,
-    now_ms: i64,
-    outcomes: &[(i64, ItemOutcome)],
-    answer: &str,
-    audit: Option<&serde_json::Value>,
-) -> Result<Vec<i64>> {
-    let now = now_ms.div_euclid(1000);
-    // The requests this batch serves, read while its items still carry the batch id.
-    let requests: Vec<i64> = tx
-        .prepare_cached(
-            "SELECT DISTINCT ri.request_id FROM work_items w JOIN request_items ri ON ri.item_id = w.id
-             WHERE w.batch_id = ?1 AND w.state = 'in_flight'",
-        )?
-        .query_map([batch_id], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let all_deleted = !outcomes.is_empty()
-        && outcomes.iter().all(|(_, o)| {
-            *o == ItemOutcome::Deleted {
-                already_absent: false,
-            }
-        });
-    let in_flight: i64 = tx
-        .prepare_cached(
-            "SELECT count(*) FROM work_items WHERE batch_id = ?1 AND state = 'in_flight'",
-        )?
-        .query_row([batch_id], |r| r.get(0))?;
-    let mut returned = Vec::new();
-    if all_deleted && in_flight as usize == outcomes.len() {
-        // The common case, in one statement: the provider confirmed the whole batch.
-        tx.prepare_cached(
-            "UPDATE work_items SET state = 'deleted', outcome = 'deleted', finished_at = ?2,
-             lease_expires_ms = NULL, batch_id = NULL WHERE batch_id = ?1 AND state = 'in_flight'",
-        )?
-        .execute(params![batch_id, now])?;
-    } else {
-        for (id, outcome) in outcomes {
-            apply_outcome(tx, batch_id, *id, now_ms, outcome)?;
-            if matches!(outcome, ItemOutcome::Retry { .. } | ItemOutcome::Release) {
-                returned.push(*id);
-            }
-        }
-    }
-    // A hold placed while these were on the wire applies before they can be claimed again.
-    super::holds::apply_holds(tx, Some(&returned))?;
-    if let Some(data) = audit {
-        crate::audit::append(tx, now, "batch.answered", None, data)?;
-    }
-    tx.prepare_cached("UPDATE batches SET answered_ms = ?2, outcome = ?3 WHERE id = ?1")?
-        .execute(params![batch_id, now_ms, truncate_error(answer)])?;
-    let mut changed = Vec::new();
-    for r in requests {
-        if super::requests::refresh_request(tx, r, now)?.is_some() {
-            changed.push(r);
-        }
-    }
-    Ok(changed)
 }
 
 fn claim_in(
