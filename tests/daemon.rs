@@ -68,6 +68,21 @@ fn daemon(cfg: &std::path::Path, notify: Option<&Notify>) -> Child {
     c.spawn().unwrap()
 }
 
+/// Waits for a signalled daemon to exit, asserts it exited 0, and returns its log.
+async fn stopped(child: Child) -> String {
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("the daemon did not stop in time")
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn signal(child: &Child, sig: &str) {
     let pid = child.id().expect("running").to_string();
     let st = std::process::Command::new("kill")
@@ -146,13 +161,8 @@ async fn ready_then_plain_sql_request_is_carried_out_then_sigterm_stops_cleanly(
         "no STOPPING=1; saw {:?}",
         n.seen
     );
-    let out = tokio::time::timeout(WAIT, child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
     // The daemon logs at info by default, each line about a request carrying its id.
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = stopped(child).await;
     assert!(
         log.contains("resolved erasure request") && log.contains("request=1"),
         "{log}"
@@ -170,7 +180,7 @@ async fn a_second_daemon_on_the_same_database_exits_75() {
     let sim = seeded_sim().await;
     let cfg = sim_config(&s, &sim, &["app-1"], "");
     let mut n = Notify::new(&s, "notify.sock");
-    let mut first = daemon(&cfg, Some(&n));
+    let first = daemon(&cfg, Some(&n));
     assert!(n.wait_for("READY=1").await);
     let second = Command::new(BIN)
         .args(["--config", cfg.to_str().unwrap(), "run"])
@@ -188,14 +198,7 @@ async fn a_second_daemon_on_the_same_database_exits_75() {
     let o = s.forgetd(&["erase", "--subject", "zed", "--ref", "Z1"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     signal(&first, "-TERM");
-    assert_eq!(
-        tokio::time::timeout(WAIT, first.wait())
-            .await
-            .unwrap()
-            .unwrap()
-            .code(),
-        Some(0)
-    );
+    stopped(first).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,12 +229,7 @@ async fn sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
     assert!(stdout(&s.forgetd(&["rules", "list", "--json"])).contains("added-by-reload"));
 
     signal(&child, "-TERM");
-    let out = tokio::time::timeout(WAIT, child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = stopped(child).await;
     assert!(
         log.contains("keeping the old one") && log.contains("daemon.not_a_key"),
         "{log}"

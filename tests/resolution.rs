@@ -55,6 +55,23 @@ fn planned(
     (delete, held, v)
 }
 
+/// `forgetd sessions add` for a Convai chat, with any further flags; it must succeed.
+fn add_convai(s: &Scratch, scope: &str, id: &str, more: &[&str]) {
+    let mut args = vec![
+        "sessions",
+        "add",
+        "--provider",
+        "convai",
+        "--scope",
+        scope,
+        "--id",
+        id,
+    ];
+    args.extend_from_slice(more);
+    let o = s.forgetd(&args);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
 fn sent(sim: &Simulator) -> BTreeSet<Chat> {
     sim.named_in_deletes()
         .into_iter()
@@ -210,21 +227,7 @@ async fn a_subject_hold_keeps_every_known_chat_of_that_person() {
     sim.add_convai_chat("c", "x1", 1);
     sim.add_koosearch_chat("app-1", "xk", Some("carol"), None, 1);
     let cfg = sim_config(&s, &sim, &["app-1"], "");
-    assert_eq!(
-        code(&s.forgetd(&[
-            "sessions",
-            "add",
-            "--provider",
-            "convai",
-            "--scope",
-            "c",
-            "--id",
-            "x1",
-            "--subject",
-            "carol"
-        ])),
-        0
-    );
+    add_convai(&s, "c", "x1", &["--subject", "carol"]);
     let o = s.forgetd(&[
         "holds",
         "add",
@@ -282,35 +285,14 @@ async fn rule_age_boundary_and_the_ceiling_that_stops_a_runaway_rule() {
     ];
     for (id, t) in rows {
         sim.add_convai_chat("char-r", id, t);
-        let o = s.forgetd(&[
-            "sessions",
-            "add",
-            "--provider",
-            "convai",
-            "--scope",
-            "char-r",
-            "--id",
-            id,
-            "--created-at",
-            &t.to_string(),
-        ]);
-        assert_eq!(code(&o), 0);
+        add_convai(&s, "char-r", id, &["--created-at", &t.to_string()]);
     }
     sim.add_convai_chat("char-other", "old-1", n - 40 * day); // same ID, other scope: not the rule's
-    assert_eq!(
-        code(&s.forgetd(&[
-            "sessions",
-            "add",
-            "--provider",
-            "convai",
-            "--scope",
-            "char-other",
-            "--id",
-            "old-1",
-            "--created-at",
-            &(n - 40 * day).to_string()
-        ])),
-        0
+    add_convai(
+        &s,
+        "char-other",
+        "old-1",
+        &["--created-at", &(n - 40 * day).to_string()],
     );
 
     let (delete, _, _) = planned(&s, &cfg, &["--rule", "ten-days"]);
@@ -328,18 +310,12 @@ async fn rule_age_boundary_and_the_ceiling_that_stops_a_runaway_rule() {
     for i in 0..3 {
         let id = format!("extra-{i}");
         sim.add_convai_chat("char-r", &id, n - 30 * day);
-        s.forgetd(&[
-            "sessions",
-            "add",
-            "--provider",
-            "convai",
-            "--scope",
+        add_convai(
+            &s,
             "char-r",
-            "--id",
             &id,
-            "--created-at",
-            &(n - 30 * day).to_string(),
-        ]);
+            &["--created-at", &(n - 30 * day).to_string()],
+        );
     }
     let (_, _, v) = planned(&s, &cfg, &["--rule", "ten-days"]);
     assert_eq!(v["rule"]["awaiting_approval"], true);
