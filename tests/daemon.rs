@@ -115,6 +115,14 @@ async fn seeded_sim() -> Simulator {
     sim
 }
 
+/// A scratch directory, the seeded simulator, and a config pointing at it.
+async fn setup() -> (Scratch, Simulator, std::path::PathBuf) {
+    let s = Scratch::new();
+    let sim = seeded_sim().await;
+    let cfg = sim_config(&s, &sim, &["app-1"], "");
+    (s, sim, cfg)
+}
+
 fn seed_inventory(s: &Scratch) {
     let o = s.forgetd(&["status"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -128,9 +136,7 @@ fn seed_inventory(s: &Scratch) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_then_plain_sql_request_is_carried_out_then_sigterm_stops_cleanly() {
-    let s = Scratch::new();
-    let sim = seeded_sim().await;
-    let cfg = sim_config(&s, &sim, &["app-1"], "");
+    let (s, sim, cfg) = setup().await;
     seed_inventory(&s);
     let mut n = Notify::new(&s, "notify.sock");
     let child = daemon(&cfg, Some(&n));
@@ -176,9 +182,7 @@ async fn ready_then_plain_sql_request_is_carried_out_then_sigterm_stops_cleanly(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_the_same_database_exits_75() {
-    let s = Scratch::new();
-    let sim = seeded_sim().await;
-    let cfg = sim_config(&s, &sim, &["app-1"], "");
+    let (s, _sim, cfg) = setup().await;
     let mut n = Notify::new(&s, "notify.sock");
     let first = daemon(&cfg, Some(&n));
     assert!(n.wait_for("READY=1").await);
@@ -203,9 +207,7 @@ async fn a_second_daemon_on_the_same_database_exits_75() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
-    let s = Scratch::new();
-    let sim = seeded_sim().await;
-    let cfg = sim_config(&s, &sim, &["app-1"], "");
+    let (s, _sim, cfg) = setup().await;
     let mut n = Notify::new(&s, "notify.sock");
     let mut child = daemon(&cfg, Some(&n));
     assert!(n.wait_for("READY=1").await);
@@ -238,9 +240,7 @@ async fn sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_an_answer_is_held_back_loses_nothing_and_records_each_deletion_once() {
-    let s = Scratch::new();
-    let sim = seeded_sim().await;
-    let cfg = sim_config(&s, &sim, &["app-1"], "");
+    let (s, sim, cfg) = setup().await;
     seed_inventory(&s);
     s.sqlite3("INSERT INTO erasure_requests(subject, external_ref) VALUES ('alice', 'DSR-K');");
     sim.hold_deletes(true);
