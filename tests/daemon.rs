@@ -56,14 +56,25 @@ impl Notify {
 }
 
 fn daemon(cfg: &std::path::Path, notify: Option<&Notify>) -> Child {
-    let mut c = Command::new(BIN);
-    c.args(["--config", cfg.to_str().unwrap(), "run"])
-        .env("FORGETD_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
+    // Through a shell that execs the binary, so WATCHDOG_PID can name the daemon's own pid as
+    // systemd sets it (sd_notify honours WATCHDOG_USEC only for that pid).
+    let mut c = Command::new("sh");
+    c.args([
+        "-c",
+        "WATCHDOG_PID=$$ exec \"$0\" \"$@\"",
+        BIN,
+        "--config",
+        cfg.to_str().unwrap(),
+        "run",
+    ])
+    .env("FORGETD_LOG", "info")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .kill_on_drop(true);
     if let Some(n) = notify {
-        c.env("NOTIFY_SOCKET", &n.path);
+        // As systemd passes them for a unit with WatchdogSec=2s.
+        c.env("NOTIFY_SOCKET", &n.path)
+            .env("WATCHDOG_USEC", "2000000");
     }
     c.spawn().unwrap()
 }
@@ -141,6 +152,17 @@ async fn ready_then_plain_sql_request_is_carried_out_then_sigterm_stops_cleanly(
     let mut n = Notify::new(&s, "notify.sock");
     let child = daemon(&cfg, Some(&n));
     assert!(n.wait_for("READY=1").await, "no READY=1; saw {:?}", n.seen);
+    // The intake loop keeps the watchdog fed and reports the queue.
+    assert!(
+        n.wait_for("WATCHDOG=1").await,
+        "no WATCHDOG=1; saw {:?}",
+        n.seen
+    );
+    assert!(
+        n.wait_for("STATUS=pending").await,
+        "no STATUS= summary; saw {:?}",
+        n.seen
+    );
 
     let o =
         s.sqlite3("INSERT INTO erasure_requests(subject, external_ref) VALUES ('alice', 'DSR-1');");
