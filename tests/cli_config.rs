@@ -111,3 +111,28 @@ fn the_example_config_is_valid() {
     let c = forgetd::config::Config::load(std::path::Path::new(example)).unwrap();
     assert!(c.convai.is_some() && c.koosearch.is_some() && c.rules.len() == 1);
 }
+
+#[test]
+fn logs_are_json_lines_on_request() {
+    let s = Scratch::new();
+    let o = std::process::Command::new(BIN)
+        .args(["--db", s.db().to_str().unwrap(), "status"])
+        .env("FORGETD_LOG", "info")
+        .env("FORGETD_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        !err.trim().is_empty(),
+        "a fresh database logs its migration at info"
+    );
+    for line in err.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("fields").is_some(),
+            "{line}"
+        );
+    }
+}
