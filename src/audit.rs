@@ -138,6 +138,42 @@ pub fn verify(store: &Store) -> Result<Verification> {
     })
 }
 
+/// The shortest subject key accepted: HMAC-SHA256 wants at least its output size.
+pub const MIN_KEY_LEN: usize = 32;
+
+/// Reads the key file without following a link, refusing it when group or others may read it.
+fn read_key_file(path: &Path) -> Result<Vec<u8>, KeyError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                KeyError::Symlink {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                io(e)
+            }
+        })?;
+    let mode = file.metadata().map_err(io)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Unsafe {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io)?;
+    Ok(bytes)
+}
+
 /// Keys the subject hash.
 pub struct SubjectKey(SecretSlice<u8>);
 
@@ -157,18 +193,33 @@ pub enum KeyError {
         #[source]
         source: std::io::Error,
     },
-    #[error("audit key file {path} is too short (needs 32 bytes or more)")]
-    Short { path: PathBuf },
+    #[error(
+        "audit key {what} is too short ({len} bytes; needs 32 or more: `head -c 32 /dev/urandom`)"
+    )]
+    Short { what: String, len: usize },
+    #[error(
+        "audit key file {path} is a symbolic link; forgetd does not follow links for its key (replace it with the key file itself)"
+    )]
+    Symlink { path: PathBuf },
+    #[error(
+        "audit key file {path} has mode {mode:04o}: group or others may read it; `chmod 600` it (feeders must not be able to compute subject hashes)"
+    )]
+    Unsafe { path: PathBuf, mode: u32 },
 }
 
 impl SubjectKey {
     /// `[audit] subject_key`, or the key file beside the database (created on first use).
     pub fn load(config: &Config) -> Result<Self, KeyError> {
         if let Some(r) = &config.audit.subject_key {
-            let s = r.read()?;
-            return Ok(Self(SecretSlice::from(
-                s.expose_secret().as_bytes().to_vec(),
-            )));
+            let key = r.read_bytes()?;
+            let len = key.expose_secret().len();
+            if len < MIN_KEY_LEN {
+                return Err(KeyError::Short {
+                    what: r.to_string(),
+                    len,
+                });
+            }
+            return Ok(Self(key));
         }
         Self::from_file(&Self::key_path(&config.database))
     }
@@ -184,18 +235,21 @@ impl SubjectKey {
             path: path.to_path_buf(),
             source,
         };
-        match std::fs::read(path) {
-            Ok(bytes) if bytes.len() >= 32 => Ok(Self(SecretSlice::from(bytes))),
-            Ok(_) => Err(KeyError::Short {
-                path: path.to_path_buf(),
+        match read_key_file(path) {
+            Ok(bytes) if bytes.len() >= MIN_KEY_LEN => Ok(Self(SecretSlice::from(bytes))),
+            Ok(bytes) => Err(KeyError::Short {
+                what: path.display().to_string(),
+                len: bytes.len(),
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(KeyError::Io { source: e, .. }) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key: [u8; 32] = rand::random();
                 use std::io::Write;
+                // create_new (O_EXCL) never follows a link planted at the path.
                 match std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
                     .open(path)
                 {
                     Ok(mut f) => {
@@ -210,7 +264,7 @@ impl SubjectKey {
                     Err(e) => Err(io(e)),
                 }
             }
-            Err(e) => Err(io(e)),
+            Err(e) => Err(e),
         }
     }
 

@@ -5,6 +5,9 @@
 //! [`SystemClock`] is the real one. [`ManualClock`] only moves when told to, or when something
 //! sleeps on it: a sleep on a manual clock advances it and returns at once, so a test that drains
 //! a queue full of backoffs finishes in milliseconds while every recorded time stays exact.
+//! [`ManualClock::stepped`] is the strict variant: sleepers wait until the test advances the
+//! clock past their deadline, so how far time has run is the test's decision alone (no idle
+//! worker can push it ahead while the test is looking elsewhere).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,24 +45,44 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when advanced or slept on.
+/// A clock that moves only when advanced or slept on (or, [`stepped`](Self::stepped), only when
+/// advanced).
 #[derive(Debug, Clone)]
 pub struct ManualClock {
     now_ms: Arc<AtomicI64>,
+    /// `Some` for a stepped clock: sleepers wait here until an advance passes their deadline.
+    /// The advancing test notifies; every sleeper re-reads the time.
+    moved: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl ManualClock {
+    /// A clock that a sleep advances: waits cost nothing and every sleeper moves time for all.
     pub fn new(start_ms: i64) -> Self {
         Self {
             now_ms: Arc::new(AtomicI64::new(start_ms)),
+            moved: None,
+        }
+    }
+    /// A clock that only [`advance`](Self::advance) and [`set_ms`](Self::set_ms) move; a sleep
+    /// returns once the test has moved time past its deadline.
+    pub fn stepped(start_ms: i64) -> Self {
+        Self {
+            now_ms: Arc::new(AtomicI64::new(start_ms)),
+            moved: Some(Arc::new(tokio::sync::Notify::new())),
         }
     }
     pub fn advance(&self, d: Duration) {
-        self.now_ms
-            .fetch_add(d.as_millis() as i64, Ordering::SeqCst);
+        self.now_ms.fetch_add(ms(d), Ordering::SeqCst);
+        self.wake();
     }
     pub fn set_ms(&self, ms: i64) {
         self.now_ms.store(ms, Ordering::SeqCst);
+        self.wake();
+    }
+    fn wake(&self) {
+        if let Some(n) = &self.moved {
+            n.notify_waiters();
+        }
     }
 }
 
@@ -68,9 +91,25 @@ impl Clock for ManualClock {
         self.now_ms.load(Ordering::SeqCst)
     }
     fn sleep(&self, d: Duration) -> Sleep {
-        self.advance(d);
-        // Yield once so a loop that only sleeps still lets other tasks run.
-        Box::pin(tokio::task::yield_now())
+        let Some(moved) = self.moved.clone() else {
+            self.advance(d);
+            // Yield once so a loop that only sleeps still lets other tasks run.
+            return Box::pin(tokio::task::yield_now());
+        };
+        let now = self.now_ms.clone();
+        let deadline = self.now_ms() + ms(d);
+        Box::pin(async move {
+            loop {
+                let notified = moved.notified();
+                tokio::pin!(notified);
+                // Registered before the check, so an advance between the two is not missed.
+                notified.as_mut().enable();
+                if now.load(Ordering::SeqCst) >= deadline {
+                    return;
+                }
+                notified.await;
+            }
+        })
     }
 }
 
@@ -88,5 +127,23 @@ mod tests {
         c.sleep(Duration::from_secs(90)).await;
         assert_eq!(c.now_ms(), 91_000);
         assert_eq!(c.now(), 91);
+    }
+
+    #[tokio::test]
+    async fn stepped_clock_sleep_waits_for_the_test_to_advance() {
+        let c = ManualClock::stepped(1_000);
+        let mut sleep = c.sleep(Duration::from_secs(10));
+        assert!(
+            futures_util::poll!(&mut sleep).is_pending(),
+            "no time has passed"
+        );
+        c.advance(Duration::from_secs(9));
+        assert!(
+            futures_util::poll!(&mut sleep).is_pending(),
+            "1 s still to go"
+        );
+        assert_eq!(c.now_ms(), 10_000, "sleeping did not move the clock");
+        c.advance(Duration::from_secs(1));
+        sleep.await;
     }
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reqwest::Url;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::model::ProviderKind;
@@ -55,6 +55,8 @@ pub struct RetryConfig {
     pub max_delay: Duration,
     pub max_attempts: u32,
     pub give_up_after: Duration,
+    /// The longest Retry-After honoured by waiting; a longer one pauses the provider and probes.
+    pub max_retry_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -182,6 +184,8 @@ pub enum SecretError {
     NoCredentialsDirectory { reference: String },
     #[error("secret {reference} is empty")]
     Empty { reference: String },
+    #[error("secret {reference} is not UTF-8 text; this setting takes a text secret")]
+    NotText { reference: String },
 }
 
 impl SecretRef {
@@ -216,14 +220,44 @@ impl SecretRef {
         }
     }
 
-    /// Reads the secret. Trailing newlines of files are dropped (editors and `echo` add them).
+    /// Reads a text secret (API keys, passwords, tokens). Trailing newlines of files are dropped
+    /// (editors and `echo` add them).
     pub fn read(&self) -> Result<SecretString, SecretError> {
         let reference = self.to_string();
-        let value = match self {
-            Self::Env(name) => std::env::var(name).map_err(|_| SecretError::EnvMissing {
+        let bytes = self.read_raw()?;
+        let value = String::from_utf8(bytes.expose_secret().to_vec()).map_err(|_| {
+            SecretError::NotText {
                 reference: reference.clone(),
-                name: name.clone(),
-            })?,
+            }
+        })?;
+        let trimmed = value.trim_end_matches(['\n', '\r']);
+        if trimmed.is_empty() {
+            return Err(SecretError::Empty { reference });
+        }
+        Ok(SecretString::from(trimmed.to_string()))
+    }
+
+    /// Reads a binary secret (keys) as the bytes it holds: nothing is trimmed, any byte is
+    /// allowed (`head -c 32 /dev/urandom > key` is a good key).
+    pub fn read_bytes(&self) -> Result<secrecy::SecretSlice<u8>, SecretError> {
+        let bytes = self.read_raw()?;
+        if bytes.expose_secret().is_empty() {
+            return Err(SecretError::Empty {
+                reference: self.to_string(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    fn read_raw(&self) -> Result<secrecy::SecretSlice<u8>, SecretError> {
+        let reference = self.to_string();
+        let value = match self {
+            Self::Env(name) => std::env::var_os(name)
+                .map(|v| std::os::unix::ffi::OsStringExt::into_vec(v))
+                .ok_or_else(|| SecretError::EnvMissing {
+                    reference: reference.clone(),
+                    name: name.clone(),
+                })?,
             Self::File(path) => read_secret_file(&reference, path)?,
             Self::Credential(name) => {
                 let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
@@ -234,16 +268,12 @@ impl SecretRef {
                 read_secret_file(&reference, &Path::new(&dir).join(name))?
             }
         };
-        let trimmed = value.trim_end_matches(['\n', '\r']);
-        if trimmed.is_empty() {
-            return Err(SecretError::Empty { reference });
-        }
-        Ok(SecretString::from(trimmed.to_string()))
+        Ok(secrecy::SecretSlice::from(value))
     }
 }
 
-fn read_secret_file(reference: &str, path: &Path) -> Result<String, SecretError> {
-    std::fs::read_to_string(path).map_err(|source| SecretError::Io {
+fn read_secret_file(reference: &str, path: &Path) -> Result<Vec<u8>, SecretError> {
+    std::fs::read(path).map_err(|source| SecretError::Io {
         reference: reference.to_string(),
         path: path.to_path_buf(),
         source,
@@ -300,6 +330,7 @@ struct RawRetry {
     max_delay: Option<String>,
     max_attempts: Option<i64>,
     give_up_after: Option<String>,
+    max_retry_after: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -398,6 +429,7 @@ pub mod defaults {
     pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
     pub const MAX_ATTEMPTS: u32 = 20;
     pub const GIVE_UP_AFTER: Duration = Duration::from_secs(7 * 86_400);
+    pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
     pub const BATCH_SIZE: usize = 100;
     pub const CONCURRENCY: usize = 4;
     pub const TIMEOUT: Duration = Duration::from_secs(30);
@@ -439,6 +471,7 @@ impl Config {
                 max_delay: defaults::MAX_DELAY,
                 max_attempts: defaults::MAX_ATTEMPTS,
                 give_up_after: defaults::GIVE_UP_AFTER,
+                max_retry_after: defaults::MAX_RETRY_AFTER,
             },
             http: None,
             audit: AuditConfig { subject_key: None },
@@ -790,6 +823,12 @@ fn validate(raw: RawConfig, p: &mut Vec<String>) -> Config {
             "retry.give_up_after",
             r.give_up_after.as_deref(),
             defaults::GIVE_UP_AFTER,
+        ),
+        max_retry_after: duration(
+            p,
+            "retry.max_retry_after",
+            r.max_retry_after.as_deref(),
+            defaults::MAX_RETRY_AFTER,
         ),
     };
     if retry.base_delay > retry.max_delay {

@@ -245,7 +245,7 @@ pub async fn run_forever(p: Prepared, options: RunOptions, clock: SharedClock) -
     ));
     let shutdown_timeout = config.daemon.shutdown_timeout;
 
-    let exec = {
+    let mut exec = {
         let (e, c) = (executor.clone(), cancel.clone());
         tokio::spawn(async move { e.run(Mode::Forever, c).await })
     };
@@ -294,8 +294,13 @@ pub async fn run_forever(p: Prepared, options: RunOptions, clock: SharedClock) -
     let mut last_report = std::time::Instant::now() - REPORT_EVERY;
     let mut last_head: Option<(i64, String)> = None;
     let mut current = config;
+    // Set when the executor ended on its own (it only ends when told to): the daemon then stops
+    // with its error, so systemd restarts it and the journal says why, instead of an intake that
+    // keeps accepting work no one deletes.
+    let mut exec_ended = None;
     loop {
         tokio::select! {
+            ended = &mut exec => { exec_ended = Some(ended); break }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
             _ = hup.recv() => {
@@ -354,21 +359,32 @@ pub async fn run_forever(p: Prepared, options: RunOptions, clock: SharedClock) -
         }
     }
     let _ = current;
+    let unexpected = exec_ended.is_some();
     notify(&[sd_notify::NotifyState::Stopping]);
     cancel.cancel();
     let _ = sched.await;
     if let Some(h) = http {
         let _ = h.await;
     }
-    match tokio::time::timeout(shutdown_timeout + Duration::from_secs(5), exec).await {
-        Ok(Ok(Ok(_))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "executor stopped with an error"),
-        Ok(Err(e)) => tracing::error!(error = %e, "executor task failed"),
-        Err(_) => tracing::warn!("executor did not stop in time"),
-    }
+    let ended = match exec_ended {
+        Some(ended) => ended,
+        None => match tokio::time::timeout(shutdown_timeout + Duration::from_secs(5), exec).await {
+            Ok(ended) => ended,
+            Err(_) => {
+                tracing::warn!("executor did not stop in time");
+                Ok(Ok(Vec::new()))
+            }
+        },
+    };
     let released = store.call(|s| s.release_all_in_flight()).await?;
     if released > 0 {
         tracing::info!(items = released, "returned unfinished items to pending");
+    }
+    match ended {
+        Ok(Ok(_)) if unexpected => anyhow::bail!("the executor stopped unexpectedly"),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(anyhow::Error::new(e).context("the executor stopped")),
+        Err(e) => return Err(anyhow::Error::new(e).context("the executor task failed")),
     }
     tracing::info!("stopped");
     Ok(())

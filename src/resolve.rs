@@ -133,8 +133,14 @@ pub(crate) fn resolve_request_in(
                 })?;
                 for row in rows {
                     let (provider, scope, sid, repo) = row?;
-                    let id =
-                        upsert_item(tx, &provider, &scope, &sid, repo.as_deref(), due_at, now)?;
+                    let chat = ItemChat {
+                        provider: &provider,
+                        scope: &scope,
+                        session_id: &sid,
+                        repo_id: repo.as_deref(),
+                        subject: Some(&req.subject),
+                    };
+                    let id = upsert_item(tx, &chat, due_at, now)?;
                     tx.prepare_cached("INSERT INTO request_items (request_id, item_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
                         .execute(params![req.id, id])?;
                     *res.per_provider.entry(provider).or_default() += 1;
@@ -177,31 +183,58 @@ fn insert_discovered(tx: &Transaction<'_>, d: &NewSession, now: i64) -> Result<b
     Ok(n == 1)
 }
 
+/// The chat a work item is for, and the person it was resolved for.
+pub(crate) struct ItemChat<'a> {
+    pub provider: &'a str,
+    pub scope: &'a str,
+    pub session_id: &'a str,
+    pub repo_id: Option<&'a str>,
+    pub subject: Option<&'a str>,
+}
+
 /// One work item per chat: created pending, or the existing one (its due date moved earlier if
-/// this demand is more urgent; revived if it had gone dead). Returns its id.
+/// this demand is more urgent; revived if it had gone dead; its owner kept, or learnt if it had
+/// none). Returns its id.
 pub(crate) fn upsert_item(
     tx: &Transaction<'_>,
-    provider: &str,
-    scope: &str,
-    session_id: &str,
-    repo_id: Option<&str>,
+    chat: &ItemChat<'_>,
     due_at: i64,
     now: i64,
 ) -> Result<i64> {
     let id: i64 = tx
         .prepare_cached(
-            "INSERT INTO work_items (provider, scope, session_id, repo_id, due_at, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (provider, scope, session_id) DO UPDATE SET due_at = min(work_items.due_at, excluded.due_at)
+            "INSERT INTO work_items (provider, scope, session_id, repo_id, subject, due_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (provider, scope, session_id) DO UPDATE SET
+                 due_at = min(work_items.due_at, excluded.due_at),
+                 subject = CASE WHEN work_items.state = 'deleted' THEN NULL
+                                ELSE coalesce(work_items.subject, excluded.subject) END
              RETURNING id",
         )?
-        .query_row(params![provider, scope, session_id, repo_id, due_at, now], |r| r.get(0))?;
+        .query_row(
+            params![chat.provider, chat.scope, chat.session_id, chat.repo_id, chat.subject, due_at, now],
+            |r| r.get(0),
+        )?;
     tx.prepare_cached(
         "UPDATE work_items SET state = 'pending', attempts = 0, first_attempt_ms = NULL, next_attempt_ms = 0, finished_at = NULL
          WHERE id = ?1 AND state = 'dead'",
     )?
     .execute([id])?;
     Ok(id)
+}
+
+/// A provider may list IDs its own rules refuse (too long, outside KooSearch's alphabet, Convai's
+/// "-1"): they are skipped with a warning, so one odd record never fails a whole request or rule
+/// run, every time it runs.
+fn valid_ids(p: &SharedProvider, listed: Vec<ListedChat>) -> impl Iterator<Item = ListedChat> {
+    let p = p.clone();
+    listed.into_iter().filter(move |c| match p.check_id(&c.session_id) {
+        Ok(()) => true,
+        Err(why) => {
+            tracing::warn!(provider = %p.kind(), scope = %c.scope, "skipping a listed chat whose ID is invalid: {why}");
+            false
+        }
+    })
 }
 
 /// Resolves requests as they arrive: discovery at the providers, then the store.
@@ -304,7 +337,7 @@ impl Resolver {
                         provider: kind,
                         source,
                     })?;
-                found.extend(listed.into_iter().map(|c| NewSession {
+                found.extend(valid_ids(p, listed).map(|c| NewSession {
                     provider: kind.as_str().to_string(),
                     scope: c.scope,
                     session_id: c.session_id,
@@ -314,18 +347,6 @@ impl Resolver {
                 }));
             }
         }
-        // A provider may list IDs the schema refuses (e.g. outside KooSearch's alphabet): skip
-        // them with a warning rather than fail the request's whole resolution.
-        found.retain(|s| {
-            let ok = s.provider != "koosearch" || crate::config::is_koosearch_id(&s.session_id);
-            if !ok {
-                tracing::warn!(
-                    request = req.id,
-                    "skipping a discovered chat with an invalid ID"
-                );
-            }
-            ok
-        });
         Ok(found)
     }
 
@@ -354,7 +375,7 @@ impl Resolver {
             };
             let e = match result {
                 Ok(()) => return Ok(got),
-                Err(e) => e,
+                Err(e) => e.capped(self.retry.max_retry_after),
             };
             let wait = match &e.action {
                 crate::providers::Action::Retry => None,
@@ -417,41 +438,51 @@ pub(crate) fn run_rule_in(
         }
     }
     tx.execute_batch(
-        "CREATE TEMP TABLE IF NOT EXISTS rule_matches (provider TEXT, scope TEXT, session_id TEXT, repo_id TEXT);
+        "CREATE TEMP TABLE IF NOT EXISTS rule_matches (provider TEXT, scope TEXT, session_id TEXT, repo_id TEXT, subject TEXT);
          DELETE FROM temp.rule_matches;",
     )?;
     // Expired: created_at <= now - max_age (exactly max_age old is expired). Chats already
     // deleted are not matched again.
     run.matched = tx.execute(
-        "INSERT INTO temp.rule_matches (provider, scope, session_id, repo_id)
-         SELECT s.provider, s.scope, s.session_id, s.repo_id FROM sessions s
+        "INSERT INTO temp.rule_matches (provider, scope, session_id, repo_id, subject)
+         SELECT s.provider, s.scope, s.session_id, s.repo_id, s.subject FROM sessions s
          WHERE s.provider = ?1 AND (?2 = '*' OR s.scope = ?2) AND s.created_at <= ?3
            AND NOT EXISTS (SELECT 1 FROM work_items w WHERE w.provider = s.provider AND w.scope = s.scope
                            AND w.session_id = s.session_id AND w.state = 'deleted')",
         params![rule.provider.as_str(), rule.scope, run.cutoff],
     )? as u64;
-    let approved = rule.approved && rule.awaiting_approval.is_some();
+    // An approval releases the run that was shown, up to the count shown: a run that now
+    // matches more is a different run and waits again.
+    let approved = rule.approved
+        && rule.awaiting_approval.is_some()
+        && rule.approved_up_to.is_some_and(|n| run.matched <= n);
     if run.matched > rule.max_deletions && !approved {
         run.awaiting_approval = true;
         tx.execute(
-            "INSERT INTO rule_state (rule_name, awaiting_approval, last_run_at) VALUES (?1, ?2, ?2)
-             ON CONFLICT (rule_name) DO UPDATE SET awaiting_approval = excluded.awaiting_approval, last_run_at = excluded.last_run_at, approved = 0",
-            params![rule.name, now],
+            "INSERT INTO rule_state (rule_name, awaiting_approval, awaiting_matched, last_run_at) VALUES (?1, ?2, ?3, ?2)
+             ON CONFLICT (rule_name) DO UPDATE SET awaiting_approval = excluded.awaiting_approval,
+                 awaiting_matched = excluded.awaiting_matched, last_run_at = excluded.last_run_at,
+                 approved = 0, approved_up_to = NULL",
+            params![rule.name, now, run.matched as i64],
         )?;
         crate::audit::append(
             tx,
             now,
             "rule.held_for_approval",
             None,
-            &serde_json::json!({"rule": rule.name, "matched": run.matched, "max_deletions": rule.max_deletions, "cutoff": run.cutoff}),
+            &serde_json::json!({"rule": rule.name, "matched": run.matched, "max_deletions": rule.max_deletions,
+                                "cutoff": run.cutoff, "approved_up_to": rule.approved_up_to}),
         )?;
         return Ok(run);
     }
     let due = now.saturating_add(deadline_secs);
     tx.execute(
-        "INSERT INTO work_items (provider, scope, session_id, repo_id, due_at, created_at)
-         SELECT provider, scope, session_id, repo_id, ?1, ?2 FROM temp.rule_matches WHERE true
-         ON CONFLICT (provider, scope, session_id) DO UPDATE SET due_at = min(work_items.due_at, excluded.due_at)",
+        "INSERT INTO work_items (provider, scope, session_id, repo_id, subject, due_at, created_at)
+         SELECT provider, scope, session_id, repo_id, subject, ?1, ?2 FROM temp.rule_matches WHERE true
+         ON CONFLICT (provider, scope, session_id) DO UPDATE SET
+             due_at = min(work_items.due_at, excluded.due_at),
+             subject = CASE WHEN work_items.state = 'deleted' THEN NULL
+                            ELSE coalesce(work_items.subject, excluded.subject) END",
         params![due, now],
     )?;
     tx.execute(
@@ -470,7 +501,8 @@ pub(crate) fn run_rule_in(
     run.held = held as u64;
     tx.execute(
         "INSERT INTO rule_state (rule_name, last_run_at) VALUES (?1, ?2)
-         ON CONFLICT (rule_name) DO UPDATE SET last_run_at = excluded.last_run_at, awaiting_approval = NULL, approved = 0",
+         ON CONFLICT (rule_name) DO UPDATE SET last_run_at = excluded.last_run_at, awaiting_approval = NULL,
+             awaiting_matched = NULL, approved = 0, approved_up_to = NULL",
         params![rule.name, now],
     )?;
     tx.execute(
@@ -665,7 +697,7 @@ impl Resolver {
             let listed = self
                 .list_with_retry(p, &scope, None, &expired, patience)
                 .await?;
-            found.extend(listed.into_iter().map(|c| NewSession {
+            found.extend(valid_ids(p, listed).map(|c| NewSession {
                 provider: kind.as_str().to_string(),
                 scope: c.scope,
                 session_id: c.session_id,
@@ -674,8 +706,6 @@ impl Resolver {
                 created_at: c.created_at,
             }));
         }
-        found
-            .retain(|s| s.provider != "koosearch" || crate::config::is_koosearch_id(&s.session_id));
         Ok(found)
     }
 
@@ -734,7 +764,9 @@ mod tests {
             origin: crate::store::rules::RuleOrigin::Cli,
             last_run_at: None,
             awaiting_approval: None,
+            awaiting_matched: None,
             approved: false,
+            approved_up_to: None,
             created_at: 0,
         }
     }

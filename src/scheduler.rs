@@ -34,6 +34,10 @@ pub enum ScheduleError {
     Cron { expr: String, reason: String },
     #[error("time zone \"{0}\" is not an IANA zone name such as \"Europe/Berlin\" or \"UTC\"")]
     Zone(String),
+    #[error(
+        "schedule \"{0}\" never fires (no such day, e.g. 30 February); check its day-of-month and month"
+    )]
+    Never(String),
 }
 
 impl Schedule {
@@ -58,11 +62,20 @@ impl Schedule {
                 expr: expr.to_string(),
                 reason: e.to_string(),
             })?;
-        Ok(Self {
+        let schedule = Self {
             cron,
             tz,
             expr: expr.to_string(),
-        })
+        };
+        // A schedule naming a day that does not exist (`0 3 30 2 *`) would be accepted by cron
+        // syntax and never run, costing a search at every tick. Every real schedule fires within
+        // eight years of any date (29 February does, every leap year).
+        const FROM: i64 = 1_704_067_200; // 2024-01-01T00:00:00Z
+        const EIGHT_YEARS: i64 = 8 * 366 * 86_400;
+        match schedule.next_after(FROM) {
+            Some(t) if t <= FROM + EIGHT_YEARS => Ok(schedule),
+            _ => Err(ScheduleError::Never(expr.to_string())),
+        }
     }
 
     pub fn expr(&self) -> &str {
@@ -150,6 +163,17 @@ mod tests {
         assert!(Schedule::parse("* * * *", "UTC").is_err());
         assert!(Schedule::parse("0 0 3 * * * 2030", "UTC").is_err());
         assert!(Schedule::parse("0 3 * * *", "Mars/Olympus").is_err());
+    }
+
+    #[test]
+    fn a_schedule_that_never_fires_is_refused_leap_days_are_not() {
+        for never in ["0 3 30 2 *", "0 3 31 4 *", "0 0 31 2,4,6,9,11 *"] {
+            let e = Schedule::parse(never, "UTC").unwrap_err();
+            assert!(matches!(e, ScheduleError::Never(_)), "{never}: {e}");
+        }
+        assert!(Schedule::parse("0 3 29 2 *", "UTC").is_ok());
+        // Vixie cron: day-of-month OR day-of-week, so this fires every Monday too.
+        assert!(Schedule::parse("0 3 30 2 1", "UTC").is_ok());
     }
 
     #[test]

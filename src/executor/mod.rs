@@ -547,7 +547,8 @@ impl Executor {
             };
             self.stats.lock().unwrap().calls += 1;
             let started = std::time::Instant::now();
-            let result = provider.delete(&request).await;
+            let cap = self.retry.max_retry_after;
+            let result = provider.delete(&request).await.map_err(|e| e.capped(cap));
             self.metrics
                 .batch_seconds
                 .get_or_create(&crate::metrics::labels(&[("provider", kind.as_str())]))
@@ -579,6 +580,7 @@ impl Executor {
                         let o = match provider
                             .lookup(&batch.scope, batch.repo_id.as_deref(), &item.session_id)
                             .await
+                            .map_err(|e| e.capped(cap))
                         {
                             Ok(Presence::Absent) => ItemOutcome::Deleted {
                                 already_absent: false,

@@ -20,6 +20,8 @@ pub struct RetryPolicy {
     backoff: ExponentialBackoff,
     max_attempts: u32,
     give_up_after_ms: i64,
+    /// The longest Retry-After waited out; see [`crate::providers::ProviderError::capped`].
+    pub max_retry_after: Duration,
 }
 
 /// What to do with an item after a retryable failure.
@@ -42,6 +44,7 @@ impl RetryPolicy {
             backoff,
             max_attempts: c.max_attempts,
             give_up_after_ms: crate::clock::ms(c.give_up_after),
+            max_retry_after: c.max_retry_after,
         }
     }
 
@@ -92,6 +95,7 @@ mod tests {
             max_delay: Duration::from_secs(60),
             max_attempts,
             give_up_after: give_up,
+            max_retry_after: Duration::from_secs(3600),
         })
     }
 

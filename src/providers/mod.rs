@@ -124,6 +124,23 @@ impl ProviderError {
         self.source = Some(Box::new(e));
         self
     }
+    /// Applies the Retry-After cap (`retry.max_retry_after`): a provider that asks for a longer
+    /// wait (a year, a date in 9999) pauses, visibly and with probes, instead of freezing its
+    /// lane for that long with nothing in `status`.
+    pub fn capped(mut self, cap: Duration) -> Self {
+        if let Action::RetryAfter(d) = self.action
+            && d > cap
+        {
+            self.action = Action::Pause(format!(
+                "{} asked to wait {} (Retry-After), longer than retry.max_retry_after ({}); probing until it answers again",
+                self.provider,
+                humantime::format_duration(Duration::from_secs(d.as_secs())),
+                humantime::format_duration(cap)
+            ));
+        }
+        self
+    }
+
     /// A short label for metrics and logs: which class of failure this was.
     pub fn cause_label(&self) -> &'static str {
         match (&self.action, self.status) {

@@ -15,6 +15,10 @@ pub enum LockError {
         "another forgetd daemon is already working {db} (lock {lock} is held); stop it first, or point --db elsewhere"
     )]
     Held { db: PathBuf, lock: PathBuf },
+    #[error(
+        "lock file {lock} is a symbolic link; forgetd does not follow links for its lock (remove it)"
+    )]
+    Symlink { lock: PathBuf },
     #[error("cannot open lock file {lock}: {source}")]
     Io {
         lock: PathBuf,
@@ -45,10 +49,19 @@ impl DaemonLock {
             .truncate(false)
             .write(true)
             .mode(0o660)
+            // A link planted at the lock path must not make forgetd create or truncate the file
+            // it points to.
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(|source| LockError::Io {
-                lock: path.clone(),
-                source,
+            .map_err(|source| {
+                if source.raw_os_error() == Some(libc::ELOOP) {
+                    LockError::Symlink { lock: path.clone() }
+                } else {
+                    LockError::Io {
+                        lock: path.clone(),
+                        source,
+                    }
+                }
             })?;
         match file.try_lock() {
             Ok(()) => Ok(Self { _file: file, path }),
@@ -80,5 +93,17 @@ mod tests {
         ));
         drop(first);
         DaemonLock::acquire(&db).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_at_the_lock_path_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("f.db");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, DaemonLock::lock_path(&db)).unwrap();
+        let err = DaemonLock::acquire(&db).unwrap_err();
+        assert!(matches!(err, LockError::Symlink { .. }), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
     }
 }

@@ -37,7 +37,10 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use rusqlite_migration::{M, Migrations};
 
-const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("migrations/001_init.sql"))];
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(include_str!("migrations/001_init.sql")),
+    M::up(include_str!("migrations/002_feeder_life.sql")).foreign_key_check(),
+];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -78,6 +81,8 @@ pub enum StoreError {
     Busy(#[source] rusqlite::Error),
     #[error("the database is read-only or its disk is full: {0}")]
     Unwritable(#[source] rusqlite::Error),
+    #[error("the database file is damaged; stop forgetd and restore it from a backup")]
+    Damaged(#[source] rusqlite::Error),
     #[error("refused: {message}")]
     Refused {
         message: String,
@@ -101,6 +106,7 @@ impl From<rusqlite::Error> for StoreError {
             Some(ErrorCode::ReadOnly | ErrorCode::DiskFull | ErrorCode::CannotOpen) => {
                 Self::Unwritable(e)
             }
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => Self::Damaged(e),
             Some(ErrorCode::ConstraintViolation) => Self::Refused {
                 message: constraint_message(&e),
                 source: e,
@@ -156,7 +162,9 @@ impl Store {
                 detail: format!("could not switch to WAL (journal_mode is {mode})"),
             });
         }
-        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+        // Foreign keys stay off while migrating: rebuilding a table (SQLite's "12 steps") drops
+        // the parent that other tables reference. Each migration checks them before it commits.
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")
             .map_err(open_err)?;
         let found: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -176,6 +184,8 @@ impl Store {
                     source,
                 })?;
         }
+        conn.execute_batch("PRAGMA foreign_keys = ON;")
+            .map_err(open_err)?;
         tighten_sidecars(path);
         conn.set_prepared_statement_cache_capacity(64);
         Ok(Self {

@@ -235,7 +235,8 @@ impl Store {
                 // The common case, in one statement: the provider confirmed the whole batch.
                 tx.prepare_cached(
                     "UPDATE work_items SET state = 'deleted', outcome = 'deleted', finished_at = ?2,
-                     lease_expires_ms = NULL, batch_id = NULL WHERE batch_id = ?1 AND state = 'in_flight'",
+                     lease_expires_ms = NULL, batch_id = NULL, subject = NULL
+                     WHERE batch_id = ?1 AND state = 'in_flight'",
                 )?
                 .execute(params![batch_id, now])?;
             } else {
@@ -435,7 +436,7 @@ fn apply_outcome(
             };
             tx.prepare_cached(&format!(
                 "UPDATE work_items SET state = 'deleted', outcome = ?3, finished_at = ?4,
-                 lease_expires_ms = NULL, batch_id = NULL {guard}"
+                 lease_expires_ms = NULL, batch_id = NULL, subject = NULL {guard}"
             ))?
             .execute(params![id, batch_id, kind, now])?;
         }

@@ -252,7 +252,7 @@ pub(crate) fn refresh_request(
     id: i64,
     now: i64,
 ) -> Result<Option<RequestState>> {
-    let (state, open, dead): (String, i64, i64) = tx
+    let row: Option<(String, i64, i64)> = tx
         .prepare_cached(
             "SELECT r.state,
             (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id
@@ -261,7 +261,17 @@ pub(crate) fn refresh_request(
              WHERE ri.request_id = r.id AND w.state = 'dead')
          FROM erasure_requests r WHERE r.id = ?1",
         )?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((state, open, dead)) = row else {
+        // The schema refuses a DELETE of a request; a row removed anyway (an old schema, a
+        // dropped trigger) leaves its items to other requests and rules, never stops the worker.
+        tracing::warn!(
+            request = id,
+            "erasure request row is gone; its items stay in the queue"
+        );
+        return Ok(None);
+    };
     let old = RequestState::parse(&state).unwrap_or(RequestState::Received);
     if old == RequestState::Received {
         return Ok(None); // not resolved yet: resolution sets the first state
@@ -325,8 +335,10 @@ fn record_outcome(tx: &Transaction<'_>, id: i64, state: RequestState, now: i64) 
     Ok(())
 }
 
-/// After completion, keep no more personal data than the proof needs: the request's subject
-/// becomes its keyed hash, deleted chats leave the inventory, and held ones lose their owner.
+/// After completion, keep no more personal data than the proof needs, and never less than live
+/// chats need: the request's subject becomes its keyed hash and its deleted chats leave the
+/// inventory. Every other row of the person stays attributed (chats still held, chats recorded
+/// while the request ran): subject holds and the person's next request must keep seeing them.
 fn minimize(tx: &Transaction<'_>, id: i64) -> Result<()> {
     let (subject, hash): (String, Option<String>) = tx.query_row(
         "SELECT subject, subject_hash FROM erasure_requests WHERE id = ?1",
@@ -342,10 +354,6 @@ fn minimize(tx: &Transaction<'_>, id: i64) -> Result<()> {
            (SELECT w.provider, w.scope, w.session_id FROM request_items ri JOIN work_items w ON w.id = ri.item_id
             WHERE ri.request_id = ?2 AND w.state = 'deleted')",
         params![subject, id],
-    )?;
-    tx.execute(
-        "UPDATE sessions SET subject = NULL WHERE subject = ?1",
-        [&subject],
     )?;
     tx.execute(
         "UPDATE erasure_requests SET subject = ?2 WHERE id = ?1",

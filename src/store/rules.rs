@@ -47,7 +47,12 @@ pub struct RuleRow {
     pub last_run_at: Option<i64>,
     /// Set when the last run matched more than max_deletions and waits for `rules approve`.
     pub awaiting_approval: Option<i64>,
+    /// How many chats the held run matched (what `rules list` shows and an approval releases).
+    pub awaiting_matched: Option<u64>,
     pub approved: bool,
+    /// An approval releases a run of at most this many chats; a run that matches more waits
+    /// for approval again.
+    pub approved_up_to: Option<u64>,
     pub created_at: i64,
 }
 
@@ -112,7 +117,8 @@ fn upsert(
     if existing.is_some() {
         // A changed rule is the operator acting: a held run is released to be recomputed.
         tx.execute(
-            "UPDATE rule_state SET awaiting_approval = NULL, approved = 0 WHERE rule_name = ?1",
+            "UPDATE rule_state SET awaiting_approval = NULL, awaiting_matched = NULL, approved = 0,
+                 approved_up_to = NULL WHERE rule_name = ?1",
             [&r.name],
         )?;
     }
@@ -123,7 +129,8 @@ impl Store {
     pub fn list_rules(&self) -> Result<Vec<RuleRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT r.name, r.provider, r.scope, r.max_age_secs, r.schedule, r.timezone, r.discover,
-                    r.max_deletions, r.origin, s.last_run_at, s.awaiting_approval, coalesce(s.approved, 0), r.created_at
+                    r.max_deletions, r.origin, s.last_run_at, s.awaiting_approval, coalesce(s.approved, 0), r.created_at,
+                    s.awaiting_matched, s.approved_up_to
              FROM rules r LEFT JOIN rule_state s ON s.rule_name = r.name ORDER BY r.name",
         )?;
         let rows = stmt
@@ -151,6 +158,8 @@ impl Store {
                     awaiting_approval: r.get(10)?,
                     approved: r.get::<_, i64>(11)? != 0,
                     created_at: r.get(12)?,
+                    awaiting_matched: r.get::<_, Option<i64>>(13)?.map(|n| n.max(0) as u64),
+                    approved_up_to: r.get::<_, Option<i64>>(14)?.map(|n| n.max(0) as u64),
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -217,7 +226,8 @@ impl Store {
         })
     }
 
-    /// Releases a run held by the rule's ceiling: its next run deletes what it matches.
+    /// Releases a run held by the rule's ceiling: its next run deletes what it matches, as long as
+    /// that is no more than the held run showed; a bigger run waits for approval again.
     pub fn approve_rule(&mut self, name: &str) -> Result<()> {
         self.write(|tx| {
             let waiting: Option<Option<i64>> = tx
@@ -234,7 +244,7 @@ impl Store {
                 ))),
                 Some(Some(_)) => {
                     tx.execute(
-                        "UPDATE rule_state SET approved = 1 WHERE rule_name = ?1",
+                        "UPDATE rule_state SET approved = 1, approved_up_to = awaiting_matched WHERE rule_name = ?1",
                         [name],
                     )?;
                     Ok(())

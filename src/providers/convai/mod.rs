@@ -2,7 +2,8 @@
 //!
 //! Calls, all `POST` with a JSON body and the `CONVAI-API-KEY` header:
 //! - delete: `/character/chatHistory/delete` `{"charID", "sessionIDs": [...]}` → 200
-//!   `{"status": "SUCCESSFULLY DELETED"}` (text localized: never compared).
+//!   `{"status": "SUCCESSFULLY DELETED"}` (or the Chinese page's `删除成功`). Only these confirm a
+//!   deletion ([`parse_delete_answer`]): any other 200 is unclear, retried and never counted.
 //! - list: `/character/chatHistory/list` `{"charID", "limit": "-1"}` → one unpaginated JSON array of
 //!   `{"sessionID", "date": "DD-MM-YYYY", "time": "HH:MM:SS", ...}`, parsed as a stream (bounded
 //!   memory however long). No zone is documented: the date and time are read as UTC.
@@ -11,8 +12,8 @@
 //! refresh); 403 or 404 on the delete path → pause, "delete API not enabled for this key" (never
 //! "already deleted"); 429 → retry after Retry-After (default 5 s); 400/422 → the batch's content
 //! was refused, split it; 5xx and 408 → retry; anything else → pause with the status named.
-//! Unknown IDs and partial deletes are undocumented: a 200 confirms the whole batch, and a repeated
-//! delete of a gone session is success.
+//! Unknown IDs and partial deletes are undocumented: a documented success confirms the whole
+//! batch, and a repeated delete of a gone session is success.
 
 use std::time::Duration;
 
@@ -223,6 +224,42 @@ pub fn parse_list(
     de.end()
 }
 
+/// The `status` texts Convai documents for a successful delete: the English page's and the
+/// Chinese seed's. Compared trimmed and case-insensitively; nothing else confirms a deletion.
+pub const SUCCESS_STATUSES: &[&str] = &["SUCCESSFULLY DELETED", "删除成功"];
+
+/// Reads a delete call's 200 answer. Only the documented success form confirms the batch: an
+/// object whose `status` is one of [`SUCCESS_STATUSES`] and that carries no error key. Anything
+/// else (an `ERROR`/`error`/`Error` key, an unknown or failed status, `{}`, a non-object) is
+/// unclear: the caller retries it with the body kept and never counts it as deleted.
+pub fn parse_delete_answer(body: &[u8]) -> Result<DeleteOutcome, String> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let serde_json::Value::Object(map) = value else {
+        return Err("not a JSON object".into());
+    };
+    if let Some(key) = map.keys().find(|k| k.eq_ignore_ascii_case("error")) {
+        return Err(format!("an error key ({key}) in a 200 answer"));
+    }
+    match map.get("status") {
+        Some(serde_json::Value::String(status)) => {
+            let status = status.trim();
+            if SUCCESS_STATUSES
+                .iter()
+                .any(|ok| ok.eq_ignore_ascii_case(status))
+            {
+                Ok(DeleteOutcome::AllDeleted)
+            } else {
+                Err(format!(
+                    "status {status:?} is not a documented success ({})",
+                    SUCCESS_STATUSES.join(" / ")
+                ))
+            }
+        }
+        Some(_) => Err("status is not a string".into()),
+        None => Err("no status in a 200 answer".into()),
+    }
+}
+
 /// "25-09-2024" + "20:52:57", read as UTC (no zone is documented).
 pub fn parse_date_time(date: &str, time: &str) -> Option<i64> {
     let t = chrono::NaiveDateTime::parse_from_str(&format!("{date} {time}"), "%d-%m-%Y %H:%M:%S")
@@ -241,7 +278,8 @@ impl Provider for ConvaiClient {
     }
 
     fn check_id(&self, session_id: &str) -> Result<(), String> {
-        if session_id.is_empty() || session_id.len() > 64 {
+        let chars = session_id.chars().count();
+        if chars == 0 || chars > 64 {
             return Err("a Convai session ID is 1 to 64 characters".into());
         }
         if session_id == "-1" {
@@ -262,20 +300,7 @@ impl Provider for ConvaiClient {
         if status != StatusCode::OK {
             return Err(Self::classify(op, status, &headers, &body));
         }
-        // 200: an object that is not an error envelope confirms the batch.
-        match serde_json::from_slice::<serde_json::Value>(&body) {
-            Ok(serde_json::Value::Object(map)) if !map.contains_key("ERROR") => {
-                Ok(DeleteOutcome::AllDeleted)
-            }
-            Ok(_) => Err(http::unparseable(
-                KIND,
-                op,
-                200,
-                &body,
-                "not a success object",
-            )),
-            Err(e) => Err(http::unparseable(KIND, op, 200, &body, e)),
-        }
+        parse_delete_answer(&body).map_err(|why| http::unparseable(KIND, op, 200, &body, why))
     }
 
     async fn list_scope(&self, scope: &str, sink: ChatSink<'_>) -> Result<(), ProviderError> {
@@ -326,6 +351,38 @@ mod tests {
         assert_eq!(got[0].session_id, "a1");
         assert_eq!(got[0].created_at, Some(1727297577));
         assert_eq!(got[1].created_at, Some(1703980800));
+    }
+
+    #[test]
+    fn only_the_documented_success_answer_confirms_a_delete() {
+        for ok in [
+            r#"{"status": "SUCCESSFULLY DELETED"}"#,
+            r#"{"status": "successfully deleted "}"#,
+            r#"{"status": "删除成功"}"#,
+        ] {
+            assert_eq!(
+                parse_delete_answer(ok.as_bytes()),
+                Ok(DeleteOutcome::AllDeleted),
+                "{ok}"
+            );
+        }
+        for unclear in [
+            r#"{}"#,
+            r#"{"error": "quota"}"#,
+            r#"{"Error": "x"}"#,
+            r#"{"ERROR": "x", "status": "SUCCESSFULLY DELETED"}"#,
+            r#"{"status": "FAILED"}"#,
+            r#"{"status": 200}"#,
+            r#"{"message": "ok"}"#,
+            r#"[]"#,
+            r#""SUCCESSFULLY DELETED""#,
+            "<html>",
+        ] {
+            assert!(
+                parse_delete_answer(unclear.as_bytes()).is_err(),
+                "{unclear} must not confirm a deletion"
+            );
+        }
     }
 
     #[test]

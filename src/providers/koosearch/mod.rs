@@ -40,8 +40,9 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(3);
 /// Documented maximum of repo_ids; chat_ids has none documented, we send no more either.
 pub const MAX_BATCH: usize = 100;
 const PAGE_SIZE: u32 = 100;
-/// A listing never walks more pages than this (a provider that keeps answering pages is a bug).
-const MAX_PAGES: u32 = 100_000;
+/// A listing never walks more pages than this, whatever `total` says (65,535 pages of 100 is
+/// more than any application holds; a provider that keeps answering pages is a bug).
+const MAX_PAGES: u32 = 65_535;
 
 pub struct KooSearchClient {
     http: reqwest::Client,
@@ -74,14 +75,21 @@ struct BatchAnswer {
     total_count: Option<u64>,
     #[serde(alias = "deletedCount")]
     deleted_count: Option<u64>,
+    #[serde(default)]
+    error_code: Option<String>,
 }
 
+/// A listing page. `records` is required: a 200 without it (an error body, `{}`) is not a
+/// listing and proves nothing about absence.
 #[derive(Debug, Deserialize)]
 struct Page {
     #[serde(default)]
-    pages: Option<u64>,
+    total: Option<u64>,
     #[serde(default)]
+    pages: Option<u64>,
     records: Vec<Record>,
+    #[serde(default)]
+    error_code: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,12 +268,11 @@ impl KooSearchClient {
             }
             let parsed =
                 parse_page(scope, &body).map_err(|e| http::unparseable(KIND, op, 200, &body, e))?;
-            let n = parsed.records;
+            let last = parsed.is_last(page, PAGE_SIZE);
             for chat in parsed.chats {
                 sink(chat);
             }
-            let pages = parsed.pages.unwrap_or(0);
-            if n == 0 || (pages > 0 && page as u64 >= pages) || page >= MAX_PAGES {
+            if last || page >= MAX_PAGES {
                 return Ok(());
             }
             page += 1;
@@ -283,18 +290,36 @@ fn error_parts(body: &[u8]) -> (Option<String>, String) {
     }
 }
 
-/// One page of a listing: its live chats, how many records it held, how many pages there are.
+/// One page of a listing: its live chats, how many records it held, how many pages and records
+/// there are in all.
 #[derive(Debug, Default)]
 pub struct ListedPage {
     pub chats: Vec<ListedChat>,
     pub records: usize,
     pub pages: Option<u64>,
+    pub total: Option<u64>,
+}
+
+impl ListedPage {
+    /// Whether page `page` (1-based, of `size` records) is the listing's last: an empty page, the
+    /// end `pages` or `total` names, or, when neither is given, a short page.
+    pub fn is_last(&self, page: u32, size: u32) -> bool {
+        let seen = page as u64 * size as u64;
+        let by_count = match self.total {
+            Some(t) => seen >= t,
+            None => self.records < size as usize,
+        };
+        self.records == 0 || self.pages.is_some_and(|p| page as u64 >= p) || by_count
+    }
 }
 
 /// Reads one page of `GET .../chat-history`; records marked `is_del` or without a chat_id are
-/// left out.
-pub fn parse_page(scope: &str, body: &[u8]) -> Result<ListedPage, serde_json::Error> {
-    let page: Page = serde_json::from_slice(body)?;
+/// left out. A body without a `records` array, or with an `error_code`, is not a page.
+pub fn parse_page(scope: &str, body: &[u8]) -> Result<ListedPage, String> {
+    let page: Page = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if let Some(code) = &page.error_code {
+        return Err(format!("error_code {code} in a 200 answer"));
+    }
     let records = page.records.len();
     let chats = page
         .records
@@ -313,12 +338,18 @@ pub fn parse_page(scope: &str, body: &[u8]) -> Result<ListedPage, serde_json::Er
         chats,
         records,
         pages: page.pages,
+        total: page.total,
     })
 }
 
 /// Reads a batch delete's 200 answer; both casings are accepted.
+/// Anything but the two counts (an `error_code`, `{}`, a non-object) is unclear, never a
+/// confirmation.
 pub fn parse_batch_answer(body: &[u8], sent: usize) -> Result<DeleteOutcome, String> {
     let a: BatchAnswer = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if let Some(code) = &a.error_code {
+        return Err(format!("error_code {code} in a 200 answer"));
+    }
     let (Some(total), Some(deleted)) = (a.total_count, a.deleted_count) else {
         return Err("no total_count/deleted_count".into());
     };
@@ -436,7 +467,50 @@ mod tests {
             })
         );
         assert!(parse_batch_answer(br#"{"status":"ok"}"#, 1).is_err());
+        assert!(parse_batch_answer(b"{}", 1).is_err());
+        assert!(
+            parse_batch_answer(
+                br#"{"total_count":1,"deleted_count":1,"error_code":"KOS.00060002"}"#,
+                1
+            )
+            .is_err()
+        );
         assert!(parse_batch_answer(b"<html>", 1).is_err());
+    }
+
+    #[test]
+    fn only_a_well_formed_listing_is_a_page() {
+        assert!(parse_page("a", b"{}").is_err(), "no records: not a listing");
+        assert!(parse_page("a", br#"{"error_code":"KOS.00010002","error_msg":"x"}"#).is_err());
+        assert!(
+            parse_page(
+                "a",
+                br#"{"error_code":"KOS.00060002","records":[],"total":0}"#
+            )
+            .is_err()
+        );
+        let p = parse_page("a", br#"{"total":0,"records":[]}"#).unwrap();
+        assert!(p.chats.is_empty() && p.is_last(1, 100));
+    }
+
+    #[test]
+    fn paging_stops_at_total_or_a_short_page_even_without_pages() {
+        let full = |total: Option<u64>| ListedPage {
+            records: 100,
+            total,
+            ..ListedPage::default()
+        };
+        assert!(full(Some(200)).is_last(2, 100));
+        assert!(!full(Some(201)).is_last(2, 100));
+        assert!(
+            !full(None).is_last(7, 100),
+            "a full page with no total: go on"
+        );
+        let short = ListedPage {
+            records: 3,
+            ..ListedPage::default()
+        };
+        assert!(short.is_last(1, 100));
     }
 
     #[test]
