@@ -253,7 +253,7 @@ impl SecretRef {
         let reference = self.to_string();
         let value = match self {
             Self::Env(name) => std::env::var_os(name)
-                .map(|v| std::os::unix::ffi::OsStringExt::into_vec(v))
+                .map(std::os::unix::ffi::OsStringExt::into_vec)
                 .ok_or_else(|| SecretError::EnvMissing {
                     reference: reference.clone(),
                     name: name.clone(),

@@ -1,43 +1,119 @@
 //! Logging setup: tracing-subscriber with an env filter (`FORGETD_LOG`, then `RUST_LOG`, default
-//! `info`), to stderr.
+//! `info` for the daemon and `warn` for short commands).
 //!
-//! Text for terminals; under journald (`JOURNAL_STREAM` set by systemd) the text has no timestamp,
-//! since the journal stamps each line itself. `FORGETD_LOG_FORMAT=json` gives one JSON object per
-//! line. Secrets never reach a log: they are `SecretString`s, whose Debug is redacted, and no code
-//! formats their exposed value.
+//! Rules:
+//! - Under systemd (`JOURNAL_STREAM` names the stream stderr is, and the journal socket exists)
+//!   events go to journald natively (`tracing-journald`): each line carries its priority, so
+//!   `journalctl -u forgetd -p warning` shows exactly the warnings and errors, and its fields
+//!   (`REQUEST=`, `PROVIDER=`, ...) can be matched on.
+//! - Elsewhere, text on stderr (colour only on a terminal), or `FORGETD_LOG_FORMAT=json`: one JSON
+//!   object per line. `FORGETD_LOG_FORMAT=text` forces text, also under systemd.
+//! - An invalid `FORGETD_LOG` or `FORGETD_LOG_FORMAT` is a configuration error that names the
+//!   variable (exit 78), never a silent fallback that drops every line.
+//! - Secrets never reach a log: they are `SecretString`s, whose Debug is redacted, and no code
+//!   formats their exposed value.
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
-fn filter(default: &str) -> EnvFilter {
-    EnvFilter::try_from_env("FORGETD_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new(default))
+/// A logging variable that cannot be used as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum LogSetupError {
+    #[error(
+        "FORGETD_LOG={value:?} is not a log filter ({reason}); use a level (error, warn, info, debug, trace) or directives such as \"forgetd=debug\""
+    )]
+    Filter { value: String, reason: String },
+    #[error("FORGETD_LOG_FORMAT={0:?} is not a log format; use \"text\" or \"json\"")]
+    Format(String),
 }
 
-fn install(default: &str) {
-    let json = std::env::var("FORGETD_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter(default))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false);
-    let _ = if json {
-        builder.json().with_current_span(true).try_init()
-    } else if journald {
-        builder.without_time().with_ansi(false).try_init()
-    } else {
-        builder.try_init()
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+    Journald,
+}
+
+fn filter(default: &str) -> Result<EnvFilter, LogSetupError> {
+    match std::env::var("FORGETD_LOG") {
+        Ok(value) => EnvFilter::builder()
+            .parse(&value)
+            .map_err(|e| LogSetupError::Filter {
+                reason: e.to_string(),
+                value,
+            }),
+        Err(_) => Ok(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))),
+    }
+}
+
+/// Whether stderr is the stream systemd's `JOURNAL_STREAM` names ("device:inode").
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
     };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
+fn format() -> Result<Format, LogSetupError> {
+    match std::env::var("FORGETD_LOG_FORMAT") {
+        Ok(v) if v.eq_ignore_ascii_case("json") => Ok(Format::Json),
+        Ok(v) if v.eq_ignore_ascii_case("text") => Ok(Format::Text),
+        Ok(v) => Err(LogSetupError::Format(v)),
+        Err(_) if stderr_is_journal() => Ok(Format::Journald),
+        Err(_) => Ok(Format::Text),
+    }
+}
+
+fn install(default: &str) -> Result<(), LogSetupError> {
+    let filter = filter(default)?;
+    let mut format = format()?;
+    use std::io::IsTerminal;
+    let text = || {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+    };
+    let journald = match format {
+        Format::Journald => match tracing_journald::layer() {
+            Ok(layer) => Some(layer.with_syslog_identifier("forgetd".into())),
+            // No journal socket (a container without journald): text, without timestamps, as
+            // the stream's reader stamps lines itself.
+            Err(_) => {
+                format = Format::Text;
+                None
+            }
+        },
+        _ => None,
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match format {
+        Format::Json => registry
+            .with(text().json().with_current_span(true))
+            .try_init(),
+        Format::Journald => registry.with(journald).try_init(),
+        Format::Text if std::env::var_os("JOURNAL_STREAM").is_some() => registry
+            .with(text().without_time().with_ansi(false))
+            .try_init(),
+        Format::Text => registry.with(text()).try_init(),
+    };
+    Ok(())
 }
 
 /// For short CLI commands: warnings and errors only unless asked. Call once, before anything logs.
-pub fn init_cli() {
-    install("warn");
+pub fn init_cli() -> Result<(), LogSetupError> {
+    install("warn")
 }
 
 /// For the daemon and the benchmarks.
-pub fn init_daemon() {
-    install("info");
+pub fn init_daemon() -> Result<(), LogSetupError> {
+    install("info")
 }

@@ -190,16 +190,29 @@ fn database_files_are_group_shared_never_world_readable() {
     use std::os::unix::fs::PermissionsExt;
     let s = Scratch::new();
     let nested = s.path("state").join("forgetd.db");
-    let o = std::process::Command::new(BIN)
-        .arg("--db")
-        .arg(&nested)
-        .arg("status")
-        .output()
-        .unwrap();
+    let status = || {
+        std::process::Command::new(BIN)
+            .arg("--db")
+            .arg(&nested)
+            .arg("status")
+            .output()
+            .unwrap()
+    };
+    // A missing directory is not created: a typo must not answer "empty" (exit 1, named).
+    let o = status();
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    assert!(!nested.parent().unwrap().exists());
+    std::fs::create_dir(nested.parent().unwrap()).unwrap();
+    std::fs::set_permissions(
+        nested.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o2770),
+    )
+    .unwrap();
+    let o = status();
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&nested), 0o660);
-    assert_eq!(mode(nested.parent().unwrap()), 0o770);
 }
 
 #[test]

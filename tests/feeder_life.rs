@@ -114,7 +114,10 @@ async fn lifting_one_of_two_subject_holds_frees_nothing_after_the_request_comple
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     for id in ["alice-1", "alice-2", "bob-1"] {
         assert!(sim.exists(C, "char-a", id), "{id} was deleted");
-        assert!(!named(&sim, "char-a", id), "{id} was named in a delete call");
+        assert!(
+            !named(&sim, "char-a", id),
+            "{id} was named in a delete call"
+        );
     }
     assert_eq!(state_of(&s, "R1"), "complete");
 }
@@ -136,10 +139,7 @@ async fn a_chat_recorded_while_a_request_ran_stays_its_owners_for_holds_and_late
     );
     // The rule is added once the request has completed, below.
     let rule_cfg = std::fs::read_to_string(&cfg).unwrap();
-    let no_rule_cfg = s.write(
-        "norule.toml",
-        rule_cfg.split("[[rules]]").next().unwrap(),
-    );
+    let no_rule_cfg = s.write("norule.toml", rule_cfg.split("[[rules]]").next().unwrap());
     chat(&s, &sim, "char-a", "bob-1", "bob", now() - 60);
     chat(&s, &sim, "char-a", "carol-1", "carol", now() - 60); // decoy
     file(&s, "bob", "B1");
@@ -159,7 +159,10 @@ async fn a_chat_recorded_while_a_request_ran_stays_its_owners_for_holds_and_late
     let hold = hold_subject(&s, "bob", "evidence");
     let o = run_once(&s, &cfg);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert!(sim.exists(C, "char-a", "bob-2"), "the rule deleted a held chat");
+    assert!(
+        sim.exists(C, "char-a", "bob-2"),
+        "the rule deleted a held chat"
+    );
     assert!(!named(&sim, "char-a", "bob-2"));
     // ...and bob's second request covers both, listing them as held.
     file(&s, "bob", "B2");
@@ -248,7 +251,11 @@ async fn requests_are_records_a_feeder_delete_is_refused_and_ids_are_never_reuse
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     file(&s, "bob", "B1");
     let id = stdout(&s.sqlite3("SELECT id FROM erasure_requests WHERE external_ref = 'B1'"));
-    assert_eq!(id.trim(), "2", "AUTOINCREMENT: id 1 is never handed out again");
+    assert_eq!(
+        id.trim(),
+        "2",
+        "AUTOINCREMENT: id 1 is never handed out again"
+    );
     let o = run_once(&s, &cfg);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let b1 = show(&s, "B1");
@@ -364,6 +371,24 @@ async fn convai_answering(answer: ResponseTemplate) -> MockServer {
     server
 }
 
+/// Alice's chat `s1` under character `c` (through the CLI) and her request `A1`.
+fn alice_asks_about_one_chat(s: &Scratch) {
+    let o = s.forgetd(&[
+        "sessions",
+        "add",
+        "--provider",
+        "convai",
+        "--scope",
+        "c",
+        "--id",
+        "s1",
+        "--subject",
+        "alice",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    file(s, "alice", "A1");
+}
+
 fn convai_only_config(s: &Scratch, url: &str, extra: &str) -> std::path::PathBuf {
     let key = s.write("convai.key", "k");
     s.write(
@@ -386,12 +411,7 @@ async fn a_200_that_is_not_the_documented_success_is_never_counted_as_deleted() 
         let s = fresh();
         let server = convai_answering(ResponseTemplate::new(200).set_body_string(body)).await;
         let cfg = convai_only_config(&s, &server.uri(), "");
-        let o = s.forgetd(&[
-            "sessions", "add", "--provider", "convai", "--scope", "c", "--id", "s1", "--subject",
-            "alice",
-        ]);
-        assert_eq!(code(&o), 0);
-        file(&s, "alice", "A1");
+        alice_asks_about_one_chat(&s);
         let o = run_once(&s, &cfg);
         assert_eq!(code(&o), 1, "{body}: {}", stderr(&o));
         assert_eq!(state_of(&s, "A1"), "failed", "{body}");
@@ -489,7 +509,11 @@ async fn an_approval_releases_the_run_that_was_shown_and_no_bigger_one() {
     assert_eq!(code(&s.sqlite3(&sql)), 0);
     let o = run_once(&s, &cfg);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert_eq!(sim.remaining(C), 54, "an approval of 3 released nothing of 53");
+    assert_eq!(
+        sim.remaining(C),
+        54,
+        "an approval of 3 released nothing of 53"
+    );
     let rules: serde_json::Value =
         serde_json::from_str(&stdout(&s.forgetd(&["rules", "list", "--json"]))).unwrap();
     assert_eq!(rules[0]["awaiting_matched"], 53, "{rules}");
@@ -508,16 +532,13 @@ async fn a_retry_after_beyond_the_cap_pauses_the_provider_instead_of_freezing_it
         let server = convai_answering(
             ResponseTemplate::new(429)
                 .insert_header("Retry-After", header)
-                .set_body_string(r#"{"ERROR": "API rate limit exceeded. Please try again later."}"#),
+                .set_body_string(
+                    r#"{"ERROR": "API rate limit exceeded. Please try again later."}"#,
+                ),
         )
         .await;
         let cfg = convai_only_config(&s, &server.uri(), "max_retry_after = \"10m\"");
-        let o = s.forgetd(&[
-            "sessions", "add", "--provider", "convai", "--scope", "c", "--id", "s1", "--subject",
-            "alice",
-        ]);
-        assert_eq!(code(&o), 0);
-        file(&s, "alice", "A1");
+        alice_asks_about_one_chat(&s);
         let started = std::time::Instant::now();
         let o = run_once(&s, &cfg);
         assert_eq!(code(&o), 1, "{header}: {}", stderr(&o));
@@ -560,7 +581,10 @@ async fn one_overlong_convai_id_in_a_listing_does_not_fail_the_rule() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(!sim.exists(C, "char-a", "listed-only"));
     assert!(!sim.exists(C, "char-a", &sixty_four));
-    assert!(sim.exists(C, "char-a", &long), "an invalid ID is never sent");
+    assert!(
+        sim.exists(C, "char-a", &long),
+        "an invalid ID is never sent"
+    );
     assert!(sim.exists(C, "char-b", "other-character"));
 }
 
@@ -633,5 +657,9 @@ fn an_audit_key_that_is_a_link_readable_by_others_or_short_is_refused() {
     std::fs::write(&key, bytes).unwrap();
     let o = run();
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert_eq!(std::fs::read(&victim).unwrap(), [7u8; 40], "the link's target is untouched");
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        [7u8; 40],
+        "the link's target is untouched"
+    );
 }

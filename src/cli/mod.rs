@@ -283,9 +283,13 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon says what it does; other commands (the demo's output is its report) speak only
     // of trouble unless FORGETD_LOG asks for more.
-    match cli.command {
+    let logging = match cli.command {
         Command::Run { .. } | Command::Bench { .. } => crate::logging::init_daemon(),
         _ => crate::logging::init_cli(),
+    };
+    if let Err(e) = logging {
+        eprintln!("forgetd: {e}");
+        return ExitCode::from(78);
     }
     match commands::dispatch(cli) {
         Ok(code) => code,

@@ -55,6 +55,10 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error(
+        "the database directory {dir} does not exist; forgetd creates the database only inside an existing directory (check --db and [database] path, or create it: install -d -m 2770 -o forgetd -g forgetd {dir})"
+    )]
+    NoDirectory { dir: PathBuf },
     #[error("cannot prepare database file {path}: {source}")]
     Io {
         path: PathBuf,
@@ -260,11 +264,17 @@ fn prepare_files(path: &Path) -> Result<()> {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).map_err(io)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o770)).map_err(io)?;
+    // No command creates a missing directory: a mistyped --db must not answer "empty" from a
+    // database it just made up. The directory is the operator's (systemd's StateDirectory=).
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => warn_unless_setgid(dir, &meta),
+            Ok(_) | Err(_) => {
+                return Err(StoreError::NoDirectory {
+                    dir: dir.to_path_buf(),
+                });
+            }
+        }
     }
     match std::fs::OpenOptions::new()
         .write(true)
@@ -281,6 +291,19 @@ fn prepare_files(path: &Path) -> Result<()> {
         Err(e) => return Err(io(e)),
     }
     Ok(())
+}
+
+/// A directory shared through a group (group-writable) needs the setgid bit, or a feeder's
+/// sqlite3 creates `-wal`/`-shm` under its own primary group and the daemon cannot open them.
+fn warn_unless_setgid(dir: &Path, meta: &std::fs::Metadata) {
+    let mode = meta.permissions().mode();
+    if mode & 0o020 != 0 && mode & 0o2000 == 0 {
+        tracing::warn!(
+            directory = %dir.display(),
+            "the database directory is shared through its group but lacks the setgid bit: files a feeder creates (-wal, -shm) get the feeder's own group and the daemon may not open them; run `chmod g+s {}`",
+            dir.display()
+        );
+    }
 }
 
 fn strip_world_bits(path: &Path) {
@@ -368,15 +391,14 @@ mod tests {
     fn open_creates_group_shared_files_and_migrates() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub").join("f.db");
+        // No command creates a missing directory: a mistyped path is an error, not a new database.
+        let e = Store::open(&path).unwrap_err();
+        assert!(matches!(e, StoreError::NoDirectory { .. }), "{e}");
+        assert!(!path.parent().unwrap().exists());
+        std::fs::create_dir(path.parent().unwrap()).unwrap();
         let s = Store::open(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o660);
-        let dmode = std::fs::metadata(path.parent().unwrap())
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(dmode, 0o770);
         let v: i64 = s
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))

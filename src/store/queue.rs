@@ -453,6 +453,8 @@ fn apply_outcome(
                  finished_at = ?4, lease_expires_ms = NULL, batch_id = NULL {guard}"
             ))?
             .execute(params![id, batch_id, truncate_error(error), now])?;
+            // An operator watching the journal must see every chat forgetd gave up on.
+            tracing::warn!(item = id, reason = %error, "gave up deleting a chat; `forgetd requests retry` revives it");
         }
         ItemOutcome::Release => {
             tx.prepare_cached(&format!(

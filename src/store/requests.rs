@@ -293,11 +293,49 @@ pub(crate) fn refresh_request(
     .execute(params![id, new.as_str(), completed_at, now])?;
     if matches!(new, RequestState::Complete | RequestState::Failed) {
         record_outcome(tx, id, new, now)?;
+        log_finished(tx, id, new, now)?;
     }
     if new == RequestState::Complete {
         minimize(tx, id)?;
     }
     Ok(Some(new))
+}
+
+/// One journal line per request that completed (info) or failed (warning): its ref, its counts and
+/// whether it was late. No subject: the ref leads to the person in the feeder's own records.
+fn log_finished(tx: &Transaction<'_>, id: i64, state: RequestState, now: i64) -> Result<()> {
+    let (external_ref, due_at, deleted, held, dead): (Option<String>, Option<i64>, i64, i64, i64) = tx
+        .prepare_cached(
+            "SELECT r.external_ref, r.due_at,
+                (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = r.id AND w.state = 'deleted'),
+                (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = r.id AND w.state = 'held'),
+                (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = r.id AND w.state = 'dead')
+             FROM erasure_requests r WHERE r.id = ?1",
+        )?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
+    let overdue = due_at.is_some_and(|d| now > d);
+    let external_ref = external_ref.unwrap_or_default();
+    if state == RequestState::Failed {
+        tracing::warn!(
+            request = id,
+            external_ref,
+            deleted,
+            held,
+            dead,
+            overdue,
+            "erasure request failed: some chats could not be deleted; see `forgetd requests show {id}`, then `forgetd requests retry {id}`"
+        );
+    } else {
+        tracing::info!(
+            request = id,
+            external_ref,
+            deleted,
+            held,
+            overdue,
+            "erasure request complete"
+        );
+    }
+    Ok(())
 }
 
 /// The audit event that closes a request: every chat with its outcome, confirmation time, hold
