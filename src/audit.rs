@@ -138,8 +138,7 @@ pub fn verify(store: &Store) -> Result<Verification> {
     })
 }
 
-/// The shortest subject key accepted: HMAC-SHA256 wants at least its output size.
-pub const MIN_KEY_LEN: usize = 32;
+use crate::config::MIN_SUBJECT_KEY_LEN as MIN_KEY_LEN;
 
 /// Reads the key file without following a link, refusing it when group or others may read it.
 fn read_key_file(path: &Path) -> Result<Vec<u8>, KeyError> {

@@ -186,7 +186,14 @@ pub enum SecretError {
     Empty { reference: String },
     #[error("secret {reference} is not UTF-8 text; this setting takes a text secret")]
     NotText { reference: String },
+    #[error(
+        "secret {reference} is {len} bytes; a subject key needs at least 32 (`head -c 32 /dev/urandom`)"
+    )]
+    TooShort { reference: String, len: usize },
 }
+
+/// The shortest `[audit] subject_key` accepted: HMAC-SHA256 wants at least its output size.
+pub const MIN_SUBJECT_KEY_LEN: usize = 32;
 
 impl SecretRef {
     /// Parses `env:NAME`, `file:/path` or `credential:NAME`. The error never repeats the value: a
@@ -302,6 +309,9 @@ impl fmt::Debug for SecretRef {
 
 #[derive(Debug, Default, Deserialize)]
 struct RawConfig {
+    /// Set in config.example.toml: a copy nobody edited must not start a service against the
+    /// example's placeholders (or real provider hosts with placeholder IDs).
+    unedited_example: Option<bool>,
     database: Option<RawDatabase>,
     daemon: Option<RawDaemon>,
     retry: Option<RawRetry>,
@@ -561,7 +571,23 @@ impl Config {
     pub fn check_secrets(&self) -> Vec<SecretError> {
         self.secret_refs()
             .into_iter()
-            .filter_map(|(_, r)| r.read().err())
+            .filter_map(|(name, r)| {
+                if name == "audit.subject_key" {
+                    // A key is bytes (`head -c 32 /dev/urandom`), not text.
+                    match r.read_bytes() {
+                        Err(e) => Some(e),
+                        Ok(k) if k.expose_secret().len() < MIN_SUBJECT_KEY_LEN => {
+                            Some(SecretError::TooShort {
+                                reference: r.to_string(),
+                                len: k.expose_secret().len(),
+                            })
+                        }
+                        Ok(_) => None,
+                    }
+                } else {
+                    r.read().err()
+                }
+            })
             .collect()
     }
 
@@ -774,6 +800,11 @@ fn limits(problems: &mut Vec<String>, prefix: &str, raw: &RawLimits) -> Provider
 }
 
 fn validate(raw: RawConfig, p: &mut Vec<String>) -> Config {
+    if raw.unedited_example == Some(true) {
+        p.push(
+            "this is the unedited example configuration (`unedited_example = true`): fill in your providers, secrets and rules, then delete that line".into(),
+        );
+    }
     let base = Config::defaults();
     let database = raw.database.and_then(|d| d.path).unwrap_or(base.database);
 

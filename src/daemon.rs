@@ -304,7 +304,11 @@ pub async fn run_forever(p: Prepared, options: RunOptions, clock: SharedClock) -
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
             _ = hup.recv() => {
-                notify(&[sd_notify::NotifyState::Reloading]);
+                // systemd 253+ wants the reload's monotonic timestamp with RELOADING=1.
+                match sd_notify::NotifyState::monotonic_usec_now() {
+                    Ok(at) => notify(&[sd_notify::NotifyState::Reloading, at]),
+                    Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
+                }
                 match reload(&options, &store, clock.now()).await {
                     Ok(new) => {
                         deadline_secs.store(new.daemon.deadline.as_secs() as i64, std::sync::atomic::Ordering::Relaxed);

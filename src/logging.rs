@@ -35,8 +35,26 @@ enum Format {
     Journald,
 }
 
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
 fn filter(default: &str) -> Result<EnvFilter, LogSetupError> {
     match std::env::var("FORGETD_LOG") {
+        // A bare word is a target to tracing ("verbose" = every event of a target named verbose,
+        // which is none): one that is neither a level nor one of ours is a mistake, not a filter.
+        Ok(value)
+            if value.split(',').any(|d| {
+                let d = d.trim();
+                !d.is_empty()
+                    && !d.contains('=')
+                    && !LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l))
+                    && !d.starts_with("forgetd")
+            }) =>
+        {
+            Err(LogSetupError::Filter {
+                value,
+                reason: "a bare word must be a level".into(),
+            })
+        }
         Ok(value) => EnvFilter::builder()
             .parse(&value)
             .map_err(|e| LogSetupError::Filter {

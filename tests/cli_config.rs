@@ -106,9 +106,17 @@ fn run_without_a_provider_is_a_configuration_error() {
 }
 
 #[test]
-fn the_example_config_is_valid() {
+fn the_example_config_refuses_to_run_unedited_and_is_valid_once_edited() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
-    let c = forgetd::config::Config::load(std::path::Path::new(example)).unwrap();
+    let e = forgetd::config::Config::load(std::path::Path::new(example)).unwrap_err();
+    assert!(e.to_string().contains("unedited_example"), "{e}");
+    let s = Scratch::new();
+    let text = std::fs::read_to_string(example).unwrap();
+    let edited = s.write(
+        "edited.toml",
+        &text.replace("unedited_example = true\n", ""),
+    );
+    let c = forgetd::config::Config::load(&edited).unwrap();
     assert!(c.convai.is_some() && c.koosearch.is_some() && c.rules.len() == 1);
 }
 

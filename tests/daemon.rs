@@ -238,6 +238,10 @@ async fn sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
         + "\n[[rules]]\nname = \"added-by-reload\"\nprovider = \"convai\"\nscope = \"char-a\"\nmax_age = \"3650d\"\nschedule = \"0 3 * * *\"\n";
     std::fs::write(&cfg, &good).unwrap();
     signal(&child, "-HUP");
+    // systemd 253+ needs the reload's monotonic time with RELOADING=1.
+    assert!(n.wait_for("RELOADING=1").await, "saw {:?}", n.seen);
+    let reloading = n.seen.iter().find(|m| m.contains("RELOADING=1")).unwrap();
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
     eventually("rule synced from the reloaded file", || {
         stdout(&s.forgetd(&["rules", "list", "--json"])).contains("added-by-reload")
     })

@@ -55,6 +55,20 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => plan(config, subject, rule, json),
         Command::Audit(cmd) => audit(&config, cmd),
         Command::CheckConfig => check_config(&config),
+        Command::Simulator {
+            listen,
+            config_out,
+            applications,
+            refuse,
+            database,
+        } => runtime()?.block_on(simulator(
+            listen,
+            config_out,
+            applications,
+            refuse,
+            database,
+        )),
+        Command::Backup { file } => backup(&config, &file),
         Command::Erase {
             subject,
             external_ref,
@@ -553,5 +567,101 @@ fn holds(config: &Config, cmd: HoldsCommand, now: i64) -> Result<ExitCode> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `forgetd simulator`: the simulated providers until SIGINT/SIGTERM.
+async fn simulator(
+    listen: std::net::SocketAddr,
+    config_out: Option<std::path::PathBuf>,
+    applications: Vec<String>,
+    refuse: Vec<String>,
+    database: Option<std::path::PathBuf>,
+) -> Result<ExitCode> {
+    use crate::simulator::{CONVAI_KEY, Faults, IAM_PASSWORD, Simulator};
+    let faults = Faults {
+        bad_ids: refuse.into_iter().collect(),
+        ..Faults::default()
+    };
+    let sim = Simulator::start_on(std::sync::Arc::new(SystemClock), faults, 1, listen)
+        .await
+        .with_context(|| format!("starting the simulator on {listen}"))?;
+    let apps: Vec<&str> = applications.iter().map(String::as_str).collect();
+    if let Some(path) = &config_out {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let write = |p: std::path::PathBuf, bytes: &[u8], mode: u32| -> Result<()> {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&p)
+                .with_context(|| format!("writing {}", p.display()))?;
+            f.write_all(bytes)
+                .with_context(|| format!("writing {}", p.display()))
+        };
+        let mut text = sim.rehearsal_config(&apps);
+        if let Some(db) = &database {
+            let db = toml::Value::String(db.display().to_string());
+            text = format!("[database]\npath = {db}\n\n{text}");
+        }
+        write(path.clone(), text.as_bytes(), 0o640)?;
+        write(dir.join("convai-api-key"), CONVAI_KEY.as_bytes(), 0o600)?;
+        write(dir.join("iam-password"), IAM_PASSWORD.as_bytes(), 0o600)?;
+        let key: [u8; 32] = rand::random();
+        write(dir.join("audit-key"), &key, 0o600)?;
+    }
+    println!("convai    {}", sim.convai_url);
+    println!("koosearch {}", sim.koosearch_url);
+    println!("iam       {}", sim.iam_url);
+    match &config_out {
+        Some(p) => println!(
+            "config    {} (run: CREDENTIALS_DIRECTORY={} forgetd --config {} run)",
+            p.display(),
+            p.parent()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+            p.display()
+        ),
+        None => println!("(no --config-out: nothing written)"),
+    }
+    std::io::stdout().flush().ok();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    drop(sim);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `forgetd backup FILE`: SQLite's online backup (consistent while the daemon and feeders write),
+/// then `quick_check` and the audit chain on the copy.
+fn backup(config: &Config, file: &std::path::Path) -> Result<ExitCode> {
+    let store = Store::open(&config.database)
+        .with_context(|| format!("opening {}", config.database.display()))?;
+    let pages = store
+        .backup_to(file)
+        .with_context(|| format!("backing up to {}", file.display()))?;
+    let copy = Store::open(file).with_context(|| format!("opening the copy {}", file.display()))?;
+    copy.quick_check()
+        .with_context(|| format!("checking the copy {}", file.display()))?;
+    let v = crate::audit::verify(&copy)?;
+    if let Some(broken) = &v.broken {
+        anyhow::bail!(
+            "the copy {} was made, but its audit chain is broken at {broken:?}: the database itself is damaged or was edited; keep both files and run `forgetd audit verify`",
+            file.display()
+        );
+    }
+    println!(
+        "backup {}: {pages} pages, integrity ok, audit chain intact ({} events, head {})",
+        file.display(),
+        v.events,
+        v.head
+    );
     Ok(ExitCode::SUCCESS)
 }

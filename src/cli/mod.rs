@@ -110,6 +110,32 @@ pub enum Command {
     Holds(HoldsCommand),
     /// Validate the configuration and the secrets it names, then exit.
     CheckConfig,
+    /// Run the simulated providers in the foreground, for rehearsing with the real daemon.
+    Simulator {
+        /// Convai listens here, KooSearch on the next port, IAM on the one after (port 0: any).
+        #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// Write a config pointing at the simulator here, and its three secrets (convai-api-key,
+        /// iam-password, audit-key) beside it, as systemd credentials.
+        #[arg(long, value_name = "FILE")]
+        config_out: Option<PathBuf>,
+        /// KooSearch application IDs the simulator serves (repeatable).
+        #[arg(long = "application", value_name = "ID", default_values_t = ["app-1".to_string()])]
+        applications: Vec<String>,
+        /// A chat ID the simulated providers refuse (HTTP 400), so its erasure fails (repeatable).
+        #[arg(long, value_name = "ID")]
+        refuse: Vec<String>,
+        /// The database path to write into the config (`[database] path`); without it the
+        /// config uses the default ($STATE_DIRECTORY/forgetd.db under systemd, else ./forgetd.db).
+        #[arg(long, value_name = "FILE")]
+        database: Option<PathBuf>,
+    },
+    /// Copy the database consistently while the daemon runs (SQLite's online backup), then check
+    /// the copy (integrity and audit chain).
+    Backup {
+        /// Where the copy goes; must not exist yet.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

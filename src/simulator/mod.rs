@@ -158,9 +158,13 @@ impl Drop for Simulator {
     }
 }
 
-async fn serve(router: axum::Router, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+async fn serve(
+    router: axum::Router,
+    bind: SocketAddr,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     use axum::serve::ListenerExt;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let listener = tokio::net::TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     // As production servers do: no Nagle delay on small answers.
     let listener = listener.tap_io(|tcp| {
@@ -177,6 +181,24 @@ async fn serve(router: axum::Router, shutdown: CancellationToken) -> std::io::Re
 impl Simulator {
     /// Starts the three servers on loopback ports chosen by the OS.
     pub async fn start(clock: SharedClock, faults: Faults, seed: u64) -> std::io::Result<Self> {
+        Self::start_on(clock, faults, seed, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts the three servers on `listen`: Convai on its port, KooSearch on the next and IAM
+    /// on the one after (port 0: three ports the OS chooses).
+    pub async fn start_on(
+        clock: SharedClock,
+        faults: Faults,
+        seed: u64,
+        listen: SocketAddr,
+    ) -> std::io::Result<Self> {
+        let port = |n: u16| {
+            let mut a = listen;
+            if a.port() != 0 {
+                a.set_port(a.port().saturating_add(n));
+            }
+            a
+        };
         let (hold_tx, _) = tokio::sync::watch::channel(false);
         let state = Arc::new(SimState {
             inner: Mutex::new(Inner::default()),
@@ -190,15 +212,22 @@ impl Simulator {
         });
         let convai = serve(
             handlers::convai_router(state.clone()),
+            port(0),
             state.shutdown.clone(),
         )
         .await?;
         let koo = serve(
             handlers::koosearch_router(state.clone()),
+            port(1),
             state.shutdown.clone(),
         )
         .await?;
-        let iam = serve(handlers::iam_router(state.clone()), state.shutdown.clone()).await?;
+        let iam = serve(
+            handlers::iam_router(state.clone()),
+            port(2),
+            state.shutdown.clone(),
+        )
+        .await?;
         Ok(Self {
             convai_url: format!("http://{convai}"),
             koosearch_url: format!("http://{koo}"),
@@ -235,6 +264,17 @@ project = "{IAM_PROJECT}"
                 .join(", "),
             self.iam_url
         )
+    }
+
+    /// A whole configuration for `forgetd run` against this simulator, for rehearsal: secrets as
+    /// systemd credentials (`convai-api-key`, `iam-password`, `audit-key`), so the same file works
+    /// under the unit (install the three files as credentials) and by hand
+    /// (`CREDENTIALS_DIRECTORY=<dir of the files> forgetd --config F run`).
+    pub fn rehearsal_config(&self, applications: &[&str]) -> String {
+        self.config_toml(applications)
+            .replace("env:FORGETD_SIM_CONVAI_KEY", "credential:convai-api-key")
+            .replace("env:FORGETD_SIM_IAM_PASSWORD", "credential:iam-password")
+            + "\n[audit]\nsubject_key = \"credential:audit-key\"\n"
     }
 
     /// Sets the environment variables [`Simulator::config_toml`] refers to (process-wide: call

@@ -207,6 +207,35 @@ impl Store {
         &self.conn
     }
 
+    /// Copies the database to `file` with SQLite's online backup API: a consistent snapshot
+    /// while the daemon and feeders keep writing (copying the file alone is not one: in WAL mode
+    /// recent commits live in `-wal`). The copy is mode 0600, never written over an existing file
+    /// or through a link. Returns the pages copied.
+    pub fn backup_to(&self, file: &Path) -> Result<u64> {
+        let io = |source| StoreError::Io {
+            path: file.to_path_buf(),
+            source,
+        };
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(file)
+            .map_err(io)?;
+        let mut dst = Connection::open(file).map_err(|source| StoreError::Open {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        let pages = {
+            let backup = rusqlite::backup::Backup::new(&self.conn, &mut dst)?;
+            // Small steps with short pauses, so writers are never held up for long.
+            backup.run_to_completion(256, Duration::from_millis(5), None)?;
+            backup.progress().pagecount.max(0) as u64
+        };
+        Ok(pages)
+    }
+
     /// `PRAGMA quick_check`: run by the daemon at start so a damaged file is found before work.
     pub fn quick_check(&self) -> Result<()> {
         let mut stmt = self.conn.prepare("PRAGMA quick_check")?;
