@@ -3,7 +3,8 @@
 //! Rules:
 //! - Rows are only ever inserted (the schema's triggers refuse UPDATE and DELETE). Each row's
 //!   `hash` is SHA-256 over the previous row's hash and this row's fields, so altering, removing
-//!   or reordering any row breaks every link after it; [`verify`] names the first broken one.
+//!   or reordering any row breaks every link after it; `Store::verify_audit` names the first
+//!   broken one.
 //! - Appends happen inside the caller's IMMEDIATE transaction (read the last hash, insert), so the
 //!   daemon's and the CLI's appends are serialized by SQLite's write lock and an event is recorded
 //!   in the same commit as the change it describes.
@@ -11,42 +12,47 @@
 //!   by `[audit] subject_key` or a generated key file beside the database (0600). That is
 //!   pseudonymous data: still personal data under GDPR, but it proves "this request's person"
 //!   without naming them.
+//! - Events whose content is read back (the request's closing event, which the certificate is
+//!   built from) are typed ([`RequestClosed`]): the writer and the reader share one serde type,
+//!   never JSON by string keys.
+//!
+//! This module is the chain's arithmetic and its types; the statements that append and walk it
+//! live in [`crate::store::audit`].
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, Mac};
-use rusqlite::{OptionalExtension, Transaction, params};
 use secrecy::{ExposeSecret, SecretSlice};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, SecretError};
-use crate::store::{Result, Store};
+
+/// The closing event of a request (`request.completed` / `request.failed`): every chat with its
+/// outcome. Written by the store when a request finishes, read by the certificate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RequestClosed {
+    pub items: Vec<ClosedItem>,
+}
+
+/// One chat of a closed request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClosedItem {
+    pub provider: String,
+    pub scope: String,
+    pub session_id: String,
+    /// The work item's state: `deleted`, `held` or `dead`.
+    pub state: String,
+    pub outcome: Option<String>,
+    pub confirmed_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub hold_id: Option<i64>,
+    pub hold_reason: Option<String>,
+}
 
 /// The hash before the first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// Appends one event; returns its hash.
-pub fn append(
-    tx: &Transaction<'_>,
-    at: i64,
-    kind: &str,
-    request_id: Option<i64>,
-    data: &serde_json::Value,
-) -> Result<String> {
-    let (prev_seq, prev_hash): (i64, String) = tx
-        .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?
-        .unwrap_or((0, GENESIS.to_string()));
-    let seq = prev_seq + 1;
-    let data = data.to_string();
-    let hash = link_hash(&prev_hash, seq, at, kind, request_id, &data);
-    tx.prepare_cached("INSERT INTO audit_log (seq, at, kind, request_id, data, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
-        .execute(params![seq, at, kind, request_id, data, prev_hash, hash])?;
-    Ok(hash)
-}
 
 /// The hash of one link. Fields are length-prefixed so no two field lists hash alike.
 pub fn link_hash(
@@ -87,55 +93,6 @@ pub struct Verification {
 pub struct BrokenLink {
     pub seq: i64,
     pub reason: String,
-}
-
-/// Walks the chain from the start.
-pub fn verify(store: &Store) -> Result<Verification> {
-    let mut stmt = store.connection().prepare(
-        "SELECT seq, at, kind, request_id, data, prev_hash, hash FROM audit_log ORDER BY seq",
-    )?;
-    let mut rows = stmt.query([])?;
-    let mut expected_prev = GENESIS.to_string();
-    let mut expected_seq = 1i64;
-    let mut events = 0u64;
-    while let Some(r) = rows.next()? {
-        let seq: i64 = r.get(0)?;
-        let at: i64 = r.get(1)?;
-        let kind: String = r.get(2)?;
-        let request_id: Option<i64> = r.get(3)?;
-        let data: String = r.get(4)?;
-        let prev: String = r.get(5)?;
-        let hash: String = r.get(6)?;
-        let broken = |reason: String| Verification {
-            events,
-            head: expected_prev.clone(),
-            broken: Some(BrokenLink { seq, reason }),
-        };
-        if seq != expected_seq {
-            return Ok(broken(format!(
-                "event {expected_seq} is missing (next is {seq})"
-            )));
-        }
-        if prev != expected_prev {
-            return Ok(broken(format!(
-                "event {seq} does not link to event {}",
-                seq - 1
-            )));
-        }
-        if link_hash(&prev, seq, at, &kind, request_id, &data) != hash {
-            return Ok(broken(format!(
-                "event {seq} ({kind}) was altered: its hash does not match its content"
-            )));
-        }
-        expected_prev = hash;
-        expected_seq += 1;
-        events += 1;
-    }
-    Ok(Verification {
-        events,
-        head: expected_prev,
-        broken: None,
-    })
 }
 
 use crate::config::MIN_SUBJECT_KEY_LEN as MIN_KEY_LEN;
@@ -280,64 +237,9 @@ impl SubjectKey {
     }
 }
 
-impl Store {
-    /// The last event's sequence number and hash, if any.
-    pub fn audit_head(&self) -> Result<Option<(i64, String)>> {
-        Ok(self
-            .connection()
-            .query_row(
-                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?)
-    }
-
-    /// Appends one event in its own transaction (for callers outside a larger write).
-    pub fn audit(
-        &mut self,
-        at: i64,
-        kind: &str,
-        request_id: Option<i64>,
-        data: &serde_json::Value,
-    ) -> Result<String> {
-        self.write(|tx| append(tx, at, kind, request_id, data))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::temp_store;
-
-    #[test]
-    fn verify_passes_untouched_and_names_the_altered_link() {
-        let (_d, mut s) = temp_store();
-        for i in 0..5 {
-            s.audit(100 + i, "test", Some(i), &serde_json::json!({"n": i}))
-                .unwrap();
-        }
-        let v = verify(&s).unwrap();
-        assert_eq!(v.events, 5);
-        assert!(v.broken.is_none());
-        // UPDATE and DELETE are refused ...
-        assert!(
-            s.connection()
-                .execute("UPDATE audit_log SET data = '{}' WHERE seq = 3", [])
-                .is_err()
-        );
-        assert!(
-            s.connection()
-                .execute("DELETE FROM audit_log WHERE seq = 3", [])
-                .is_err()
-        );
-        // ... so a tamperer drops the trigger first; verify still finds it.
-        s.connection()
-            .execute_batch("DROP TRIGGER audit_log_is_append_only_no_update; UPDATE audit_log SET data = '{\"n\":99}' WHERE seq = 3;")
-            .unwrap();
-        let v = verify(&s).unwrap();
-        assert_eq!(v.broken.as_ref().map(|b| b.seq), Some(3), "{v:?}");
-    }
 
     #[test]
     fn subject_hash_is_keyed_and_stable() {

@@ -86,14 +86,8 @@ fn write_config(dir: &Path, sim: &Simulator, concurrency: usize, batch: usize) -
 
 /// Queues `n` pending items spread over 10 characters, straight into the database.
 fn queue_items(db: &Path, n: u64) -> Result<()> {
-    let store = Store::open(db)?;
-    store.connection().execute_batch(&format!(
-        "BEGIN;
-         INSERT INTO work_items (provider, scope, session_id, due_at, created_at)
-         WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x < {n} - 1)
-         SELECT 'convai', 'char-' || (x % 10), printf('s%09d', x), x / 1000, 0 FROM c;
-         COMMIT;"
-    ))?;
+    let mut store = Store::open(db)?;
+    store.queue_synthetic_items(n)?;
     Ok(())
 }
 
@@ -205,7 +199,9 @@ async fn sweep(sessions: u64, expired: u64) -> Result<(ChildUsage, String)> {
     {
         let mut store = Store::open(&db)?;
         let now = crate::clock::Clock::now(&SystemClock);
-        store.connection().execute_batch(&format!(
+        // The inventory goes in as a feeder's would: plain SQL on its own connection.
+        let feeder = rusqlite::Connection::open(&db)?;
+        feeder.execute_batch(&format!(
             "BEGIN;
              INSERT INTO sessions (provider, scope, session_id, subject, created_at)
              WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x < {sessions} - 1)

@@ -1,7 +1,8 @@
 //! The certificate of erasure (`forgetd audit export --request ID`): what a privacy officer hands a
 //! regulator. Built from the audit event that closed the request (`request.completed` or
-//! `request.failed`), anchored by that event's hash and the verified chain head, so it states only
-//! what the tamper-evident record says.
+//! `request.failed`, read back as its typed form [`crate::audit::RequestClosed`] through the
+//! store), anchored by that event's hash and the verified chain head, so it states only what the
+//! tamper-evident record says. A read model: it writes nothing and runs no SQL of its own.
 //!
 //! Wording matters: forgetd can prove that the provider *confirmed* a deletion, not what the
 //! provider does inside (it may soft-delete), and Convai's long-term memory is a separate store
@@ -10,26 +11,15 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use rusqlite::OptionalExtension;
 use serde::Serialize;
 
 use crate::report::time;
-use crate::store::{Result, Store, StoreError};
+use crate::store::{Result, Store};
 
 pub const CAVEATS: [&str; 2] = [
     "Each deletion listed was confirmed by the provider's API at the time shown; how the provider erases internally (it may soft-delete first) is outside what forgetd can observe.",
     "Convai keeps long-term character memory in a separate store that deleting chat sessions does not touch.",
 ];
-
-/// external_ref, subject_hash, state, received_at, due_at, completed_at
-type RequestRow = (
-    Option<String>,
-    Option<String>,
-    String,
-    i64,
-    Option<i64>,
-    Option<i64>,
-);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CertChat {
@@ -84,75 +74,53 @@ pub struct Certificate {
 
 impl Certificate {
     pub fn build(store: &Store, request_id: i64) -> Result<Self> {
-        let conn = store.connection();
-        let row: Option<RequestRow> = conn
-            .query_row(
-                "SELECT external_ref, subject_hash, state, received_at, due_at, completed_at FROM erasure_requests WHERE id = ?1",
-                [request_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
-            )
-            .optional()?;
-        let Some((external_ref, subject_hash, state, received_at, due_at, completed_at)) = row
-        else {
-            return Err(StoreError::NotFound(format!(
-                "no erasure request with id {request_id}"
-            )));
-        };
-        let event: Option<(i64, String, String)> = conn
-            .query_row(
-                "SELECT seq, hash, data FROM audit_log WHERE request_id = ?1 AND kind IN ('request.completed', 'request.failed')
-                 ORDER BY seq DESC LIMIT 1",
-                [request_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
+        let r = store.request_record(request_id)?;
         let mut cert = Certificate {
             request_id,
-            external_ref,
-            subject_hash,
-            state,
-            received_at,
-            due_at,
-            completed_at,
+            external_ref: r.external_ref,
+            subject_hash: r.subject_hash,
+            state: r.state,
+            received_at: r.received_at,
+            due_at: r.due_at,
+            completed_at: r.completed_at,
             deleted: BTreeMap::new(),
             held: Vec::new(),
             failed: Vec::new(),
             anchor: None,
             caveats: CAVEATS.iter().map(|s| s.to_string()).collect(),
         };
-        let Some((seq, hash, data)) = event else {
+        let Some(event) = store.closing_event(request_id)? else {
             return Ok(cert); // not finished: nothing is certified yet
         };
-        let data: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
-        let s =
-            |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-        for item in data["items"].as_array().into_iter().flatten() {
-            let provider = s(item, "provider").unwrap_or_default();
-            let scope = s(item, "scope").unwrap_or_default();
-            let session_id = s(item, "session_id").unwrap_or_default();
-            match item["state"].as_str() {
-                Some("deleted") => cert.deleted.entry(provider).or_default().push(CertChat {
-                    scope,
-                    session_id,
-                    confirmed_at: item["confirmed_at"].as_i64(),
-                    outcome: s(item, "outcome"),
-                }),
-                Some("held") => cert.held.push(CertHeld {
-                    provider,
-                    scope,
-                    session_id,
-                    hold_id: item["hold_id"].as_i64(),
-                    reason: s(item, "hold_reason"),
+        let (seq, hash) = (event.seq, event.hash);
+        for item in event.closed.items {
+            match item.state.as_str() {
+                "deleted" => cert
+                    .deleted
+                    .entry(item.provider)
+                    .or_default()
+                    .push(CertChat {
+                        scope: item.scope,
+                        session_id: item.session_id,
+                        confirmed_at: item.confirmed_at,
+                        outcome: item.outcome,
+                    }),
+                "held" => cert.held.push(CertHeld {
+                    provider: item.provider,
+                    scope: item.scope,
+                    session_id: item.session_id,
+                    hold_id: item.hold_id,
+                    reason: item.hold_reason,
                 }),
                 _ => cert.failed.push(CertFailed {
-                    provider,
-                    scope,
-                    session_id,
-                    error: s(item, "last_error"),
+                    provider: item.provider,
+                    scope: item.scope,
+                    session_id: item.session_id,
+                    error: item.last_error,
                 }),
             }
         }
-        let v = crate::audit::verify(store)?;
+        let v = store.verify_audit()?;
         cert.anchor = Some(Anchor {
             event_seq: seq,
             event_hash: hash,

@@ -32,6 +32,7 @@ use crate::simulator::{self, Faults, Simulator};
 use crate::store::Store;
 use crate::store::holds::HoldTarget;
 use crate::store::inventory::NewSession;
+use crate::store::queue::ItemState;
 
 pub struct DemoOptions {
     pub chats: usize,
@@ -309,35 +310,26 @@ pub async fn run(opts: DemoOptions) -> Result<ExitCode> {
         ..DemoReport::default()
     };
     let store = Store::open(&opts.db)?;
-    let conn = store.connection();
+    let status = store.status(0, 0)?;
     for kind in ProviderKind::ALL {
-        let n: i64 = conn.query_row(
-            "SELECT count(*) FROM work_items WHERE provider = ?1 AND state = 'deleted'",
-            [kind.as_str()],
-            |x| x.get(0),
-        )?;
-        r.deleted_by_provider.insert(kind.to_string(), n as u64);
+        let n = status
+            .items
+            .get(kind.as_str())
+            .and_then(|states| states.get("deleted"))
+            .copied()
+            .unwrap_or(0);
+        r.deleted_by_provider.insert(kind.to_string(), n);
         let s = sim.deleted().iter().filter(|d| d.0 == kind).count();
         r.simulator_deleted_by_provider
             .insert(kind.to_string(), s as u64);
     }
-    let mut stmt = conn.prepare(
-        "SELECT w.provider || '/' || w.scope || '/' || w.session_id || ': ' || coalesce(h.reason, '') FROM work_items w JOIN holds h ON h.id = w.hold_id WHERE w.state = 'held' ORDER BY 1",
-    )?;
-    r.held = stmt
-        .query_map([], |x| x.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut stmt = conn.prepare(
-        "SELECT provider || '/' || scope || '/' || session_id || ': ' || coalesce(last_error, '') FROM work_items WHERE state = 'dead' ORDER BY 1",
-    )?;
-    r.dead = stmt
-        .query_map([], |x| x.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    r.held = store.item_lines(ItemState::Held)?;
+    r.dead = store.item_lines(ItemState::Dead)?;
     r.simulator_calls = sim.calls().len();
     r.decoys_untouched = decoys.iter().all(|(p, s, i)| sim.exists(*p, s, i));
     let named = sim.named_in_deletes();
     r.untargeted_named_in_deletes = decoys.iter().filter(|d| named.contains(d)).count();
-    let v = crate::audit::verify(&store)?;
+    let v = store.verify_audit()?;
     r.audit_events = v.events;
     r.audit_intact = v.broken.is_none();
 

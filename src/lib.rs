@@ -8,21 +8,21 @@
 //! |---|---|
 //! | [`config`] | the TOML file, validated into typed values before anything runs; secret references |
 //! | [`model`] | shared nouns: providers, chat keys, request states |
-//! | [`clock`] | injected time (real, or manual for tests: sleeping on it advances it) |
-//! | [`store`] | the SQLite file: schema and migrations, the work-item state machine and batch claims, requests, inventory and import, holds, rules, status, the daemon lock |
-//! | [`resolve`] | erasure requests and retention rules to work items: discovery at the providers, holds, the ceiling, `plan` |
+//! | [`clock`] | injected time (real; manual for tests: sleeping on it advances it, or stepped: only the test moves it) |
+//! | [`store`] | the SQLite file and **every SQL statement**: schema and migrations, the work-item state machine and batch claims, requests, resolution of requests and rules (and `plan`), inventory and import, holds, rules, status, the audit trail's appends and walks, backups, the daemon lock |
+//! | [`resolve`] | discovery: asking the providers which chats a request or rule covers, with retry; the store resolves what it found |
 //! | [`providers`] | one trait; `convai/` and `koosearch/` (with the IAM token lifecycle) behind it; HTTP plumbing |
 //! | [`executor`] | deleting: lane workers, batching, retry and backoff, rate limits and throttling, pauses |
 //! | [`scheduler`] | cron schedules of retention rules, DST-correct, on the injected clock |
 //! | [`daemon`] | `run` and `run --once`: start-up checks, intake, signals, systemd notify, shutdown |
-//! | [`audit`] | the hash-chained audit trail, its verification, the subject key |
-//! | [`certificate`] | the certificate of erasure built from the audit trail |
+//! | [`audit`] | the audit chain's arithmetic and typed events (shared by writer and certificate), the subject key |
+//! | [`certificate`] | the certificate of erasure, a read model of the request's typed closing event |
 //! | [`metrics`] | Prometheus `/metrics` and `/healthz` |
-//! | [`simulator`] | Convai, KooSearch and IAM on loopback, with fault injection (tests, `demo`, `bench`) |
+//! | [`simulator`] | Convai, KooSearch and IAM on loopback, with fault injection (tests, `demo`, `bench`, `forgetd simulator`) |
 //! | [`demo`] | `forgetd demo` |
 //! | [`mod@bench`] | `forgetd bench` |
-//! | [`cli`] | the command line, exit codes; [`report`] renders its human output |
-//! | [`logging`] | tracing-subscriber set-up (terminal, journald, JSON) |
+//! | [`cli`] | the command line (including `simulator` and `backup`), exit codes; [`report`] renders its human output |
+//! | [`logging`] | tracing-subscriber set-up (terminal, native journald, JSON), its variables validated |
 //!
 //! `main.rs` only calls [`cli::main`].
 

@@ -379,14 +379,7 @@ mod loop_tests {
         cancel.cancel();
         task.await.unwrap();
         let s = Store::open(&path).unwrap();
-        let starts: Vec<(String, i64)> = s
-            .connection()
-            .prepare("SELECT rule_name, started_at FROM rule_runs ORDER BY id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        let starts = s.rule_runs().unwrap();
         let every: Vec<i64> = starts
             .iter()
             .filter(|r| r.0 == "every-10s")

@@ -384,8 +384,10 @@ async fn all_faults_mixed_at_high_rates() {
     check_safe(&w);
     check_all_deleted(&w, &o);
     assert!(o.deletes <= 200, "{} delete calls", o.deletes);
-    let v =
-        forgetd::audit::verify(&Store::open(&w.dir.path().join("forgetd.db")).unwrap()).unwrap();
+    let v = Store::open(&w.dir.path().join("forgetd.db"))
+        .unwrap()
+        .verify_audit()
+        .unwrap();
     assert!(v.broken.is_none());
 }
 

@@ -426,7 +426,7 @@ async fn run(history: Vec<Step>) -> Result<(), TestCaseError> {
             }
         }
     }
-    let v = forgetd::audit::verify(&Store::open(&w.db).unwrap()).unwrap();
+    let v = Store::open(&w.db).unwrap().verify_audit().unwrap();
     prop_assert!(v.broken.is_none(), "audit chain: {:?}", v.broken);
     // For the README's figures: one line per history, "steps drains delete-calls".
     if let Some(path) = std::env::var_os("FORGETD_MODEL_STATS") {

@@ -259,7 +259,7 @@ fn audit(config: &Config, cmd: super::AuditCommand) -> Result<ExitCode> {
     let store = open(config)?;
     match cmd {
         super::AuditCommand::Verify { json } => {
-            let v = crate::audit::verify(&store)?;
+            let v = store.verify_audit()?;
             if json {
                 print_json(&v)?;
             } else if let Some(b) = &v.broken {
@@ -650,7 +650,7 @@ fn backup(config: &Config, file: &std::path::Path) -> Result<ExitCode> {
     let copy = Store::open(file).with_context(|| format!("opening the copy {}", file.display()))?;
     copy.quick_check()
         .with_context(|| format!("checking the copy {}", file.display()))?;
-    let v = crate::audit::verify(&copy)?;
+    let v = copy.verify_audit()?;
     if let Some(broken) = &v.broken {
         anyhow::bail!(
             "the copy {} was made, but its audit chain is broken at {broken:?}: the database itself is damaged or was edited; keep both files and run `forgetd audit verify`",

@@ -109,7 +109,7 @@ impl Store {
                 HoldTarget::Subject(_) => serde_json::json!({"kind": "subject"}),
                 HoldTarget::Chat(c) => serde_json::json!({"kind": "chat", "provider": c.provider, "scope": c.scope, "session_id": c.session_id}),
             };
-            crate::audit::append(tx, now, "hold.placed", None, &serde_json::json!({"hold_id": id, "target": target, "reason": reason, "items_held": held.len()}))?;
+            super::audit::append(tx, now, "hold.placed", None, &serde_json::json!({"hold_id": id, "target": target, "reason": reason, "items_held": held.len()}))?;
             super::requests::refresh_for_items(tx, &held, now)?;
             Ok((id, held))
         })

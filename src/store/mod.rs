@@ -20,13 +20,16 @@
 //!   keeps prepared statements cached on one connection.
 //!
 //! Submodules: [`queue`] (work-item state machine and batch claims), [`requests`] (erasure
-//! requests), [`inventory`] (sessions and import), [`holds`], [`rules`], [`lock`] (the daemon lock).
+//! requests), [`resolution`] (requests and rule runs into work items, and `plan`), [`inventory`]
+//! (sessions and import), [`holds`], [`rules`], [`lock`] (the daemon lock), [`status`].
 
+pub mod audit;
 pub mod holds;
 pub mod inventory;
 pub mod lock;
 pub mod queue;
 pub mod requests;
+pub mod resolution;
 pub mod rules;
 pub mod status;
 

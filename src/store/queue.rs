@@ -250,7 +250,7 @@ impl Store {
             // A hold placed while these were on the wire applies before they can be claimed again.
             super::holds::apply_holds(tx, Some(&returned))?;
             if let Some(data) = audit {
-                crate::audit::append(tx, now, "batch.answered", None, data)?;
+                super::audit::append(tx, now, "batch.answered", None, data)?;
             }
             tx.prepare_cached("UPDATE batches SET answered_ms = ?2, outcome = ?3 WHERE id = ?1")?
                 .execute(params![batch_id, now_ms, truncate_error(answer)])?;
@@ -307,10 +307,10 @@ impl Store {
             )?;
             match (was.is_some(), reason) {
                 (false, Some(r)) => {
-                    crate::audit::append(tx, now, "provider.paused", None, &serde_json::json!({"provider": provider, "reason": r}))?;
+                    super::audit::append(tx, now, "provider.paused", None, &serde_json::json!({"provider": provider, "reason": r}))?;
                 }
                 (true, None) => {
-                    crate::audit::append(tx, now, "provider.resumed", None, &serde_json::json!({"provider": provider}))?;
+                    super::audit::append(tx, now, "provider.resumed", None, &serde_json::json!({"provider": provider}))?;
                 }
                 _ => {}
             }
@@ -328,6 +328,20 @@ impl Store {
     }
 
     /// Number of items per state (all providers).
+    /// Queues `n` pending Convai items over 10 characters in one statement, for the benchmarks
+    /// (which measure the executor, not resolution).
+    pub fn queue_synthetic_items(&mut self, n: u64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO work_items (provider, scope, session_id, due_at, created_at)
+                 WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x < ?1 - 1)
+                 SELECT 'convai', 'char-' || (x % 10), printf('s%09d', x), x / 1000, 0 FROM c",
+                [n as i64],
+            )?;
+            Ok(())
+        })
+    }
+
     pub fn count_items(&self, state: ItemState) -> Result<u64> {
         Ok(self.conn.query_row(
             "SELECT count(*) FROM work_items WHERE state = ?1",

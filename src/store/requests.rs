@@ -10,6 +10,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use serde::Serialize;
 
 use super::{Result, Store, StoreError};
+use crate::audit::{ClosedItem, RequestClosed};
 use crate::model::RequestState;
 
 /// The outcome of filing a request.
@@ -51,6 +52,17 @@ impl ItemCounts {
     pub fn total(&self) -> u64 {
         self.pending + self.in_flight + self.deleted + self.held + self.dead
     }
+}
+
+/// A request's own columns.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub external_ref: Option<String>,
+    pub subject_hash: Option<String>,
+    pub state: String,
+    pub received_at: i64,
+    pub due_at: Option<i64>,
+    pub completed_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -196,6 +208,28 @@ impl Store {
             })?
             .collect::<rusqlite::Result<_>>()?;
         Ok(RequestDetail { summary, items })
+    }
+
+    /// The request's own columns, as the certificate states them.
+    pub fn request_record(&self, id: i64) -> Result<RequestRecord> {
+        self.conn
+            .query_row(
+                "SELECT external_ref, subject_hash, state, received_at, due_at, completed_at
+                 FROM erasure_requests WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(RequestRecord {
+                        external_ref: r.get(0)?,
+                        subject_hash: r.get(1)?,
+                        state: r.get(2)?,
+                        received_at: r.get(3)?,
+                        due_at: r.get(4)?,
+                        completed_at: r.get(5)?,
+                    })
+                },
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("no erasure request with id {id}")))
     }
 
     /// Gives a request's dead items another round: back to pending with fresh attempt counts.
@@ -346,15 +380,19 @@ fn record_outcome(tx: &Transaction<'_>, id: i64, state: RequestState, now: i64) 
          FROM request_items ri JOIN work_items w ON w.id = ri.item_id LEFT JOIN holds h ON h.id = w.hold_id
          WHERE ri.request_id = ?1 ORDER BY w.provider, w.scope, w.session_id",
     )?;
-    let items: Vec<serde_json::Value> = stmt
+    let items: Vec<ClosedItem> = stmt
         .query_map([id], |r| {
-            Ok(serde_json::json!({
-                "provider": r.get::<_, String>(0)?, "scope": r.get::<_, String>(1)?,
-                "session_id": r.get::<_, String>(2)?, "state": r.get::<_, String>(3)?,
-                "outcome": r.get::<_, Option<String>>(4)?, "confirmed_at": r.get::<_, Option<i64>>(5)?,
-                "last_error": r.get::<_, Option<String>>(6)?, "hold_id": r.get::<_, Option<i64>>(7)?,
-                "hold_reason": r.get::<_, Option<String>>(8)?,
-            }))
+            Ok(ClosedItem {
+                provider: r.get(0)?,
+                scope: r.get(1)?,
+                session_id: r.get(2)?,
+                state: r.get(3)?,
+                outcome: r.get(4)?,
+                confirmed_at: r.get(5)?,
+                last_error: r.get(6)?,
+                hold_id: r.get(7)?,
+                hold_reason: r.get(8)?,
+            })
         })?
         .collect::<rusqlite::Result<_>>()?;
     drop(stmt);
@@ -363,13 +401,8 @@ fn record_outcome(tx: &Transaction<'_>, id: i64, state: RequestState, now: i64) 
     } else {
         "request.failed"
     };
-    crate::audit::append(
-        tx,
-        now,
-        kind,
-        Some(id),
-        &serde_json::json!({ "items": items }),
-    )?;
+    let event = serde_json::to_value(RequestClosed { items }).expect("plain data serializes");
+    super::audit::append(tx, now, kind, Some(id), &event)?;
     Ok(())
 }
 

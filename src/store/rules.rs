@@ -214,6 +214,17 @@ impl Store {
         })
     }
 
+    /// Every recorded rule run, oldest first: (rule, started_at).
+    pub fn rule_runs(&self) -> Result<Vec<(String, i64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT rule_name, started_at FROM rule_runs ORDER BY id")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
     /// Records a failed run attempt as the rule's last run, so it waits for its next schedule.
     pub fn mark_rule_attempt(&mut self, name: &str, now: i64) -> Result<()> {
         self.write(|tx| {

@@ -114,3 +114,20 @@ impl Store {
         Ok(st)
     }
 }
+
+impl Store {
+    /// Every chat in `state` as "provider/scope/session_id: why" (the hold's reason for held
+    /// chats, the last error for dead ones), sorted: the demo's and the report's listing.
+    pub fn item_lines(&self, state: super::queue::ItemState) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT w.provider || '/' || w.scope || '/' || w.session_id || ': ' ||
+                    coalesce(CASE WHEN w.state = 'held' THEN h.reason ELSE w.last_error END, '')
+             FROM work_items w LEFT JOIN holds h ON h.id = w.hold_id
+             WHERE w.state = ?1 ORDER BY 1",
+        )?;
+        let rows = stmt
+            .query_map([state.as_str()], |x| x.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+}
