@@ -27,7 +27,7 @@ use secrecy::{ExposeSecret, SecretSlice};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, SecretError};
+use crate::secret::{SecretError, SecretRef};
 
 /// The closing event of a request (`request.completed` / `request.failed`): every chat with its
 /// outcome. Written by the store when a request finishes, read by the certificate.
@@ -95,7 +95,7 @@ pub struct BrokenLink {
     pub reason: String,
 }
 
-use crate::config::MIN_SUBJECT_KEY_LEN as MIN_KEY_LEN;
+use crate::secret::MIN_SUBJECT_KEY_LEN as MIN_KEY_LEN;
 
 /// Reads the key file without following a link, refusing it when group or others may read it.
 fn read_key_file(path: &Path) -> Result<Vec<u8>, KeyError> {
@@ -164,9 +164,10 @@ pub enum KeyError {
 }
 
 impl SubjectKey {
-    /// `[audit] subject_key`, or the key file beside the database (created on first use).
-    pub fn load(config: &Config) -> Result<Self, KeyError> {
-        if let Some(r) = &config.audit.subject_key {
+    /// `[audit] subject_key` when configured, or the key file beside the database `db` (created
+    /// on first use).
+    pub fn load(configured: Option<&SecretRef>, db: &Path) -> Result<Self, KeyError> {
+        if let Some(r) = configured {
             let key = r.read_bytes()?;
             let len = key.expose_secret().len();
             if len < MIN_KEY_LEN {
@@ -177,7 +178,7 @@ impl SubjectKey {
             }
             return Ok(Self(key));
         }
-        Self::from_file(&Self::key_path(&config.database))
+        Self::from_file(&Self::key_path(db))
     }
 
     pub fn key_path(db: &Path) -> PathBuf {

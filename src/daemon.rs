@@ -113,7 +113,8 @@ pub fn prepare(config: Config, clock: SharedClock) -> Result<Prepared> {
         None,
         &serde_json::json!({"source": config.source, "rules_changed": changed, "rules_removed": removed}),
     )?;
-    let key = SubjectKey::load(&config).map_err(ConfigError::SubjectKey)?;
+    let key = SubjectKey::load(config.audit.subject_key.as_ref(), &config.database)
+        .map_err(ConfigError::SubjectKey)?;
     let providers = crate::providers::build(&config, clock.clone())?;
     let store = AsyncStore::spawn(store);
     let executor = Arc::new(Executor::new(
@@ -316,7 +317,7 @@ pub async fn run_forever(p: Prepared, options: RunOptions, clock: SharedClock) -
                         tracing::info!("SIGHUP: configuration reloaded and rules re-synced");
                         executor.wake();
                     }
-                    Err(e) => tracing::error!(error = %crate::cli::render_error(&e), "SIGHUP: the new configuration is invalid; keeping the old one"),
+                    Err(e) => tracing::error!(error = %crate::errors::render(&e), "SIGHUP: the new configuration is invalid; keeping the old one"),
                 }
                 notify(&[sd_notify::NotifyState::Ready]);
             }

@@ -6,14 +6,16 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`config`] | the TOML file, validated into typed values before anything runs; secret references |
+//! | [`config`] | the TOML file, validated into typed values before anything runs |
+//! | [`secret`] | secret references (`env:`, `file:`, `credential:`) and reading them as text or bytes (a leaf) |
 //! | [`model`] | shared nouns: providers, chat keys, request states |
 //! | [`clock`] | injected time (real; manual for tests: sleeping on it advances it, or stepped: only the test moves it) |
 //! | [`store`] | the SQLite file and **every SQL statement**: schema and migrations, the work-item state machine and batch claims, requests, resolution of requests and rules (and `plan`), inventory and import, holds, rules, status, the audit trail's appends and walks, backups, the daemon lock |
 //! | [`resolve`] | discovery: asking the providers which chats a request or rule covers, with retry; the store resolves what it found |
 //! | [`providers`] | one trait; `convai/` and `koosearch/` (with the IAM token lifecycle) behind it; HTTP plumbing |
 //! | [`executor`] | deleting: lane workers, batching, retry and backoff, rate limits and throttling, pauses |
-//! | [`scheduler`] | cron schedules of retention rules, DST-correct, on the injected clock |
+//! | [`schedule`] | cron expressions and when a rule is due: pure, DST-correct, catch-up once (a leaf) |
+//! | [`scheduler`] | the loop that runs retention rules when due, on the injected clock |
 //! | [`daemon`] | `run` and `run --once`: start-up checks, intake, signals, systemd notify, shutdown |
 //! | [`audit`] | the audit chain's arithmetic and typed events (shared by writer and certificate), the subject key |
 //! | [`certificate`] | the certificate of erasure, a read model of the request's typed closing event |
@@ -22,6 +24,7 @@
 //! | [`demo`] | `forgetd demo` |
 //! | [`mod@bench`] | `forgetd bench` |
 //! | [`cli`] | the command line (including `simulator` and `backup`), exit codes; [`report`] renders its human output |
+//! | [`errors`] | how an error and its causes are shown, one line each, no cause twice (a leaf) |
 //! | [`logging`] | tracing-subscriber set-up (terminal, native journald, JSON), its variables validated |
 //!
 //! `main.rs` only calls [`cli::main`].
@@ -34,6 +37,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod errors;
 pub mod executor;
 pub mod logging;
 pub mod metrics;
@@ -41,6 +45,8 @@ pub mod model;
 pub mod providers;
 pub mod report;
 pub mod resolve;
+pub mod schedule;
 pub mod scheduler;
+pub mod secret;
 pub mod simulator;
 pub mod store;

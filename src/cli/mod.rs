@@ -327,14 +327,4 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line each, without repeating a cause already in the message.
-pub fn render_error(e: &anyhow::Error) -> String {
-    let mut out = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !out.contains(&c) {
-            out.push_str(&format!("\n  caused by: {c}"));
-        }
-    }
-    out
-}
+pub use crate::errors::render as render_error;
