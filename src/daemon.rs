@@ -34,6 +34,7 @@ use crate::executor::{Executor, LaneEnd, Mode};
 use crate::model::ProviderKind;
 use crate::resolve::{Patience, Resolver};
 use crate::store::lock::DaemonLock;
+use crate::store::queue::ItemState;
 use crate::store::{AsyncStore, Store};
 
 const INTAKE_POLL: Duration = Duration::from_millis(250);
@@ -53,7 +54,7 @@ pub struct RunOptions {
 }
 
 /// The result of `run --once`.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct OnceReport {
     pub resolved_requests: usize,
     pub rule_runs: Vec<crate::resolve::RuleRun>,
@@ -63,7 +64,8 @@ pub struct OnceReport {
     pub dead: u64,
     pub held: u64,
     /// Why the run exits 1: items pending, in flight or dead, a paused provider, a failure.
-    pub problems: Vec<String>,
+    #[serde(serialize_with = "as_messages")]
+    pub problems: Vec<OnceProblem>,
     /// Worth saying, but no reason to fail (a rule held by its ceiling, a rule of an unconfigured provider).
     pub warnings: Vec<String>,
 }
@@ -81,6 +83,33 @@ pub struct Prepared {
     pub executor: Arc<Executor>,
     pub resolver: Arc<Resolver>,
     _lock: DaemonLock,
+}
+
+/// Problems appear in JSON as their messages.
+fn as_messages<S: serde::Serializer>(v: &[OnceProblem], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|p| p.to_string()))
+}
+
+/// Why `run --once` exits 1. Typed, so the exit decision never reads its own messages.
+#[derive(Debug, thiserror::Error)]
+pub enum OnceProblem {
+    #[error("{0}")]
+    Discovery(#[from] crate::resolve::DiscoveryFailed),
+    #[error("rule {rule}: {error:#}")]
+    Rule { rule: String, error: anyhow::Error },
+    #[error("provider {provider} is paused: {reason}")]
+    Paused {
+        provider: ProviderKind,
+        reason: String,
+    },
+    #[error("{count} item(s) wait for provider {provider}, which is not configured")]
+    Unconfigured { provider: String, count: u64 },
+    #[error("{0} item(s) are dead (see `forgetd status` and `forgetd requests show ID`)")]
+    Dead(u64),
+    #[error("{0} item(s) are still in flight")]
+    InFlight(u64),
+    #[error("{0} item(s) are still pending")]
+    Pending(u64),
 }
 
 /// The checks and set-up that come before any work (see the module doc).
@@ -146,7 +175,7 @@ pub async fn run_once(p: &Prepared) -> Result<OnceReport> {
     let (n, failures) = p.resolver.resolve_received(Patience::Full).await?;
     report.resolved_requests = n;
     for f in failures {
-        report.problems.push(f.to_string());
+        report.problems.push(f.into());
     }
     let rules = p.store.call(|s| s.list_rules()).await?;
     for rule in rules {
@@ -168,55 +197,55 @@ pub async fn run_once(p: &Prepared) -> Result<OnceReport> {
                 }
                 report.rule_runs.push(run);
             }
-            Err(e) => report.problems.push(format!("rule {}: {e:#}", rule.name)),
+            Err(error) => report.problems.push(OnceProblem::Rule {
+                rule: rule.name.clone(),
+                error,
+            }),
         }
     }
     let ends = p.executor.run(Mode::Once, CancellationToken::new()).await?;
     for (kind, end) in ends {
         if let LaneEnd::Paused(reason) = end {
-            report
-                .problems
-                .push(format!("provider {kind} is paused: {reason}"));
+            report.problems.push(OnceProblem::Paused {
+                provider: kind,
+                reason,
+            });
         }
     }
     report.stats = p.executor.stats();
     let status = p.store.call(|s| s.status(0, 0)).await?;
-    for (provider, states) in &status.items {
-        let get = |k: &str| states.get(k).copied().unwrap_or(0);
-        report.pending += get("pending");
-        report.in_flight += get("in_flight");
-        report.dead += get("dead");
-        report.held += get("held");
+    for (provider, counts) in &status.items {
+        report.pending += counts.get(ItemState::Pending);
+        report.in_flight += counts.get(ItemState::InFlight);
+        report.dead += counts.get(ItemState::Dead);
+        report.held += counts.get(ItemState::Held);
         let configured = provider
             .parse::<ProviderKind>()
             .is_ok_and(|k| p.config.providers().contains(&k));
-        if !configured && get("pending") > 0 {
-            report.problems.push(format!(
-                "{} item(s) wait for provider {provider}, which is not configured",
-                get("pending")
-            ));
+        if !configured && counts.get(ItemState::Pending) > 0 {
+            report.problems.push(OnceProblem::Unconfigured {
+                provider: provider.clone(),
+                count: counts.get(ItemState::Pending),
+            });
         }
     }
     if report.dead > 0 {
-        report.problems.push(format!(
-            "{} item(s) are dead (see `forgetd status` and `forgetd requests show ID`)",
-            report.dead
-        ));
+        report.problems.push(OnceProblem::Dead(report.dead));
     }
     if report.in_flight > 0 {
         report
             .problems
-            .push(format!("{} item(s) are still in flight", report.in_flight));
+            .push(OnceProblem::InFlight(report.in_flight));
     }
-    if report.pending > 0
-        && !report
-            .problems
-            .iter()
-            .any(|p| p.contains("paused") || p.contains("not configured"))
-    {
-        report
-            .problems
-            .push(format!("{} item(s) are still pending", report.pending));
+    // Pending items behind a pause or a missing provider are already explained.
+    let explained = report.problems.iter().any(|p| {
+        matches!(
+            p,
+            OnceProblem::Paused { .. } | OnceProblem::Unconfigured { .. }
+        )
+    });
+    if report.pending > 0 && !explained {
+        report.problems.push(OnceProblem::Pending(report.pending));
     }
     Ok(report)
 }
@@ -396,19 +425,14 @@ pub async fn run_forever(p: Prepared, options: RunOptions, clock: SharedClock) -
 }
 
 fn status_line(st: &crate::store::status::Status) -> String {
-    let sum = |state: &str| {
-        st.items
-            .values()
-            .map(|m| m.get(state).copied().unwrap_or(0))
-            .sum::<u64>()
-    };
+    let sum = |state| st.total(state);
     let mut line = format!(
         "pending {}, in flight {}, deleted {}, held {}, dead {}; requests open {}",
-        sum("pending"),
-        sum("in_flight"),
-        sum("deleted"),
-        sum("held"),
-        sum("dead"),
+        sum(ItemState::Pending),
+        sum(ItemState::InFlight),
+        sum(ItemState::Deleted),
+        sum(ItemState::Held),
+        sum(ItemState::Dead),
         st.requests.get("in_progress").copied().unwrap_or(0)
             + st.requests.get("received").copied().unwrap_or(0)
     );

@@ -315,9 +315,7 @@ pub async fn run(opts: DemoOptions) -> Result<ExitCode> {
         let n = status
             .items
             .get(kind.as_str())
-            .and_then(|states| states.get("deleted"))
-            .copied()
-            .unwrap_or(0);
+            .map_or(0, |c| c.get(ItemState::Deleted));
         r.deleted_by_provider.insert(kind.to_string(), n);
         let s = sim.deleted().iter().filter(|d| d.0 == kind).count();
         r.simulator_deleted_by_provider

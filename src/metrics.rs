@@ -153,11 +153,12 @@ impl Metrics {
     ) -> Result<String, crate::store::StoreError> {
         let st = store.call(move |s| s.status(now, deadline_secs)).await?;
         self.items.clear();
-        for (p, states) in &st.items {
-            for (state, n) in states {
+        for (p, counts) in &st.items {
+            // Every state, zeros included: a series that vanishes reads as "no data", not 0.
+            for (state, n) in counts.by_state() {
                 self.items
-                    .get_or_create(&labels(&[("provider", p), ("state", state)]))
-                    .set(*n as i64);
+                    .get_or_create(&labels(&[("provider", p), ("state", state.as_str())]))
+                    .set(n as i64);
             }
         }
         self.oldest_pending

@@ -26,8 +26,13 @@ pub fn status_text(st: &Status, now: i64) -> String {
     if st.items.is_empty() {
         let _ = writeln!(o, "  empty");
     }
-    for (provider, states) in &st.items {
-        let parts: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    for (provider, counts) in &st.items {
+        let parts: Vec<String> = counts
+            .by_state()
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
         let _ = writeln!(o, "  {provider:<10} {}", parts.join(", "));
     }
     let parts: Vec<String> = st
@@ -257,7 +262,7 @@ mod tests {
         st.items
             .entry("convai".into())
             .or_default()
-            .insert("pending".into(), 3);
+            .add(crate::store::queue::ItemState::Pending, 3);
         st.overdue.push(DueRequest {
             id: 7,
             external_ref: Some("DSR-7".into()),

@@ -334,7 +334,7 @@ async fn an_auth_failure_pauses_one_provider_while_the_other_finishes() {
         o.report
             .problems
             .iter()
-            .any(|p| p.contains("convai is paused")),
+            .any(|p| p.to_string().contains("convai is paused")),
         "{:?}",
         o.report.problems
     );

@@ -9,6 +9,7 @@
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde::Serialize;
 
+use super::queue::ItemState;
 use super::{Result, Store, StoreError};
 use crate::audit::{ClosedItem, RequestClosed};
 use crate::model::RequestState;
@@ -51,6 +52,34 @@ pub struct ItemCounts {
 impl ItemCounts {
     pub fn total(&self) -> u64 {
         self.pending + self.in_flight + self.deleted + self.held + self.dead
+    }
+
+    /// The count of one state.
+    pub fn get(&self, state: ItemState) -> u64 {
+        match state {
+            ItemState::Pending => self.pending,
+            ItemState::InFlight => self.in_flight,
+            ItemState::Deleted => self.deleted,
+            ItemState::Held => self.held,
+            ItemState::Dead => self.dead,
+        }
+    }
+
+    /// Adds `n` items in `state`.
+    pub fn add(&mut self, state: ItemState, n: u64) {
+        let slot = match state {
+            ItemState::Pending => &mut self.pending,
+            ItemState::InFlight => &mut self.in_flight,
+            ItemState::Deleted => &mut self.deleted,
+            ItemState::Held => &mut self.held,
+            ItemState::Dead => &mut self.dead,
+        };
+        *slot += n;
+    }
+
+    /// (state, count) for every state, in the state machine's order.
+    pub fn by_state(&self) -> [(ItemState, u64); 5] {
+        ItemState::ALL.map(|s| (s, self.get(s)))
     }
 }
 

@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::queue::ItemState;
+use super::requests::ItemCounts;
 use super::{Result, Store};
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Status {
-    /// provider -> state -> count
-    pub items: BTreeMap<String, BTreeMap<String, u64>>,
+    /// provider -> count per item state
+    pub items: BTreeMap<String, ItemCounts>,
     /// request state -> count
     pub requests: BTreeMap<String, u64>,
     /// Open requests past their due date.
@@ -56,10 +58,12 @@ impl Store {
             ))
         })? {
             let (p, s, n) = row?;
-            if s == "dead" {
+            let state = ItemState::parse(&s)
+                .ok_or_else(|| super::StoreError::Invalid(format!("unknown item state {s}")))?;
+            if state == ItemState::Dead {
                 st.dead_items += n as u64;
             }
-            st.items.entry(p).or_default().insert(s, n as u64);
+            st.items.entry(p).or_default().add(state, n as u64);
         }
         let mut stmt = self
             .conn
@@ -118,7 +122,7 @@ impl Store {
 impl Store {
     /// Every chat in `state` as "provider/scope/session_id: why" (the hold's reason for held
     /// chats, the last error for dead ones), sorted: the demo's and the report's listing.
-    pub fn item_lines(&self, state: super::queue::ItemState) -> Result<Vec<String>> {
+    pub fn item_lines(&self, state: ItemState) -> Result<Vec<String>> {
         let mut stmt = self.conn.prepare(
             "SELECT w.provider || '/' || w.scope || '/' || w.session_id || ': ' ||
                     coalesce(CASE WHEN w.state = 'held' THEN h.reason ELSE w.last_error END, '')
@@ -129,5 +133,12 @@ impl Store {
             .query_map([state.as_str()], |x| x.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+}
+
+impl Status {
+    /// Items in `state` over every provider.
+    pub fn total(&self, state: ItemState) -> u64 {
+        self.items.values().map(|c| c.get(state)).sum()
     }
 }
