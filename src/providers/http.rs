@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::{HeaderMap, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Action, ProviderError};
+use super::{Action, Operation, ProviderError};
 use crate::model::ProviderKind;
 
 pub const USER_AGENT: &str = concat!("forgetd/", env!("CARGO_PKG_VERSION"));
@@ -92,7 +92,7 @@ pub fn truncate(text: &str, max: usize) -> String {
 /// Reads a response body up to `limit` bytes. A transport failure mid-body is retryable.
 pub async fn read_body(
     provider: ProviderKind,
-    operation: &'static str,
+    operation: Operation,
     mut resp: reqwest::Response,
     limit: usize,
 ) -> Result<Vec<u8>, ProviderError> {
@@ -119,11 +119,7 @@ pub async fn read_body(
 }
 
 /// A transport-level failure (connect, reset, timeout): always retryable.
-pub fn transport(
-    provider: ProviderKind,
-    operation: &'static str,
-    e: reqwest::Error,
-) -> ProviderError {
+pub fn transport(provider: ProviderKind, operation: Operation, e: reqwest::Error) -> ProviderError {
     let what = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -140,7 +136,7 @@ pub fn transport(
 /// A retryable error for an answer we could not understand; keeps the body, truncated.
 pub fn unparseable(
     provider: ProviderKind,
-    operation: &'static str,
+    operation: Operation,
     status: u16,
     body: &[u8],
     why: impl std::fmt::Display,

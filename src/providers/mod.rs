@@ -64,6 +64,34 @@ pub struct ListedChat {
     pub repo_id: Option<String>,
 }
 
+/// Which kind of call a provider answered: part of every error, and an input to classifying it
+/// (a 403/404 on Convai's delete path means "API not enabled", on a listing it does not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// A batch delete.
+    Delete,
+    /// A listing: discovery, retention, or the lookup of one chat.
+    List,
+    /// Fetching an auth token (KooSearch's IAM).
+    Token,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delete => "delete",
+            Self::List => "list",
+            Self::Token => "IAM token",
+        }
+    }
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the caller should do after a failed call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -86,7 +114,7 @@ pub enum Action {
 #[error("{provider} {operation}: {summary}")]
 pub struct ProviderError {
     pub provider: ProviderKind,
-    pub operation: &'static str,
+    pub operation: Operation,
     pub action: Action,
     pub status: Option<u16>,
     pub code: Option<String>,
@@ -98,7 +126,7 @@ pub struct ProviderError {
 impl ProviderError {
     pub fn new(
         provider: ProviderKind,
-        operation: &'static str,
+        operation: Operation,
         action: Action,
         summary: impl Into<String>,
     ) -> Self {

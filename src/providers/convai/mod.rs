@@ -25,8 +25,8 @@ use serde::de::{SeqAccess, Visitor};
 
 use super::http::{self, DETAIL_LEN, MAX_BODY, truncate};
 use super::{
-    Action, BuildError, ChatSink, DeleteBatch, DeleteOutcome, ListedChat, Presence, Provider,
-    ProviderError,
+    Action, BuildError, ChatSink, DeleteBatch, DeleteOutcome, ListedChat, Operation, Presence,
+    Provider, ProviderError,
 };
 use crate::config::ConvaiConfig;
 use crate::model::ProviderKind;
@@ -86,7 +86,7 @@ impl ConvaiClient {
 
     async fn post(
         &self,
-        operation: &'static str,
+        operation: Operation,
         path: &str,
         body: &serde_json::Value,
     ) -> Result<reqwest::Response, ProviderError> {
@@ -101,7 +101,7 @@ impl ConvaiClient {
 
     /// Maps a non-200 answer to what to do next, by status code only.
     fn classify(
-        operation: &'static str,
+        operation: Operation,
         status: StatusCode,
         headers: &reqwest::header::HeaderMap,
         body: &[u8],
@@ -116,7 +116,7 @@ impl ConvaiClient {
             401 => Action::Pause(format!(
                 "Convai refused the API key (HTTP 401: {message}); put a valid key where providers.convai.api_key points"
             )),
-            403 | 404 if operation == "delete" => Action::Pause(format!(
+            403 | 404 if operation == Operation::Delete => Action::Pause(format!(
                 "Convai's chat-history delete API is not enabled for this key (HTTP {code}: {message}); ask Convai to enable it"
             )),
             403 => Action::Pause(format!("Convai denied permission (HTTP 403: {message})")),
@@ -136,7 +136,7 @@ impl ConvaiClient {
 
     /// Streams the list of a character's sessions into `sink`.
     async fn list(&self, scope: &str, sink: ChatSink<'_>) -> Result<(), ProviderError> {
-        let op = "list";
+        let op = Operation::List;
         let resp = self
             .post(
                 op,
@@ -289,7 +289,7 @@ impl Provider for ConvaiClient {
     }
 
     async fn delete(&self, batch: &DeleteBatch) -> Result<DeleteOutcome, ProviderError> {
-        let op = "delete";
+        let op = Operation::Delete;
         let body = serde_json::json!({"charID": batch.scope, "sessionIDs": batch.ids});
         let resp = self
             .post(op, "/character/chatHistory/delete", &body)

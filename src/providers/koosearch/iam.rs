@@ -18,7 +18,7 @@ use crate::clock::SharedClock;
 use crate::config::IamConfig;
 use crate::model::ProviderKind;
 use crate::providers::http::{self, MAX_BODY};
-use crate::providers::{Action, ProviderError};
+use crate::providers::{Action, Operation, ProviderError};
 
 const KIND: ProviderKind = ProviderKind::KooSearch;
 const MAX_EARLY_MS: i64 = 10 * 60 * 1000;
@@ -122,7 +122,7 @@ impl IamTokens {
     }
 
     async fn fetch(&self, now_ms: i64) -> Result<Cached, ProviderError> {
-        let op = "IAM token";
+        let op = Operation::Token;
         let c = &self.config;
         let body = serde_json::json!({
             "auth": {

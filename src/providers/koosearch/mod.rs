@@ -27,8 +27,8 @@ use serde::Deserialize;
 
 use super::http::{self, DETAIL_LEN, MAX_BODY, truncate};
 use super::{
-    Action, BuildError, ChatSink, DeleteBatch, DeleteOutcome, ListedChat, Presence, Provider,
-    ProviderError,
+    Action, BuildError, ChatSink, DeleteBatch, DeleteOutcome, ListedChat, Operation, Presence,
+    Provider, ProviderError,
 };
 use crate::clock::SharedClock;
 use crate::config::{KooSearchAuth, KooSearchConfig, is_koosearch_id};
@@ -160,7 +160,7 @@ impl KooSearchClient {
     /// Sends with a token; on 401 refreshes once and resends; a second 401 pauses the provider.
     async fn send(
         &self,
-        op: &'static str,
+        op: Operation,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), ProviderError> {
         let mut refreshed = false;
@@ -205,7 +205,7 @@ impl KooSearchClient {
     }
 
     fn classify(
-        op: &'static str,
+        op: Operation,
         status: StatusCode,
         headers: &reqwest::header::HeaderMap,
         body: &[u8],
@@ -249,7 +249,7 @@ impl KooSearchClient {
         query: &[(&str, &str)],
         sink: ChatSink<'_>,
     ) -> Result<(), ProviderError> {
-        let op = "list";
+        let op = Operation::List;
         let mut page = 1u32;
         loop {
             let page_s = page.to_string();
@@ -380,7 +380,7 @@ impl Provider for KooSearchClient {
     }
 
     async fn delete(&self, batch: &DeleteBatch) -> Result<DeleteOutcome, ProviderError> {
-        let op = "delete";
+        let op = Operation::Delete;
         let mut body = serde_json::json!({"chat_ids": batch.ids});
         if let Some(repo) = &batch.repo_id {
             body["repo_ids"] = serde_json::json!(vec![repo; batch.ids.len().min(MAX_BATCH)]);
