@@ -80,3 +80,41 @@ fn an_invalid_log_setting_is_a_configuration_error_naming_it() {
         .unwrap();
     assert_eq!(code(&o), 78, "{}", stderr(&o));
 }
+
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    let s = Scratch::new();
+    assert_eq!(code(&s.forgetd(&["status"])), 0);
+    for i in 0..300 {
+        let o = s.forgetd(&["erase", "--subject", &format!("p{i}")]);
+        if i == 0 {
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+        }
+    }
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{BIN} --db {} requests list --json | head -c 10 >/dev/null",
+            s.db().display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0);
+    assert!(
+        !stderr(&o).contains("panicked") && !stderr(&o).contains("Broken pipe"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn requests_show_json_names_each_key_once() {
+    let s = Scratch::new();
+    assert_eq!(
+        code(&s.forgetd(&["erase", "--subject", "alice", "--ref", "R1"])),
+        0
+    );
+    let o = s.forgetd(&["requests", "show", "1", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o).matches("\"items\"").count(), 1, "{}", stdout(&o));
+}

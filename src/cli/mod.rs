@@ -309,6 +309,22 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon says what it does; other commands (the demo's output is its report) speak only
     // of trouble unless FORGETD_LOG asks for more.
+    // A short command piped into `head` must stop quietly when the pipe closes, as Unix tools
+    // do, not panic on EPIPE. Only for those: the long-running commands keep Rust's default
+    // (SIGPIPE ignored), so a peer closing a socket is an error to handle, never a kill.
+    if !matches!(
+        cli.command,
+        Command::Run { .. }
+            | Command::Demo { .. }
+            | Command::Bench { .. }
+            | Command::BenchSweep { .. }
+            | Command::Simulator { .. }
+    ) {
+        // SAFETY: restoring a signal's default disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let logging = match cli.command {
         Command::Run { .. } | Command::Bench { .. } => crate::logging::init_daemon(),
         _ => crate::logging::init_cli(),

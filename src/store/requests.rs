@@ -109,11 +109,31 @@ pub struct RequestItem {
     pub hold_reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One request with its chats. In JSON the summary's fields come first, its per-state counts as
+/// `counts` and the chats as `items` (flattening the summary would give two `items` keys, and a
+/// JSON reader keeps only one of them).
+#[derive(Debug, Clone)]
 pub struct RequestDetail {
-    #[serde(flatten)]
     pub summary: RequestSummary,
     pub items: Vec<RequestItem>,
+}
+
+impl Serialize for RequestDetail {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let r = &self.summary;
+        let mut m = s.serialize_map(Some(9))?;
+        m.serialize_entry("id", &r.id)?;
+        m.serialize_entry("external_ref", &r.external_ref)?;
+        m.serialize_entry("state", &r.state)?;
+        m.serialize_entry("received_at", &r.received_at)?;
+        m.serialize_entry("due_at", &r.due_at)?;
+        m.serialize_entry("resolved_at", &r.resolved_at)?;
+        m.serialize_entry("completed_at", &r.completed_at)?;
+        m.serialize_entry("counts", &r.items)?;
+        m.serialize_entry("items", &self.items)?;
+        m.end()
+    }
 }
 
 const SUMMARY_COLUMNS: &str = "r.id, r.external_ref, r.state, r.received_at, r.due_at, r.resolved_at, r.completed_at,
@@ -481,6 +501,17 @@ mod tests {
         let d = s.file_request("alice", None, 1, 10).unwrap();
         let e = s.file_request("alice", None, 1, 10).unwrap();
         assert_ne!(d.id, e.id);
+    }
+
+    #[test]
+    fn request_detail_json_has_each_key_once() {
+        let (_d, mut s) = temp_store();
+        let r = s.file_request("alice", Some("ref-1"), 100, 10).unwrap();
+        let json = serde_json::to_string(&s.request_detail(r.id, 10).unwrap()).unwrap();
+        assert_eq!(json.matches("\"items\"").count(), 1, "{json}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert!(v["items"].is_array() && v["counts"]["pending"] == 0, "{v}");
+        assert_eq!(v["external_ref"], "ref-1");
     }
 
     #[test]
