@@ -1,7 +1,8 @@
 //! The command line: `forgetd [--config FILE] [--db FILE] <command>`, per the SPEC's contract.
 //!
-//! Rules: every command that opens the database creates it and applies migrations. `--json`
-//! output is one JSON document on stdout; human output is plain text; diagnostics go to stderr.
+//! Rules: every command that opens the database creates it (inside an existing directory only)
+//! and applies migrations. `--json` output is one JSON document on stdout; human output is plain
+//! text; diagnostics go to stderr.
 //! Exit codes: 0 success, 1 failure at run time, 2 usage error (clap's own, and ours via
 //! [`UsageError`]), 75 database busy / daemon lock held, 78 configuration error. The mapping from
 //! error to code is [`exit_code`], which walks the error's causes.
