@@ -69,6 +69,9 @@ pub struct Certificate {
     pub held: Vec<CertHeld>,
     pub failed: Vec<CertFailed>,
     pub anchor: Option<Anchor>,
+    /// Why the record behind this certificate cannot be trusted, when it cannot: `audit export`
+    /// refuses such a certificate unless forced, and a forced one says BROKEN at its top.
+    pub broken: Option<String>,
     pub caveats: Vec<String>,
 }
 
@@ -87,6 +90,7 @@ impl Certificate {
             held: Vec::new(),
             failed: Vec::new(),
             anchor: None,
+            broken: None,
             caveats: CAVEATS.iter().map(|s| s.to_string()).collect(),
         };
         let Some(event) = store.closing_event(request_id)? else {
@@ -121,6 +125,18 @@ impl Certificate {
             }
         }
         let v = store.verify_audit()?;
+        let missing = store.missing_audit_triggers()?;
+        cert.broken = match (&v.broken, missing.is_empty()) {
+            (Some(b), _) => Some(format!(
+                "audit chain broken at event {}: {}",
+                b.seq, b.reason
+            )),
+            (None, false) => Some(format!(
+                "the audit table's append-only triggers are missing ({}): the trail may have been edited",
+                missing.join(", ")
+            )),
+            (None, true) => None,
+        };
         cert.anchor = Some(Anchor {
             event_seq: seq,
             event_hash: hash,
@@ -133,6 +149,12 @@ impl Certificate {
 
     pub fn text(&self) -> String {
         let mut o = String::new();
+        if let Some(why) = &self.broken {
+            let _ = writeln!(
+                o,
+                "BROKEN — this certificate rests on a damaged record: {why}\n"
+            );
+        }
         let _ = writeln!(o, "CERTIFICATE OF ERASURE — request {}", self.request_id);
         let _ = writeln!(
             o,

@@ -118,3 +118,80 @@ fn requests_show_json_names_each_key_once() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(stdout(&o).matches("\"items\"").count(), 1, "{}", stdout(&o));
 }
+
+#[test]
+fn erase_refuses_a_ref_filed_for_another_subject_and_says_when_a_request_existed() {
+    let s = Scratch::new();
+    let first = s.forgetd(&["erase", "--subject", "alice", "--ref", "R1", "--json"]);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&first)).unwrap();
+    assert_eq!(v["existed"], false);
+    let again = s.forgetd(&["erase", "--subject", "alice", "--ref", "R1", "--json"]);
+    assert_eq!(code(&again), 0);
+    let w: serde_json::Value = serde_json::from_str(&stdout(&again)).unwrap();
+    assert_eq!(
+        (w["existed"].clone(), w["id"].clone()),
+        (true.into(), v["id"].clone())
+    );
+    let other = s.forgetd(&["erase", "--subject", "bob", "--ref", "R1"]);
+    assert_eq!(code(&other), 1, "{}", stderr(&other));
+    assert!(
+        stderr(&other).contains("for another subject"),
+        "{}",
+        stderr(&other)
+    );
+    assert_eq!(
+        stdout(&s.sqlite3("SELECT count(*) FROM erasure_requests")).trim(),
+        "1"
+    );
+}
+
+#[test]
+fn audit_export_refuses_a_broken_record_unless_forced() {
+    let s = Scratch::new();
+    assert_eq!(
+        code(&s.forgetd(&["erase", "--subject", "nobody-known", "--ref", "R1"])),
+        0
+    );
+    let key = s.write("k", "key");
+    let cfg = s.write(
+        "c.toml",
+        &format!(
+            "[providers.convai]\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"file:{}\"\n",
+            key.display()
+        ),
+    );
+    let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "run", "--once"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let export = |force: bool| {
+        let mut a = vec!["audit", "export", "--request", "1"];
+        if force {
+            a.push("--force");
+        }
+        s.forgetd(&a)
+    };
+    assert_eq!(code(&export(false)), 0, "{}", stderr(&export(false)));
+    // The append-only triggers dropped: nothing edited yet, but nothing prevents it either.
+    assert_eq!(
+        code(&s.sqlite3("DROP TRIGGER audit_log_is_append_only_no_update;")),
+        0
+    );
+    let o = export(false);
+    assert_eq!(code(&o), 1);
+    assert!(
+        stderr(&o).contains("append-only triggers are missing"),
+        "{}",
+        stderr(&o)
+    );
+    // And an edited link: named, and a forced certificate says BROKEN first.
+    assert_eq!(
+        code(&s.sqlite3("UPDATE audit_log SET data = '{}' WHERE seq = 1;")),
+        0
+    );
+    let o = export(false);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("broken at event 1"), "{}", stderr(&o));
+    let o = export(true);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("BROKEN"), "{}", stdout(&o));
+}

@@ -82,8 +82,10 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 config.daemon.deadline.as_secs() as i64,
             )?;
             if filed.subject_differs {
-                eprintln!(
-                    "forgetd: warning: ref {:?} was already filed for another subject; request {} is unchanged",
+                // The same ref for another person is a feeder bug; answering with the existing id
+                // would let this person's request vanish without a word.
+                anyhow::bail!(
+                    "ref {:?} was already filed, as request {}, for another subject; nothing was filed (use this person's own ref)",
                     filed.external_ref.as_deref().unwrap_or(""),
                     filed.id
                 );
@@ -274,8 +276,19 @@ fn audit(config: &Config, cmd: super::AuditCommand) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        super::AuditCommand::Export { request, json } => {
+        super::AuditCommand::Export {
+            request,
+            json,
+            force,
+        } => {
             let cert = crate::certificate::Certificate::build(&store, request)?;
+            if let Some(why) = &cert.broken
+                && !force
+            {
+                anyhow::bail!(
+                    "refusing to certify request {request}: {why}; run `forgetd audit verify`, restore from a backup, or give --force for a certificate marked BROKEN"
+                );
+            }
             if json {
                 print_json(&cert)?;
             } else {

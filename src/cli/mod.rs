@@ -261,12 +261,16 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// A certificate of erasure for one request.
+    /// A certificate of erasure for one request. Refused (exit 1) when the audit chain does not
+    /// verify or its append-only triggers are missing, unless --force.
     Export {
         #[arg(long)]
         request: i64,
         #[arg(long)]
         json: bool,
+        /// Print the certificate even on a broken record; it then says BROKEN at its top.
+        #[arg(long)]
+        force: bool,
     },
 }
 

@@ -36,7 +36,29 @@ pub struct ClosingEvent {
     pub closed: RequestClosed,
 }
 
+/// The triggers that make the audit table append-only (the schema's).
+pub const APPEND_ONLY_TRIGGERS: [&str; 2] = [
+    "audit_log_is_append_only_no_update",
+    "audit_log_is_append_only_no_delete",
+];
+
 impl Store {
+    /// The append-only triggers that are missing (someone dropped them to edit the trail).
+    pub fn missing_audit_triggers(&self) -> Result<Vec<&'static str>> {
+        let mut missing = Vec::new();
+        for name in APPEND_ONLY_TRIGGERS {
+            let n: i64 = self.conn.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
+                [name],
+                |r| r.get(0),
+            )?;
+            if n == 0 {
+                missing.push(name);
+            }
+        }
+        Ok(missing)
+    }
+
     /// Walks the chain from the start.
     pub fn verify_audit(&self) -> Result<Verification> {
         verify(self)

@@ -23,6 +23,8 @@ pub struct FiledRequest {
     /// False when the ref was already filed (nothing changed).
     #[serde(skip)]
     pub created: bool,
+    /// The ref was filed before: this is the existing request (`erase --json` says so).
+    pub existed: bool,
     /// The existing request under this ref names another subject (a feeder bug worth a warning).
     #[serde(skip)]
     pub subject_differs: bool,
@@ -193,6 +195,7 @@ impl Store {
                     external_ref: external_ref.map(str::to_string),
                     state: RequestState::parse(&state).unwrap_or(RequestState::Received),
                     created: true,
+                    existed: false,
                     subject_differs: false,
                 });
             }
@@ -206,6 +209,7 @@ impl Store {
                 external_ref: external_ref.map(str::to_string),
                 state: RequestState::parse(&state).unwrap_or(RequestState::Received),
                 created: false,
+                existed: true,
                 // After completion the subject is replaced by its hash: do not compare then.
                 subject_differs: subject_hash.is_none() && existing_subject != subject,
             })
