@@ -39,11 +39,14 @@ fn secret_file(dir: &tempfile::TempDir, name: &str, value: &str) -> SecretRef {
 }
 
 fn convai(server: &MockServer, dir: &tempfile::TempDir) -> ConvaiClient {
-    ConvaiClient::new(&ConvaiConfig {
-        base_url: server.uri().parse().unwrap(),
-        api_key: secret_file(dir, "k", "<Your-API-Key>"),
-        limits: limits(),
-    })
+    ConvaiClient::new(
+        &ConvaiConfig {
+            base_url: server.uri().parse().unwrap(),
+            api_key: secret_file(dir, "k", "<Your-API-Key>"),
+            limits: limits(),
+        },
+        Arc::new(SystemClock),
+    )
     .unwrap()
 }
 

@@ -2,7 +2,7 @@
 //! `forgetd/<version>` user agent), sensitive secret headers, Retry-After parsing, and bounded
 //! reading of answers so a huge error body cannot fill memory or a log line.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, UNIX_EPOCH};
 
 use reqwest::header::{HeaderMap, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
@@ -35,8 +35,10 @@ pub fn secret_header(secret: &SecretString) -> Option<HeaderValue> {
     Some(v)
 }
 
-/// Retry-After as seconds or an HTTP date.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+/// Retry-After as seconds or an HTTP date (all three formats of RFC 9110: IMF-fixdate,
+/// RFC 850, asctime, read by `httpdate`), measured from `now_ms`, the injected clock's time, so a
+/// date is waited out on the same clock as everything else. A date in the past is zero.
+pub fn retry_after(headers: &HeaderMap, now_ms: i64) -> Option<Duration> {
     let text = headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
@@ -45,36 +47,9 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     if let Ok(secs) = text.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let at = httpdate(text)?;
-    Some(
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
-fn httpdate(text: &str) -> Option<SystemTime> {
-    // "Sun, 06 Nov 1994 08:49:37 GMT" → RFC 3339 for humantime.
-    let parts: Vec<&str> = text.split_whitespace().collect();
-    if parts.len() != 6 || parts[5] != "GMT" {
-        return None;
-    }
-    let month = match parts[2] {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    let rfc = format!("{}-{:02}-{:0>2}T{}Z", parts[3], month, parts[1], parts[4]);
-    humantime::parse_rfc3339(&rfc).ok()
+    let at = httpdate::parse_http_date(text).ok()?;
+    let now = UNIX_EPOCH + Duration::from_millis(now_ms.max(0) as u64);
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// Truncates text for an error message, on a char boundary.
@@ -158,17 +133,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_after_reads_seconds_and_http_dates() {
+    fn retry_after_reads_seconds_and_all_three_http_date_forms_on_the_given_clock() {
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("7"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(&h, 0), Some(Duration::from_secs(7)));
+        // 1994-11-06T08:49:37Z, 60 s before each date below.
+        let now_ms = 784_111_717_000;
+        for date in [
+            "Sun, 06 Nov 1994 08:50:37 GMT",
+            "Sunday, 06-Nov-94 08:50:37 GMT",
+            "Sun Nov  6 08:50:37 1994",
+        ] {
+            h.insert("retry-after", HeaderValue::from_static(date));
+            assert_eq!(
+                retry_after(&h, now_ms),
+                Some(Duration::from_secs(60)),
+                "{date}"
+            );
+        }
         h.insert(
             "retry-after",
             HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
         );
-        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+        assert_eq!(
+            retry_after(&h, now_ms + 5_000),
+            Some(Duration::ZERO),
+            "past"
+        );
         h.insert("retry-after", HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(&h), None);
+        assert_eq!(retry_after(&h, now_ms), None);
     }
 
     #[test]

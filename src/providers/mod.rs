@@ -262,7 +262,7 @@ pub enum BuildError {
 pub fn build(config: &Config, clock: SharedClock) -> Result<Vec<SharedProvider>, BuildError> {
     let mut out: Vec<SharedProvider> = Vec::new();
     if let Some(c) = &config.convai {
-        out.push(Arc::new(convai::ConvaiClient::new(c)?));
+        out.push(Arc::new(convai::ConvaiClient::new(c, clock.clone())?));
     }
     if let Some(k) = &config.koosearch {
         out.push(Arc::new(koosearch::KooSearchClient::new(k, clock.clone())?));

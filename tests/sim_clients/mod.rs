@@ -37,11 +37,14 @@ pub async fn env(faults: Faults, timeout: Duration) -> Env {
         requests_per_second: None,
         timeout,
     };
-    let convai = ConvaiClient::new(&ConvaiConfig {
-        base_url: sim.convai_url.parse().unwrap(),
-        api_key: SecretRef::File(dir.path().join("k")),
-        limits: limits.clone(),
-    })
+    let convai = ConvaiClient::new(
+        &ConvaiConfig {
+            base_url: sim.convai_url.parse().unwrap(),
+            api_key: SecretRef::File(dir.path().join("k")),
+            limits: limits.clone(),
+        },
+        shared.clone(),
+    )
     .unwrap();
     let koo = Arc::new(
         KooSearchClient::new(

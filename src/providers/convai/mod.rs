@@ -28,6 +28,7 @@ use super::{
     Action, BuildError, ChatSink, DeleteBatch, DeleteOutcome, ListedChat, Operation, Presence,
     Provider, ProviderError,
 };
+use crate::clock::SharedClock;
 use crate::config::ConvaiConfig;
 use crate::model::ProviderKind;
 
@@ -36,6 +37,8 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 pub struct ConvaiClient {
     http: reqwest::Client,
+    /// Reads "now" for Retry-After dates.
+    clock: SharedClock,
     base: Url,
     api_key: SecretString,
     batch_size: usize,
@@ -65,8 +68,9 @@ struct ListedSession {
 }
 
 impl ConvaiClient {
-    pub fn new(config: &ConvaiConfig) -> Result<Self, BuildError> {
+    pub fn new(config: &ConvaiConfig, clock: SharedClock) -> Result<Self, BuildError> {
         Ok(Self {
+            clock,
             http: http::client(config.limits.timeout).map_err(|source| BuildError::Http {
                 provider: KIND,
                 source,
@@ -101,6 +105,7 @@ impl ConvaiClient {
 
     /// Maps a non-200 answer to what to do next, by status code only.
     fn classify(
+        now_ms: i64,
         operation: Operation,
         status: StatusCode,
         headers: &reqwest::header::HeaderMap,
@@ -120,9 +125,11 @@ impl ConvaiClient {
                 "Convai's chat-history delete API is not enabled for this key (HTTP {code}: {message}); ask Convai to enable it"
             )),
             403 => Action::Pause(format!("Convai denied permission (HTTP 403: {message})")),
-            429 => Action::RetryAfter(http::retry_after(headers).unwrap_or(DEFAULT_RETRY_AFTER)),
+            429 => Action::RetryAfter(
+                http::retry_after(headers, now_ms).unwrap_or(DEFAULT_RETRY_AFTER),
+            ),
             400 | 422 => Action::Rejected,
-            408 | 500..=599 => match http::retry_after(headers) {
+            408 | 500..=599 => match http::retry_after(headers, now_ms) {
                 Some(d) => Action::RetryAfter(d),
                 None => Action::Retry,
             },
@@ -148,7 +155,13 @@ impl ConvaiClient {
         if status != StatusCode::OK {
             let headers = resp.headers().clone();
             let body = http::read_body(KIND, op, resp, MAX_BODY).await?;
-            return Err(Self::classify(op, status, &headers, &body));
+            return Err(Self::classify(
+                self.clock.now_ms(),
+                op,
+                status,
+                &headers,
+                &body,
+            ));
         }
         // Parse on a blocking thread from a synchronous view of the body stream; hand sessions
         // back through a small bounded channel, so memory stays flat however long the array.
@@ -298,7 +311,13 @@ impl Provider for ConvaiClient {
         let headers = resp.headers().clone();
         let body = http::read_body(KIND, op, resp, MAX_BODY).await?;
         if status != StatusCode::OK {
-            return Err(Self::classify(op, status, &headers, &body));
+            return Err(Self::classify(
+                self.clock.now_ms(),
+                op,
+                status,
+                &headers,
+                &body,
+            ));
         }
         parse_delete_answer(&body).map_err(|why| http::unparseable(KIND, op, 200, &body, why))
     }

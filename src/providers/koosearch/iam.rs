@@ -160,7 +160,8 @@ impl IamTokens {
                     c.user, c.domain, c.project
                 )),
                 429 => Action::RetryAfter(
-                    http::retry_after(&headers).unwrap_or(super::DEFAULT_RETRY_AFTER),
+                    http::retry_after(&headers, self.clock.now_ms())
+                        .unwrap_or(super::DEFAULT_RETRY_AFTER),
                 ),
                 404 => Action::Pause(format!(
                     "Huawei IAM answered 404 at {}: check providers.koosearch.iam.endpoint",

@@ -52,6 +52,8 @@ pub struct KooSearchClient {
     discover_by_user_name: bool,
     auth: TokenSource,
     batch_size: usize,
+    /// Reads "now" for Retry-After dates.
+    clock: SharedClock,
 }
 
 impl std::fmt::Debug for KooSearchClient {
@@ -130,7 +132,7 @@ impl KooSearchClient {
         let auth = match &config.auth {
             KooSearchAuth::Token(t) => TokenSource::Fixed(t.read()?),
             KooSearchAuth::Iam(i) => {
-                TokenSource::iam(http.clone(), i.clone(), i.password.read()?, clock)
+                TokenSource::iam(http.clone(), i.clone(), i.password.read()?, clock.clone())
             }
         };
         Ok(Self {
@@ -141,6 +143,7 @@ impl KooSearchClient {
             discover_by_user_name: config.discover_by_user_name,
             auth,
             batch_size: config.limits.batch_size.min(MAX_BATCH),
+            clock,
         })
     }
 
@@ -205,6 +208,7 @@ impl KooSearchClient {
     }
 
     fn classify(
+        now_ms: i64,
         op: Operation,
         status: StatusCode,
         headers: &reqwest::header::HeaderMap,
@@ -217,9 +221,9 @@ impl KooSearchClient {
             .unwrap_or_default();
         let n = status.as_u16();
         let action = if n == 429 || upper == "APIG.0308" {
-            Action::RetryAfter(http::retry_after(headers).unwrap_or(DEFAULT_RETRY_AFTER))
+            Action::RetryAfter(http::retry_after(headers, now_ms).unwrap_or(DEFAULT_RETRY_AFTER))
         } else if upper == "KOS.00060002" || (500..=599).contains(&n) || n == 408 {
-            http::retry_after(headers)
+            http::retry_after(headers, now_ms)
                 .map(Action::RetryAfter)
                 .unwrap_or(Action::Retry)
         } else if n == 403 {
@@ -264,7 +268,13 @@ impl KooSearchClient {
                 })
                 .await?;
             if status != StatusCode::OK {
-                return Err(Self::classify(op, status, &headers, &body));
+                return Err(Self::classify(
+                    self.clock.now_ms(),
+                    op,
+                    status,
+                    &headers,
+                    &body,
+                ));
             }
             let parsed =
                 parse_page(scope, &body).map_err(|e| http::unparseable(KIND, op, 200, &body, e))?;
@@ -392,7 +402,13 @@ impl Provider for KooSearchClient {
             })
             .await?;
         if status != StatusCode::OK {
-            return Err(Self::classify(op, status, &headers, &answer));
+            return Err(Self::classify(
+                self.clock.now_ms(),
+                op,
+                status,
+                &headers,
+                &answer,
+            ));
         }
         parse_batch_answer(&answer, batch.ids.len())
             .map_err(|e| http::unparseable(KIND, op, 200, &answer, e))
