@@ -138,7 +138,7 @@ mod tests {
         h.insert("retry-after", HeaderValue::from_static("7"));
         assert_eq!(retry_after(&h, 0), Some(Duration::from_secs(7)));
         // 1994-11-06T08:49:37Z, 60 s before each date below.
-        let now_ms = 784_111_717_000;
+        let now_ms = 784_111_777_000;
         for date in [
             "Sun, 06 Nov 1994 08:50:37 GMT",
             "Sunday, 06-Nov-94 08:50:37 GMT",
