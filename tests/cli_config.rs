@@ -144,3 +144,28 @@ fn logs_are_json_lines_on_request() {
         );
     }
 }
+
+#[test]
+fn version_names_the_release_and_the_commit() {
+    let o = std::process::Command::new(BIN)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0);
+    let v = stdout(&o);
+    assert!(
+        v.starts_with(&format!("forgetd {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{v}"
+    );
+    let commit = v
+        .split("(commit ")
+        .nth(1)
+        .unwrap()
+        .trim_end()
+        .trim_end_matches(')');
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{v}"
+    );
+}

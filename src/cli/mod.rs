@@ -22,7 +22,7 @@ use crate::store::lock::LockError;
 #[derive(Debug, Parser)]
 #[command(
     name = "forgetd",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("FORGETD_COMMIT"), ")"),
     about = "Erases chat histories at Convai and Huawei Cloud KooSearch, on time and provably"
 )]
 pub struct Cli {
