@@ -169,3 +169,53 @@ fn version_names_the_release_and_the_commit() {
         "{v}"
     );
 }
+
+#[test]
+fn every_subcommand_and_flag_has_a_help_line() {
+    use clap::CommandFactory;
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            let id = a.get_id().as_str();
+            if id == "help" || id == "version" || a.is_hide_set() {
+                continue;
+            }
+            if a.get_help().is_none() {
+                missing.push(format!("{path} --{id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.is_hide_set() || sub.get_name() == "help" {
+                continue;
+            }
+            let p = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() {
+                missing.push(p.clone());
+            }
+            walk(sub, &p, missing);
+        }
+    }
+    let mut missing = Vec::new();
+    walk(&forgetd::cli::Cli::command(), "forgetd", &mut missing);
+    assert!(missing.is_empty(), "no help line:\n{}", missing.join("\n"));
+}
+
+#[test]
+fn an_unknown_provider_is_a_usage_error_listing_the_known_ones() {
+    let s = Scratch::new();
+    let o = s.forgetd(&[
+        "sessions",
+        "add",
+        "--provider",
+        "x",
+        "--scope",
+        "c",
+        "--id",
+        "i",
+    ]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("possible values: convai, koosearch"),
+        "{}",
+        stderr(&o)
+    );
+}

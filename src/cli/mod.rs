@@ -40,6 +40,8 @@ pub struct Cli {
 pub enum Command {
     /// The daemon. --once: resolve, run every rule once, drain everything, then exit.
     Run {
+        /// Resolve, run every rule once, drain everything (waiting out backoffs), then exit: 0
+        /// when nothing is left pending, in flight or dead, else 1 with the reason.
         #[arg(long)]
         once: bool,
     },
@@ -51,6 +53,7 @@ pub enum Command {
         /// Leave the simulator's faults off.
         #[arg(long)]
         no_faults: bool,
+        /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -60,10 +63,13 @@ pub enum Command {
         /// Smaller runs (a fifth of the items, shorter idle window).
         #[arg(long)]
         quick: bool,
+        /// Benchmark the retention sweep over a large inventory instead.
         #[arg(long)]
         retention: bool,
+        /// Inventory size for --retention.
         #[arg(long, default_value_t = 10_000_000)]
         sweep_sessions: u64,
+        /// How many of those chats are expired, for --retention.
         #[arg(long, default_value_t = 1_000_000)]
         sweep_expired: u64,
     },
@@ -72,10 +78,13 @@ pub enum Command {
     BenchSweep { rule: String },
     /// What would be deleted, deleting nothing.
     Plan {
+        /// What a request for this person would delete (give --subject or --rule).
         #[arg(long, conflicts_with = "rule", required_unless_present = "rule")]
         subject: Option<String>,
+        /// What the next run of this rule would delete.
         #[arg(long)]
         rule: Option<String>,
+        /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -84,11 +93,13 @@ pub enum Command {
     Audit(AuditCommand),
     /// File an erasure request for a subject; prints its id.
     Erase {
+        /// The person: your user ID, as written in sessions.subject.
         #[arg(long)]
         subject: String,
         /// Your own reference; filing the same ref again changes nothing.
         #[arg(long = "ref", value_name = "REF")]
         external_ref: Option<String>,
+        /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -100,6 +111,7 @@ pub enum Command {
     Requests(RequestsCommand),
     /// Queue depth by state and provider, overdue requests, dead items, paused providers.
     Status {
+        /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -143,38 +155,53 @@ pub enum Command {
 pub enum SessionsCommand {
     /// Add one chat to the inventory.
     Add {
-        #[arg(long)]
+        /// The provider: convai or koosearch.
+        #[arg(long, value_parser = provider_parser())]
         provider: ProviderKind,
+        /// The Convai character ID, or the KooSearch application ID.
         #[arg(long)]
         scope: String,
+        /// The chat's ID at the provider (Convai sessionID, KooSearch chat_id).
         #[arg(long)]
         id: String,
+        /// The person the chat belongs to (omit when unknown).
         #[arg(long)]
         subject: Option<String>,
         /// Unix seconds or RFC 3339; default now.
         #[arg(long, value_name = "T")]
         created_at: Option<String>,
+        /// The KooSearch knowledge base the chat belongs to, if any.
         #[arg(long)]
         repo_id: Option<String>,
     },
     /// Import chats from CSV (header = column names) or JSON lines; `-` reads stdin.
-    Import { file: PathBuf },
+    Import {
+        /// The file to read, or - for standard input.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RequestsCommand {
+    /// Every request with its state and counts.
     List {
+        /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// One request with each of its chats and their states.
     Show {
+        /// The request's id.
         id: i64,
+        /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Give a request's dead items another round.
     Retry {
+        /// The request's id.
         id: i64,
+        /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -182,20 +209,27 @@ pub enum RequestsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum RulesCommand {
+    /// Every rule with its schedule, last run and any run waiting for approval.
     List {
+        /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Add a rule (kept in the database; rules from the config file are changed in the file).
     Add(RuleArgs),
     /// Remove a rule added with `rules add` (config rules are changed in the file).
     Remove {
+        /// The rule's name.
         name: String,
+        /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Release a run held back by the rule's max_deletions.
     Approve {
+        /// The rule's name.
         name: String,
+        /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -203,8 +237,10 @@ pub enum RulesCommand {
 
 #[derive(Debug, Args)]
 pub struct RuleArgs {
+    /// The rule's name: 1 to 64 of A-Z a-z 0-9 . _ -
     pub name: String,
-    #[arg(long)]
+    /// The provider: convai or koosearch.
+    #[arg(long, value_parser = provider_parser())]
     pub provider: ProviderKind,
     /// Character/application ID, or "*" for every scope.
     #[arg(long)]
@@ -215,13 +251,16 @@ pub struct RuleArgs {
     /// 5-field cron, or 6 with seconds first.
     #[arg(long)]
     pub schedule: String,
+    /// The IANA time zone the schedule is read in, e.g. Europe/Berlin (DST-correct).
     #[arg(long, default_value = "UTC")]
     pub timezone: String,
     /// Also list chats at the provider.
     #[arg(long)]
     pub discover: bool,
+    /// A run that matches more chats than this deletes nothing until `rules approve`.
     #[arg(long, default_value_t = crate::config::defaults::MAX_DELETIONS)]
     pub max_deletions: u64,
+    /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -230,25 +269,36 @@ pub struct RuleArgs {
 pub enum HoldsCommand {
     /// Hold a subject (--subject) or one chat (--provider --scope --id).
     Add {
+        /// Hold every chat known to belong to this person.
         #[arg(long, conflicts_with_all = ["provider", "scope", "id"], required_unless_present = "id")]
         subject: Option<String>,
-        #[arg(long, requires_all = ["scope", "id"])]
+        /// With --scope and --id: hold one chat. The provider: convai or koosearch.
+        #[arg(long, requires_all = ["scope", "id"], value_parser = provider_parser())]
         provider: Option<ProviderKind>,
+        /// The chat's character ID (Convai) or application ID (KooSearch).
         #[arg(long, requires_all = ["provider", "id"])]
         scope: Option<String>,
+        /// The chat's ID at the provider.
         #[arg(long, requires_all = ["provider", "scope"])]
         id: Option<String>,
+        /// Why (a case number, a regulator's letter): shown wherever the hold keeps a chat.
         #[arg(long)]
         reason: String,
+        /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Active holds with what each keeps.
     List {
+        /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Lift a hold: its chats return to the queue unless another hold covers them.
     Remove {
+        /// The hold's id (as `holds add` printed it, or from `holds list`).
         hold_id: i64,
+        /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -258,20 +308,32 @@ pub enum HoldsCommand {
 pub enum AuditCommand {
     /// Walk the hash chain; names the first broken link and exits 1 if any.
     Verify {
+        /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
     },
     /// A certificate of erasure for one request. Refused (exit 1) when the audit chain does not
     /// verify or its append-only triggers are missing, unless --force.
     Export {
+        /// The request's id (as `erase` printed it, or from `requests list`).
         #[arg(long)]
         request: i64,
+        /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
         /// Print the certificate even on a broken record; it then says BROKEN at its top.
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `--provider`: one of the providers' keys, listed by `--help` and by the error for any other.
+fn provider_parser() -> impl clap::builder::TypedValueParser<Value = ProviderKind> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(ProviderKind::ALL.map(ProviderKind::as_str)).map(|s| {
+        s.parse::<ProviderKind>()
+            .expect("only listed values get here")
+    })
 }
 
 /// A usage mistake found after parsing (exit 2).
