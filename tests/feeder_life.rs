@@ -663,3 +663,56 @@ fn an_audit_key_that_is_a_link_readable_by_others_or_short_is_refused() {
         "the link's target is untouched"
     );
 }
+
+#[test]
+fn a_version_1_database_with_live_work_migrates_keeping_every_row() {
+    let s = Scratch::new();
+    let v1 = include_str!("../src/store/migrations/001_init.sql");
+    // (A leading newline: sqlite3 would read an argument starting with "--" as an option.)
+    let seed = format!(
+        "\n{v1}
+         INSERT INTO sessions (provider, scope, session_id, subject, created_at)
+           VALUES ('convai', 'c', 's1', 'alice', 100), ('convai', 'c', 's2', x'626f62', 100);
+         INSERT INTO erasure_requests (subject, external_ref, received_at) VALUES ('alice', 'A1', 100);
+         INSERT INTO erasure_requests (subject, external_ref, received_at) VALUES (x'626f62', 'B1', 100);
+         INSERT INTO work_items (provider, scope, session_id, due_at, created_at) VALUES ('convai', 'c', 's1', 200, 100);
+         INSERT INTO request_items (request_id, item_id) VALUES (1, 1);
+         UPDATE erasure_requests SET state = 'in_progress', due_at = 200 WHERE id = 1;
+         PRAGMA user_version = 1;"
+    );
+    let o = s.sqlite3(&seed);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.forgetd(&["status"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let q = |sql: &str| stdout(&s.sqlite3(sql)).trim().to_string();
+    assert_eq!(q("PRAGMA user_version"), "2");
+    assert_eq!(
+        q(
+            "SELECT group_concat(id || ':' || subject || ':' || typeof(subject), ',') FROM erasure_requests"
+        ),
+        "1:alice:text,2:bob:text",
+        "rows kept, the BLOB subject read as the text it encoded"
+    );
+    assert_eq!(
+        q("SELECT typeof(subject) FROM sessions WHERE session_id = 's2'"),
+        "text"
+    );
+    assert_eq!(
+        q("SELECT subject FROM work_items WHERE session_id = 's1'"),
+        "alice"
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM request_items WHERE request_id = 1"),
+        "1"
+    );
+    assert_eq!(q("PRAGMA foreign_key_check"), "");
+    // The next request gets a fresh id, and the new rules hold.
+    let o = s.forgetd(&["erase", "--subject", "carol"]);
+    assert_eq!(stdout(&o).trim(), "3");
+    let o = s.sqlite3("DELETE FROM erasure_requests WHERE id = 1");
+    assert!(
+        stderr(&o).contains("requests are records"),
+        "{}",
+        stderr(&o)
+    );
+}
