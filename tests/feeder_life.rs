@@ -55,6 +55,13 @@ fn file(s: &Scratch, subject: &str, r: &str) {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
+/// A `[[rules]]` table for a 30-day Convai rule on `char-a`; `extra` adds keys.
+fn rule_toml(name: &str, extra: &str) -> String {
+    format!(
+        "[[rules]]\nname = \"{name}\"\nprovider = \"convai\"\nscope = \"char-a\"\nmax_age = \"30d\"\nschedule = \"0 3 * * *\"\n{extra}"
+    )
+}
+
 fn run_once(s: &Scratch, cfg: &std::path::Path) -> std::process::Output {
     s.forgetd(&["--config", cfg.to_str().unwrap(), "run", "--once"])
 }
@@ -131,12 +138,7 @@ async fn a_chat_recorded_while_a_request_ran_stays_its_owners_for_holds_and_late
     sim.update_faults(|f| {
         f.auth_fail.insert(C);
     });
-    let cfg = sim_config(
-        &s,
-        &sim,
-        &[],
-        "[[rules]]\nname = \"convai-30-days\"\nprovider = \"convai\"\nscope = \"char-a\"\nmax_age = \"30d\"\nschedule = \"0 3 * * *\"\n",
-    );
+    let cfg = sim_config(&s, &sim, &[], &rule_toml("convai-30-days", ""));
     // The rule is added once the request has completed, below.
     let rule_cfg = std::fs::read_to_string(&cfg).unwrap();
     let no_rule_cfg = s.write("norule.toml", rule_cfg.split("[[rules]]").next().unwrap());
@@ -485,12 +487,7 @@ async fn an_approval_releases_the_run_that_was_shown_and_no_bigger_one() {
     let s = fresh();
     let sim = sim().await;
     let old = now() - 90 * 86_400;
-    let cfg = sim_config(
-        &s,
-        &sim,
-        &[],
-        "[[rules]]\nname = \"r\"\nprovider = \"convai\"\nscope = \"char-a\"\nmax_age = \"30d\"\nschedule = \"0 3 * * *\"\nmax_deletions = 2\n",
-    );
+    let cfg = sim_config(&s, &sim, &[], &rule_toml("r", "max_deletions = 2\n"));
     for i in 0..3 {
         chat(&s, &sim, "char-a", &format!("old-{i}"), "p", old);
     }
@@ -564,12 +561,7 @@ async fn one_overlong_convai_id_in_a_listing_does_not_fail_the_rule() {
     let s = fresh();
     let sim = sim().await;
     let old = now() - 90 * 86_400;
-    let cfg = sim_config(
-        &s,
-        &sim,
-        &[],
-        "[[rules]]\nname = \"r\"\nprovider = \"convai\"\nscope = \"char-a\"\nmax_age = \"30d\"\nschedule = \"0 3 * * *\"\ndiscover = true\n",
-    );
+    let cfg = sim_config(&s, &sim, &[], &rule_toml("r", "discover = true\n"));
     let long = "é".repeat(65);
     sim.add_convai_chat("char-a", &long, old);
     sim.add_convai_chat("char-a", "listed-only", old);
@@ -606,13 +598,9 @@ fn a_schedule_that_never_fires_is_refused() {
     ]);
     assert_ne!(code(&o), 0);
     assert!(stderr(&o).contains("never fires"), "{}", stderr(&o));
-    let key = s.write("k", "key");
-    let cfg = s.write(
-        "c.toml",
-        &format!(
-            "[providers.convai]\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"file:{}\"\n[[rules]]\nname = \"never\"\nprovider = \"convai\"\nscope = \"c\"\nmax_age = \"30d\"\nschedule = \"0 3 30 2 *\"\n",
-            key.display()
-        ),
+    let cfg = unreachable_convai_config(
+        &s,
+        "[[rules]]\nname = \"never\"\nprovider = \"convai\"\nscope = \"c\"\nmax_age = \"30d\"\nschedule = \"0 3 30 2 *\"\n",
     );
     let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "check-config"]);
     assert_eq!(code(&o), 78, "{}", stderr(&o));
@@ -628,14 +616,7 @@ fn an_audit_key_that_is_a_link_readable_by_others_or_short_is_refused() {
     std::fs::write(&victim, [7u8; 40]).unwrap();
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::symlink(&victim, &key).unwrap();
-    let api = s.write("api", "k");
-    let cfg = s.write(
-        "c.toml",
-        &format!(
-            "[providers.convai]\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"file:{}\"\n",
-            api.display()
-        ),
-    );
+    let cfg = unreachable_convai_config(&s, "");
     let run = || s.forgetd(&["--config", cfg.to_str().unwrap(), "run", "--once"]);
     let o = run();
     assert_eq!(code(&o), 78);

@@ -153,14 +153,7 @@ fn audit_export_refuses_a_broken_record_unless_forced() {
         code(&s.forgetd(&["erase", "--subject", "nobody-known", "--ref", "R1"])),
         0
     );
-    let key = s.write("k", "key");
-    let cfg = s.write(
-        "c.toml",
-        &format!(
-            "[providers.convai]\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"file:{}\"\n",
-            key.display()
-        ),
-    );
+    let cfg = unreachable_convai_config(&s, "");
     let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "run", "--once"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let export = |force: bool| {

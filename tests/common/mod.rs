@@ -124,3 +124,16 @@ project = "{region}"
     );
     s.write("forgetd.toml", &text)
 }
+
+/// A config with Convai at a loopback port nothing listens on, for runs that must not reach a
+/// provider (an empty queue, start-up checks); `extra` is appended (rules).
+pub fn unreachable_convai_config(s: &Scratch, extra: &str) -> PathBuf {
+    let key = s.write("unreachable.key", "key");
+    s.write(
+        "unreachable.toml",
+        &format!(
+            "[providers.convai]\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"file:{}\"\n{extra}",
+            key.display()
+        ),
+    )
+}
