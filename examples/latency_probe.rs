@@ -47,15 +47,15 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("k"), forgetd::simulator::CONVAI_KEY).unwrap();
     let client = forgetd::providers::convai::ConvaiClient::new(
-        &forgetd::config::ConvaiConfig {
+        &forgetd::providers::convai::ConvaiConfig {
             base_url: sim.convai_url.parse().unwrap(),
             api_key: forgetd::config::SecretRef::File(dir.path().join("k")),
-            limits: forgetd::config::ProviderLimits {
-                batch_size: 100,
-                concurrency: 1,
-                requests_per_second: None,
-                timeout: Duration::from_secs(5),
-            },
+        },
+        &forgetd::providers::ProviderLimits {
+            batch_size: 100,
+            concurrency: 1,
+            requests_per_second: None,
+            timeout: Duration::from_secs(5),
         },
         std::sync::Arc::new(forgetd::clock::SystemClock),
     )

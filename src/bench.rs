@@ -215,7 +215,7 @@ async fn sweep(sessions: u64, expired: u64) -> Result<(ChildUsage, String)> {
         store.add_rule(
             &crate::config::RuleSpec {
                 name: "sweep".into(),
-                provider: crate::model::ProviderKind::Convai,
+                provider: crate::model::ProviderKind::CONVAI,
                 scope: "*".into(),
                 max_age: Duration::from_secs(30 * 86_400),
                 schedule: "0 3 * * *".into(),

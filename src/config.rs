@@ -16,11 +16,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reqwest::Url;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
+use crate::fields::{duration, required};
 use crate::model::ProviderKind;
+use crate::providers::registry::{self, REGISTRY};
+use crate::providers::{Configured, Settings};
 use crate::schedule::Schedule;
 
 /// The validated configuration.
@@ -33,8 +35,9 @@ pub struct Config {
     pub retry: RetryConfig,
     pub http: Option<HttpConfig>,
     pub audit: AuditConfig,
-    pub convai: Option<ConvaiConfig>,
-    pub koosearch: Option<KooSearchConfig>,
+    /// The `[providers.<key>]` tables, in registry order; each provider's own settings are read
+    /// by its folder's `config.rs`.
+    pub providers: Vec<Configured>,
     pub rules: Vec<RuleSpec>,
 }
 
@@ -67,50 +70,6 @@ pub struct HttpConfig {
 pub struct AuditConfig {
     /// Keys the subject hash. `None`: a generated key file beside the database.
     pub subject_key: Option<SecretRef>,
-}
-
-/// Settings every provider shares.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProviderLimits {
-    pub batch_size: usize,
-    pub concurrency: usize,
-    /// `None`: no client-side limit.
-    pub requests_per_second: Option<f64>,
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConvaiConfig {
-    pub base_url: Url,
-    pub api_key: SecretRef,
-    pub limits: ProviderLimits,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct KooSearchConfig {
-    pub endpoint: Url,
-    pub project_id: String,
-    pub applications: Vec<String>,
-    pub discover_by_user_name: bool,
-    pub auth: KooSearchAuth,
-    pub limits: ProviderLimits,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum KooSearchAuth {
-    /// A fixed token (no refresh; a 401 pauses the provider).
-    Token(SecretRef),
-    /// Password auth against Huawei IAM, token cached and refreshed.
-    Iam(IamConfig),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct IamConfig {
-    pub endpoint: Url,
-    pub domain: String,
-    pub user: String,
-    pub password: SecretRef,
-    pub project: String,
 }
 
 /// A retention rule as written in the config file (or given to `forgetd rules add`).
@@ -154,6 +113,8 @@ pub enum ConfigError {
 
 pub use crate::secret::{MIN_SUBJECT_KEY_LEN, SecretError, SecretRef};
 
+const SUBJECT_KEY: &str = "audit.subject_key";
+
 // ---------------------------------------------------------------------------------------------
 // The raw file shape. Durations and references stay strings here so that validation can report
 // every bad one, not just the first serde meets.
@@ -168,7 +129,8 @@ struct RawConfig {
     retry: Option<RawRetry>,
     http: Option<RawHttp>,
     audit: Option<RawAudit>,
-    providers: Option<RawProviders>,
+    /// Each provider's table is handed to its folder whole (its keys are its own).
+    providers: Option<toml::Table>,
     #[serde(default)]
     rules: Vec<RawRule>,
 }
@@ -204,50 +166,6 @@ struct RawAudit {
     subject_key: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct RawProviders {
-    convai: Option<RawConvai>,
-    koosearch: Option<RawKooSearch>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct RawLimits {
-    batch_size: Option<i64>,
-    concurrency: Option<i64>,
-    requests_per_second: Option<f64>,
-    timeout: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawConvai {
-    base_url: Option<String>,
-    api_key: Option<String>,
-    #[serde(flatten)]
-    limits: RawLimits,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawKooSearch {
-    endpoint: Option<String>,
-    project_id: Option<String>,
-    #[serde(default)]
-    applications: Vec<String>,
-    discover_by_user_name: Option<bool>,
-    token: Option<String>,
-    iam: Option<RawIam>,
-    #[serde(flatten)]
-    limits: RawLimits,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawIam {
-    endpoint: Option<String>,
-    domain: Option<String>,
-    user: Option<String>,
-    password: Option<String>,
-    project: Option<String>,
-}
-
 #[derive(Debug, Deserialize)]
 struct RawRule {
     name: Option<String>,
@@ -259,24 +177,6 @@ struct RawRule {
     discover: Option<bool>,
     max_deletions: Option<i64>,
 }
-
-// Serde's `flatten` hides unknown keys from `serde_ignored`, so the provider tables list their own
-// keys and anything else is reported explicitly.
-const LIMIT_KEYS: &[&str] = &[
-    "batch_size",
-    "concurrency",
-    "requests_per_second",
-    "timeout",
-];
-const CONVAI_KEYS: &[&str] = &["base_url", "api_key"];
-const KOOSEARCH_KEYS: &[&str] = &[
-    "endpoint",
-    "project_id",
-    "applications",
-    "discover_by_user_name",
-    "token",
-    "iam",
-];
 
 // ---------------------------------------------------------------------------------------------
 
@@ -291,11 +191,7 @@ pub mod defaults {
     pub const MAX_ATTEMPTS: u32 = 20;
     pub const GIVE_UP_AFTER: Duration = Duration::from_secs(7 * 86_400);
     pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
-    pub const BATCH_SIZE: usize = 100;
-    pub const CONCURRENCY: usize = 4;
-    pub const TIMEOUT: Duration = Duration::from_secs(30);
     pub const MAX_DELETIONS: u64 = 10_000;
-    pub const CONVAI_BASE_URL: &str = "https://api.convai.com";
     pub const HTTP_LISTEN: &str = "127.0.0.1:9464";
 }
 
@@ -336,8 +232,7 @@ impl Config {
             },
             http: None,
             audit: AuditConfig { subject_key: None },
-            convai: None,
-            koosearch: None,
+            providers: Vec::new(),
             rules: Vec::new(),
         }
     }
@@ -368,7 +263,6 @@ impl Config {
             source,
         })?;
         let mut problems = unknown;
-        problems.extend(unknown_flattened_keys(text));
         let config = validate(raw, &mut problems);
         if problems.is_empty() {
             Ok(config)
@@ -381,38 +275,47 @@ impl Config {
     }
 
     /// The providers this config enables.
-    pub fn providers(&self) -> Vec<ProviderKind> {
-        let mut v = Vec::new();
-        if self.convai.is_some() {
-            v.push(ProviderKind::Convai);
-        }
-        if self.koosearch.is_some() {
-            v.push(ProviderKind::KooSearch);
-        }
-        v
+    pub fn kinds(&self) -> Vec<ProviderKind> {
+        self.providers.iter().map(|c| c.kind()).collect()
     }
 
-    pub fn limits(&self, provider: ProviderKind) -> Option<&ProviderLimits> {
-        match provider {
-            ProviderKind::Convai => self.convai.as_ref().map(|c| &c.limits),
-            ProviderKind::KooSearch => self.koosearch.as_ref().map(|c| &c.limits),
-        }
+    pub fn provider(&self, kind: ProviderKind) -> Option<&Configured> {
+        self.providers.iter().find(|c| c.kind() == kind)
+    }
+
+    pub fn provider_mut(&mut self, kind: ProviderKind) -> Option<&mut Configured> {
+        self.providers.iter_mut().find(|c| c.kind() == kind)
+    }
+
+    pub fn limits(&self, kind: ProviderKind) -> Option<&crate::providers::ProviderLimits> {
+        self.provider(kind).map(|c| &c.limits)
+    }
+
+    /// The settings of the provider whose settings type is `T`, when it is configured.
+    pub fn settings<T: Settings>(&self) -> Option<&T> {
+        self.providers.iter().find_map(|c| c.settings::<T>())
+    }
+
+    /// Configures a provider, replacing its earlier settings.
+    pub fn set_provider(&mut self, configured: Configured) {
+        self.remove_provider(configured.kind());
+        self.providers.push(configured);
+        let order = |k: ProviderKind| REGISTRY.iter().position(|r| r.kind == k);
+        self.providers.sort_by_key(|c| order(c.kind()));
+    }
+
+    pub fn remove_provider(&mut self, kind: ProviderKind) {
+        self.providers.retain(|c| c.kind() != kind);
     }
 
     /// Every secret reference the config names, with the key it sits under.
-    pub fn secret_refs(&self) -> Vec<(&'static str, &SecretRef)> {
+    pub fn secret_refs(&self) -> Vec<(String, &SecretRef)> {
         let mut v = Vec::new();
         if let Some(key) = &self.audit.subject_key {
-            v.push(("audit.subject_key", key));
+            v.push((SUBJECT_KEY.to_string(), key));
         }
-        if let Some(c) = &self.convai {
-            v.push(("providers.convai.api_key", &c.api_key));
-        }
-        if let Some(k) = &self.koosearch {
-            match &k.auth {
-                KooSearchAuth::Token(t) => v.push(("providers.koosearch.token", t)),
-                KooSearchAuth::Iam(i) => v.push(("providers.koosearch.iam.password", &i.password)),
-            }
+        for c in &self.providers {
+            v.extend(c.settings.secrets());
         }
         v
     }
@@ -423,7 +326,7 @@ impl Config {
         self.secret_refs()
             .into_iter()
             .filter_map(|(name, r)| {
-                if name == "audit.subject_key" {
+                if name == SUBJECT_KEY {
                     // A key is bytes (`head -c 32 /dev/urandom`), not text.
                     match r.read_bytes() {
                         Err(e) => Some(e),
@@ -476,177 +379,6 @@ fn key_path(path: &serde_ignored::Path<'_>) -> String {
         Path::Some { parent }
         | Path::NewtypeStruct { parent }
         | Path::NewtypeVariant { parent } => key_path(parent),
-    }
-}
-
-/// Keys under `[providers.convai]` / `[providers.koosearch]` that no field takes (see LIMIT_KEYS).
-fn unknown_flattened_keys(text: &str) -> Vec<String> {
-    let Ok(value) = text.parse::<toml::Table>() else {
-        return Vec::new();
-    };
-    let mut problems = Vec::new();
-    let Some(providers) = value.get("providers").and_then(|p| p.as_table()) else {
-        return problems;
-    };
-    for (name, known) in [("convai", CONVAI_KEYS), ("koosearch", KOOSEARCH_KEYS)] {
-        if let Some(table) = providers.get(name).and_then(|t| t.as_table()) {
-            for key in table.keys() {
-                if !known.contains(&key.as_str()) && !LIMIT_KEYS.contains(&key.as_str()) {
-                    problems.push(format!("unknown key `providers.{name}.{key}`"));
-                }
-            }
-        }
-    }
-    problems
-}
-
-fn duration(
-    problems: &mut Vec<String>,
-    key: &str,
-    value: Option<&str>,
-    default: Duration,
-) -> Duration {
-    match value {
-        None => default,
-        Some(text) => match humantime::parse_duration(text) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                problems.push(format!("`{key}` = \"{text}\": must be longer than zero"));
-                default
-            }
-            Err(e) => {
-                problems.push(format!(
-                    "`{key}` = \"{text}\" is not a duration ({e}); write e.g. \"30s\", \"5m\", \"30d\""
-                ));
-                default
-            }
-        },
-    }
-}
-
-fn secret(problems: &mut Vec<String>, key: &str, value: Option<&str>) -> Option<SecretRef> {
-    match value {
-        None => {
-            problems.push(format!(
-                "`{key}` is required (env:NAME, file:/path or credential:NAME)"
-            ));
-            None
-        }
-        Some(v) => match SecretRef::parse(v) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                problems.push(format!("`{key}`: {e}"));
-                None
-            }
-        },
-    }
-}
-
-/// Parses a provider URL: https, or http on a loopback host only.
-pub fn parse_service_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text).map_err(|e| format!("\"{text}\" is not a URL ({e})"))?;
-    match url.scheme() {
-        "https" => {}
-        "http" if is_loopback_url(&url) => {}
-        "http" => {
-            return Err(format!(
-                "\"{text}\": http:// is accepted only for loopback hosts; use https://"
-            ));
-        }
-        other => {
-            return Err(format!(
-                "\"{text}\": scheme {other}:// is not supported; use https://"
-            ));
-        }
-    }
-    if url.host().is_none() {
-        return Err(format!("\"{text}\" has no host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!(
-            "\"{text}\": credentials in the URL are not accepted"
-        ));
-    }
-    Ok(url)
-}
-
-fn is_loopback_url(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
-}
-
-fn url(problems: &mut Vec<String>, key: &str, value: Option<&str>) -> Option<Url> {
-    match value {
-        None => {
-            problems.push(format!("`{key}` is required"));
-            None
-        }
-        Some(v) => match parse_service_url(v) {
-            Ok(u) => Some(u),
-            Err(e) => {
-                problems.push(format!("`{key}`: {e}"));
-                None
-            }
-        },
-    }
-}
-
-fn required(problems: &mut Vec<String>, key: &str, value: Option<String>) -> String {
-    match value {
-        Some(v) if !v.trim().is_empty() => v,
-        _ => {
-            problems.push(format!("`{key}` is required"));
-            String::new()
-        }
-    }
-}
-
-/// True for 1..64 characters of `[A-Za-z0-9_-]` (KooSearch's ID alphabet).
-pub fn is_koosearch_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-fn limits(problems: &mut Vec<String>, prefix: &str, raw: &RawLimits) -> ProviderLimits {
-    let mut positive = |key: &str, v: Option<i64>, default: usize, max: usize| match v {
-        None => default,
-        Some(n) if n >= 1 && (n as u64) <= max as u64 => n as usize,
-        Some(n) => {
-            problems.push(format!(
-                "`{prefix}.{key}` = {n}: must be between 1 and {max}"
-            ));
-            default
-        }
-    };
-    let batch_size = positive("batch_size", raw.batch_size, defaults::BATCH_SIZE, 100);
-    let concurrency = positive("concurrency", raw.concurrency, defaults::CONCURRENCY, 256);
-    let requests_per_second = match raw.requests_per_second {
-        None => None,
-        Some(r) if r.is_finite() && r > 0.0 => Some(r),
-        Some(r) => {
-            problems.push(format!(
-                "`{prefix}.requests_per_second` = {r}: must be above zero (omit it for no limit)"
-            ));
-            None
-        }
-    };
-    let timeout = duration(
-        problems,
-        &format!("{prefix}.timeout"),
-        raw.timeout.as_deref(),
-        defaults::TIMEOUT,
-    );
-    ProviderLimits {
-        batch_size,
-        concurrency,
-        requests_per_second,
-        timeout,
     }
 }
 
@@ -752,85 +484,7 @@ fn validate(raw: RawConfig, p: &mut Vec<String>) -> Config {
         }),
     };
 
-    let providers = raw.providers.unwrap_or_default();
-    let convai = providers.convai.map(|c| {
-        let base_url = url(
-            p,
-            "providers.convai.base_url",
-            Some(c.base_url.as_deref().unwrap_or(defaults::CONVAI_BASE_URL)),
-        );
-        let api_key = secret(p, "providers.convai.api_key", c.api_key.as_deref());
-        let limits = limits(p, "providers.convai", &c.limits);
-        (base_url, api_key, limits)
-    });
-    let convai = match convai {
-        Some((Some(base_url), Some(api_key), limits)) => Some(ConvaiConfig {
-            base_url,
-            api_key,
-            limits,
-        }),
-        _ => None,
-    };
-
-    let koosearch = providers.koosearch.and_then(|k| {
-        let endpoint = url(p, "providers.koosearch.endpoint", k.endpoint.as_deref());
-        let project_id = required(p, "providers.koosearch.project_id", k.project_id);
-        if !project_id.is_empty() && !is_koosearch_id(&project_id) {
-            p.push(format!(
-                "`providers.koosearch.project_id` = \"{project_id}\": must be 1 to 64 characters of A-Z a-z 0-9 _ -"
-            ));
-        }
-        for app in &k.applications {
-            if !is_koosearch_id(app) {
-                p.push(format!(
-                    "`providers.koosearch.applications`: \"{app}\" must be 1 to 64 characters of A-Z a-z 0-9 _ -"
-                ));
-            }
-        }
-        let discover_by_user_name = k.discover_by_user_name.unwrap_or(!k.applications.is_empty());
-        if discover_by_user_name && k.applications.is_empty() {
-            p.push(
-                "`providers.koosearch.discover_by_user_name` is true but `applications` is empty: list the application IDs to search".to_string(),
-            );
-        }
-        let auth = match (k.token, k.iam) {
-            (Some(_), Some(_)) => {
-                p.push("`providers.koosearch`: give either `token` or the `[providers.koosearch.iam]` table, not both".to_string());
-                None
-            }
-            (None, None) => {
-                p.push("`providers.koosearch`: needs `token` or a `[providers.koosearch.iam]` table".to_string());
-                None
-            }
-            (Some(t), None) => secret(p, "providers.koosearch.token", Some(&t)).map(KooSearchAuth::Token),
-            (None, Some(iam)) => {
-                let endpoint = url(p, "providers.koosearch.iam.endpoint", iam.endpoint.as_deref());
-                let domain = required(p, "providers.koosearch.iam.domain", iam.domain);
-                let user = required(p, "providers.koosearch.iam.user", iam.user);
-                let password = secret(p, "providers.koosearch.iam.password", iam.password.as_deref());
-                let project = required(p, "providers.koosearch.iam.project", iam.project);
-                match (endpoint, password) {
-                    (Some(endpoint), Some(password)) => Some(KooSearchAuth::Iam(IamConfig {
-                        endpoint,
-                        domain,
-                        user,
-                        password,
-                        project,
-                    })),
-                    _ => None,
-                }
-            }
-        };
-        let limits = limits(p, "providers.koosearch", &k.limits);
-        Some(KooSearchConfig {
-            endpoint: endpoint?,
-            project_id,
-            applications: k.applications,
-            discover_by_user_name,
-            auth: auth?,
-            limits,
-        })
-    });
+    let (providers, tables) = validate_providers(raw.providers.unwrap_or_default(), p);
 
     let mut rules = Vec::new();
     let mut names = BTreeMap::new();
@@ -839,20 +493,16 @@ fn validate(raw: RawConfig, p: &mut Vec<String>) -> Config {
             Some(n) => format!("rules[{i}] ({n})"),
             None => format!("rules[{i}]"),
         };
+        // A table that is there but has problems of its own is not reported again here.
         if let Some(provider) = r
             .provider
             .as_deref()
             .and_then(|t| t.parse::<ProviderKind>().ok())
+            && !tables.contains(&provider)
         {
-            let enabled = match provider {
-                ProviderKind::Convai => convai.is_some(),
-                ProviderKind::KooSearch => koosearch.is_some(),
-            };
-            if !enabled {
-                p.push(format!(
-                    "{at}: provider \"{provider}\" has no [providers.{provider}] table"
-                ));
-            }
+            p.push(format!(
+                "{at}: provider \"{provider}\" has no [providers.{provider}] table"
+            ));
         }
         match validate_rule(r, &at) {
             Ok(rule) => {
@@ -875,10 +525,48 @@ fn validate(raw: RawConfig, p: &mut Vec<String>) -> Config {
         retry,
         http,
         audit,
-        convai,
-        koosearch,
+        providers,
         rules,
     }
+}
+
+/// Hands each `[providers.<key>]` table to its provider: the shared limits first, then the
+/// provider's own keys. Returns the usable providers and every key that had a table.
+fn validate_providers(
+    tables: toml::Table,
+    p: &mut Vec<String>,
+) -> (Vec<Configured>, Vec<ProviderKind>) {
+    let mut present = Vec::new();
+    let mut tables = tables;
+    for key in tables.keys() {
+        if key.parse::<ProviderKind>().is_err() {
+            p.push(format!(
+                "unknown key `providers.{key}`: forgetd serves {}",
+                registry::REGISTRY
+                    .iter()
+                    .map(|r| format!("[providers.{}]", r.kind))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ));
+        }
+    }
+    let mut configured = Vec::new();
+    for r in REGISTRY {
+        let Some(value) = tables.remove(r.kind.as_str()) else {
+            continue;
+        };
+        present.push(r.kind);
+        let toml::Value::Table(mut table) = value else {
+            p.push(format!("`providers.{}` must be a table", r.kind));
+            continue;
+        };
+        let limits =
+            crate::providers::limits::take(&mut table, &format!("providers.{}", r.kind), p);
+        if let Some(settings) = (r.settings)(table, p) {
+            configured.push(Configured { settings, limits });
+        }
+    }
+    (configured, present)
 }
 
 fn validate_rule(r: RawRule, at: &str) -> Result<RuleSpec, Vec<String>> {
@@ -886,9 +574,8 @@ fn validate_rule(r: RawRule, at: &str) -> Result<RuleSpec, Vec<String>> {
     let name = required(&mut p, &format!("{at}.name"), r.name);
     let provider = match r.provider.as_deref() {
         None => {
-            p.push(format!(
-                "{at}.provider is required (\"convai\" or \"koosearch\")"
-            ));
+            let keys: Vec<String> = ProviderKind::all().map(|k| format!("\"{k}\"")).collect();
+            p.push(format!("{at}.provider is required ({})", keys.join(" or ")));
             None
         }
         Some(text) => match text.parse::<ProviderKind>() {
@@ -927,9 +614,12 @@ fn validate_rule(r: RawRule, at: &str) -> Result<RuleSpec, Vec<String>> {
             defaults::MAX_DELETIONS
         }
     };
+    let Some(provider) = provider else {
+        return Err(p);
+    };
     let spec = RuleSpec {
         name,
-        provider: provider.unwrap_or(ProviderKind::Convai),
+        provider,
         scope,
         max_age,
         schedule,
@@ -964,14 +654,8 @@ impl RuleSpec {
                 self.scope
             ));
         }
-        if self.provider == ProviderKind::KooSearch
-            && self.scope != "*"
-            && !is_koosearch_id(&self.scope)
-        {
-            return Err(format!(
-                "scope \"{}\" is not a KooSearch application ID (A-Z a-z 0-9 _ -)",
-                self.scope
-            ));
+        if self.scope != "*" {
+            self.provider.check_scope(&self.scope)?;
         }
         Ok(())
     }
@@ -994,7 +678,7 @@ mod tests {
         let c = Config::parse("", "t").unwrap();
         assert_eq!(c.daemon.deadline, defaults::DEADLINE);
         assert_eq!(c.retry.max_attempts, 20);
-        assert!(c.convai.is_none() && c.koosearch.is_none());
+        assert!(c.providers.is_empty());
     }
 
     #[test]
@@ -1027,13 +711,23 @@ mod tests {
     }
 
     #[test]
-    fn http_is_refused_except_on_loopback() {
-        assert!(parse_service_url("http://127.0.0.1:8080").is_ok());
-        assert!(parse_service_url("http://localhost:1").is_ok());
-        assert!(parse_service_url("http://[::1]:1").is_ok());
-        assert!(parse_service_url("http://api.convai.com").is_err());
-        assert!(parse_service_url("https://api.convai.com").is_ok());
-        assert!(parse_service_url("ftp://x").is_err());
+    fn a_bad_provider_table_is_reported_as_itself_not_as_missing() {
+        let p = problems(
+            "[providers.koosearch]\nendpoint = \"https://x.example\"\nproject_id = \"p1\"\n[providers.koosearch.iam]\nendpoint = \"https://iam.example\"\ndomain = \"d\"\nuser = \"u\"\npassword = \"hunter2-literal\"\nproject = \"r\"\n[[rules]]\nname = \"r\"\nprovider = \"koosearch\"\nscope = \"*\"\nmax_age = \"30d\"\nschedule = \"0 3 * * *\"\n",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("providers.koosearch.iam.password"), "{p:?}");
+        assert!(!p[0].contains("hunter2-literal"));
+    }
+
+    #[test]
+    fn an_unknown_provider_table_names_the_ones_forgetd_serves() {
+        let p = problems("[providers.openai]\napi_key = \"env:K\"\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("providers.openai") && p[0].contains("[providers.convai]"),
+            "{p:?}"
+        );
     }
 
     #[test]

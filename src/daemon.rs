@@ -114,10 +114,14 @@ pub enum OnceProblem {
 
 /// The checks and set-up that come before any work (see the module doc).
 pub fn prepare(config: Config, clock: SharedClock) -> Result<Prepared> {
-    if config.providers().is_empty() {
-        return Err(ConfigError::Other(
-            "no provider is configured: `forgetd run` needs [providers.convai] and/or [providers.koosearch] (the simulator is reachable only through `forgetd demo`)".into(),
-        )
+    if config.kinds().is_empty() {
+        let tables: Vec<String> = ProviderKind::all()
+            .map(|k| format!("[providers.{k}]"))
+            .collect();
+        return Err(ConfigError::Other(format!(
+            "no provider is configured: `forgetd run` needs at least one of {} (the simulator is reachable only through `forgetd demo`)",
+            tables.join(", ")
+        ))
         .into());
     }
     config.verify_secrets()?;
@@ -132,7 +136,7 @@ pub fn prepare(config: Config, clock: SharedClock) -> Result<Prepared> {
             "returned in-flight items of a previous run to pending"
         );
     }
-    for kind in ProviderKind::ALL {
+    for kind in ProviderKind::all() {
         store.set_provider_paused(kind, None, clock.now())?;
     }
     let (changed, removed) = store.sync_config_rules(&config.rules, clock.now())?;
@@ -144,7 +148,7 @@ pub fn prepare(config: Config, clock: SharedClock) -> Result<Prepared> {
     )?;
     let key = SubjectKey::load(config.audit.subject_key.as_ref(), &config.database)
         .map_err(ConfigError::SubjectKey)?;
-    let providers = crate::providers::build(&config, clock.clone())?;
+    let providers = crate::providers::build(&config.providers, clock.clone())?;
     let store = AsyncStore::spawn(store);
     let executor = Arc::new(Executor::new(
         &config,
@@ -179,7 +183,7 @@ pub async fn run_once(p: &Prepared) -> Result<OnceReport> {
     }
     let rules = p.store.call(|s| s.list_rules()).await?;
     for rule in rules {
-        if !p.config.providers().contains(&rule.provider) {
+        if !p.config.kinds().contains(&rule.provider) {
             report.warnings.push(format!(
                 "rule {} names provider {}, which is not configured; it did not run",
                 rule.name, rule.provider
@@ -221,7 +225,7 @@ pub async fn run_once(p: &Prepared) -> Result<OnceReport> {
         report.held += counts.get(ItemState::Held);
         let configured = provider
             .parse::<ProviderKind>()
-            .is_ok_and(|k| p.config.providers().contains(&k));
+            .is_ok_and(|k| p.config.kinds().contains(&k));
         if !configured && counts.get(ItemState::Pending) > 0 {
             report.problems.push(OnceProblem::Unconfigured {
                 provider: provider.clone(),
@@ -313,7 +317,7 @@ pub async fn run_forever(p: Prepared, options: RunOptions, clock: SharedClock) -
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("ready"),
     ]);
-    tracing::info!(database = %config.database.display(), providers = ?config.providers(), "forgetd is running");
+    tracing::info!(database = %config.database.display(), providers = ?config.kinds(), "forgetd is running");
 
     let mut watchdog_usec = 0u64;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);

@@ -23,12 +23,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{
-    Config, ConvaiConfig, IamConfig, KooSearchAuth, KooSearchConfig, ProviderLimits, RuleSpec,
-    SecretRef,
-};
+use crate::config::RuleSpec;
 use crate::model::{ChatKey, ProviderKind};
-use crate::simulator::{self, Faults, Simulator};
+use crate::simulator::{Faults, Simulator};
 use crate::store::Store;
 use crate::store::holds::HoldTarget;
 use crate::store::inventory::NewSession;
@@ -103,40 +100,13 @@ pub async fn run(opts: DemoOptions) -> Result<ExitCode> {
 
     // Secrets go through files, as in production: the config only names them.
     let secrets = tempfile::tempdir()?;
-    std::fs::write(secrets.path().join("convai"), simulator::CONVAI_KEY)?;
-    std::fs::write(secrets.path().join("iam"), simulator::IAM_PASSWORD)?;
-    let limits = ProviderLimits {
-        batch_size: 100,
-        concurrency: 4,
-        requests_per_second: None,
-        timeout: Duration::from_secs(2),
-    };
-    let mut config = Config::defaults();
+    let mut config = sim.config(secrets.path(), &APPLICATIONS)?;
     config.database = opts.db.clone();
     config.retry.base_delay = Duration::from_millis(100);
     config.retry.max_delay = Duration::from_secs(2);
-    config.convai = Some(ConvaiConfig {
-        base_url: sim.convai_url.parse()?,
-        api_key: SecretRef::File(secrets.path().join("convai")),
-        limits: limits.clone(),
-    });
-    config.koosearch = Some(KooSearchConfig {
-        endpoint: sim.koosearch_url.parse()?,
-        project_id: simulator::PROJECT_ID.into(),
-        applications: APPLICATIONS.iter().map(|s| s.to_string()).collect(),
-        discover_by_user_name: true,
-        auth: KooSearchAuth::Iam(IamConfig {
-            endpoint: sim.iam_url.parse()?,
-            domain: simulator::IAM_DOMAIN.into(),
-            user: simulator::IAM_USER.into(),
-            password: SecretRef::File(secrets.path().join("iam")),
-            project: simulator::IAM_PROJECT.into(),
-        }),
-        limits,
-    });
     config.rules = vec![RuleSpec {
         name: "convai-30-days".into(),
-        provider: ProviderKind::Convai,
+        provider: ProviderKind::CONVAI,
         scope: CHARACTERS[3].into(),
         max_age: Duration::from_secs(30 * 86_400),
         schedule: "0 3 * * *".into(),
@@ -172,9 +142,9 @@ pub async fn run(opts: DemoOptions) -> Result<ExitCode> {
             });
             let expired = ch == retained_char && age_days >= 30;
             if requested || expired {
-                targeted.push((ProviderKind::Convai, ch.into(), sid));
+                targeted.push((ProviderKind::CONVAI, ch.into(), sid));
             } else {
-                decoys.push((ProviderKind::Convai, ch.into(), sid));
+                decoys.push((ProviderKind::CONVAI, ch.into(), sid));
             }
         } else {
             let app = APPLICATIONS[n % APPLICATIONS.len()];
@@ -197,9 +167,9 @@ pub async fn run(opts: DemoOptions) -> Result<ExitCode> {
                 });
             }
             if requested {
-                targeted.push((ProviderKind::KooSearch, app.into(), sid));
+                targeted.push((ProviderKind::KOOSEARCH, app.into(), sid));
             } else {
-                decoys.push((ProviderKind::KooSearch, app.into(), sid));
+                decoys.push((ProviderKind::KOOSEARCH, app.into(), sid));
             }
         }
     }
@@ -219,8 +189,8 @@ pub async fn run(opts: DemoOptions) -> Result<ExitCode> {
             created_at: Some(now - 86_400),
         });
     }
-    targeted.push((ProviderKind::Convai, CHARACTERS[0].into(), twin.clone()));
-    decoys.push((ProviderKind::Convai, CHARACTERS[1].into(), twin.clone()));
+    targeted.push((ProviderKind::CONVAI, CHARACTERS[0].into(), twin.clone()));
+    decoys.push((ProviderKind::CONVAI, CHARACTERS[1].into(), twin.clone()));
     // A chat the provider refuses (it will go dead, and its request fail, with the reason).
     let bad = id("conv-bad-", 1);
     sim.add_convai_chat(CHARACTERS[0], &bad, now - 86_400);
@@ -243,7 +213,7 @@ pub async fn run(opts: DemoOptions) -> Result<ExitCode> {
     )?;
     let evidence = targeted
         .iter()
-        .find(|(p, _, _)| *p == ProviderKind::Convai)
+        .find(|(p, _, _)| *p == ProviderKind::CONVAI)
         .cloned()
         .context("no Convai chat to hold")?;
     let evidence = ChatKey {
@@ -311,7 +281,7 @@ pub async fn run(opts: DemoOptions) -> Result<ExitCode> {
     };
     let store = Store::open(&opts.db)?;
     let status = store.status(0, 0)?;
-    for kind in ProviderKind::ALL {
+    for kind in ProviderKind::all() {
         let n = status
             .items
             .get(kind.as_str())
@@ -337,7 +307,7 @@ pub async fn run(opts: DemoOptions) -> Result<ExitCode> {
             checks.push(what);
         }
     };
-    for kind in ProviderKind::ALL {
+    for kind in ProviderKind::all() {
         let ours = r.deleted_by_provider[kind.as_str()];
         let theirs = r.simulator_deleted_by_provider[kind.as_str()];
         fail(

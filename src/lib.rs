@@ -6,13 +6,14 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`config`] | the TOML file, validated into typed values before anything runs |
+//! | [`config`] | the TOML file, validated into typed values before anything runs; each `[providers.<key>]` table is handed to its provider's folder |
+//! | [`fields`] | one config value, checked (durations, service URLs, secret references), every problem named by its key (a leaf) |
 //! | [`secret`] | secret references (`env:`, `file:`, `credential:`) and reading them as text or bytes (a leaf) |
-//! | [`model`] | shared nouns: providers, chat keys, request states |
+//! | [`model`] | shared nouns: provider keys, chat keys, request states (a leaf: it names no provider) |
 //! | [`clock`] | injected time (real; manual for tests: sleeping on it advances it, or stepped: only the test moves it) |
-//! | [`store`] | the SQLite file and **every SQL statement**: schema and migrations, the work-item state machine and batch claims, requests, resolution of requests and rules (and `plan`), inventory and import, holds, rules, status, the audit trail's appends and walks, backups, the daemon lock |
+//! | [`store`] | the SQLite file and **every SQL statement**: schema and migrations (the `providers` table kept equal to the registry), the work-item state machine and batch claims, requests, resolution of requests and rules (and `plan`), inventory and import, holds, rules, status, the audit trail's appends and walks, backups, the daemon lock |
 //! | [`resolve`] | discovery: asking the providers which chats a request or rule covers, with retry; the store resolves what it found |
-//! | [`providers`] | one trait; `convai/` and `koosearch/` (with the IAM token lifecycle) behind it; HTTP plumbing |
+//! | [`providers`] | the `Provider` and `Settings` traits, the registry (the one list of providers), the limits every provider shares, HTTP plumbing; one folder per provider owning its config table, ID rules, client and answer classification: `convai/`, `koosearch/` (with the IAM token lifecycle), and the test-only `ledger/` that proves a third provider is one folder and one registry line |
 //! | [`executor`] | deleting: lane workers, batching, retry and backoff, rate limits and throttling, pauses |
 //! | [`schedule`] | cron expressions and when a rule is due: pure, DST-correct, catch-up once (a leaf) |
 //! | [`scheduler`] | the loop that runs retention rules when due, on the injected clock |
@@ -39,6 +40,7 @@ pub mod daemon;
 pub mod demo;
 pub mod errors;
 pub mod executor;
+pub mod fields;
 pub mod logging;
 pub mod metrics;
 pub mod model;

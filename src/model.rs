@@ -4,51 +4,56 @@
 //! another character or application is another chat and must never be deleted in its place.
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// A provider forgetd can delete at. Adding one: a variant here, its module under
-/// `providers/`, and one line in `providers::build`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    Convai,
-    #[serde(rename = "koosearch")]
-    KooSearch,
-}
+/// A provider forgetd can delete at, by its key (`convai`, `koosearch`): the key used in the
+/// database, the config and the CLI.
+///
+/// This leaf knows no provider by name. Each provider's folder defines its constant
+/// (`ProviderKind::CONVAI` lives in `providers/convai/`), and `providers::registry` is the one
+/// list of them: parsing a key (`FromStr`, serde, SQL) and [`ProviderKind::all`] read it, so a
+/// third provider is its folder plus one registry line.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProviderKind(&'static str);
 
 impl ProviderKind {
-    pub const ALL: [ProviderKind; 2] = [ProviderKind::Convai, ProviderKind::KooSearch];
+    /// For a provider folder's own constant; everyone else parses a key against the registry.
+    pub const fn named(key: &'static str) -> Self {
+        Self(key)
+    }
 
     /// The key used in the database, the config and the CLI.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Convai => "convai",
-            Self::KooSearch => "koosearch",
-        }
+        self.0
+    }
+}
+
+impl fmt::Debug for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
     }
 }
 
 impl fmt::Display for ProviderKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.0)
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("unknown provider \"{0}\": expected \"convai\" or \"koosearch\"")]
-pub struct UnknownProvider(pub String);
-
-impl FromStr for ProviderKind {
-    type Err = UnknownProvider;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "convai" => Ok(Self::Convai),
-            "koosearch" => Ok(Self::KooSearch),
-            _ => Err(UnknownProvider(s.to_string())),
-        }
+impl Serialize for ProviderKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
     }
+}
+
+/// A key no registered provider has.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown provider \"{key}\": expected {expected}")]
+pub struct UnknownProvider {
+    pub key: String,
+    /// The registered keys, quoted and joined ("\"convai\" or \"koosearch\"").
+    pub expected: String,
 }
 
 /// One chat at one provider.

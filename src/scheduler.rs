@@ -83,7 +83,7 @@ mod loop_tests {
         let mut s = Store::open(&path).unwrap();
         let spec = |name: &str, expr: &str| crate::config::RuleSpec {
             name: name.into(),
-            provider: crate::model::ProviderKind::Convai,
+            provider: crate::model::ProviderKind::CONVAI,
             scope: "*".into(),
             max_age: Duration::from_secs(86_400),
             schedule: expr.into(),

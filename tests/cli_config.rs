@@ -1,7 +1,9 @@
 //! Configuration at the command line: exit 78 naming the problem, secrets never printed.
 
 mod common;
+
 use common::*;
+use forgetd::model::ProviderKind;
 
 #[test]
 fn a_bad_config_exits_78_naming_every_key() {
@@ -117,7 +119,7 @@ fn the_example_config_refuses_to_run_unedited_and_is_valid_once_edited() {
         &text.replace("unedited_example = true\n", ""),
     );
     let c = forgetd::config::Config::load(&edited).unwrap();
-    assert!(c.convai.is_some() && c.koosearch.is_some() && c.rules.len() == 1);
+    assert!(c.kinds() == [ProviderKind::CONVAI, ProviderKind::KOOSEARCH] && c.rules.len() == 1);
 }
 
 #[test]

@@ -67,12 +67,12 @@ async fn sigkill_at_random_moments_loses_nothing_and_deletes_nothing_else() {
             } else {
                 &mut decoys
             };
-            set.insert((ProviderKind::Convai, ch.clone(), id.clone()));
-            set.insert((ProviderKind::KooSearch, app.to_string(), kid));
+            set.insert((ProviderKind::CONVAI, ch.clone(), id.clone()));
+            set.insert((ProviderKind::KOOSEARCH, app.to_string(), kid));
             if n == 0 {
                 // the same ID under a character nobody asked about
                 sim.add_convai_chat("char-z", &id, 1_700_000_000);
-                decoys.insert((ProviderKind::Convai, "char-z".into(), id));
+                decoys.insert((ProviderKind::CONVAI, "char-z".into(), id));
             }
         }
     }

@@ -168,8 +168,8 @@ async fn ready_then_plain_sql_request_is_carried_out_then_sigterm_stops_cleanly(
         s.sqlite3("INSERT INTO erasure_requests(subject, external_ref) VALUES ('alice', 'DSR-1');");
     assert_eq!(code(&o), 0);
     eventually("alice's chats deleted", || {
-        !sim.exists(ProviderKind::Convai, "char-a", "alice-1")
-            && !sim.exists(ProviderKind::KooSearch, "app-1", "alice-k1")
+        !sim.exists(ProviderKind::CONVAI, "char-a", "alice-1")
+            && !sim.exists(ProviderKind::KOOSEARCH, "app-1", "alice-k1")
     })
     .await;
     eventually("request complete", || {
@@ -177,11 +177,11 @@ async fn ready_then_plain_sql_request_is_carried_out_then_sigterm_stops_cleanly(
     })
     .await;
     // decoys: bob's chats, and alice-1 under the other character
-    assert!(sim.exists(ProviderKind::Convai, "char-a", "bob-1"));
-    assert!(sim.exists(ProviderKind::Convai, "char-b", "alice-1"));
-    assert!(sim.exists(ProviderKind::KooSearch, "app-1", "bob-k1"));
+    assert!(sim.exists(ProviderKind::CONVAI, "char-a", "bob-1"));
+    assert!(sim.exists(ProviderKind::CONVAI, "char-b", "alice-1"));
+    assert!(sim.exists(ProviderKind::KOOSEARCH, "app-1", "bob-k1"));
     let named = sim.named_in_deletes();
-    assert!(!named.contains(&(ProviderKind::Convai, "char-b".into(), "alice-1".into())));
+    assert!(!named.contains(&(ProviderKind::CONVAI, "char-b".into(), "alice-1".into())));
 
     signal(&child, "-TERM");
     assert!(
@@ -298,9 +298,9 @@ async fn sigkill_while_an_answer_is_held_back_loses_nothing_and_records_each_del
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!sim.exists(ProviderKind::Convai, "char-a", "alice-1"));
-    assert!(!sim.exists(ProviderKind::KooSearch, "app-1", "alice-k1"));
-    assert!(sim.exists(ProviderKind::Convai, "char-b", "alice-1"));
+    assert!(!sim.exists(ProviderKind::CONVAI, "char-a", "alice-1"));
+    assert!(!sim.exists(ProviderKind::KOOSEARCH, "app-1", "alice-k1"));
+    assert!(sim.exists(ProviderKind::CONVAI, "char-b", "alice-1"));
     assert_eq!(
         stdout(&s.sqlite3("SELECT state FROM erasure_requests")).trim(),
         "complete"

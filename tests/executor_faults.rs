@@ -9,11 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use forgetd::clock::{ManualClock, SharedClock};
-use forgetd::config::{
-    Config, ConvaiConfig, IamConfig, KooSearchAuth, KooSearchConfig, ProviderLimits, SecretRef,
-};
+use forgetd::config::Config;
 use forgetd::model::ProviderKind;
-use forgetd::simulator::{self, Faults, Simulator};
+use forgetd::simulator::{Faults, Simulator};
 use forgetd::store::Store;
 use forgetd::store::inventory::NewSession;
 
@@ -71,8 +69,8 @@ async fn world_on(clock: ManualClock, faults: Faults, per_person: usize) -> Worl
             } else {
                 &mut decoys
             };
-            list.push((ProviderKind::Convai, ch.to_string(), sid.clone()));
-            list.push((ProviderKind::KooSearch, app.to_string(), kid));
+            list.push((ProviderKind::CONVAI, ch.to_string(), sid.clone()));
+            list.push((ProviderKind::KOOSEARCH, app.to_string(), kid));
             // The same session ID under a third character belongs to someone else.
             if pi == 0 && n == 0 {
                 sim.add_convai_chat("char-z", &sid, 1_700_000_000);
@@ -85,7 +83,7 @@ async fn world_on(clock: ManualClock, faults: Faults, per_person: usize) -> Worl
                         ..Default::default()
                     })
                     .unwrap();
-                decoys.push((ProviderKind::Convai, "char-z".into(), sid));
+                decoys.push((ProviderKind::CONVAI, "char-z".into(), sid));
             }
         }
     }
@@ -104,38 +102,16 @@ async fn world_on(clock: ManualClock, faults: Faults, per_person: usize) -> Worl
 }
 
 fn config(w: &World) -> Config {
-    std::fs::write(w.dir.path().join("k"), simulator::CONVAI_KEY).unwrap();
-    std::fs::write(w.dir.path().join("p"), simulator::IAM_PASSWORD).unwrap();
-    let limits = ProviderLimits {
-        batch_size: 7,
-        concurrency: 3,
-        requests_per_second: None,
-        timeout: Duration::from_millis(400),
-    };
-    let mut c = Config::defaults();
+    let mut c = w.sim.config(w.dir.path(), &["app-a", "app-b"]).unwrap();
     c.database = w.dir.path().join("forgetd.db");
     c.retry.base_delay = Duration::from_secs(1);
     c.retry.max_delay = Duration::from_secs(60);
     c.retry.max_attempts = 25;
-    c.convai = Some(ConvaiConfig {
-        base_url: w.sim.convai_url.parse().unwrap(),
-        api_key: SecretRef::File(w.dir.path().join("k")),
-        limits: limits.clone(),
-    });
-    c.koosearch = Some(KooSearchConfig {
-        endpoint: w.sim.koosearch_url.parse().unwrap(),
-        project_id: simulator::PROJECT_ID.into(),
-        applications: vec!["app-a".into(), "app-b".into()],
-        discover_by_user_name: true,
-        auth: KooSearchAuth::Iam(IamConfig {
-            endpoint: w.sim.iam_url.parse().unwrap(),
-            domain: simulator::IAM_DOMAIN.into(),
-            user: simulator::IAM_USER.into(),
-            password: SecretRef::File(w.dir.path().join("p")),
-            project: simulator::IAM_PROJECT.into(),
-        }),
-        limits,
-    });
+    for p in &mut c.providers {
+        p.limits.batch_size = 7;
+        p.limits.concurrency = 3;
+        p.limits.timeout = Duration::from_millis(400);
+    }
     c
 }
 
@@ -322,7 +298,7 @@ async fn a_bad_id_goes_dead_alone_and_its_batch_mates_are_deleted() {
 async fn an_auth_failure_pauses_one_provider_while_the_other_finishes() {
     let w = world(
         Faults {
-            auth_fail: [ProviderKind::Convai].into(),
+            auth_fail: [ProviderKind::CONVAI].into(),
             ..Faults::default()
         },
         6,
@@ -340,7 +316,7 @@ async fn an_auth_failure_pauses_one_provider_while_the_other_finishes() {
     );
     assert_eq!(o.report.dead, 0);
     for t in &w.targeted {
-        assert_eq!(exists(&w, t), t.0 == ProviderKind::Convai, "{t:?}");
+        assert_eq!(exists(&w, t), t.0 == ProviderKind::CONVAI, "{t:?}");
     }
     let store = Store::open(&w.dir.path().join("forgetd.db")).unwrap();
     let st = store.status(0, 0).unwrap();
@@ -422,7 +398,7 @@ async fn a_paused_provider_is_probed_with_backoff_and_resumes_when_fixed() {
     let w = world_on(
         ManualClock::stepped(1_800_000_000_000),
         Faults {
-            auth_fail: [ProviderKind::Convai].into(),
+            auth_fail: [ProviderKind::CONVAI].into(),
             ..Faults::default()
         },
         4,
@@ -442,7 +418,7 @@ async fn a_paused_provider_is_probed_with_backoff_and_resumes_when_fixed() {
         w.sim
             .calls()
             .iter()
-            .filter(|c| c.provider == ProviderKind::Convai && c.op == "delete" && c.status == 401)
+            .filter(|c| c.provider == ProviderKind::CONVAI && c.op == "delete" && c.status == 401)
             .map(|c| c.at_ms)
             .collect()
     };
@@ -473,7 +449,7 @@ async fn a_paused_provider_is_probed_with_backoff_and_resumes_when_fixed() {
     assert!(
         w.targeted
             .iter()
-            .filter(|t| t.0 == ProviderKind::KooSearch)
+            .filter(|t| t.0 == ProviderKind::KOOSEARCH)
             .all(|t| !exists(&w, t))
     );
     // The operator fixes the key: the next probe succeeds and the lane drains.
@@ -522,8 +498,8 @@ async fn a_hold_placed_after_a_batch_was_claimed_still_keeps_it_from_being_sent(
         .file_request("hana", Some("H"), 1_800_000_000, 86_400)
         .unwrap();
     let mut c = config(&w);
-    c.koosearch = None;
-    let limits = &mut c.convai.as_mut().unwrap().limits;
+    c.remove_provider(ProviderKind::KOOSEARCH);
+    let limits = &mut c.provider_mut(ProviderKind::CONVAI).unwrap().limits;
     limits.batch_size = 1;
     limits.concurrency = 1;
     let prepared = forgetd::daemon::prepare(c, Arc::new(w.clock.clone())).unwrap();
@@ -562,7 +538,7 @@ async fn a_hold_placed_after_a_batch_was_claimed_still_keeps_it_from_being_sent(
     for id in &others {
         s.add_hold(
             &HoldTarget::Chat(forgetd::model::ChatKey {
-                provider: ProviderKind::Convai,
+                provider: ProviderKind::CONVAI,
                 scope: "char-h".into(),
                 session_id: id.clone(),
             }),
@@ -576,10 +552,10 @@ async fn a_hold_placed_after_a_batch_was_claimed_still_keeps_it_from_being_sent(
     let named = w.sim.named_in_deletes();
     for id in &others {
         assert!(
-            !named.contains(&(ProviderKind::Convai, "char-h".to_string(), id.clone())),
+            !named.contains(&(ProviderKind::CONVAI, "char-h".to_string(), id.clone())),
             "{id} was sent despite its hold"
         );
-        assert!(w.sim.exists(ProviderKind::Convai, "char-h", id));
+        assert!(w.sim.exists(ProviderKind::CONVAI, "char-h", id));
     }
     assert_eq!(report.held as usize, others.len());
 }

@@ -63,7 +63,17 @@ fn each_kind_of_bad_row_is_refused_with_its_message() {
     let cases = [
         (
             "INSERT INTO sessions(provider, scope, session_id) VALUES ('openai', 'c', 's')",
-            "sessions_provider_must_be_convai_or_koosearch",
+            "sessions_provider_must_be_a_key_of_providers: SELECT key FROM providers",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id) VALUES (CAST('convai' AS BLOB), 'c', 's')",
+            // bytes are not the key 'convai': the trigger refuses before the CHECK is reached
+            "sessions_provider_must_be_a_key_of_providers",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id) VALUES ('convai', 'c', 'moved');
+             UPDATE sessions SET provider = 'openai' WHERE session_id = 'moved'",
+            "sessions_provider_must_be_a_key_of_providers",
         ),
         (
             "INSERT INTO sessions(provider, scope, session_id) VALUES ('convai', 'c', '')",
@@ -123,8 +133,10 @@ fn each_kind_of_bad_row_is_refused_with_its_message() {
             stderr(&o)
         );
     }
+    // The one valid row (the UPDATE's target) kept its provider; nothing else got in.
     let o = s.sqlite3(
-        "SELECT (SELECT count(*) FROM sessions) + (SELECT count(*) FROM erasure_requests)",
+        "SELECT (SELECT count(*) FROM sessions WHERE NOT (session_id = 'moved' AND provider = 'convai'))
+              + (SELECT count(*) FROM erasure_requests)",
     );
     assert_eq!(
         stdout(&o).trim(),

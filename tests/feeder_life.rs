@@ -15,7 +15,7 @@ use forgetd::simulator::{Faults, Simulator};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const C: ProviderKind = ProviderKind::Convai;
+const C: ProviderKind = ProviderKind::CONVAI;
 
 async fn sim() -> Simulator {
     Simulator::start(Arc::new(SystemClock), Faults::default(), 5)
@@ -666,7 +666,22 @@ fn a_version_1_database_with_live_work_migrates_keeping_every_row() {
     let o = s.forgetd(&["status"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let q = |sql: &str| stdout(&s.sqlite3(sql)).trim().to_string();
-    assert_eq!(q("PRAGMA user_version"), "2");
+    assert_eq!(
+        q("PRAGMA user_version"),
+        forgetd::store::SCHEMA_VERSION.to_string()
+    );
+    assert_eq!(
+        q("SELECT group_concat(key, ',') FROM (SELECT key FROM providers ORDER BY key)"),
+        "convai,koosearch",
+        "the schema accepts exactly the registered providers"
+    );
+    assert_eq!(
+        q(
+            "SELECT id || ':' || provider || ':' || due_at || ':' || created_at || ':' || state FROM work_items"
+        ),
+        "1:convai:200:100:pending",
+        "the rebuilt work_items kept the row, its id and its columns"
+    );
     assert_eq!(
         q(
             "SELECT group_concat(id || ':' || subject || ':' || typeof(subject), ',') FROM erasure_requests"

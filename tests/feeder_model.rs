@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use forgetd::clock::{Clock, ManualClock, SharedClock};
-use forgetd::config::{Config, ConvaiConfig, ProviderLimits, RuleSpec, SecretRef};
+use forgetd::config::{Config, RuleSpec};
 use forgetd::model::{ChatKey, ProviderKind};
-use forgetd::simulator::{self, Faults, Simulator};
+use forgetd::simulator::{Faults, Simulator};
 use forgetd::store::Store;
 use forgetd::store::holds::HoldTarget;
 use proptest::prelude::*;
@@ -195,7 +195,6 @@ struct World {
     db: std::path::PathBuf,
     sim: Simulator,
     clock: ManualClock,
-    key: std::path::PathBuf,
 }
 
 fn id(c: Chat) -> String {
@@ -203,19 +202,13 @@ fn id(c: Chat) -> String {
 }
 
 fn config(w: &World) -> Config {
-    let mut c = Config::defaults();
+    let mut c = w.sim.config(w._dir.path(), &[]).unwrap();
+    c.remove_provider(ProviderKind::KOOSEARCH);
     c.database = w.db.clone();
     c.retry.base_delay = Duration::from_millis(100);
-    c.convai = Some(ConvaiConfig {
-        base_url: w.sim.convai_url.parse().unwrap(),
-        api_key: SecretRef::File(w.key.clone()),
-        limits: ProviderLimits {
-            batch_size: 3,
-            concurrency: 2,
-            requests_per_second: None,
-            timeout: Duration::from_secs(2),
-        },
-    });
+    let limits = &mut c.provider_mut(ProviderKind::CONVAI).unwrap().limits;
+    limits.batch_size = 3;
+    limits.concurrency = 2;
     c
 }
 
@@ -232,20 +225,17 @@ async fn run(history: Vec<Step>) -> Result<(), TestCaseError> {
     let sim = Simulator::start(shared.clone(), Faults::default(), 1)
         .await
         .unwrap();
-    let key = dir.path().join("k");
-    std::fs::write(&key, simulator::CONVAI_KEY).unwrap();
     let w = World {
         db: dir.path().join("forgetd.db"),
         _dir: dir,
         sim,
         clock,
-        key,
     };
     drop(Store::open(&w.db).unwrap());
     let mut m = Model::default();
     let now = || w.clock.now();
     let key_of = |c: Chat| ChatKey {
-        provider: ProviderKind::Convai,
+        provider: ProviderKind::CONVAI,
         scope: SCOPES[c.0].to_string(),
         session_id: id(c),
     };
@@ -328,7 +318,7 @@ async fn run(history: Vec<Step>) -> Result<(), TestCaseError> {
                     .add_rule(
                         &RuleSpec {
                             name: "r".into(),
-                            provider: ProviderKind::Convai,
+                            provider: ProviderKind::CONVAI,
                             scope: SCOPES[0].into(),
                             max_age: Duration::from_secs(30 * DAY as u64),
                             schedule: "0 3 * * *".into(),
@@ -402,7 +392,7 @@ async fn run(history: Vec<Step>) -> Result<(), TestCaseError> {
                 for c in &m.known {
                     let should_exist = !m.deleted.contains(c) && !allowed.contains(c);
                     prop_assert_eq!(
-                        w.sim.exists(ProviderKind::Convai, SCOPES[c.0], &id(*c)),
+                        w.sim.exists(ProviderKind::CONVAI, SCOPES[c.0], &id(*c)),
                         should_exist,
                         "chat {:?}",
                         c

@@ -42,7 +42,7 @@ async fn no_secret_appears_in_any_log_line_or_error() {
     e.koo.delete(&b(APP, &["k2"])).await.unwrap();
     for faults in [
         Faults {
-            auth_fail: [ProviderKind::Convai, ProviderKind::KooSearch].into(),
+            auth_fail: [ProviderKind::CONVAI, ProviderKind::KOOSEARCH].into(),
             ..Faults::default()
         },
         Faults {

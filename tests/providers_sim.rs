@@ -18,7 +18,7 @@ async fn success_and_already_deleted_ids() {
         e.convai.delete(&b("char", &["s1", "s2"])).await.unwrap(),
         DeleteOutcome::AllDeleted
     );
-    assert!(!e.sim.exists(ProviderKind::Convai, "char", "s1"));
+    assert!(!e.sim.exists(ProviderKind::CONVAI, "char", "s1"));
     // Convai: deleting again is a 200 (idempotent)
     assert_eq!(
         e.convai.delete(&b("char", &["s1"])).await.unwrap(),
@@ -47,7 +47,7 @@ async fn success_and_already_deleted_ids() {
     // the same ID under another scope is another chat
     e.sim.add_convai_chat("other", "s3", 1);
     e.convai.delete(&b("char", &["s3"])).await.unwrap();
-    assert!(e.sim.exists(ProviderKind::Convai, "other", "s3"));
+    assert!(e.sim.exists(ProviderKind::CONVAI, "other", "s3"));
 }
 
 #[tokio::test]
@@ -148,7 +148,7 @@ async fn every_error_class_is_classified() {
         ),
         (
             Faults {
-                auth_fail: [ProviderKind::Convai, ProviderKind::KooSearch].into(),
+                auth_fail: [ProviderKind::CONVAI, ProviderKind::KOOSEARCH].into(),
                 ..Faults::default()
             },
             |a| matches!(a, Action::Pause(_)),
@@ -183,7 +183,7 @@ async fn every_error_class_is_classified() {
         "{ce}"
     );
     assert!(
-        e.sim.exists(ProviderKind::Convai, "char", "s1"),
+        e.sim.exists(ProviderKind::CONVAI, "char", "s1"),
         "a disabled delete API deleted nothing"
     );
 }
@@ -225,7 +225,7 @@ async fn a_401_refreshes_once_and_retries() {
     assert_eq!(e.sim.calls().iter().filter(|c| c.status == 401).count(), 1);
     // refused even with a fresh token: pause after exactly one refresh
     e.sim.update_faults(|f| {
-        f.auth_fail.insert(ProviderKind::KooSearch);
+        f.auth_fail.insert(ProviderKind::KOOSEARCH);
     });
     let err = e.koo.delete(&b(APP, &["k3"])).await.unwrap_err();
     assert!(

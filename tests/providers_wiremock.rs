@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use forgetd::clock::SystemClock;
-use forgetd::config::{
-    ConvaiConfig, IamConfig, KooSearchAuth, KooSearchConfig, ProviderLimits, SecretRef,
+use forgetd::config::SecretRef;
+use forgetd::providers::convai::{ConvaiClient, ConvaiConfig};
+use forgetd::providers::koosearch::{IamConfig, KooSearchAuth, KooSearchClient, KooSearchConfig};
+use forgetd::providers::{
+    Action, DeleteBatch, DeleteOutcome, ListedChat, Provider, ProviderLimits,
 };
-use forgetd::providers::convai::ConvaiClient;
-use forgetd::providers::koosearch::KooSearchClient;
-use forgetd::providers::{Action, DeleteBatch, DeleteOutcome, ListedChat, Provider};
 use serde_json::json;
 use wiremock::matchers::{body_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -43,8 +43,8 @@ fn convai(server: &MockServer, dir: &tempfile::TempDir) -> ConvaiClient {
         &ConvaiConfig {
             base_url: server.uri().parse().unwrap(),
             api_key: secret_file(dir, "k", "<Your-API-Key>"),
-            limits: limits(),
         },
+        &limits(),
         Arc::new(SystemClock),
     )
     .unwrap()
@@ -58,8 +58,8 @@ fn koosearch(server: &MockServer, auth: KooSearchAuth) -> KooSearchClient {
             applications: vec![APP.into()],
             discover_by_user_name: true,
             auth,
-            limits: limits(),
         },
+        &limits(),
         Arc::new(SystemClock),
     )
     .unwrap()

@@ -160,9 +160,9 @@ async fn a_subject_resolves_at_both_providers_plan_matches_the_real_run_and_hold
         delete,
         "the real run sent exactly what the plan said"
     );
-    assert!(sim.exists(ProviderKind::Convai, "char-b", "a3"));
-    assert!(sim.exists(ProviderKind::Convai, "char-c", "a1"));
-    assert!(sim.exists(ProviderKind::KooSearch, "app-1", "bk"));
+    assert!(sim.exists(ProviderKind::CONVAI, "char-b", "a3"));
+    assert!(sim.exists(ProviderKind::CONVAI, "char-c", "a1"));
+    assert!(sim.exists(ProviderKind::KOOSEARCH, "app-1", "bk"));
 
     // The request is complete with the held chat listed; the certificate names exactly what the
     // simulator deleted.
@@ -217,7 +217,7 @@ async fn a_subject_resolves_at_both_providers_plan_matches_the_real_run_and_hold
     );
     let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "run", "--once"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert!(!sim.exists(ProviderKind::Convai, "char-b", "a3"));
+    assert!(!sim.exists(ProviderKind::CONVAI, "char-b", "a3"));
     assert_eq!(
         stdout(&s.sqlite3("SELECT state FROM erasure_requests")).trim(),
         "complete"
@@ -251,7 +251,7 @@ async fn a_subject_hold_keeps_every_known_chat_of_that_person() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(sim.named_in_deletes().is_empty());
     assert!(
-        sim.exists(ProviderKind::KooSearch, "app-1", "xk"),
+        sim.exists(ProviderKind::KOOSEARCH, "app-1", "xk"),
         "a discovered chat with the person as user_name is covered"
     );
     let show: serde_json::Value =
@@ -353,8 +353,8 @@ async fn rule_age_boundary_and_the_ceiling_that_stops_a_runaway_rule() {
     .map(|i| chat("convai", "char-r", i))
     .collect();
     assert_eq!(sent(&sim), expected);
-    assert!(sim.exists(ProviderKind::Convai, "char-r", "young"));
-    assert!(sim.exists(ProviderKind::Convai, "char-other", "old-1"));
+    assert!(sim.exists(ProviderKind::CONVAI, "char-r", "young"));
+    assert!(sim.exists(ProviderKind::CONVAI, "char-other", "old-1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

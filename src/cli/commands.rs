@@ -202,10 +202,10 @@ fn plan(
         let mut store = open(&config)?;
         sync_file_rules(&config, &mut store, now)?;
         // Discovery needs the providers; without any configured, the plan is the inventory's.
-        let providers = if config.providers().is_empty() {
+        let providers = if config.kinds().is_empty() {
             Vec::new()
         } else {
-            crate::providers::build(&config, clock.clone())?
+            crate::providers::build(&config.providers, clock.clone())?
         };
         let plan = if let Some(name) = rule {
             let row = store.get_rule(&name)?;
@@ -343,23 +343,10 @@ fn check_config(config: &Config) -> Result<ExitCode> {
         .unwrap_or_else(|| "no file (defaults)".into());
     println!("config OK: {source}");
     println!("  database: {}", config.database.display());
-    if let Some(c) = &config.convai {
-        println!("  convai: {} (api_key from {})", c.base_url, c.api_key);
+    for c in &config.providers {
+        println!("  {}: {}", c.kind(), c.settings.describe());
     }
-    if let Some(k) = &config.koosearch {
-        let auth = match &k.auth {
-            crate::config::KooSearchAuth::Token(t) => format!("token from {t}"),
-            crate::config::KooSearchAuth::Iam(i) => format!(
-                "IAM {} as {} (password from {})",
-                i.endpoint, i.user, i.password
-            ),
-        };
-        println!(
-            "  koosearch: {} project {} ({auth})",
-            k.endpoint, k.project_id
-        );
-    }
-    if config.convai.is_none() && config.koosearch.is_none() {
+    if config.providers.is_empty() {
         println!("  no provider configured: `forgetd run` needs at least one");
     }
     println!("  rules: {}", config.rules.len());

@@ -330,10 +330,12 @@ pub enum AuditCommand {
 /// `--provider`: one of the providers' keys, listed by `--help` and by the error for any other.
 fn provider_parser() -> impl clap::builder::TypedValueParser<Value = ProviderKind> {
     use clap::builder::TypedValueParser as _;
-    clap::builder::PossibleValuesParser::new(ProviderKind::ALL.map(ProviderKind::as_str)).map(|s| {
-        s.parse::<ProviderKind>()
-            .expect("only listed values get here")
-    })
+    clap::builder::PossibleValuesParser::new(ProviderKind::all().map(ProviderKind::as_str)).map(
+        |s| {
+            s.parse::<ProviderKind>()
+                .expect("only listed values get here")
+        },
+    )
 }
 
 /// A usage mistake found after parsing (exit 2).

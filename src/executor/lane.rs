@@ -23,7 +23,7 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::Notify;
 
 use crate::clock::SharedClock;
-use crate::config::ProviderLimits;
+use crate::providers::ProviderLimits;
 
 pub const FIRST_PROBE: Duration = Duration::from_secs(30);
 pub const MAX_PROBE: Duration = Duration::from_secs(15 * 60);

@@ -111,22 +111,19 @@ impl Executor {
         providers: Vec<SharedProvider>,
         clock: SharedClock,
     ) -> Self {
-        let lanes = providers
-            .into_iter()
-            .map(|p| {
-                let limits =
-                    config
-                        .limits(p.kind())
-                        .cloned()
-                        .unwrap_or(crate::config::ProviderLimits {
+        let lanes =
+            providers
+                .into_iter()
+                .map(|p| {
+                    let limits = config.limits(p.kind()).cloned().unwrap_or(
+                        crate::providers::ProviderLimits {
                             batch_size: p.max_batch(),
-                            concurrency: crate::config::defaults::CONCURRENCY,
-                            requests_per_second: None,
-                            timeout: crate::config::defaults::TIMEOUT,
-                        });
-                (p, Arc::new(Lane::new(&limits, clock.clone())))
-            })
-            .collect();
+                            ..Default::default()
+                        },
+                    );
+                    (p, Arc::new(Lane::new(&limits, clock.clone())))
+                })
+                .collect();
         Self {
             store,
             lanes,

@@ -12,21 +12,30 @@
 //!   delete path means the delete API is not enabled for the key: a pause, never "deleted".
 //! - Secrets go only into headers marked sensitive; no error or log line carries them.
 //!
-//! Adding a provider: a module here with a type implementing [`Provider`], a variant of
-//! [`ProviderKind`], and one line in [`build`].
+//! Adding a provider: a folder here holding its config table ([`Settings`]), its client (a type
+//! implementing [`Provider`]), its ID rules and its answer classification, with a
+//! [`registry::Registration`]; then one line in [`registry::REGISTRY`]. The test-only `ledger`
+//! provider is the proof: one folder and one (`#[cfg(test)]`) registry line.
 
 pub mod convai;
 pub mod http;
 pub mod koosearch;
+#[cfg(test)]
+mod ledger;
+pub mod limits;
+pub mod registry;
 
+use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::clock::SharedClock;
-use crate::config::{Config, SecretError};
 use crate::model::ProviderKind;
+use crate::secret::{SecretError, SecretRef};
+
+pub use limits::ProviderLimits;
 
 /// One delete call's worth: IDs of one scope (and, for KooSearch, one knowledge base).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,14 +267,92 @@ pub enum BuildError {
     },
 }
 
-/// Builds a client for every provider the config enables (secrets are read here).
-pub fn build(config: &Config, clock: SharedClock) -> Result<Vec<SharedProvider>, BuildError> {
-    let mut out: Vec<SharedProvider> = Vec::new();
-    if let Some(c) = &config.convai {
-        out.push(Arc::new(convai::ConvaiClient::new(c, clock.clone())?));
+/// A provider's own settings, read from its `[providers.<key>]` table by its `config.rs`.
+pub trait Settings: std::fmt::Debug + Send + Sync + 'static {
+    fn kind(&self) -> ProviderKind;
+    /// Every secret reference it names, with the key it sits under (`providers.convai.api_key`).
+    fn secrets(&self) -> Vec<(String, &SecretRef)>;
+    /// One line for `check-config`: where it points and where its secrets come from (never a
+    /// secret's value).
+    fn describe(&self) -> String;
+    /// The client (secrets are read here).
+    fn build(
+        &self,
+        limits: &ProviderLimits,
+        clock: SharedClock,
+    ) -> Result<SharedProvider, BuildError>;
+    /// For code that knows which provider it configures (tests, `demo`): see
+    /// [`Configured::settings`].
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// One configured provider: its own settings and the limits every provider has.
+#[derive(Debug, Clone)]
+pub struct Configured {
+    pub settings: Arc<dyn Settings>,
+    pub limits: ProviderLimits,
+}
+
+impl Configured {
+    pub fn new(settings: impl Settings, limits: ProviderLimits) -> Self {
+        Self {
+            settings: Arc::new(settings),
+            limits,
+        }
     }
-    if let Some(k) = &config.koosearch {
-        out.push(Arc::new(koosearch::KooSearchClient::new(k, clock.clone())?));
+    pub fn kind(&self) -> ProviderKind {
+        self.settings.kind()
     }
-    Ok(out)
+    /// The settings as their concrete type, when they are of that provider.
+    pub fn settings<T: Settings>(&self) -> Option<&T> {
+        self.settings.as_any().downcast_ref()
+    }
+}
+
+/// Builds a client for every configured provider (secrets are read here).
+pub fn build(
+    configured: &[Configured],
+    clock: SharedClock,
+) -> Result<Vec<SharedProvider>, BuildError> {
+    configured
+        .iter()
+        .map(|c| c.settings.build(&c.limits, clock.clone()))
+        .collect()
+}
+
+/// Deserializes a provider's table (`prefix` is its path, `providers.koosearch`): every key no
+/// field takes is a problem named by its full path; a value of the wrong type is a problem.
+pub(crate) fn parse_table<T: serde::de::DeserializeOwned>(
+    table: toml::Table,
+    prefix: &str,
+    p: &mut crate::fields::Problems,
+) -> Option<T> {
+    let mut unknown = Vec::new();
+    let parsed = serde_ignored::deserialize(toml::Value::Table(table), |path| {
+        unknown.push(format!("unknown key `{prefix}.{}`", dotted(&path)))
+    });
+    p.extend(unknown);
+    match parsed {
+        Ok(t) => Some(t),
+        Err(e) => {
+            p.push(format!("`{prefix}`: {}", e.to_string().trim_end()));
+            None
+        }
+    }
+}
+
+/// serde_ignored's path as `iam.pasword`.
+fn dotted(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", dotted(parent)),
+        Path::Map { parent, key } => match dotted(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => dotted(parent),
+    }
 }

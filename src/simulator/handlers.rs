@@ -294,12 +294,12 @@ fn convai_key_ok(st: &SimState, headers: &HeaderMap) -> bool {
         .lock()
         .unwrap()
         .auth_fail
-        .contains(&ProviderKind::Convai);
+        .contains(&ProviderKind::CONVAI);
     !refused && headers.get("CONVAI-API-KEY").and_then(|v| v.to_str().ok()) == Some(CONVAI_KEY)
 }
 
 async fn convai_delete(State(st): St, headers: HeaderMap, body: Bytes) -> Response {
-    let p = ProviderKind::Convai;
+    let p = ProviderKind::CONVAI;
     let parsed: Option<(String, Vec<String>)> = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| {
@@ -389,7 +389,7 @@ async fn convai_delete(State(st): St, headers: HeaderMap, body: Bytes) -> Respon
 }
 
 async fn convai_list(State(st): St, headers: HeaderMap, body: Bytes) -> Response {
-    let p = ProviderKind::Convai;
+    let p = ProviderKind::CONVAI;
     let scope = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("charID").and_then(|c| c.as_str()).map(str::to_string));
@@ -467,7 +467,7 @@ fn koo_token_ok(st: &SimState, headers: &HeaderMap) -> bool {
         .lock()
         .unwrap()
         .auth_fail
-        .contains(&ProviderKind::KooSearch)
+        .contains(&ProviderKind::KOOSEARCH)
     {
         return false;
     }
@@ -484,7 +484,7 @@ fn koo_token_ok(st: &SimState, headers: &HeaderMap) -> bool {
 }
 
 fn koo_id_ok(id: &str) -> bool {
-    crate::config::is_koosearch_id(id)
+    crate::providers::koosearch::is_id(id)
 }
 
 async fn koo_batch(
@@ -493,7 +493,7 @@ async fn koo_batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let p = ProviderKind::KooSearch;
+    let p = ProviderKind::KOOSEARCH;
     let parsed: Option<(Vec<String>, Option<Vec<String>>)> =
         serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
@@ -642,7 +642,7 @@ async fn koo_list(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let p = ProviderKind::KooSearch;
+    let p = ProviderKind::KOOSEARCH;
     let _slot = match st.admit(p) {
         Ok(s) => s,
         Err(why) => {
@@ -714,7 +714,7 @@ pub(crate) fn iam_router(state: Arc<SimState>) -> Router {
 }
 
 async fn iam_token(State(st): St, body: Bytes) -> Response {
-    let p = ProviderKind::KooSearch;
+    let p = ProviderKind::KOOSEARCH;
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let user = &v["auth"]["identity"]["password"]["user"];
     let ok = v["auth"]["identity"]["methods"][0] == "password"

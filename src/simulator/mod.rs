@@ -25,6 +25,7 @@ mod handlers;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,7 +34,12 @@ use rand::rngs::StdRng;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
+use crate::config::Config;
 use crate::model::ProviderKind;
+use crate::providers::convai::ConvaiConfig;
+use crate::providers::koosearch::{IamConfig, KooSearchAuth, KooSearchConfig};
+use crate::providers::{Configured, ProviderLimits};
+use crate::secret::SecretRef;
 
 /// Credentials the simulator accepts.
 pub const CONVAI_KEY: &str = "sim-convai-key";
@@ -236,6 +242,56 @@ impl Simulator {
         })
     }
 
+    /// The configuration of both providers pointed at this simulator, the one builder tests,
+    /// `demo` and `bench` share: secrets written as files into `secrets` (mode 0600) and named
+    /// by `file:` references, as in production; KooSearch by IAM password, searching
+    /// `applications`; the shared limits at their defaults with a 2 s timeout. Callers adjust
+    /// what their scenario needs (`config.provider_mut(kind)`, `remove_provider`).
+    pub fn config(&self, secrets: &Path, applications: &[&str]) -> std::io::Result<Config> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let write = |name: &str, value: &str| -> std::io::Result<PathBuf> {
+            let path = secrets.join(name);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?;
+            std::io::Write::write_all(&mut f, value.as_bytes())?;
+            Ok(path)
+        };
+        let url = |u: &str| u.parse().expect("the simulator's URLs are valid");
+        let limits = ProviderLimits {
+            timeout: Duration::from_secs(2),
+            ..ProviderLimits::default()
+        };
+        let mut config = Config::defaults();
+        config.set_provider(Configured::new(
+            ConvaiConfig {
+                base_url: url(&self.convai_url),
+                api_key: SecretRef::File(write("convai-api-key", CONVAI_KEY)?),
+            },
+            limits.clone(),
+        ));
+        config.set_provider(Configured::new(
+            KooSearchConfig {
+                endpoint: url(&self.koosearch_url),
+                project_id: PROJECT_ID.into(),
+                applications: applications.iter().map(|a| a.to_string()).collect(),
+                discover_by_user_name: !applications.is_empty(),
+                auth: KooSearchAuth::Iam(IamConfig {
+                    endpoint: url(&self.iam_url),
+                    domain: IAM_DOMAIN.into(),
+                    user: IAM_USER.into(),
+                    password: SecretRef::File(write("iam-password", IAM_PASSWORD)?),
+                    project: IAM_PROJECT.into(),
+                }),
+            },
+            limits,
+        ));
+        Ok(config)
+    }
+
     /// A config snippet pointing forgetd at this simulator (secrets from the env variables
     /// `FORGETD_SIM_CONVAI_KEY` and `FORGETD_SIM_IAM_PASSWORD`, whose values [`Simulator::secret_env`] gives).
     pub fn config_toml(&self, applications: &[&str]) -> String {
@@ -370,12 +426,14 @@ project = "{IAM_PROJECT}"
     pub fn exists(&self, provider: ProviderKind, scope: &str, id: &str) -> bool {
         let inner = self.state.inner.lock().unwrap();
         match provider {
-            ProviderKind::Convai => inner.convai.get(scope).is_some_and(|m| m.contains_key(id)),
-            ProviderKind::KooSearch => inner
+            ProviderKind::CONVAI => inner.convai.get(scope).is_some_and(|m| m.contains_key(id)),
+            ProviderKind::KOOSEARCH => inner
                 .koo
                 .get(scope)
                 .and_then(|m| m.get(id))
                 .is_some_and(|c| !c.is_del),
+            // The simulator plays Convai and KooSearch only.
+            _ => false,
         }
     }
 
@@ -408,13 +466,14 @@ project = "{IAM_PROJECT}"
     pub fn remaining(&self, provider: ProviderKind) -> usize {
         let inner = self.state.inner.lock().unwrap();
         match provider {
-            ProviderKind::Convai => inner.convai.values().map(|m| m.len()).sum(),
-            ProviderKind::KooSearch => inner
+            ProviderKind::CONVAI => inner.convai.values().map(|m| m.len()).sum(),
+            ProviderKind::KOOSEARCH => inner
                 .koo
                 .values()
                 .flat_map(|m| m.values())
                 .filter(|c| !c.is_del)
                 .count(),
+            _ => 0,
         }
     }
 }

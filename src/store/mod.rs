@@ -43,7 +43,32 @@ use rusqlite_migration::{M, Migrations};
 const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/001_init.sql")),
     M::up(include_str!("migrations/002_feeder_life.sql")).foreign_key_check(),
+    M::up(include_str!("migrations/003_provider_registry.sql")).foreign_key_check(),
 ];
+
+fn provider_keys(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT key FROM providers ORDER BY key")?;
+    stmt.query_map([], |r| r.get(0))?.collect()
+}
+
+/// Keeps the `providers` table equal to the registry, so the schema accepts exactly the
+/// providers this binary serves. Writes only when they differ (a CLI open stays read-only).
+fn sync_providers(conn: &mut Connection) -> rusqlite::Result<()> {
+    let mut wanted: Vec<String> = crate::providers::registry::REGISTRY
+        .iter()
+        .map(|r| r.kind.as_str().to_string())
+        .collect();
+    wanted.sort();
+    if provider_keys(conn)? == wanted {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM providers", [])?;
+    for key in &wanted {
+        tx.execute("INSERT INTO providers (key) VALUES (?1)", [key])?;
+    }
+    tx.commit()
+}
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -193,6 +218,7 @@ impl Store {
         }
         conn.execute_batch("PRAGMA foreign_keys = ON;")
             .map_err(open_err)?;
+        sync_providers(&mut conn).map_err(open_err)?;
         tighten_sidecars(path);
         conn.set_prepared_statement_cache_capacity(64);
         Ok(Self {
@@ -203,6 +229,11 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The keys of the `providers` table: what the schema accepts in `sessions.provider`.
+    pub fn provider_keys(&self) -> Result<Vec<String>> {
+        Ok(provider_keys(&self.conn)?)
     }
 
     /// Direct access for tests and tools; forgetd's own code goes through the typed methods.

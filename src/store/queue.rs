@@ -575,19 +575,19 @@ mod tests {
         add_item(&s, "convai", "charB", "also-b", 900);
         add_item(&s, "koosearch", "app", "other-provider", 1);
         let b = s
-            .claim_batch(ProviderKind::Convai, 0, 60_000, 10)
+            .claim_batch(ProviderKind::CONVAI, 0, 60_000, 10)
             .unwrap()
             .unwrap();
         assert_eq!(b.scope, "charB");
         assert_eq!(b.items.len(), 2);
         assert_eq!(b.items[0].id, urgent);
         let b2 = s
-            .claim_batch(ProviderKind::Convai, 0, 60_000, 10)
+            .claim_batch(ProviderKind::CONVAI, 0, 60_000, 10)
             .unwrap()
             .unwrap();
         assert_eq!(b2.scope, "charA");
         assert!(
-            s.claim_batch(ProviderKind::Convai, 0, 60_000, 10)
+            s.claim_batch(ProviderKind::CONVAI, 0, 60_000, 10)
                 .unwrap()
                 .is_none()
         );
@@ -598,7 +598,7 @@ mod tests {
         let (_d, mut s) = temp_store();
         let id = add_item(&s, "convai", "c", "x", 0);
         let b = s
-            .claim_batch(ProviderKind::Convai, 1_000, 60_000, 10)
+            .claim_batch(ProviderKind::CONVAI, 1_000, 60_000, 10)
             .unwrap()
             .unwrap();
         s.finish_batch(
@@ -616,12 +616,12 @@ mod tests {
         )
         .unwrap();
         assert!(
-            s.claim_batch(ProviderKind::Convai, 4_999, 60_000, 10)
+            s.claim_batch(ProviderKind::CONVAI, 4_999, 60_000, 10)
                 .unwrap()
                 .is_none()
         );
         let b = s
-            .claim_batch(ProviderKind::Convai, 5_000, 60_000, 10)
+            .claim_batch(ProviderKind::CONVAI, 5_000, 60_000, 10)
             .unwrap()
             .unwrap();
         assert_eq!(b.items[0].attempts, 1);
@@ -633,12 +633,12 @@ mod tests {
         let (_d, mut s) = temp_store();
         let id = add_item(&s, "convai", "c", "x", 0);
         let b1 = s
-            .claim_batch(ProviderKind::Convai, 0, 10, 10)
+            .claim_batch(ProviderKind::CONVAI, 0, 10, 10)
             .unwrap()
             .unwrap();
         assert_eq!(s.release_expired_leases(10).unwrap(), 1);
         let b2 = s
-            .claim_batch(ProviderKind::Convai, 11, 10_000, 10)
+            .claim_batch(ProviderKind::CONVAI, 11, 10_000, 10)
             .unwrap()
             .unwrap();
         s.finish_batch(
@@ -722,7 +722,7 @@ mod tests {
                         }
                     }
                     Op::Claim(max) => {
-                        if let Some(b) = s.claim_batch(ProviderKind::Convai, now, lease, max as usize).unwrap() {
+                        if let Some(b) = s.claim_batch(ProviderKind::CONVAI, now, lease, max as usize).unwrap() {
                             prop_assert!(!b.items.is_empty() && b.items.len() <= max as usize);
                             for it in &b.items {
                                 let m = model.get_mut(&it.id).unwrap();
@@ -826,7 +826,7 @@ mod throughput_probe {
         let mut claim_t = std::time::Duration::ZERO;
         while let Some(b) = {
             let t0 = std::time::Instant::now();
-            let r = s.claim_batch(ProviderKind::Convai, 0, 60_000, 100).unwrap();
+            let r = s.claim_batch(ProviderKind::CONVAI, 0, 60_000, 100).unwrap();
             claim_t += t0.elapsed();
             r
         } {

@@ -501,7 +501,7 @@ mod tests {
     fn rule(max_age_secs: i64, max_deletions: u64) -> crate::store::rules::RuleRow {
         crate::store::rules::RuleRow {
             name: "r".into(),
-            provider: ProviderKind::Convai,
+            provider: ProviderKind::CONVAI,
             scope: "c".into(),
             max_age: String::new(),
             max_age_secs,

@@ -135,12 +135,12 @@ impl Store {
         )?;
         let rows = stmt
             .query_map([], |r| {
-                let provider: String = r.get(1)?;
                 let secs: i64 = r.get(3)?;
                 let origin: String = r.get(8)?;
                 Ok(RuleRow {
                     name: r.get(0)?,
-                    provider: provider.parse().unwrap_or(ProviderKind::Convai),
+                    // A key this binary does not serve is an error, never another provider.
+                    provider: r.get(1)?,
                     scope: r.get(2)?,
                     max_age: humantime::format_duration(Duration::from_secs(secs as u64))
                         .to_string(),
@@ -304,7 +304,7 @@ mod tests {
     fn spec(name: &str) -> RuleSpec {
         RuleSpec {
             name: name.into(),
-            provider: ProviderKind::Convai,
+            provider: ProviderKind::CONVAI,
             scope: "*".into(),
             max_age: Duration::from_secs(86400),
             schedule: "0 3 * * *".into(),

@@ -6,13 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use forgetd::clock::{ManualClock, SharedClock};
-use forgetd::config::{
-    ConvaiConfig, IamConfig, KooSearchAuth, KooSearchConfig, ProviderLimits, SecretRef,
-};
-use forgetd::providers::DeleteBatch;
-use forgetd::providers::convai::ConvaiClient;
-use forgetd::providers::koosearch::KooSearchClient;
-use forgetd::simulator::{self, Faults, Simulator};
+use forgetd::providers::convai::{ConvaiClient, ConvaiConfig};
+use forgetd::providers::koosearch::{KooSearchClient, KooSearchConfig};
+use forgetd::providers::{DeleteBatch, ProviderLimits};
+use forgetd::simulator::{Faults, Simulator};
 
 pub const APP: &str = "app-1";
 
@@ -29,39 +26,21 @@ pub async fn env(faults: Faults, timeout: Duration) -> Env {
     let shared: SharedClock = Arc::new(clock.clone());
     let sim = Simulator::start(shared.clone(), faults, 42).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("k"), simulator::CONVAI_KEY).unwrap();
-    std::fs::write(dir.path().join("p"), simulator::IAM_PASSWORD).unwrap();
+    let config = sim.config(dir.path(), &[APP]).unwrap();
     let limits = ProviderLimits {
-        batch_size: 100,
-        concurrency: 4,
-        requests_per_second: None,
         timeout,
+        ..ProviderLimits::default()
     };
     let convai = ConvaiClient::new(
-        &ConvaiConfig {
-            base_url: sim.convai_url.parse().unwrap(),
-            api_key: SecretRef::File(dir.path().join("k")),
-            limits: limits.clone(),
-        },
+        config.settings::<ConvaiConfig>().unwrap(),
+        &limits,
         shared.clone(),
     )
     .unwrap();
     let koo = Arc::new(
         KooSearchClient::new(
-            &KooSearchConfig {
-                endpoint: sim.koosearch_url.parse().unwrap(),
-                project_id: simulator::PROJECT_ID.into(),
-                applications: vec![APP.into()],
-                discover_by_user_name: true,
-                auth: KooSearchAuth::Iam(IamConfig {
-                    endpoint: sim.iam_url.parse().unwrap(),
-                    domain: simulator::IAM_DOMAIN.into(),
-                    user: simulator::IAM_USER.into(),
-                    password: SecretRef::File(dir.path().join("p")),
-                    project: simulator::IAM_PROJECT.into(),
-                }),
-                limits,
-            },
+            config.settings::<KooSearchConfig>().unwrap(),
+            &limits,
             shared,
         )
         .unwrap(),

@@ -23,16 +23,32 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde::de::{SeqAccess, Visitor};
 
+use super::ProviderLimits;
 use super::http::{self, DETAIL_LEN, MAX_BODY, truncate};
+use super::registry::Registration;
 use super::{
     Action, BuildError, ChatSink, DeleteBatch, DeleteOutcome, ListedChat, Operation, Presence,
     Provider, ProviderError,
 };
 use crate::clock::SharedClock;
-use crate::config::ConvaiConfig;
 use crate::model::ProviderKind;
 
-const KIND: ProviderKind = ProviderKind::Convai;
+mod config;
+pub use config::{ConvaiConfig, DEFAULT_BASE_URL};
+
+impl ProviderKind {
+    /// Convai character chat history.
+    pub const CONVAI: ProviderKind = ProviderKind::named("convai");
+}
+const KIND: ProviderKind = ProviderKind::CONVAI;
+
+/// Convai's line in the registry.
+pub static REGISTRATION: Registration = Registration {
+    kind: KIND,
+    settings: config::parse,
+    // A character ID is opaque text; rules and holds check its length.
+    check_scope: |_| Ok(()),
+};
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 pub struct ConvaiClient {
@@ -68,16 +84,20 @@ struct ListedSession {
 }
 
 impl ConvaiClient {
-    pub fn new(config: &ConvaiConfig, clock: SharedClock) -> Result<Self, BuildError> {
+    pub fn new(
+        config: &ConvaiConfig,
+        limits: &ProviderLimits,
+        clock: SharedClock,
+    ) -> Result<Self, BuildError> {
         Ok(Self {
             clock,
-            http: http::client(config.limits.timeout).map_err(|source| BuildError::Http {
+            http: http::client(limits.timeout).map_err(|source| BuildError::Http {
                 provider: KIND,
                 source,
             })?,
             base: config.base_url.clone(),
             api_key: config.api_key.read()?,
-            batch_size: config.limits.batch_size,
+            batch_size: limits.batch_size,
         })
     }
 

@@ -14,13 +14,13 @@ use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use super::IamConfig;
 use crate::clock::SharedClock;
-use crate::config::IamConfig;
 use crate::model::ProviderKind;
 use crate::providers::http::{self, MAX_BODY};
 use crate::providers::{Action, Operation, ProviderError};
 
-const KIND: ProviderKind = ProviderKind::KooSearch;
+const KIND: ProviderKind = ProviderKind::KOOSEARCH;
 const MAX_EARLY_MS: i64 = 10 * 60 * 1000;
 
 struct Cached {

@@ -25,17 +25,49 @@ use async_trait::async_trait;
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 
+use super::ProviderLimits;
 use super::http::{self, DETAIL_LEN, MAX_BODY, truncate};
+use super::registry::Registration;
 use super::{
     Action, BuildError, ChatSink, DeleteBatch, DeleteOutcome, ListedChat, Operation, Presence,
     Provider, ProviderError,
 };
 use crate::clock::SharedClock;
-use crate::config::{KooSearchAuth, KooSearchConfig, is_koosearch_id};
 use crate::model::ProviderKind;
 use iam::TokenSource;
 
-const KIND: ProviderKind = ProviderKind::KooSearch;
+mod config;
+pub use config::{IamConfig, KooSearchAuth, KooSearchConfig};
+
+impl ProviderKind {
+    /// Huawei Cloud KooSearch uni-search chat history.
+    pub const KOOSEARCH: ProviderKind = ProviderKind::named("koosearch");
+}
+const KIND: ProviderKind = ProviderKind::KOOSEARCH;
+
+/// KooSearch's line in the registry.
+pub static REGISTRATION: Registration = Registration {
+    kind: KIND,
+    settings: config::parse,
+    check_scope: |scope| {
+        if is_id(scope) {
+            Ok(())
+        } else {
+            Err(format!(
+                "scope \"{scope}\" is not a KooSearch application ID (A-Z a-z 0-9 _ -)"
+            ))
+        }
+    },
+};
+
+/// True for 1..64 characters of `[A-Za-z0-9_-]`: KooSearch's alphabet for chat, application,
+/// knowledge-base and project IDs.
+pub fn is_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(3);
 /// Documented maximum of repo_ids; chat_ids has none documented, we send no more either.
 pub const MAX_BATCH: usize = 100;
@@ -124,8 +156,12 @@ impl Record {
 }
 
 impl KooSearchClient {
-    pub fn new(config: &KooSearchConfig, clock: SharedClock) -> Result<Self, BuildError> {
-        let http = http::client(config.limits.timeout).map_err(|source| BuildError::Http {
+    pub fn new(
+        config: &KooSearchConfig,
+        limits: &ProviderLimits,
+        clock: SharedClock,
+    ) -> Result<Self, BuildError> {
+        let http = http::client(limits.timeout).map_err(|source| BuildError::Http {
             provider: KIND,
             source,
         })?;
@@ -142,7 +178,7 @@ impl KooSearchClient {
             applications: config.applications.clone(),
             discover_by_user_name: config.discover_by_user_name,
             auth,
-            batch_size: config.limits.batch_size.min(MAX_BATCH),
+            batch_size: limits.batch_size.min(MAX_BATCH),
             clock,
         })
     }
@@ -382,7 +418,7 @@ impl Provider for KooSearchClient {
     }
 
     fn check_id(&self, session_id: &str) -> Result<(), String> {
-        if is_koosearch_id(session_id) {
+        if is_id(session_id) {
             Ok(())
         } else {
             Err("a KooSearch chat_id is 1 to 64 characters of A-Z a-z 0-9 _ -".into())
