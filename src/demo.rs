@@ -264,8 +264,8 @@ pub async fn run(opts: DemoOptions) -> Result<ExitCode> {
             st();
         })
     };
-    let prepared = crate::daemon::prepare(config, clock.clone())?;
-    let once = crate::daemon::run_once(&prepared).await?;
+    let prepared = crate::daemon::Daemon::build(config, clock.clone())?;
+    let once = prepared.run_once().await?;
     expire.abort();
 
     // Check every count against the simulator.

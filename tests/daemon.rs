@@ -103,17 +103,6 @@ fn signal(child: &Child, sig: &str) {
     assert!(st.success());
 }
 
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 async fn seeded_sim() -> Simulator {
     let sim = Simulator::start(std::sync::Arc::new(SystemClock), Faults::default(), 1)
         .await
@@ -316,4 +305,51 @@ async fn sigkill_while_an_answer_is_held_back_loses_nothing_and_records_each_del
     );
     let v = s.forgetd(&["audit", "verify"]);
     assert_eq!(code(&v), 0, "{}", stdout(&v));
+}
+
+/// The daemon as a library: built by the same `Daemon::build` the binary uses, run until its
+/// injected control channel says stop (no signals), with a reload that cannot succeed in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_built_in_process_drains_a_feeders_request_and_stops_when_told() {
+    let s = Scratch::new();
+    let sim = seeded_sim().await;
+    seed_inventory(&s);
+    let mut config = sim.config(s.dir.path(), &["app-1"]).unwrap();
+    config.database = s.db();
+    let daemon = forgetd::daemon::Daemon::build(config, std::sync::Arc::new(SystemClock)).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let options = forgetd::daemon::RunOptions {
+        once: false,
+        config_path: None,
+        db_override: None,
+    };
+    let running = tokio::spawn(daemon.run_until(options, rx));
+    // No config file was given: the reload is refused and the daemon keeps working.
+    tx.send(forgetd::daemon::Control::Reload).await.unwrap();
+    let o =
+        s.sqlite3("INSERT INTO erasure_requests(subject, external_ref) VALUES ('alice', 'DSR-9');");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    eventually("request complete", || {
+        stdout(&s.sqlite3("SELECT state FROM erasure_requests")).trim() == "complete"
+    })
+    .await;
+    assert!(!sim.exists(ProviderKind::CONVAI, "char-a", "alice-1"));
+    assert!(
+        sim.exists(ProviderKind::CONVAI, "char-b", "alice-1"),
+        "decoy"
+    );
+    assert!(sim.exists(ProviderKind::CONVAI, "char-a", "bob-1"), "decoy");
+    assert!(!running.is_finished(), "the daemon runs until told to stop");
+    tx.send(forgetd::daemon::Control::Stop("test"))
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, running)
+        .await
+        .expect("stopped within the wait")
+        .unwrap()
+        .unwrap();
+    // The lock was released with the daemon: a second one can start.
+    let o = s.sqlite3("SELECT count(*) FROM work_items WHERE state = 'in_flight'");
+    assert_eq!(stdout(&o).trim(), "0", "{}", stderr(&o));
+    assert!(forgetd::store::lock::DaemonLock::acquire(&s.db()).is_ok());
 }

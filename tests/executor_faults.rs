@@ -121,8 +121,8 @@ struct Outcome {
 }
 
 async fn drain(w: &World) -> Outcome {
-    let prepared = forgetd::daemon::prepare(config(w), Arc::new(w.clock.clone())).unwrap();
-    let report = forgetd::daemon::run_once(&prepared).await.unwrap();
+    let prepared = forgetd::daemon::Daemon::build(config(w), Arc::new(w.clock.clone())).unwrap();
+    let report = prepared.run_once().await.unwrap();
     let deletes = w.sim.calls().iter().filter(|c| c.op == "delete").count();
     Outcome { report, deletes }
 }
@@ -404,7 +404,7 @@ async fn a_paused_provider_is_probed_with_backoff_and_resumes_when_fixed() {
         4,
     )
     .await;
-    let prepared = forgetd::daemon::prepare(config(&w), Arc::new(w.clock.clone())).unwrap();
+    let prepared = forgetd::daemon::Daemon::build(config(&w), Arc::new(w.clock.clone())).unwrap();
     prepared
         .resolver
         .resolve_received(forgetd::resolve::Patience::Full)
@@ -502,8 +502,8 @@ async fn a_hold_placed_after_a_batch_was_claimed_still_keeps_it_from_being_sent(
     let limits = &mut c.provider_mut(ProviderKind::CONVAI).unwrap().limits;
     limits.batch_size = 1;
     limits.concurrency = 1;
-    let prepared = forgetd::daemon::prepare(c, Arc::new(w.clock.clone())).unwrap();
-    let run = tokio::spawn(async move { forgetd::daemon::run_once(&prepared).await.unwrap() });
+    let prepared = forgetd::daemon::Daemon::build(c, Arc::new(w.clock.clone())).unwrap();
+    let run = tokio::spawn(async move { prepared.run_once().await.unwrap() });
     // With one slot, two chats in flight means one is on the wire and the other (the later batch)
     // was claimed ahead. Hold that one and every chat still pending.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

@@ -363,8 +363,8 @@ async fn run(history: Vec<Step>) -> Result<(), TestCaseError> {
             Step::Drain => {
                 let allowed = m.before_drain();
                 let before = w.sim.calls().len();
-                let prepared = forgetd::daemon::prepare(config(&w), shared.clone()).unwrap();
-                let report = forgetd::daemon::run_once(&prepared).await.unwrap();
+                let prepared = forgetd::daemon::Daemon::build(config(&w), shared.clone()).unwrap();
+                let report = prepared.run_once().await.unwrap();
                 drop(prepared);
                 prop_assert!(
                     report.problems.is_empty(),

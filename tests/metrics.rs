@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use forgetd::clock::SystemClock;
 use forgetd::simulator::{Faults, Simulator};
@@ -56,7 +56,6 @@ async fn metrics_change_as_a_drain_proceeds() {
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
     let scrape = || async {
         http.get(format!("{base}/metrics"))
             .send()
@@ -66,16 +65,7 @@ async fn metrics_change_as_a_drain_proceeds() {
             .await
             .ok()
     };
-    let before = loop {
-        if let Some(t) = scrape().await {
-            break t;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the metrics listener never came up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let before = wait_for("the metrics listener to come up", scrape).await;
     assert_eq!(metric(&before, "forgetd_deletions_total"), 0.0);
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
@@ -93,18 +83,15 @@ async fn metrics_change_as_a_drain_proceeds() {
     );
     assert_eq!(code(&s.forgetd(&["erase", "--subject", "mia"])), 0);
 
-    let mut after = String::new();
-    while Instant::now() < deadline {
-        after = scrape().await.unwrap_or_default();
-        if metric(
-            &after,
+    let after = wait_for("20 deletions in /metrics", || async {
+        let t = scrape().await?;
+        let done = metric(
+            &t,
             "forgetd_deletions_total{provider=\"convai\",outcome=\"deleted\"}",
-        ) >= 20.0
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        ) >= 20.0;
+        done.then_some(t)
+    })
+    .await;
     assert_eq!(
         metric(
             &after,

@@ -157,9 +157,9 @@ fn run(
     let rt = runtime()?;
     rt.block_on(async move {
         let clock: crate::clock::SharedClock = std::sync::Arc::new(SystemClock);
-        let prepared = crate::daemon::prepare(config, clock.clone())?;
+        let prepared = crate::daemon::Daemon::build(config, clock.clone())?;
         if once {
-            let report = crate::daemon::run_once(&prepared).await?;
+            let report = prepared.run_once().await?;
             let deleted: u64 = report.stats.deleted.values().sum();
             println!(
                 "resolved {} request(s), ran {} rule(s); deleted {deleted}, held {}, dead {}, pending {}",
@@ -182,7 +182,8 @@ fn run(
             }
         } else {
             let options = crate::daemon::RunOptions { once, config_path, db_override };
-            crate::daemon::run_forever(prepared, options, clock).await?;
+            let control = crate::daemon::signals::install()?;
+            prepared.run_until(options, control).await?;
             Ok(ExitCode::SUCCESS)
         }
     })

@@ -36,10 +36,27 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::model::ProviderKind;
-use crate::providers::convai::ConvaiConfig;
-use crate::providers::koosearch::{IamConfig, KooSearchAuth, KooSearchConfig};
-use crate::providers::{Configured, ProviderLimits};
-use crate::secret::SecretRef;
+
+/// Where a config for the simulator takes its secrets from (see [`Simulator::config_toml`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Secrets<'a> {
+    /// Written as files into this directory, named by `file:` references.
+    Files(&'a Path),
+    /// Named as systemd credentials (`credential:`).
+    Credentials,
+}
+
+fn write_secret(path: &Path, value: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    std::io::Write::write_all(&mut f, value.as_bytes())?;
+    Ok(path.to_path_buf())
+}
 
 /// Credentials the simulator accepts.
 pub const CONVAI_KEY: &str = "sim-convai-key";
@@ -242,84 +259,67 @@ impl Simulator {
         })
     }
 
-    /// The configuration of both providers pointed at this simulator, the one builder tests,
-    /// `demo` and `bench` share: secrets written as files into `secrets` (mode 0600) and named
-    /// by `file:` references, as in production; KooSearch by IAM password, searching
-    /// `applications`; the shared limits at their defaults with a 2 s timeout. Callers adjust
-    /// what their scenario needs (`config.provider_mut(kind)`, `remove_provider`).
-    pub fn config(&self, secrets: &Path, applications: &[&str]) -> std::io::Result<Config> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let write = |name: &str, value: &str| -> std::io::Result<PathBuf> {
-            let path = secrets.join(name);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path)?;
-            std::io::Write::write_all(&mut f, value.as_bytes())?;
-            Ok(path)
+    /// The `[providers.*]` tables pointing forgetd at this simulator: the one config builder
+    /// that tests, `demo` and `forgetd simulator` share. KooSearch authenticates by IAM
+    /// password and searches `applications`; both tables set a 2 s timeout. Secrets are always
+    /// references: [`Secrets::Files`] writes them (mode 0600) into a directory,
+    /// [`Secrets::Credentials`] names systemd credentials (`convai-api-key`, `iam-password`).
+    pub fn config_toml(
+        &self,
+        applications: &[&str],
+        secrets: Secrets<'_>,
+    ) -> std::io::Result<String> {
+        let (convai_key, iam_password) = match secrets {
+            Secrets::Files(dir) => (
+                format!(
+                    "file:{}",
+                    write_secret(&dir.join("convai-api-key"), CONVAI_KEY)?.display()
+                ),
+                format!(
+                    "file:{}",
+                    write_secret(&dir.join("iam-password"), IAM_PASSWORD)?.display()
+                ),
+            ),
+            Secrets::Credentials => (
+                "credential:convai-api-key".to_string(),
+                "credential:iam-password".to_string(),
+            ),
         };
-        let url = |u: &str| u.parse().expect("the simulator's URLs are valid");
-        let limits = ProviderLimits {
-            timeout: Duration::from_secs(2),
-            ..ProviderLimits::default()
-        };
-        let mut config = Config::defaults();
-        config.set_provider(Configured::new(
-            ConvaiConfig {
-                base_url: url(&self.convai_url),
-                api_key: SecretRef::File(write("convai-api-key", CONVAI_KEY)?),
-            },
-            limits.clone(),
-        ));
-        config.set_provider(Configured::new(
-            KooSearchConfig {
-                endpoint: url(&self.koosearch_url),
-                project_id: PROJECT_ID.into(),
-                applications: applications.iter().map(|a| a.to_string()).collect(),
-                discover_by_user_name: !applications.is_empty(),
-                auth: KooSearchAuth::Iam(IamConfig {
-                    endpoint: url(&self.iam_url),
-                    domain: IAM_DOMAIN.into(),
-                    user: IAM_USER.into(),
-                    password: SecretRef::File(write("iam-password", IAM_PASSWORD)?),
-                    project: IAM_PROJECT.into(),
-                }),
-            },
-            limits,
-        ));
-        Ok(config)
-    }
-
-    /// A config snippet pointing forgetd at this simulator (secrets from the env variables
-    /// `FORGETD_SIM_CONVAI_KEY` and `FORGETD_SIM_IAM_PASSWORD`, whose values [`Simulator::secret_env`] gives).
-    pub fn config_toml(&self, applications: &[&str]) -> String {
-        format!(
+        let apps = applications
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok(format!(
             r#"[providers.convai]
-base_url = "{}"
-api_key = "env:FORGETD_SIM_CONVAI_KEY"
+base_url = "{convai_url}"
+api_key = "{convai_key}"
+timeout = "2s"
 
 [providers.koosearch]
-endpoint = "{}"
+endpoint = "{koo_url}"
 project_id = "{PROJECT_ID}"
-applications = [{}]
+applications = [{apps}]
+timeout = "2s"
 [providers.koosearch.iam]
-endpoint = "{}"
+endpoint = "{iam_url}"
 domain = "{IAM_DOMAIN}"
 user = "{IAM_USER}"
-password = "env:FORGETD_SIM_IAM_PASSWORD"
+password = "{iam_password}"
 project = "{IAM_PROJECT}"
 "#,
-            self.convai_url,
-            self.koosearch_url,
-            applications
-                .iter()
-                .map(|a| format!("\"{a}\""))
-                .collect::<Vec<_>>()
-                .join(", "),
-            self.iam_url
-        )
+            convai_url = self.convai_url,
+            koo_url = self.koosearch_url,
+            iam_url = self.iam_url,
+        ))
+    }
+
+    /// [`Simulator::config_toml`] with secret files in `secrets`, parsed: the defaults plus
+    /// both providers. Callers adjust what their scenario needs (`provider_mut`,
+    /// `remove_provider`, `database`).
+    pub fn config(&self, secrets: &Path, applications: &[&str]) -> std::io::Result<Config> {
+        let text = self.config_toml(applications, Secrets::Files(secrets))?;
+        Ok(Config::parse(&text, "simulator config").expect("the simulator writes a valid config"))
     }
 
     /// A whole configuration for `forgetd run` against this simulator, for rehearsal: secrets as
@@ -327,19 +327,9 @@ project = "{IAM_PROJECT}"
     /// under the unit (install the three files as credentials) and by hand
     /// (`CREDENTIALS_DIRECTORY=<dir of the files> forgetd --config F run`).
     pub fn rehearsal_config(&self, applications: &[&str]) -> String {
-        self.config_toml(applications)
-            .replace("env:FORGETD_SIM_CONVAI_KEY", "credential:convai-api-key")
-            .replace("env:FORGETD_SIM_IAM_PASSWORD", "credential:iam-password")
+        self.config_toml(applications, Secrets::Credentials)
+            .expect("naming credentials writes nothing")
             + "\n[audit]\nsubject_key = \"credential:audit-key\"\n"
-    }
-
-    /// Sets the environment variables [`Simulator::config_toml`] refers to (process-wide: call
-    /// it before spawning threads that read the environment, or pass them to a child process).
-    pub fn secret_env() -> [(&'static str, &'static str); 2] {
-        [
-            ("FORGETD_SIM_CONVAI_KEY", CONVAI_KEY),
-            ("FORGETD_SIM_IAM_PASSWORD", IAM_PASSWORD),
-        ]
     }
 
     /// Whether calls keep the IDs they named (on by default; benchmarks turn it off).

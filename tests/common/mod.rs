@@ -45,8 +45,10 @@ impl Scratch {
     }
 }
 
+/// Debian's sqlite3 as a feeder runs it: with the busy timeout the README asks feeders for.
 pub fn sqlite3(db: &Path, sql: &str) -> Output {
     Command::new("sqlite3")
+        .args(["-cmd", ".timeout 5000"])
         .arg("-bail")
         .arg(db)
         .arg(sql)
@@ -66,63 +68,47 @@ pub fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
 
-/// Writes a config pointing at a running simulator, secrets in files beside it. `extra` is
-/// appended (rules, retry settings).
+/// Writes a config pointing at a running simulator (its own builder, secrets in files beside
+/// it), with fast retries for tests. `extra` is appended (rules, more settings).
 pub fn sim_config(
     s: &Scratch,
     sim: &forgetd::simulator::Simulator,
     applications: &[&str],
     extra: &str,
 ) -> PathBuf {
-    let convai = s.write("convai.key", forgetd::simulator::CONVAI_KEY);
-    let iam = s.write("iam.password", forgetd::simulator::IAM_PASSWORD);
-    let apps = applications
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let providers = sim
+        .config_toml(
+            applications,
+            forgetd::simulator::Secrets::Files(s.dir.path()),
+        )
+        .unwrap();
     let text = format!(
-        r#"[database]
-path = "{db}"
-
-[retry]
-base_delay = "20ms"
-max_delay = "200ms"
-
-[daemon]
-shutdown_timeout = "5s"
-
-[providers.convai]
-base_url = "{convai_url}"
-api_key = "file:{convai}"
-timeout = "2s"
-
-[providers.koosearch]
-endpoint = "{koo}"
-project_id = "{project}"
-applications = [{apps}]
-timeout = "2s"
-[providers.koosearch.iam]
-endpoint = "{iam_url}"
-domain = "{domain}"
-user = "{user}"
-password = "file:{iam}"
-project = "{region}"
-
-{extra}
-"#,
+        "[database]\npath = \"{db}\"\n\n[retry]\nbase_delay = \"20ms\"\nmax_delay = \"200ms\"\n\n[daemon]\nshutdown_timeout = \"5s\"\n\n{providers}\n{extra}\n",
         db = s.db().display(),
-        convai_url = sim.convai_url,
-        convai = convai.display(),
-        koo = sim.koosearch_url,
-        project = forgetd::simulator::PROJECT_ID,
-        iam_url = sim.iam_url,
-        domain = forgetd::simulator::IAM_DOMAIN,
-        user = forgetd::simulator::IAM_USER,
-        iam = iam.display(),
-        region = forgetd::simulator::IAM_PROJECT,
     );
     s.write("forgetd.toml", &text)
+}
+
+/// Polls `f` every 50 ms until it gives a value; panics naming `what` after 30 s. The one
+/// waiting helper of the integration tests (real time: for a child process or a listener;
+/// logic on forgetd's clock is driven by a `ManualClock` instead).
+pub async fn wait_for<T, F>(what: &str, mut f: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// [`wait_for`] a condition.
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    wait_for(what, || std::future::ready(f().then_some(()))).await
 }
 
 /// A config with Convai at a loopback port nothing listens on, for runs that must not reach a

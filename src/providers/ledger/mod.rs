@@ -269,8 +269,8 @@ mod tests {
         drop(feeder);
 
         let clock = ManualClock::new(1_800_000_000_000);
-        let prepared = crate::daemon::prepare(config, Arc::new(clock)).unwrap();
-        let report = crate::daemon::run_once(&prepared).await.unwrap();
+        let prepared = crate::daemon::Daemon::build(config, Arc::new(clock)).unwrap();
+        let report = prepared.run_once().await.unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         drop(prepared);
 

@@ -1,0 +1,280 @@
+//! The daemon: `forgetd run` and `forgetd run --once`.
+//!
+//! Start-up, in order, each step able to stop it with the right exit code before any work: the
+//! config has a provider and every secret it names is readable (78), the database opens and passes
+//! `PRAGMA quick_check`, the daemon lock is taken (75), every in-flight item returns to pending
+//! (the lock proves no other worker holds a lease), the config's rules are synced, and only then
+//! READY=1 goes to systemd.
+//!
+//! [`Daemon::build`] does those checks; [`Daemon::run_until`] runs until its control channel
+//! says stop (mini-redis style: the shutdown is injected, so tests drive a real daemon without
+//! signals). Running, the tasks share one cancellation token:
+//! - [`intake`]: every 250 ms, resolves what feeders committed and wakes the executor; the same
+//!   tick sends WATCHDOG=1 (a stuck loop is caught, not hidden by a timer) and [`status`]'s
+//!   STATUS= line every 10 s, overdue requests and the audit head every 5 minutes.
+//! - scheduler: runs each retention rule when its cron schedule says, one run at a time; a run
+//!   missed while the daemon was down is made up once (see [`crate::scheduler`]).
+//! - executor: the lanes that delete (see [`crate::executor`]).
+//! - control ([`signals`] in production): Stop ends claiming, lets in-flight batches finish
+//!   within `shutdown_timeout`, returns the rest to pending, STOPPING=1, returns. Reload
+//!   ([`reload`]) re-reads and validates the config file; a bad one is logged and the old one
+//!   kept; rules are re-synced. (Provider connections and limits take effect at the next start.)
+//!
+//! [`once`] is `--once`: resolve, run every rule once, drain waiting out backoffs, report.
+
+mod intake;
+mod once;
+mod reload;
+pub mod signals;
+mod status;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use once::{OnceProblem, OnceReport};
+pub use signals::Control;
+
+use crate::audit::SubjectKey;
+use crate::clock::SharedClock;
+use crate::config::{Config, ConfigError};
+use crate::executor::{Executor, Mode};
+use crate::model::ProviderKind;
+use crate::resolve::Resolver;
+use crate::store::lock::DaemonLock;
+use crate::store::{AsyncStore, Store};
+
+/// What the operator asked for.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub once: bool,
+    /// The config file to re-read on SIGHUP (with `db_override` applied again).
+    pub config_path: Option<PathBuf>,
+    pub db_override: Option<PathBuf>,
+}
+
+/// A daemon ready to work: the checks of the module doc passed, the lock is held.
+pub struct Daemon {
+    pub config: Config,
+    pub store: AsyncStore,
+    pub executor: Arc<Executor>,
+    pub resolver: Arc<Resolver>,
+    clock: SharedClock,
+    _lock: DaemonLock,
+}
+
+impl Daemon {
+    /// The checks and set-up that come before any work (see the module doc).
+    pub fn build(config: Config, clock: SharedClock) -> Result<Daemon> {
+        if config.kinds().is_empty() {
+            let tables: Vec<String> = ProviderKind::all()
+                .map(|k| format!("[providers.{k}]"))
+                .collect();
+            return Err(ConfigError::Other(format!(
+            "no provider is configured: `forgetd run` needs at least one of {} (the simulator is reachable only through `forgetd demo`)",
+            tables.join(", ")
+        ))
+        .into());
+        }
+        config.verify_secrets()?;
+        let mut store = Store::open(&config.database)
+            .with_context(|| format!("opening {}", config.database.display()))?;
+        store.quick_check()?;
+        let lock = DaemonLock::acquire(&config.database)?;
+        let released = store.release_all_in_flight()?;
+        if released > 0 {
+            tracing::info!(
+                items = released,
+                "returned in-flight items of a previous run to pending"
+            );
+        }
+        for kind in ProviderKind::all() {
+            store.set_provider_paused(kind, None, clock.now())?;
+        }
+        let (changed, removed) = store.sync_config_rules(&config.rules, clock.now())?;
+        store.audit(
+        clock.now(),
+        "config.loaded",
+        None,
+        &serde_json::json!({"source": config.source, "rules_changed": changed, "rules_removed": removed}),
+    )?;
+        let key = SubjectKey::load(config.audit.subject_key.as_ref(), &config.database)
+            .map_err(ConfigError::SubjectKey)?;
+        let providers = crate::providers::build(&config.providers, clock.clone())?;
+        let store = AsyncStore::spawn(store);
+        let executor = Arc::new(Executor::new(
+            &config,
+            store.clone(),
+            providers.clone(),
+            clock.clone(),
+        ));
+        let resolver = Arc::new(Resolver {
+            store: store.clone(),
+            providers,
+            key: Arc::new(key),
+            clock: clock.clone(),
+            deadline_secs: config.daemon.deadline.as_secs() as i64,
+            retry: crate::executor::retry::RetryPolicy::new(&config.retry),
+        });
+        Ok(Daemon {
+            config,
+            store,
+            executor,
+            resolver,
+            clock,
+            _lock: lock,
+        })
+    }
+
+    /// `run --once`: see [`once`].
+    pub async fn run_once(&self) -> Result<OnceReport> {
+        once::run(self).await
+    }
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    // Without NOTIFY_SOCKET this is a no-op; an error only means systemd is not listening.
+    let _ = sd_notify::notify(false, states);
+}
+
+impl Daemon {
+    /// `run`: the long-running daemon, until `control` says stop (or closes). The CLI passes
+    /// [`signals::install`]; tests pass their own channel.
+    pub async fn run_until(
+        self,
+        options: RunOptions,
+        mut control: mpsc::Receiver<Control>,
+    ) -> Result<()> {
+        let Daemon {
+            config,
+            store,
+            executor,
+            resolver,
+            clock,
+            _lock,
+        } = self;
+        // Every task stops on this one token: the executor, the scheduler, the HTTP listener.
+        let cancel = CancellationToken::new();
+        let deadline_secs = Arc::new(AtomicI64::new(config.daemon.deadline.as_secs() as i64));
+        let shutdown_timeout = config.daemon.shutdown_timeout;
+
+        let mut exec = {
+            let (e, c) = (executor.clone(), cancel.clone());
+            tokio::spawn(async move { e.run(Mode::Forever, c).await })
+        };
+        let sched = {
+            let (r, s, c, cl) = (
+                resolver.clone(),
+                store.clone(),
+                cancel.clone(),
+                clock.clone(),
+            );
+            let e = executor.clone();
+            tokio::spawn(async move {
+                crate::scheduler::run_schedules(r, s, move || e.wake(), cl, c).await
+            })
+        };
+        let metrics = executor.metrics();
+        metrics
+            .heartbeat_ms
+            .store(clock.now_ms(), Ordering::Relaxed);
+        let http = match &config.http {
+            Some(h) => {
+                let listener = tokio::net::TcpListener::bind(h.listen)
+                    .await
+                    .with_context(|| format!("binding [http] listen = {}", h.listen))?;
+                tracing::info!(listen = %h.listen, "serving /metrics and /healthz");
+                let (m, st, pr) = (metrics.clone(), store.clone(), executor.providers());
+                let (cl, d, c) = (clock.clone(), deadline_secs.clone(), cancel.clone());
+                Some(tokio::spawn(async move {
+                    crate::metrics::serve(listener, m, st, pr, cl, d, c).await
+                }))
+            }
+            None => None,
+        };
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("ready"),
+        ]);
+        tracing::info!(database = %config.database.display(), providers = ?config.kinds(), "forgetd is running");
+
+        let mut watchdog_usec = 0u64;
+        let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
+        let mut intake = intake::Intake::default();
+        let mut reporter = status::Reporter::default();
+        // Set when the executor ended on its own (it only ends when told to): the daemon then
+        // stops with its error, so systemd restarts it and the journal says why, instead of an
+        // intake that keeps accepting work no one deletes.
+        let mut exec_ended = None;
+        loop {
+            tokio::select! {
+                ended = &mut exec => { exec_ended = Some(ended); break }
+                c = control.recv() => match c {
+                    Some(Control::Stop(why)) => { tracing::info!("{why}: stopping"); break }
+                    None => { tracing::info!("control channel closed: stopping"); break }
+                    Some(Control::Reload) => {
+                        // systemd 253+ wants the reload's monotonic timestamp with RELOADING=1.
+                        match sd_notify::NotifyState::monotonic_usec_now() {
+                            Ok(at) => notify(&[sd_notify::NotifyState::Reloading, at]),
+                            Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
+                        }
+                        match reload::reload(&options, &store, clock.now()).await {
+                            Ok(new) => {
+                                deadline_secs.store(new.daemon.deadline.as_secs() as i64, Ordering::Relaxed);
+                                tracing::info!("SIGHUP: configuration reloaded and rules re-synced");
+                                executor.wake();
+                            }
+                            Err(e) => tracing::error!(error = %crate::errors::render(&e), "SIGHUP: the new configuration is invalid; keeping the old one"),
+                        }
+                        notify(&[sd_notify::NotifyState::Ready]);
+                    }
+                },
+                _ = tokio::time::sleep(intake::POLL) => {
+                    // The intake loop is the daemon's heartbeat: if it stalls, systemd's watchdog fires.
+                    if watchdog {
+                        notify(&[sd_notify::NotifyState::Watchdog]);
+                    }
+                    metrics.heartbeat_ms.store(clock.now_ms(), Ordering::Relaxed);
+                    intake.tick(&store, &resolver, &executor, &clock).await?;
+                    reporter.tick(&store, &clock, deadline_secs.load(Ordering::Relaxed)).await?;
+                }
+            }
+        }
+        let unexpected = exec_ended.is_some();
+        notify(&[sd_notify::NotifyState::Stopping]);
+        cancel.cancel();
+        let _ = sched.await;
+        if let Some(h) = http {
+            let _ = h.await;
+        }
+        let ended = match exec_ended {
+            Some(ended) => ended,
+            None => {
+                match tokio::time::timeout(shutdown_timeout + Duration::from_secs(5), exec).await {
+                    Ok(ended) => ended,
+                    Err(_) => {
+                        tracing::warn!("executor did not stop in time");
+                        Ok(Ok(Vec::new()))
+                    }
+                }
+            }
+        };
+        let released = store.call(|s| s.release_all_in_flight()).await?;
+        if released > 0 {
+            tracing::info!(items = released, "returned unfinished items to pending");
+        }
+        match ended {
+            Ok(Ok(_)) if unexpected => anyhow::bail!("the executor stopped unexpectedly"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(anyhow::Error::new(e).context("the executor stopped")),
+            Err(e) => return Err(anyhow::Error::new(e).context("the executor task failed")),
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,143 @@
+//! `run --once`: resolve every received request, run every rule once, drain the queue waiting
+//! out backoffs, and say what is left. Its exit decision reads typed [`OnceProblem`]s, never
+//! its own messages.
+
+use anyhow::Result;
+use tokio_util::sync::CancellationToken;
+
+use super::Daemon;
+use crate::executor::{LaneEnd, Mode};
+use crate::model::ProviderKind;
+use crate::resolve::Patience;
+use crate::store::queue::ItemState;
+
+/// The result of `run --once`.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct OnceReport {
+    pub resolved_requests: usize,
+    pub rule_runs: Vec<crate::resolve::RuleRun>,
+    pub stats: crate::executor::Stats,
+    pub pending: u64,
+    pub in_flight: u64,
+    pub dead: u64,
+    pub held: u64,
+    /// Why the run exits 1: items pending, in flight or dead, a paused provider, a failure.
+    #[serde(serialize_with = "as_messages")]
+    pub problems: Vec<OnceProblem>,
+    /// Worth saying, but no reason to fail (a rule held by its ceiling, a rule of an unconfigured provider).
+    pub warnings: Vec<String>,
+}
+
+impl OnceReport {
+    pub fn clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Problems appear in JSON as their messages.
+fn as_messages<S: serde::Serializer>(v: &[OnceProblem], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|p| p.to_string()))
+}
+
+/// Why `run --once` exits 1. Typed, so the exit decision never reads its own messages.
+#[derive(Debug, thiserror::Error)]
+pub enum OnceProblem {
+    #[error("{0}")]
+    Discovery(#[from] crate::resolve::DiscoveryFailed),
+    #[error("rule {rule}: {error:#}")]
+    Rule { rule: String, error: anyhow::Error },
+    #[error("provider {provider} is paused: {reason}")]
+    Paused {
+        provider: ProviderKind,
+        reason: String,
+    },
+    #[error("{count} item(s) wait for provider {provider}, which is not configured")]
+    Unconfigured { provider: String, count: u64 },
+    #[error("{0} item(s) are dead (see `forgetd status` and `forgetd requests show ID`)")]
+    Dead(u64),
+    #[error("{0} item(s) are still in flight")]
+    InFlight(u64),
+    #[error("{0} item(s) are still pending")]
+    Pending(u64),
+}
+
+/// `run --once`: resolve, run every rule once, drain, report.
+pub(super) async fn run(p: &Daemon) -> Result<OnceReport> {
+    let mut report = OnceReport::default();
+    let (n, failures) = p.resolver.resolve_received(Patience::Full).await?;
+    report.resolved_requests = n;
+    for f in failures {
+        report.problems.push(f.into());
+    }
+    let rules = p.store.call(|s| s.list_rules()).await?;
+    for rule in rules {
+        if !p.config.kinds().contains(&rule.provider) {
+            report.warnings.push(format!(
+                "rule {} names provider {}, which is not configured; it did not run",
+                rule.name, rule.provider
+            ));
+            continue;
+        }
+        match p.resolver.run_rule(&rule, Patience::Full).await {
+            Ok(run) => {
+                if run.awaiting_approval {
+                    // Nothing was queued, so nothing is pending: a warning, not a failure.
+                    report.warnings.push(format!(
+                        "rule {} matched {} chats, more than its max_deletions ({}): nothing queued until `forgetd rules approve {}`",
+                        rule.name, run.matched, rule.max_deletions, rule.name
+                    ));
+                }
+                report.rule_runs.push(run);
+            }
+            Err(error) => report.problems.push(OnceProblem::Rule {
+                rule: rule.name.clone(),
+                error,
+            }),
+        }
+    }
+    let ends = p.executor.run(Mode::Once, CancellationToken::new()).await?;
+    for (kind, end) in ends {
+        if let LaneEnd::Paused(reason) = end {
+            report.problems.push(OnceProblem::Paused {
+                provider: kind,
+                reason,
+            });
+        }
+    }
+    report.stats = p.executor.stats();
+    let status = p.store.call(|s| s.status(0, 0)).await?;
+    for (provider, counts) in &status.items {
+        report.pending += counts.get(ItemState::Pending);
+        report.in_flight += counts.get(ItemState::InFlight);
+        report.dead += counts.get(ItemState::Dead);
+        report.held += counts.get(ItemState::Held);
+        let configured = provider
+            .parse::<ProviderKind>()
+            .is_ok_and(|k| p.config.kinds().contains(&k));
+        if !configured && counts.get(ItemState::Pending) > 0 {
+            report.problems.push(OnceProblem::Unconfigured {
+                provider: provider.clone(),
+                count: counts.get(ItemState::Pending),
+            });
+        }
+    }
+    if report.dead > 0 {
+        report.problems.push(OnceProblem::Dead(report.dead));
+    }
+    if report.in_flight > 0 {
+        report
+            .problems
+            .push(OnceProblem::InFlight(report.in_flight));
+    }
+    // Pending items behind a pause or a missing provider are already explained.
+    let explained = report.problems.iter().any(|p| {
+        matches!(
+            p,
+            OnceProblem::Paused { .. } | OnceProblem::Unconfigured { .. }
+        )
+    });
+    if report.pending > 0 && !explained {
+        report.problems.push(OnceProblem::Pending(report.pending));
+    }
+    Ok(report)
+}
