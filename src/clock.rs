@@ -17,9 +17,50 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// A moment as unix milliseconds: the unit of the executor and of the queue's retry and lease
+/// columns (backoffs and Retry-After are sub-second). The rule across forgetd: **a bare `i64`
+/// time is unix seconds** (the unit of every feeder-visible column, `Clock::now`); milliseconds
+/// always travel as `Millis`, so the two never meet by accident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
+pub struct Millis(pub i64);
+
+impl Millis {
+    /// The unix second this moment falls in.
+    pub fn secs(self) -> i64 {
+        self.0.div_euclid(1000)
+    }
+    /// This moment plus `d` (saturating).
+    pub fn after(self, d: Duration) -> Millis {
+        Millis(
+            self.0
+                .saturating_add(d.as_millis().min(i64::MAX as u128) as i64),
+        )
+    }
+    /// How long after `earlier` this is (zero if it is not later).
+    pub fn since(self, earlier: Millis) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0).max(0) as u64)
+    }
+}
+
+impl rusqlite::ToSql for Millis {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        self.0.to_sql()
+    }
+}
+
+impl rusqlite::types::FromSql for Millis {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        i64::column_result(v).map(Millis)
+    }
+}
+
 pub trait Clock: Send + Sync + 'static {
-    /// Unix time in milliseconds.
+    /// Unix time in milliseconds (raw; most callers want [`Clock::instant`]).
     fn now_ms(&self) -> i64;
+    /// Now, as a [`Millis`].
+    fn instant(&self) -> Millis {
+        Millis(self.now_ms())
+    }
     /// Waits `d` on this clock.
     fn sleep(&self, d: Duration) -> Sleep;
     /// Unix time in seconds (the unit of every feeder-visible column).

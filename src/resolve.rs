@@ -159,7 +159,7 @@ impl Resolver {
         keep: &(dyn Fn(&ListedChat) -> bool + Sync),
         patience: Patience,
     ) -> Result<Vec<ListedChat>, ProviderError> {
-        let first = self.clock.now_ms();
+        let first = self.clock.instant();
         let mut failures = 0u32;
         loop {
             let mut got = Vec::new();
@@ -181,13 +181,13 @@ impl Resolver {
                 crate::providers::Action::RetryAfter(d) => Some(*d),
                 _ => return Err(e),
             };
-            let now = self.clock.now_ms();
+            let now = self.clock.instant();
             let next = self.retry.next(failures, first, now, wait);
             failures += 1;
             let crate::executor::retry::Next::At(at) = next else {
                 return Err(e);
             };
-            let pause = std::time::Duration::from_millis((at - now).max(0) as u64);
+            let pause = at.since(now);
             if patience == Patience::Brief && (failures >= BRIEF_ATTEMPTS || pause > BRIEF_MAX_WAIT)
             {
                 return Err(e);

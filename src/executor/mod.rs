@@ -37,7 +37,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::SharedClock;
+use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
 use crate::model::ProviderKind;
 use crate::providers::{
@@ -91,7 +91,7 @@ pub struct Executor {
     lanes: Vec<(SharedProvider, Arc<Lane>)>,
     clock: SharedClock,
     retry: RetryPolicy,
-    lease_ms: i64,
+    lease: Duration,
     shutdown_timeout: Duration,
     wake: Notify,
     stats: Mutex<Stats>,
@@ -129,7 +129,7 @@ impl Executor {
             lanes,
             clock,
             retry: RetryPolicy::new(&config.retry),
-            lease_ms: crate::clock::ms(config.daemon.lease),
+            lease: config.daemon.lease,
             shutdown_timeout: config.daemon.shutdown_timeout,
             wake: Notify::new(),
             stats: Mutex::new(Stats::default()),
@@ -209,13 +209,13 @@ impl Executor {
 
     /// Returns items whose lease ran out (a stuck batch) to pending, every quarter lease.
     async fn reap_leases(&self, cancel: CancellationToken) {
-        let every = Duration::from_millis((self.lease_ms / 4).max(1000) as u64);
+        let every = (self.lease / 4).max(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            let now = self.clock.now_ms();
+            let now = self.clock.instant();
             match self
                 .store
                 .call(move |s| s.release_expired_leases(now))
@@ -306,7 +306,7 @@ impl Executor {
     ) -> Result<LaneEnd, ExecutorError> {
         use std::sync::atomic::Ordering::SeqCst;
         let kind = provider.kind();
-        let (lease, max) = (self.lease_ms, provider.max_batch());
+        let (lease, max) = (self.lease, provider.max_batch());
         let mut next: Option<ClaimedBatch> = None;
         loop {
             if cancel.is_cancelled() {
@@ -341,7 +341,7 @@ impl Executor {
             let batch = match next.take() {
                 Some(b) => Some(b),
                 None => {
-                    let now = self.clock.now_ms();
+                    let now = self.clock.instant();
                     self.store
                         .call(move |s| s.claim_batch(kind, now, lease, max))
                         .await?
@@ -351,7 +351,7 @@ impl Executor {
                 drop(slot);
                 // Nothing due. Items in other workers' hands may come back; otherwise wait for the
                 // earliest backoff to end, or (daemon) for new work.
-                let pending = self.store.call(move |s| s.next_pending_ms(kind)).await?;
+                let pending = self.store.call(move |s| s.next_pending(kind)).await?;
                 match (pending, mode) {
                     (None, Mode::Once) if busy.load(SeqCst) == 0 => return Ok(LaneEnd::Drained),
                     (None, Mode::Once) => {
@@ -361,7 +361,7 @@ impl Executor {
                         }
                     }
                     (Some(t), Mode::Once) => {
-                        let d = Duration::from_millis((t - self.clock.now_ms()).max(1) as u64);
+                        let d = t.since(self.clock.instant()).max(Duration::from_millis(1));
                         if busy.load(SeqCst) == 0 {
                             self.clock.sleep(d).await;
                         } else {
@@ -374,7 +374,7 @@ impl Executor {
                     }
                     (p, Mode::Forever) => {
                         let d = p
-                            .map(|t| Duration::from_millis((t - self.clock.now_ms()).max(1) as u64))
+                            .map(|t| t.since(self.clock.instant()).max(Duration::from_millis(1)))
                             .unwrap_or(IDLE_RECHECK);
                         tokio::select! {
                             _ = cancel.cancelled() => {}
@@ -391,7 +391,7 @@ impl Executor {
                 if probing || cancel.is_cancelled() {
                     return Ok(None);
                 }
-                let now = self.clock.now_ms();
+                let now = self.clock.instant();
                 self.store
                     .call(move |s| s.claim_batch(kind, now, lease, max))
                     .await
@@ -463,7 +463,7 @@ impl Executor {
         outcomes: Vec<(i64, ItemOutcome)>,
         summary: Vec<String>,
     ) -> Result<(), ExecutorError> {
-        let now = self.clock.now_ms();
+        let now = self.clock.instant();
         let audit = batch_audit(&batch, &outcomes, &summary);
         let answer = summary.join("; ");
         tracing::debug!(
@@ -550,7 +550,7 @@ impl Executor {
                 .batch_seconds
                 .get_or_create(&crate::metrics::labels(&[("provider", kind.as_str())]))
                 .observe(started.elapsed().as_secs_f64());
-            let now = self.clock.now_ms();
+            let now = self.clock.instant();
             match result {
                 Ok(DeleteOutcome::AllDeleted) => {
                     lane.succeeded();
@@ -696,7 +696,7 @@ impl Executor {
         &self,
         kind: ProviderKind,
         item: &ClaimedItem,
-        now: i64,
+        now: Millis,
         e: &ProviderError,
     ) -> ItemOutcome {
         let wait = match e.action {
@@ -729,16 +729,16 @@ impl Executor {
         &self,
         _kind: ProviderKind,
         item: &ClaimedItem,
-        now: i64,
+        now: Millis,
         wait: Option<Duration>,
         error: &str,
     ) -> ItemOutcome {
         match self
             .retry
-            .next(item.attempts, item.first_attempt_ms, now, wait)
+            .next(item.attempts, item.first_attempt, now, wait)
         {
-            Next::At(at_ms) => ItemOutcome::Retry {
-                at_ms,
+            Next::At(at) => ItemOutcome::Retry {
+                at,
                 error: error.to_string(),
             },
             Next::GiveUp => ItemOutcome::Dead {

@@ -13,13 +13,14 @@ use std::time::{Duration, SystemTime};
 use retry_policies::policies::ExponentialBackoff;
 use retry_policies::{Jitter, RetryDecision, RetryPolicy as _};
 
+use crate::clock::Millis;
 use crate::config::RetryConfig;
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     backoff: ExponentialBackoff,
     max_attempts: u32,
-    give_up_after_ms: i64,
+    give_up_after: Duration,
     /// The longest Retry-After waited out; see [`crate::providers::ProviderError::capped`].
     pub max_retry_after: Duration,
 }
@@ -27,8 +28,8 @@ pub struct RetryPolicy {
 /// What to do with an item after a retryable failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
-    /// Try again at this time (unix ms).
-    At(i64),
+    /// Try again at this time.
+    At(Millis),
     /// Attempts or time are used up.
     GiveUp,
 }
@@ -43,7 +44,7 @@ impl RetryPolicy {
         Self {
             backoff,
             max_attempts: c.max_attempts,
-            give_up_after_ms: crate::clock::ms(c.give_up_after),
+            give_up_after: c.give_up_after,
             max_retry_after: c.max_retry_after,
         }
     }
@@ -64,22 +65,21 @@ impl RetryPolicy {
     pub fn next(
         &self,
         attempts: u32,
-        first_attempt_ms: i64,
-        now_ms: i64,
+        first_attempt: Millis,
+        now: Millis,
         retry_after: Option<Duration>,
     ) -> Next {
         let attempts_after = attempts + 1;
-        if attempts_after >= self.max_attempts || now_ms - first_attempt_ms >= self.give_up_after_ms
-        {
+        if attempts_after >= self.max_attempts || now.since(first_attempt) >= self.give_up_after {
             return Next::GiveUp;
         }
         let wait = self
             .delay(attempts)
             .max(retry_after.unwrap_or(Duration::ZERO));
-        let at = now_ms.saturating_add(crate::clock::ms(wait));
-        if at - first_attempt_ms >= self.give_up_after_ms {
+        let at = now.after(wait);
+        if at.since(first_attempt) >= self.give_up_after {
             // Never schedule past the give-up window: one last try at its edge.
-            return Next::At(first_attempt_ms + self.give_up_after_ms - 1);
+            return Next::At(Millis(first_attempt.after(self.give_up_after).0 - 1));
         }
         Next::At(at)
     }
@@ -117,8 +117,8 @@ mod tests {
     #[test]
     fn retry_after_takes_precedence_when_longer() {
         let p = policy(100, Duration::from_secs(86400));
-        match p.next(0, 0, 1_000, Some(Duration::from_secs(30))) {
-            Next::At(t) => assert!(t >= 31_000),
+        match p.next(0, Millis(0), Millis(1_000), Some(Duration::from_secs(30))) {
+            Next::At(t) => assert!(t >= Millis(31_000)),
             Next::GiveUp => panic!(),
         }
     }
@@ -126,11 +126,12 @@ mod tests {
     #[test]
     fn gives_up_after_attempts_or_window() {
         let p = policy(3, Duration::from_secs(100));
-        assert!(matches!(p.next(1, 0, 0, None), Next::At(_)));
-        assert_eq!(p.next(2, 0, 0, None), Next::GiveUp);
-        assert_eq!(p.next(0, 0, 100_000, None), Next::GiveUp);
-        match p.next(0, 0, 99_000, Some(Duration::from_secs(50))) {
-            Next::At(t) => assert_eq!(t, 99_999),
+        let (zero, ms) = (Millis(0), Millis);
+        assert!(matches!(p.next(1, zero, zero, None), Next::At(_)));
+        assert_eq!(p.next(2, zero, zero, None), Next::GiveUp);
+        assert_eq!(p.next(0, zero, ms(100_000), None), Next::GiveUp);
+        match p.next(0, zero, ms(99_000), Some(Duration::from_secs(50))) {
+            Next::At(t) => assert_eq!(t, ms(99_999)),
             Next::GiveUp => panic!(),
         }
     }

@@ -22,9 +22,12 @@
 //! Attempts count answers that said "try again", not claims: a crash or a paused provider costs an
 //! item nothing.
 
+use std::time::Duration;
+
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{Result, Store, StoreError};
+use crate::clock::Millis;
 use crate::model::ProviderKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -119,8 +122,8 @@ pub struct ClaimedItem {
     pub session_id: String,
     /// Attempts already answered with "try again".
     pub attempts: u32,
-    /// When this item was first sent (unix ms), for the give-up window.
-    pub first_attempt_ms: i64,
+    /// When this item was first sent, for the give-up window.
+    pub first_attempt: Millis,
 }
 
 /// A batch of items of one (provider, scope, repo), in flight under a lease.
@@ -139,7 +142,7 @@ pub struct ClaimedBatch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ItemOutcome {
     Deleted { already_absent: bool },
-    Retry { at_ms: i64, error: String },
+    Retry { at: Millis, error: String },
     Dead { error: String },
     Release,
 }
@@ -176,11 +179,11 @@ impl Store {
     pub fn claim_batch(
         &mut self,
         provider: ProviderKind,
-        now_ms: i64,
-        lease_ms: i64,
+        now: Millis,
+        lease: Duration,
         max: usize,
     ) -> Result<Option<ClaimedBatch>> {
-        self.write(|tx| claim_in(tx, provider, now_ms, lease_ms, max))
+        self.write(|tx| claim_in(tx, provider, now, lease, max))
     }
 
     /// Returns a claimed batch that was never sent to pending (no attempt counted).
@@ -204,13 +207,13 @@ impl Store {
     pub fn finish_batch(
         &mut self,
         batch_id: i64,
-        now_ms: i64,
+        now_ms: Millis,
         outcomes: &[(i64, ItemOutcome)],
         answer: &str,
         audit: Option<&serde_json::Value>,
     ) -> Result<Vec<i64>> {
         self.write(|tx| {
-            let now = now_ms.div_euclid(1000);
+            let now = now_ms.secs();
             // The requests this batch serves, read while its items still carry the batch id.
             let requests: Vec<i64> = tx
                 .prepare_cached(
@@ -265,7 +268,7 @@ impl Store {
     }
 
     /// Returns items whose lease ran out to pending (their batch never answered).
-    pub fn release_expired_leases(&mut self, now_ms: i64) -> Result<usize> {
+    pub fn release_expired_leases(&mut self, now_ms: Millis) -> Result<usize> {
         self.write(|tx| {
             Ok(tx.execute(
                 "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL
@@ -318,8 +321,8 @@ impl Store {
         })
     }
 
-    /// Earliest next-attempt time among pending items of `provider` (unix ms).
-    pub fn next_pending_ms(&self, provider: ProviderKind) -> Result<Option<i64>> {
+    /// Earliest next-attempt time among pending items of `provider`.
+    pub fn next_pending(&self, provider: ProviderKind) -> Result<Option<Millis>> {
         Ok(self.conn.query_row(
             "SELECT min(next_attempt_ms) FROM work_items WHERE provider = ?1 AND state = 'pending'",
             [provider.as_str()],
@@ -366,8 +369,8 @@ impl Store {
 fn claim_in(
     tx: &Transaction<'_>,
     provider: ProviderKind,
-    now_ms: i64,
-    lease_ms: i64,
+    now_ms: Millis,
+    lease: Duration,
     max: usize,
 ) -> Result<Option<ClaimedBatch>> {
     let head: Option<(String, Option<String>)> = tx
@@ -405,7 +408,7 @@ fn claim_in(
                 scope,
                 repo_id,
                 now_ms,
-                now_ms.saturating_add(lease_ms),
+                now_ms.after(lease),
                 batch_id,
                 max as i64
             ],
@@ -414,7 +417,7 @@ fn claim_in(
                     id: r.get(0)?,
                     session_id: r.get(1)?,
                     attempts: r.get::<_, i64>(2)? as u32,
-                    first_attempt_ms: r.get(3)?,
+                    first_attempt: r.get(3)?,
                 })
             },
         )?
@@ -436,10 +439,10 @@ fn apply_outcome(
     tx: &Transaction<'_>,
     batch_id: i64,
     id: i64,
-    now_ms: i64,
+    now_ms: Millis,
     outcome: &ItemOutcome,
 ) -> Result<()> {
-    let now = now_ms.div_euclid(1000);
+    let now = now_ms.secs();
     let guard = "WHERE id = ?1 AND batch_id = ?2 AND state = 'in_flight'";
     match outcome {
         ItemOutcome::Deleted { already_absent } => {
@@ -454,7 +457,7 @@ fn apply_outcome(
             ))?
             .execute(params![id, batch_id, kind, now])?;
         }
-        ItemOutcome::Retry { at_ms, error } => {
+        ItemOutcome::Retry { at: at_ms, error } => {
             tx.prepare_cached(&format!(
                 "UPDATE work_items SET state = 'pending', attempts = attempts + 1,
                  next_attempt_ms = ?3, last_error = ?4, lease_expires_ms = NULL, batch_id = NULL {guard}"
@@ -575,21 +578,36 @@ mod tests {
         add_item(&s, "convai", "charB", "also-b", 900);
         add_item(&s, "koosearch", "app", "other-provider", 1);
         let b = s
-            .claim_batch(ProviderKind::CONVAI, 0, 60_000, 10)
+            .claim_batch(
+                ProviderKind::CONVAI,
+                Millis(0),
+                Duration::from_millis(60_000),
+                10,
+            )
             .unwrap()
             .unwrap();
         assert_eq!(b.scope, "charB");
         assert_eq!(b.items.len(), 2);
         assert_eq!(b.items[0].id, urgent);
         let b2 = s
-            .claim_batch(ProviderKind::CONVAI, 0, 60_000, 10)
+            .claim_batch(
+                ProviderKind::CONVAI,
+                Millis(0),
+                Duration::from_millis(60_000),
+                10,
+            )
             .unwrap()
             .unwrap();
         assert_eq!(b2.scope, "charA");
         assert!(
-            s.claim_batch(ProviderKind::CONVAI, 0, 60_000, 10)
-                .unwrap()
-                .is_none()
+            s.claim_batch(
+                ProviderKind::CONVAI,
+                Millis(0),
+                Duration::from_millis(60_000),
+                10
+            )
+            .unwrap()
+            .is_none()
         );
     }
 
@@ -598,16 +616,21 @@ mod tests {
         let (_d, mut s) = temp_store();
         let id = add_item(&s, "convai", "c", "x", 0);
         let b = s
-            .claim_batch(ProviderKind::CONVAI, 1_000, 60_000, 10)
+            .claim_batch(
+                ProviderKind::CONVAI,
+                Millis(1_000),
+                Duration::from_millis(60_000),
+                10,
+            )
             .unwrap()
             .unwrap();
         s.finish_batch(
             b.batch_id,
-            1_000,
+            Millis(1_000),
             &[(
                 id,
                 ItemOutcome::Retry {
-                    at_ms: 5_000,
+                    at: Millis(5_000),
                     error: "503".into(),
                 },
             )],
@@ -616,16 +639,26 @@ mod tests {
         )
         .unwrap();
         assert!(
-            s.claim_batch(ProviderKind::CONVAI, 4_999, 60_000, 10)
-                .unwrap()
-                .is_none()
+            s.claim_batch(
+                ProviderKind::CONVAI,
+                Millis(4_999),
+                Duration::from_millis(60_000),
+                10
+            )
+            .unwrap()
+            .is_none()
         );
         let b = s
-            .claim_batch(ProviderKind::CONVAI, 5_000, 60_000, 10)
+            .claim_batch(
+                ProviderKind::CONVAI,
+                Millis(5_000),
+                Duration::from_millis(60_000),
+                10,
+            )
             .unwrap()
             .unwrap();
         assert_eq!(b.items[0].attempts, 1);
-        assert_eq!(b.items[0].first_attempt_ms, 1_000);
+        assert_eq!(b.items[0].first_attempt, Millis(1_000));
     }
 
     #[test]
@@ -633,17 +666,27 @@ mod tests {
         let (_d, mut s) = temp_store();
         let id = add_item(&s, "convai", "c", "x", 0);
         let b1 = s
-            .claim_batch(ProviderKind::CONVAI, 0, 10, 10)
+            .claim_batch(
+                ProviderKind::CONVAI,
+                Millis(0),
+                Duration::from_millis(10),
+                10,
+            )
             .unwrap()
             .unwrap();
-        assert_eq!(s.release_expired_leases(10).unwrap(), 1);
+        assert_eq!(s.release_expired_leases(Millis(10)).unwrap(), 1);
         let b2 = s
-            .claim_batch(ProviderKind::CONVAI, 11, 10_000, 10)
+            .claim_batch(
+                ProviderKind::CONVAI,
+                Millis(11),
+                Duration::from_millis(10_000),
+                10,
+            )
             .unwrap()
             .unwrap();
         s.finish_batch(
             b1.batch_id,
-            12,
+            Millis(12),
             &[(
                 id,
                 ItemOutcome::Dead {
@@ -657,7 +700,7 @@ mod tests {
         assert_eq!(s.item_state(id).unwrap(), ItemState::InFlight);
         s.finish_batch(
             b2.batch_id,
-            13,
+            Millis(13),
             &[(
                 id,
                 ItemOutcome::Deleted {
@@ -722,7 +765,7 @@ mod tests {
                         }
                     }
                     Op::Claim(max) => {
-                        if let Some(b) = s.claim_batch(ProviderKind::CONVAI, now, lease, max as usize).unwrap() {
+                        if let Some(b) = s.claim_batch(ProviderKind::CONVAI, Millis(now), Duration::from_millis(lease as u64), max as usize).unwrap() {
                             prop_assert!(!b.items.is_empty() && b.items.len() <= max as usize);
                             for it in &b.items {
                                 let m = model.get_mut(&it.id).unwrap();
@@ -739,12 +782,12 @@ mod tests {
                         let (bid, items) = batches[bi as usize % batches.len()].clone();
                         let outcomes: Vec<(i64, ItemOutcome)> = items.iter().zip(kinds.iter().cycle()).map(|(id, k)| (*id, match k {
                             0 => ItemOutcome::Deleted { already_absent: false },
-                            1 => ItemOutcome::Retry { at_ms: now, error: "e".into() },
+                            1 => ItemOutcome::Retry { at: Millis(now), error: "e".into() },
                             2 => ItemOutcome::Dead { error: "d".into() },
                             _ => ItemOutcome::Release,
                         })).collect();
                         if kinds.is_empty() { continue; }
-                        s.finish_batch(bid, now, &outcomes, "", None).unwrap();
+                        s.finish_batch(bid, Millis(now), &outcomes, "", None).unwrap();
                         for (id, o) in &outcomes {
                             let m = model.get_mut(id).unwrap();
                             if m.0 == ItemState::InFlight && m.1 == Some(bid) {
@@ -755,7 +798,7 @@ mod tests {
                     }
                     Op::Tick(ms) => {
                         now += ms as i64;
-                        s.release_expired_leases(now).unwrap();
+                        s.release_expired_leases(Millis(now)).unwrap();
                         for m in model.values_mut() {
                             if m.0 == ItemState::InFlight && m.2 <= now { *m = (ItemState::Pending, None, 0); }
                         }
@@ -826,7 +869,14 @@ mod throughput_probe {
         let mut claim_t = std::time::Duration::ZERO;
         while let Some(b) = {
             let t0 = std::time::Instant::now();
-            let r = s.claim_batch(ProviderKind::CONVAI, 0, 60_000, 100).unwrap();
+            let r = s
+                .claim_batch(
+                    ProviderKind::CONVAI,
+                    Millis(0),
+                    Duration::from_millis(60_000),
+                    100,
+                )
+                .unwrap();
             claim_t += t0.elapsed();
             r
         } {
@@ -842,7 +892,7 @@ mod throughput_probe {
                     )
                 })
                 .collect();
-            s.finish_batch(b.batch_id, 0, &outs, "ok", Some(&serde_json::json!({"ids": b.items.iter().map(|i| &i.session_id).collect::<Vec<_>>()}))).unwrap();
+            s.finish_batch(b.batch_id, Millis(0), &outs, "ok", Some(&serde_json::json!({"ids": b.items.iter().map(|i| &i.session_id).collect::<Vec<_>>()}))).unwrap();
             n += b.items.len();
         }
         let el = t.elapsed();
