@@ -1,12 +1,15 @@
 //! Metrics and health: Prometheus `/metrics` and `/healthz` on the optional `[http] listen`
 //! address (loopback by default).
 //!
-//! Event counters (deletions, retries, 429s, batch latency) are updated by the executor as things
-//! happen; queue gauges (items by state, oldest pending age, overdue requests, paused providers)
+//! Event counters (deletions, retries, 429s, delete calls, lookups, splits, batch latency) are
+//! updated by the executor through the typed methods here as things happen, every known series
+//! created at 0 when a provider is registered; the executor's [`Stats`] are read back from them,
+//! so reports and `/metrics` cannot disagree; queue gauges (items by state, oldest pending age, overdue requests, paused providers)
 //! are read from the database at scrape time, so they are never stale and cost nothing between
 //! scrapes. Names follow Prometheus conventions (`_total` counters, base units, `forgetd_`
 //! prefix); docs/METRICS.md lists them.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -21,10 +24,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
-use crate::providers::SharedProvider;
+use crate::model::ProviderKind;
+use crate::providers::{ProviderError, SharedProvider};
 use crate::store::AsyncStore;
 
 type Labels = Vec<(String, String)>;
@@ -35,9 +40,12 @@ fn latency_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
-    pub deletions: Family<Labels, Counter>,
-    pub retries: Family<Labels, Counter>,
-    pub throttled: Family<Labels, Counter>,
+    deletions: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
+    throttled: Family<Labels, Counter>,
+    delete_calls: Family<Labels, Counter>,
+    lookups: Family<Labels, Counter>,
+    splits: Family<Labels, Counter>,
     pub batch_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     items: Family<Labels, Gauge>,
     oldest_pending: Gauge,
@@ -74,6 +82,9 @@ impl Metrics {
         let deletions = Family::<Labels, Counter>::default();
         let retries = Family::<Labels, Counter>::default();
         let throttled = Family::<Labels, Counter>::default();
+        let delete_calls = Family::<Labels, Counter>::default();
+        let lookups = Family::<Labels, Counter>::default();
+        let splits = Family::<Labels, Counter>::default();
         let batch_seconds = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
@@ -94,6 +105,21 @@ impl Metrics {
             retries.clone(),
         );
         registry.register("throttled", "429 answers by provider", throttled.clone());
+        registry.register(
+            "delete_calls",
+            "Delete calls sent, by provider",
+            delete_calls.clone(),
+        );
+        registry.register(
+            "lookups",
+            "Single-chat lookups after a partial batch, by provider",
+            lookups.clone(),
+        );
+        registry.register(
+            "batch_splits",
+            "Refused batches split to isolate a bad ID, by provider",
+            splits.clone(),
+        );
         registry.register_with_unit(
             "batch_duration",
             "Delete call latency by provider",
@@ -132,6 +158,9 @@ impl Metrics {
             deletions,
             retries,
             throttled,
+            delete_calls,
+            lookups,
+            splits,
             batch_seconds,
             items,
             oldest_pending,
@@ -141,6 +170,106 @@ impl Metrics {
             token_refreshes,
             heartbeat_ms: AtomicI64::new(0),
         }
+    }
+
+    /// Creates every known series of a provider at 0, so a counter exists before its first
+    /// event (a series that appears only later reads as "no data", and `rate()` misses its
+    /// first increase).
+    pub fn register_provider(&self, kind: ProviderKind) {
+        let k = kind.as_str();
+        for outcome in DELETION_OUTCOMES {
+            drop(
+                self.deletions
+                    .get_or_create(&labels(&[("provider", k), ("outcome", outcome)])),
+            );
+        }
+        for cause in ProviderError::CAUSES {
+            drop(
+                self.retries
+                    .get_or_create(&labels(&[("provider", k), ("cause", cause)])),
+            );
+        }
+        for f in [
+            &self.throttled,
+            &self.delete_calls,
+            &self.lookups,
+            &self.splits,
+        ] {
+            drop(f.get_or_create(&labels(&[("provider", k)])));
+        }
+    }
+
+    /// A chat's deletion ended: `deleted` or `dead`.
+    pub fn deletion(&self, kind: ProviderKind, outcome: &'static str) {
+        debug_assert!(DELETION_OUTCOMES.contains(&outcome));
+        self.deletions
+            .get_or_create(&labels(&[
+                ("provider", kind.as_str()),
+                ("outcome", outcome),
+            ]))
+            .inc();
+    }
+    /// An item was sent back for another try.
+    pub fn retry(&self, kind: ProviderKind, cause: &'static str) {
+        self.retries
+            .get_or_create(&labels(&[("provider", kind.as_str()), ("cause", cause)]))
+            .inc();
+    }
+    pub fn throttle(&self, kind: ProviderKind) {
+        one(&self.throttled, kind).inc();
+    }
+    pub fn delete_call(&self, kind: ProviderKind) {
+        one(&self.delete_calls, kind).inc();
+    }
+    pub fn lookup(&self, kind: ProviderKind) {
+        one(&self.lookups, kind).inc();
+    }
+    pub fn split(&self, kind: ProviderKind) {
+        one(&self.splits, kind).inc();
+    }
+
+    /// The executor's counters for `kinds`, read back from the series above: `run --once` and
+    /// the demo report the same numbers `/metrics` exports, from one place.
+    pub fn stats(&self, kinds: impl IntoIterator<Item = ProviderKind>) -> Stats {
+        let read = |f: &Family<Labels, Counter>, l: &Labels| f.get(l).map(|c| c.get()).unwrap_or(0);
+        let mut st = Stats::default();
+        for kind in kinds {
+            let k = kind.as_str();
+            let p = labels(&[("provider", k)]);
+            st.calls += read(&self.delete_calls, &p);
+            st.lookups += read(&self.lookups, &p);
+            st.splits += read(&self.splits, &p);
+            let put = |m: &mut BTreeMap<String, u64>, n: u64| {
+                if n > 0 {
+                    m.insert(k.to_string(), n);
+                }
+            };
+            put(&mut st.throttled, read(&self.throttled, &p));
+            put(
+                &mut st.deleted,
+                read(
+                    &self.deletions,
+                    &labels(&[("provider", k), ("outcome", "deleted")]),
+                ),
+            );
+            put(
+                &mut st.dead,
+                read(
+                    &self.deletions,
+                    &labels(&[("provider", k), ("outcome", "dead")]),
+                ),
+            );
+            for cause in ProviderError::CAUSES {
+                let n = read(&self.retries, &labels(&[("provider", k), ("cause", cause)]));
+                if n > 0 {
+                    st.retries
+                        .entry(k.to_string())
+                        .or_default()
+                        .insert(cause.to_string(), n);
+                }
+            }
+        }
+        st
     }
 
     /// Reads the queue gauges from the database and renders everything in the text format.
@@ -179,6 +308,29 @@ impl Metrics {
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         Ok(out)
     }
+}
+
+/// The `outcome` label values of `forgetd_deletions_total`.
+pub const DELETION_OUTCOMES: [&str; 2] = ["deleted", "dead"];
+
+fn one(f: &Family<Labels, Counter>, kind: ProviderKind) -> Counter {
+    f.get_or_create(&labels(&[("provider", kind.as_str())]))
+        .clone()
+}
+
+/// What the executor did, per provider (`run --once`, the demo report): a view of [`Metrics`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    pub calls: u64,
+    pub deleted: BTreeMap<String, u64>,
+    pub dead: BTreeMap<String, u64>,
+    /// provider -> cause -> count of items sent back for another try
+    pub retries: BTreeMap<String, BTreeMap<String, u64>>,
+    pub throttled: BTreeMap<String, u64>,
+    pub lookups: u64,
+    pub splits: u64,
+    /// provider -> why it is paused (from the executor's lanes, not a counter)
+    pub paused: BTreeMap<String, String>,
 }
 
 #[derive(Clone)]

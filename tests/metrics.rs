@@ -67,6 +67,21 @@ async fn metrics_change_as_a_drain_proceeds() {
     };
     let before = wait_for("the metrics listener to come up", scrape).await;
     assert_eq!(metric(&before, "forgetd_deletions_total"), 0.0);
+    // Every known series is there before its first event, at 0.
+    for series in [
+        "forgetd_deletions_total{provider=\"convai\",outcome=\"deleted\"} 0",
+        "forgetd_deletions_total{provider=\"koosearch\",outcome=\"dead\"} 0",
+        "forgetd_retries_total{provider=\"convai\",cause=\"server_error\"} 0",
+        "forgetd_throttled_total{provider=\"koosearch\"} 0",
+        "forgetd_delete_calls_total{provider=\"convai\"} 0",
+        "forgetd_lookups_total{provider=\"koosearch\"} 0",
+        "forgetd_batch_splits_total{provider=\"convai\"} 0",
+    ] {
+        assert!(
+            before.lines().any(|l| l == series),
+            "missing {series}:\n{before}"
+        );
+    }
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 

@@ -28,11 +28,9 @@
 pub mod lane;
 pub mod retry;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -64,19 +62,7 @@ pub enum Mode {
     Forever,
 }
 
-/// Counters of what the executor did (the demo report, `run --once`, metrics).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Stats {
-    pub calls: u64,
-    pub deleted: BTreeMap<String, u64>,
-    pub dead: BTreeMap<String, u64>,
-    /// provider -> cause -> count of items sent back for another try
-    pub retries: BTreeMap<String, BTreeMap<String, u64>>,
-    pub throttled: BTreeMap<String, u64>,
-    pub lookups: u64,
-    pub splits: u64,
-    pub paused: BTreeMap<String, String>,
-}
+pub use crate::metrics::Stats;
 
 /// How a lane ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +80,6 @@ pub struct Executor {
     lease: Duration,
     shutdown_timeout: Duration,
     wake: Notify,
-    stats: Mutex<Stats>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -123,7 +108,11 @@ impl Executor {
                     );
                     (p, Arc::new(Lane::new(&limits, clock.clone())))
                 })
-                .collect();
+                .collect::<Vec<(SharedProvider, Arc<Lane>)>>();
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        for (p, _) in &lanes {
+            metrics.register_provider(p.kind());
+        }
         Self {
             store,
             lanes,
@@ -132,8 +121,7 @@ impl Executor {
             lease: config.daemon.lease,
             shutdown_timeout: config.daemon.shutdown_timeout,
             wake: Notify::new(),
-            stats: Mutex::new(Stats::default()),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            metrics,
         }
     }
 
@@ -152,8 +140,15 @@ impl Executor {
         self.wake.notify_waiters();
     }
 
+    /// What the executor did so far: read back from its metrics, paused reasons from its lanes.
     pub fn stats(&self) -> Stats {
-        self.stats.lock().unwrap().clone()
+        let mut st = self.metrics.stats(self.lanes.iter().map(|(p, _)| p.kind()));
+        for (p, lane) in &self.lanes {
+            if let Some(paused) = lane.paused() {
+                st.paused.insert(p.kind().to_string(), paused.reason);
+            }
+        }
+        st
     }
 
     pub fn lane(&self, kind: ProviderKind) -> Option<&Arc<Lane>> {
@@ -478,26 +473,12 @@ impl Executor {
         self.store
             .call(move |s| s.finish_batch(bid, now, &outs, &answer, Some(&audit)))
             .await?;
-        let mut st = self.stats.lock().unwrap();
         for (_, o) in &outcomes {
-            let outcome = match o {
-                ItemOutcome::Deleted { .. } => {
-                    *st.deleted.entry(kind.to_string()).or_default() += 1;
-                    "deleted"
-                }
-                ItemOutcome::Dead { .. } => {
-                    *st.dead.entry(kind.to_string()).or_default() += 1;
-                    "dead"
-                }
-                _ => continue,
-            };
-            self.metrics
-                .deletions
-                .get_or_create(&crate::metrics::labels(&[
-                    ("provider", kind.as_str()),
-                    ("outcome", outcome),
-                ]))
-                .inc();
+            match o {
+                ItemOutcome::Deleted { .. } => self.metrics.deletion(kind, "deleted"),
+                ItemOutcome::Dead { .. } => self.metrics.deletion(kind, "dead"),
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -542,7 +523,7 @@ impl Executor {
                 repo_id: batch.repo_id.clone(),
                 ids: items.iter().map(|i| i.session_id.clone()).collect(),
             };
-            self.stats.lock().unwrap().calls += 1;
+            self.metrics.delete_call(kind);
             let started = std::time::Instant::now();
             let cap = self.retry.max_retry_after;
             let result = provider.delete(&request).await.map_err(|e| e.capped(cap));
@@ -572,7 +553,7 @@ impl Executor {
                         "partial: {deleted} of {total} deleted; looked up each"
                     ));
                     for item in &items {
-                        self.stats.lock().unwrap().lookups += 1;
+                        self.metrics.lookup(kind);
                         lane.ready().await;
                         let o = match provider
                             .lookup(&batch.scope, batch.repo_id.as_deref(), &item.session_id)
@@ -606,20 +587,7 @@ impl Executor {
                         }
                         Action::RetryAfter(wait) => {
                             lane.throttled(*wait);
-                            self.metrics
-                                .throttled
-                                .get_or_create(&crate::metrics::labels(&[(
-                                    "provider",
-                                    kind.as_str(),
-                                )]))
-                                .inc();
-                            *self
-                                .stats
-                                .lock()
-                                .unwrap()
-                                .throttled
-                                .entry(kind.to_string())
-                                .or_default() += 1;
+                            self.metrics.throttle(kind);
                             outcomes.extend(
                                 items
                                     .iter()
@@ -635,7 +603,7 @@ impl Executor {
                             ));
                         }
                         Action::Rejected => {
-                            self.stats.lock().unwrap().splits += 1;
+                            self.metrics.split(kind);
                             let mut left = items;
                             let right = left.split_off(left.len() / 2);
                             self.send(provider, lane, batch, left, outcomes, summary)
@@ -662,11 +630,6 @@ impl Executor {
                         Action::Pause(reason) => {
                             let p = lane.pause(reason.clone());
                             tracing::error!(provider = %kind, reason = %reason, probe_in_s = p.probe_delay.as_secs(), "provider paused");
-                            self.stats
-                                .lock()
-                                .unwrap()
-                                .paused
-                                .insert(kind.to_string(), reason.clone());
                             let (r, at) = (reason.clone(), self.clock.now());
                             self.store
                                 .call(move |s| s.set_provider_paused(kind, Some(&r), at))
@@ -683,7 +646,6 @@ impl Executor {
     async fn resume_if_paused(&self, kind: ProviderKind, lane: &Lane) -> Result<(), ExecutorError> {
         if lane.resume() {
             tracing::info!(provider = %kind, "provider answered again; resumed");
-            self.stats.lock().unwrap().paused.remove(kind.as_str());
             let at = self.clock.now();
             self.store
                 .call(move |s| s.set_provider_paused(kind, None, at))
@@ -705,22 +667,7 @@ impl Executor {
         };
         let o = self.retry_outcome(kind, item, now, wait, &e.to_string());
         if matches!(o, ItemOutcome::Retry { .. }) {
-            self.metrics
-                .retries
-                .get_or_create(&crate::metrics::labels(&[
-                    ("provider", kind.as_str()),
-                    ("cause", e.cause_label()),
-                ]))
-                .inc();
-            *self
-                .stats
-                .lock()
-                .unwrap()
-                .retries
-                .entry(kind.to_string())
-                .or_default()
-                .entry(e.cause_label().to_string())
-                .or_default() += 1;
+            self.metrics.retry(kind, e.cause_label());
         }
         o
     }

@@ -178,6 +178,16 @@ impl ProviderError {
         self
     }
 
+    /// Every value [`ProviderError::cause_label`] gives.
+    pub const CAUSES: [&'static str; 6] = [
+        "throttled",
+        "server_error",
+        "bad_answer",
+        "transport",
+        "rejected",
+        "paused",
+    ];
+
     /// A short label for metrics and logs: which class of failure this was.
     pub fn cause_label(&self) -> &'static str {
         match (&self.action, self.status) {
