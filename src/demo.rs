@@ -14,7 +14,7 @@
 //! and `audit` to inspect.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +39,8 @@ pub struct DemoOptions {
 }
 
 const CHARACTERS: [&str; 4] = ["char-aurora", "char-basil", "char-cobalt", "char-dune"];
+/// The character the retention rule covers.
+const RETAINED_CHARACTER: &str = CHARACTERS[3];
 const APPLICATIONS: [&str; 3] = ["app-support", "app-sales", "app-hr"];
 const PEOPLE: usize = 48;
 const REQUESTED: usize = 12;
@@ -76,187 +78,23 @@ pub async fn run(opts: DemoOptions) -> Result<ExitCode> {
     let started = Instant::now();
     let clock: SharedClock = Arc::new(SystemClock);
     let now = clock.now();
-    for suffix in ["", "-wal", "-shm", ".lock", ".audit-key"] {
-        let mut p = opts.db.as_os_str().to_owned();
-        p.push(suffix);
-        let _ = std::fs::remove_file(PathBuf::from(p));
-    }
-    let faults = if opts.faults {
-        Faults {
-            latency: Duration::from_millis(3),
-            error_rate: 0.04,
-            throttle_rate: 0.02,
-            retry_after: Duration::from_secs(1),
-            reset_rate: 0.02,
-            malformed_rate: 0.02,
-            partial_rate: 0.1,
-            bad_ids: [id("conv-bad-", 1)].into_iter().collect(),
-            ..Faults::default()
-        }
-    } else {
-        Faults::default()
-    };
-    let sim = Simulator::start(clock.clone(), faults, 7).await?;
-
+    remove_previous(&opts.db);
+    let sim = Simulator::start(clock.clone(), faults(opts.faults), 7).await?;
     // Secrets go through files, as in production: the config only names them.
     let secrets = tempfile::tempdir()?;
     let mut config = sim.config(secrets.path(), &APPLICATIONS)?;
     config.database = opts.db.clone();
     config.retry.base_delay = Duration::from_millis(100);
     config.retry.max_delay = Duration::from_secs(2);
-    config.rules = vec![RuleSpec {
-        name: "convai-30-days".into(),
-        provider: ProviderKind::CONVAI,
-        scope: CHARACTERS[3].into(),
-        max_age: Duration::from_secs(30 * 86_400),
-        schedule: "0 3 * * *".into(),
-        timezone: "Europe/Berlin".into(),
-        discover: false,
-        max_deletions: 100_000,
-    }];
+    config.rules = vec![retention_rule()];
 
-    // Seed the providers and the inventory.
     let mut store =
         Store::open(&opts.db).with_context(|| format!("creating {}", opts.db.display()))?;
-    let person = |n: usize| format!("user-{n:03}");
-    let mut inventory = Vec::new();
-    let mut targeted: Vec<(ProviderKind, String, String)> = Vec::new();
-    let mut decoys: Vec<(ProviderKind, String, String)> = Vec::new();
-    let retained_char = CHARACTERS[3];
-    for n in 0..opts.chats {
-        let owner = n % PEOPLE;
-        let requested = owner < REQUESTED;
-        let age_days = (n * 7919 % 90) as i64;
-        let created = now - age_days * 86_400 - 3600;
-        if n % 3 != 0 {
-            let ch = CHARACTERS[n % CHARACTERS.len()];
-            let sid = id("", n);
-            sim.add_convai_chat(ch, &sid, created);
-            inventory.push(NewSession {
-                provider: "convai".into(),
-                scope: ch.into(),
-                session_id: sid.clone(),
-                subject: Some(person(owner)),
-                repo_id: None,
-                created_at: Some(created),
-            });
-            let expired = ch == retained_char && age_days >= 30;
-            if requested || expired {
-                targeted.push((ProviderKind::CONVAI, ch.into(), sid));
-            } else {
-                decoys.push((ProviderKind::CONVAI, ch.into(), sid));
-            }
-        } else {
-            let app = APPLICATIONS[n % APPLICATIONS.len()];
-            let sid = id("koo-", n);
-            let repo = if n % 2 == 0 {
-                Some("kb-handbook")
-            } else {
-                None
-            };
-            sim.add_koosearch_chat(app, &sid, Some(&person(owner)), repo, created);
-            // A fifth of KooSearch chats are not in the inventory: only discovery finds them.
-            if n % 5 != 0 {
-                inventory.push(NewSession {
-                    provider: "koosearch".into(),
-                    scope: app.into(),
-                    session_id: sid.clone(),
-                    subject: Some(person(owner)),
-                    repo_id: repo.map(str::to_string),
-                    created_at: Some(created),
-                });
-            }
-            if requested {
-                targeted.push((ProviderKind::KOOSEARCH, app.into(), sid));
-            } else {
-                decoys.push((ProviderKind::KOOSEARCH, app.into(), sid));
-            }
-        }
-    }
-    // The same session ID under two characters: only the requested person's goes.
-    let twin = id("twin-", 1);
-    for (ch, owner) in [
-        (CHARACTERS[0], person(0)),
-        (CHARACTERS[1], person(PEOPLE - 1)),
-    ] {
-        sim.add_convai_chat(ch, &twin, now - 86_400);
-        inventory.push(NewSession {
-            provider: "convai".into(),
-            scope: ch.into(),
-            session_id: twin.clone(),
-            subject: Some(owner),
-            repo_id: None,
-            created_at: Some(now - 86_400),
-        });
-    }
-    targeted.push((ProviderKind::CONVAI, CHARACTERS[0].into(), twin.clone()));
-    decoys.push((ProviderKind::CONVAI, CHARACTERS[1].into(), twin.clone()));
-    // A chat the provider refuses (it will go dead, and its request fail, with the reason).
-    let bad = id("conv-bad-", 1);
-    sim.add_convai_chat(CHARACTERS[0], &bad, now - 86_400);
-    inventory.push(NewSession {
-        provider: "convai".into(),
-        scope: CHARACTERS[0].into(),
-        session_id: bad.clone(),
-        subject: Some(person(1)),
-        repo_id: None,
-        created_at: Some(now - 86_400),
-    });
-    for s in &inventory {
-        store.add_session(s)?;
-    }
-    // Legal holds: a person under litigation hold, and one chat kept as evidence.
-    store.add_hold(
-        &HoldTarget::Subject(person(2)),
-        "litigation hold LH-2026-014",
-        now,
-    )?;
-    let evidence = targeted
-        .iter()
-        .find(|(p, _, _)| *p == ProviderKind::CONVAI)
-        .cloned()
-        .context("no Convai chat to hold")?;
-    let evidence = ChatKey {
-        provider: evidence.0,
-        scope: evidence.1,
-        session_id: evidence.2,
-    };
-    store.add_hold(
-        &HoldTarget::Chat(evidence.clone()),
-        "evidence in complaint C-77",
-        now,
-    )?;
-    let mut requests = 0;
-    for n in 0..REQUESTED {
-        store.file_request(
-            &person(n),
-            Some(&format!("DSR-2026-{n:04}")),
-            now,
-            config.daemon.deadline.as_secs() as i64,
-        )?;
-        requests += 1;
-    }
+    let world = World::seed(&sim, &mut store, opts.chats, now)?;
+    let requests = world.file_requests(&mut store, now, config.daemon.deadline)?;
     drop(store);
 
-    // Chats that must survive: decoys, and everything the holds cover.
-    let held_people = [person(2)];
-    let is_held = |k: &(ProviderKind, String, String)| {
-        (k.0 == evidence.provider && k.1 == evidence.scope && k.2 == evidence.session_id)
-            || inventory.iter().any(|s| {
-                s.provider == k.0.as_str()
-                    && s.scope == k.1
-                    && s.session_id == k.2
-                    && s.subject
-                        .as_deref()
-                        .is_some_and(|x| held_people.contains(&x.to_string()))
-            })
-    };
-    let must_go: Vec<_> = targeted
-        .iter()
-        .filter(|k| !is_held(k) && k.2 != bad)
-        .cloned()
-        .collect();
-
+    // The simulator expires its IAM token mid-run: the client must refresh it.
     let expire = {
         let st = sim_handle(&sim);
         tokio::spawn(async move {
@@ -264,14 +102,281 @@ pub async fn run(opts: DemoOptions) -> Result<ExitCode> {
             st();
         })
     };
-    let prepared = crate::daemon::Daemon::build(config, clock.clone())?;
-    let once = prepared.run_once().await?;
+    let daemon = crate::daemon::Daemon::build(config, clock.clone())?;
+    let once = daemon.run_once().await?;
     expire.abort();
 
-    // Check every count against the simulator.
+    let mut r = measure(&opts, &sim, &world, &once)?;
+    r.requests = requests;
+    r.checks_failed = world.check(&r, &sim, opts.faults);
+    r.seconds = started.elapsed().as_secs_f64();
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", report_text(&r));
+    }
+    Ok(if r.checks_failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The database and its companions from an earlier run.
+fn remove_previous(db: &Path) {
+    for suffix in ["", "-wal", "-shm", ".lock", ".audit-key"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+}
+
+/// `--faults`: a little of every fault the simulator has, and one ID Convai refuses.
+fn faults(on: bool) -> Faults {
+    if !on {
+        return Faults::default();
+    }
+    Faults {
+        latency: Duration::from_millis(3),
+        error_rate: 0.04,
+        throttle_rate: 0.02,
+        retry_after: Duration::from_secs(1),
+        reset_rate: 0.02,
+        malformed_rate: 0.02,
+        partial_rate: 0.1,
+        bad_ids: [id("conv-bad-", 1)].into_iter().collect(),
+        ..Faults::default()
+    }
+}
+
+fn retention_rule() -> RuleSpec {
+    RuleSpec {
+        name: "convai-30-days".into(),
+        provider: ProviderKind::CONVAI,
+        scope: RETAINED_CHARACTER.into(),
+        max_age: Duration::from_secs(30 * 86_400),
+        schedule: "0 3 * * *".into(),
+        timezone: "Europe/Berlin".into(),
+        discover: false,
+        max_deletions: 100_000,
+    }
+}
+
+fn person(n: usize) -> String {
+    format!("user-{n:03}")
+}
+
+/// What was seeded, and so what must happen: the chats to delete, the decoys to leave, the
+/// holds and the one chat the provider refuses.
+struct World {
+    inventory: Vec<NewSession>,
+    targeted: Vec<ChatKey>,
+    decoys: Vec<ChatKey>,
+    /// The chat held as evidence.
+    evidence: ChatKey,
+    /// The person under a litigation hold.
+    held_person: String,
+    /// The chat Convai refuses (with `--faults` it goes dead).
+    refused: ChatKey,
+    chats: usize,
+}
+
+impl World {
+    /// Seeds the simulated providers, the inventory and the holds.
+    fn seed(sim: &Simulator, store: &mut Store, chats: usize, now: i64) -> Result<World> {
+        let mut w = World {
+            inventory: Vec::new(),
+            targeted: Vec::new(),
+            decoys: Vec::new(),
+            evidence: ChatKey::new(ProviderKind::CONVAI, "", ""),
+            held_person: person(2),
+            refused: ChatKey::new(ProviderKind::CONVAI, CHARACTERS[0], &id("conv-bad-", 1)),
+            chats: chats + 3,
+        };
+        for n in 0..chats {
+            w.seed_chat(sim, n, now);
+        }
+        w.seed_twins(sim, now);
+        // A chat the provider refuses (it will go dead, and its request fail, with the reason).
+        let bad = w.refused.clone();
+        sim.add_convai_chat(&bad.scope, &bad.session_id, now - 86_400);
+        w.inventory
+            .push(session(&bad, Some(person(1)), None, now - 86_400));
+        for s in &w.inventory {
+            store.add_session(s)?;
+        }
+        // Legal holds: a person under litigation hold, and one chat kept as evidence.
+        store.add_hold(
+            &HoldTarget::Subject(w.held_person.clone()),
+            "litigation hold LH-2026-014",
+            now,
+        )?;
+        w.evidence = w
+            .targeted
+            .iter()
+            .find(|k| k.provider == ProviderKind::CONVAI)
+            .cloned()
+            .context("no Convai chat to hold")?;
+        store.add_hold(
+            &HoldTarget::Chat(w.evidence.clone()),
+            "evidence in complaint C-77",
+            now,
+        )?;
+        Ok(w)
+    }
+
+    /// Chat `n`: two thirds at Convai, a third at KooSearch (a fifth of those not in the
+    /// inventory: only discovery finds them); ages spread over 90 days.
+    fn seed_chat(&mut self, sim: &Simulator, n: usize, now: i64) {
+        let owner = n % PEOPLE;
+        let requested = owner < REQUESTED;
+        let age_days = (n * 7919 % 90) as i64;
+        let created = now - age_days * 86_400 - 3600;
+        let (chat, expired) = if !n.is_multiple_of(3) {
+            let ch = CHARACTERS[n % CHARACTERS.len()];
+            let chat = ChatKey::new(ProviderKind::CONVAI, ch, &id("", n));
+            sim.add_convai_chat(ch, &chat.session_id, created);
+            self.inventory
+                .push(session(&chat, Some(person(owner)), None, created));
+            (chat, ch == RETAINED_CHARACTER && age_days >= 30)
+        } else {
+            let app = APPLICATIONS[n % APPLICATIONS.len()];
+            let chat = ChatKey::new(ProviderKind::KOOSEARCH, app, &id("koo-", n));
+            let repo = n.is_multiple_of(2).then_some("kb-handbook");
+            sim.add_koosearch_chat(app, &chat.session_id, Some(&person(owner)), repo, created);
+            if !n.is_multiple_of(5) {
+                self.inventory
+                    .push(session(&chat, Some(person(owner)), repo, created));
+            }
+            (chat, false)
+        };
+        if requested || expired {
+            self.targeted.push(chat);
+        } else {
+            self.decoys.push(chat);
+        }
+    }
+
+    /// The same session ID under two characters: only the requested person's goes.
+    fn seed_twins(&mut self, sim: &Simulator, now: i64) {
+        let twin = id("twin-", 1);
+        for (ch, owner) in [
+            (CHARACTERS[0], person(0)),
+            (CHARACTERS[1], person(PEOPLE - 1)),
+        ] {
+            sim.add_convai_chat(ch, &twin, now - 86_400);
+            let chat = ChatKey::new(ProviderKind::CONVAI, ch, &twin);
+            self.inventory
+                .push(session(&chat, Some(owner), None, now - 86_400));
+        }
+        self.targeted
+            .push(ChatKey::new(ProviderKind::CONVAI, CHARACTERS[0], &twin));
+        self.decoys
+            .push(ChatKey::new(ProviderKind::CONVAI, CHARACTERS[1], &twin));
+    }
+
+    fn file_requests(&self, store: &mut Store, now: i64, deadline: Duration) -> Result<usize> {
+        for n in 0..REQUESTED {
+            store.file_request(
+                &person(n),
+                Some(&format!("DSR-2026-{n:04}")),
+                now,
+                deadline.as_secs() as i64,
+            )?;
+        }
+        Ok(REQUESTED)
+    }
+
+    /// Whether a hold covers the chat: the evidence chat, or a chat of the held person.
+    fn is_held(&self, k: &ChatKey) -> bool {
+        *k == self.evidence
+            || self.inventory.iter().any(|s| {
+                s.provider == k.provider.as_str()
+                    && s.scope == k.scope
+                    && s.session_id == k.session_id
+                    && s.subject.as_deref() == Some(self.held_person.as_str())
+            })
+    }
+
+    /// Every check of the report against what the simulator saw; the failures, in words.
+    fn check(&self, r: &DemoReport, sim: &Simulator, faults: bool) -> Vec<String> {
+        let mut checks: Vec<String> = Vec::new();
+        let mut fail = |cond: bool, what: String| {
+            if !cond {
+                checks.push(what);
+            }
+        };
+        for kind in ProviderKind::all() {
+            let ours = r.deleted_by_provider[kind.as_str()];
+            let theirs = r.simulator_deleted_by_provider[kind.as_str()];
+            fail(
+                ours == theirs,
+                format!(
+                    "{kind}: forgetd recorded {ours} deletions, the simulator performed {theirs}"
+                ),
+            );
+        }
+        let must_go: Vec<&ChatKey> = self
+            .targeted
+            .iter()
+            .filter(|k| !self.is_held(k) && **k != self.refused)
+            .collect();
+        let gone = must_go.iter().filter(|k| !sim.has(k)).count();
+        fail(
+            gone == must_go.len(),
+            format!("{} of {} targeted chats were deleted", gone, must_go.len()),
+        );
+        let held: Vec<&ChatKey> = self.targeted.iter().filter(|k| self.is_held(k)).collect();
+        fail(
+            held.iter().all(|k| sim.has(k)),
+            "a held chat was deleted".into(),
+        );
+        fail(r.decoys_untouched, "a decoy chat was deleted".into());
+        fail(
+            r.untargeted_named_in_deletes == 0,
+            format!(
+                "{} untargeted chats were named in delete calls",
+                r.untargeted_named_in_deletes
+            ),
+        );
+        fail(r.audit_intact, "the audit chain does not verify".into());
+        fail(
+            r.dead.len() == usize::from(faults),
+            format!(
+                "expected {} dead item(s), found {}",
+                usize::from(faults),
+                r.dead.len()
+            ),
+        );
+        checks
+    }
+}
+
+fn session(
+    chat: &ChatKey,
+    subject: Option<String>,
+    repo: Option<&str>,
+    created: i64,
+) -> NewSession {
+    NewSession {
+        provider: chat.provider.as_str().into(),
+        scope: chat.scope.clone(),
+        session_id: chat.session_id.clone(),
+        subject,
+        repo_id: repo.map(str::to_string),
+        created_at: Some(created),
+    }
+}
+
+/// The report's numbers: forgetd's record, and the simulator's.
+fn measure(
+    opts: &DemoOptions,
+    sim: &Simulator,
+    world: &World,
+    once: &crate::daemon::OnceReport,
+) -> Result<DemoReport> {
     let mut r = DemoReport {
-        chats_seeded: opts.chats + 3,
-        requests,
+        chats_seeded: world.chats,
         rule_runs: once.rule_runs.clone(),
         retries: once.stats.retries.clone(),
         throttled: once.stats.throttled.clone(),
@@ -294,74 +399,13 @@ pub async fn run(opts: DemoOptions) -> Result<ExitCode> {
     r.held = store.item_lines(ItemState::Held)?;
     r.dead = store.item_lines(ItemState::Dead)?;
     r.simulator_calls = sim.calls().len();
-    r.decoys_untouched = decoys.iter().all(|(p, s, i)| sim.exists(*p, s, i));
+    r.decoys_untouched = world.decoys.iter().all(|k| sim.has(k));
     let named = sim.named_in_deletes();
-    r.untargeted_named_in_deletes = decoys.iter().filter(|d| named.contains(d)).count();
+    r.untargeted_named_in_deletes = world.decoys.iter().filter(|d| named.contains(d)).count();
     let v = store.verify_audit()?;
     r.audit_events = v.events;
     r.audit_intact = v.broken.is_none();
-
-    let mut checks: Vec<String> = Vec::new();
-    let mut fail = |cond: bool, what: String| {
-        if !cond {
-            checks.push(what);
-        }
-    };
-    for kind in ProviderKind::all() {
-        let ours = r.deleted_by_provider[kind.as_str()];
-        let theirs = r.simulator_deleted_by_provider[kind.as_str()];
-        fail(
-            ours == theirs,
-            format!("{kind}: forgetd recorded {ours} deletions, the simulator performed {theirs}"),
-        );
-    }
-    let gone = must_go
-        .iter()
-        .filter(|(p, s, i)| !sim.exists(*p, s, i))
-        .count();
-    fail(
-        gone == must_go.len(),
-        format!("{} of {} targeted chats were deleted", gone, must_go.len()),
-    );
-    let kept = targeted
-        .iter()
-        .filter(|k| is_held(k))
-        .filter(|(p, s, i)| sim.exists(*p, s, i))
-        .count();
-    fail(
-        kept == targeted.iter().filter(|k| is_held(k)).count(),
-        "a held chat was deleted".into(),
-    );
-    fail(r.decoys_untouched, "a decoy chat was deleted".into());
-    fail(
-        r.untargeted_named_in_deletes == 0,
-        format!(
-            "{} untargeted chats were named in delete calls",
-            r.untargeted_named_in_deletes
-        ),
-    );
-    fail(r.audit_intact, "the audit chain does not verify".into());
-    fail(
-        r.dead.len() == usize::from(opts.faults),
-        format!(
-            "expected {} dead item(s), found {}",
-            usize::from(opts.faults),
-            r.dead.len()
-        ),
-    );
-    r.checks_failed = checks;
-    r.seconds = started.elapsed().as_secs_f64();
-
-    if opts.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
-        print!("{}", report_text(&r));
-    }
-    Ok(if r.checks_failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(r)
 }
 
 fn sim_handle(sim: &Simulator) -> impl FnOnce() + Send + 'static {

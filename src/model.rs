@@ -64,6 +64,16 @@ pub struct ChatKey {
     pub session_id: String,
 }
 
+impl ChatKey {
+    pub fn new(provider: ProviderKind, scope: &str, session_id: &str) -> Self {
+        Self {
+            provider,
+            scope: scope.to_string(),
+            session_id: session_id.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for ChatKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}/{}", self.provider, self.scope, self.session_id)

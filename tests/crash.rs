@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use forgetd::clock::SystemClock;
-use forgetd::model::ProviderKind;
+use forgetd::model::{ChatKey, ProviderKind};
 use forgetd::simulator::{Faults, Simulator};
 use rand::{Rng, SeedableRng};
 
@@ -67,12 +67,12 @@ async fn sigkill_at_random_moments_loses_nothing_and_deletes_nothing_else() {
             } else {
                 &mut decoys
             };
-            set.insert((ProviderKind::CONVAI, ch.clone(), id.clone()));
-            set.insert((ProviderKind::KOOSEARCH, app.to_string(), kid));
+            set.insert(ChatKey::new(ProviderKind::CONVAI, &ch, &id));
+            set.insert(ChatKey::new(ProviderKind::KOOSEARCH, app, &kid));
             if n == 0 {
                 // the same ID under a character nobody asked about
                 sim.add_convai_chat("char-z", &id, 1_700_000_000);
-                decoys.insert((ProviderKind::CONVAI, "char-z".into(), id));
+                decoys.insert(ChatKey::new(ProviderKind::CONVAI, "char-z", &id));
             }
         }
     }
@@ -103,7 +103,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_deletes_nothing_else() {
         child.start_kill().unwrap(); // SIGKILL
         let _ = child.wait().await;
         kills += 1;
-        if targeted.iter().all(|(p, s, i)| !sim.exists(*p, s, i)) {
+        if targeted.iter().all(|t| !sim.has(t)) {
             break;
         }
     }
@@ -112,14 +112,11 @@ async fn sigkill_at_random_moments_loses_nothing_and_deletes_nothing_else() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 
     for t in &targeted {
-        assert!(
-            !sim.exists(t.0, &t.1, &t.2),
-            "targeted {t:?} survived {kills} kills"
-        );
+        assert!(!sim.has(t), "targeted {t:?} survived {kills} kills");
     }
     let named = sim.named_in_deletes();
     for d in &decoys {
-        assert!(sim.exists(d.0, &d.1, &d.2), "decoy {d:?} deleted");
+        assert!(sim.has(d), "decoy {d:?} deleted");
         assert!(!named.contains(d), "decoy {d:?} named in a delete call");
     }
     let states = stdout(&s.sqlite3("SELECT state, count(*) FROM erasure_requests GROUP BY state"));

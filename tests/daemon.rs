@@ -9,7 +9,7 @@ use common::*;
 use std::time::{Duration, Instant};
 
 use forgetd::clock::SystemClock;
-use forgetd::model::ProviderKind;
+use forgetd::model::{ChatKey, ProviderKind};
 use forgetd::simulator::{Faults, Simulator};
 use tokio::net::UnixDatagram;
 use tokio::process::{Child, Command};
@@ -170,7 +170,7 @@ async fn ready_then_plain_sql_request_is_carried_out_then_sigterm_stops_cleanly(
     assert!(sim.exists(ProviderKind::CONVAI, "char-b", "alice-1"));
     assert!(sim.exists(ProviderKind::KOOSEARCH, "app-1", "bob-k1"));
     let named = sim.named_in_deletes();
-    assert!(!named.contains(&(ProviderKind::CONVAI, "char-b".into(), "alice-1".into())));
+    assert!(!named.contains(&ChatKey::new(ProviderKind::CONVAI, "char-b", "alice-1")));
 
     signal(&child, "-TERM");
     assert!(

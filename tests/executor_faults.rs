@@ -15,7 +15,7 @@ use forgetd::simulator::{Faults, Simulator};
 use forgetd::store::Store;
 use forgetd::store::inventory::NewSession;
 
-type Chat = (ProviderKind, String, String);
+type Chat = forgetd::model::ChatKey;
 
 struct World {
     sim: Simulator,
@@ -69,8 +69,8 @@ async fn world_on(clock: ManualClock, faults: Faults, per_person: usize) -> Worl
             } else {
                 &mut decoys
             };
-            list.push((ProviderKind::CONVAI, ch.to_string(), sid.clone()));
-            list.push((ProviderKind::KOOSEARCH, app.to_string(), kid));
+            list.push(Chat::new(ProviderKind::CONVAI, ch, &sid));
+            list.push(Chat::new(ProviderKind::KOOSEARCH, app, &kid));
             // The same session ID under a third character belongs to someone else.
             if pi == 0 && n == 0 {
                 sim.add_convai_chat("char-z", &sid, 1_700_000_000);
@@ -83,7 +83,7 @@ async fn world_on(clock: ManualClock, faults: Faults, per_person: usize) -> Worl
                         ..Default::default()
                     })
                     .unwrap();
-                decoys.push((ProviderKind::CONVAI, "char-z".into(), sid));
+                decoys.push(Chat::new(ProviderKind::CONVAI, "char-z", &sid));
             }
         }
     }
@@ -128,7 +128,7 @@ async fn drain(w: &World) -> Outcome {
 }
 
 fn exists(w: &World, c: &Chat) -> bool {
-    w.sim.exists(c.0, &c.1, &c.2)
+    w.sim.has(c)
 }
 
 /// The assertions every fault case shares.
@@ -272,7 +272,7 @@ async fn a_bad_id_goes_dead_alone_and_its_batch_mates_are_deleted() {
     assert_eq!(o.report.dead, 2, "{:?}", o.report.problems);
     assert!(!o.report.clean());
     for t in &w.targeted {
-        let bad = t.2 == "alice-c2" || t.2 == "carol-k3";
+        let bad = t.session_id == "alice-c2" || t.session_id == "carol-k3";
         assert_eq!(exists(&w, t), bad, "{t:?}");
     }
     let store = Store::open(&w.dir.path().join("forgetd.db")).unwrap();
@@ -316,7 +316,7 @@ async fn an_auth_failure_pauses_one_provider_while_the_other_finishes() {
     );
     assert_eq!(o.report.dead, 0);
     for t in &w.targeted {
-        assert_eq!(exists(&w, t), t.0 == ProviderKind::CONVAI, "{t:?}");
+        assert_eq!(exists(&w, t), t.provider == ProviderKind::CONVAI, "{t:?}");
     }
     let store = Store::open(&w.dir.path().join("forgetd.db")).unwrap();
     let st = store.status(0, 0).unwrap();
@@ -449,7 +449,7 @@ async fn a_paused_provider_is_probed_with_backoff_and_resumes_when_fixed() {
     assert!(
         w.targeted
             .iter()
-            .filter(|t| t.0 == ProviderKind::KOOSEARCH)
+            .filter(|t| t.provider == ProviderKind::KOOSEARCH)
             .all(|t| !exists(&w, t))
     );
     // The operator fixes the key: the next probe succeeds and the lane drains.
@@ -552,7 +552,7 @@ async fn a_hold_placed_after_a_batch_was_claimed_still_keeps_it_from_being_sent(
     let named = w.sim.named_in_deletes();
     for id in &others {
         assert!(
-            !named.contains(&(ProviderKind::CONVAI, "char-h".to_string(), id.clone())),
+            !named.contains(&Chat::new(ProviderKind::CONVAI, "char-h", id)),
             "{id} was sent despite its hold"
         );
         assert!(w.sim.exists(ProviderKind::CONVAI, "char-h", id));

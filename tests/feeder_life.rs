@@ -91,7 +91,7 @@ fn show(s: &Scratch, r: &str) -> serde_json::Value {
 
 fn named(sim: &Simulator, ch: &str, id: &str) -> bool {
     sim.named_in_deletes()
-        .contains(&(C, ch.to_string(), id.to_string()))
+        .contains(&forgetd::model::ChatKey::new(C, ch, id))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

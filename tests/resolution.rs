@@ -10,10 +10,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use forgetd::clock::SystemClock;
-use forgetd::model::ProviderKind;
+use forgetd::model::{ChatKey, ProviderKind};
 use forgetd::simulator::{Faults, Simulator};
 
-type Chat = (String, String, String);
+type Chat = ChatKey;
 
 async fn sim() -> Simulator {
     Simulator::start(Arc::new(SystemClock), Faults::default(), 3)
@@ -41,10 +41,10 @@ fn planned(
     let mut delete = BTreeSet::new();
     let mut held = BTreeSet::new();
     for c in v["chats"].as_array().unwrap() {
-        let chat = (
-            c["provider"].as_str().unwrap().to_string(),
-            c["scope"].as_str().unwrap().to_string(),
-            c["session_id"].as_str().unwrap().to_string(),
+        let chat = chat(
+            c["provider"].as_str().unwrap(),
+            c["scope"].as_str().unwrap(),
+            c["session_id"].as_str().unwrap(),
         );
         match c["action"].as_str().unwrap() {
             "delete" => delete.insert(chat),
@@ -73,14 +73,11 @@ fn add_convai(s: &Scratch, scope: &str, id: &str, more: &[&str]) {
 }
 
 fn sent(sim: &Simulator) -> BTreeSet<Chat> {
-    sim.named_in_deletes()
-        .into_iter()
-        .map(|(p, s, i)| (p.to_string(), s, i))
-        .collect()
+    sim.named_in_deletes().into_iter().collect()
 }
 
 fn chat(p: &str, s: &str, i: &str) -> Chat {
-    (p.into(), s.into(), i.into())
+    ChatKey::new(p.parse().unwrap(), s, i)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +187,7 @@ async fn a_subject_resolves_at_both_providers_plan_matches_the_real_run_and_hold
     let simulator_deleted: BTreeSet<Chat> = sim
         .deleted()
         .into_iter()
-        .map(|(p, s, i, _)| (p.to_string(), s, i))
+        .map(|(p, s, i, _)| ChatKey::new(p, &s, &i))
         .collect();
     assert_eq!(certified, simulator_deleted);
     assert_eq!(cert["held"][0]["reason"], "evidence");

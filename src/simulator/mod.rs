@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::model::ProviderKind;
+use crate::model::{ChatKey, ProviderKind};
 
 /// Where a config for the simulator takes its secrets from (see [`Simulator::config_toml`]).
 #[derive(Debug, Clone, Copy)]
@@ -412,6 +412,11 @@ project = "{IAM_PROJECT}"
             .collect()
     }
 
+    /// Whether a chat still exists ([`Simulator::exists`] by key).
+    pub fn has(&self, chat: &ChatKey) -> bool {
+        self.exists(chat.provider, &chat.scope, &chat.session_id)
+    }
+
     /// Whether a chat still exists.
     pub fn exists(&self, provider: ProviderKind, scope: &str, id: &str) -> bool {
         let inner = self.state.inner.lock().unwrap();
@@ -432,8 +437,8 @@ project = "{IAM_PROJECT}"
         self.state.inner.lock().unwrap().calls.clone()
     }
 
-    /// Every (provider, scope, id) named in any delete call.
-    pub fn named_in_deletes(&self) -> HashSet<(ProviderKind, String, String)> {
+    /// Every chat named in any delete call.
+    pub fn named_in_deletes(&self) -> HashSet<ChatKey> {
         let inner = self.state.inner.lock().unwrap();
         inner
             .calls
@@ -442,7 +447,7 @@ project = "{IAM_PROJECT}"
             .flat_map(|c| {
                 c.ids
                     .iter()
-                    .map(move |id| (c.provider, c.scope.clone(), id.clone()))
+                    .map(move |id| ChatKey::new(c.provider, &c.scope, id))
             })
             .collect()
     }
