@@ -388,11 +388,30 @@ fn validate(raw: RawConfig, p: &mut Vec<String>) -> Config {
             "this is the unedited example configuration (`unedited_example = true`): fill in your providers, secrets and rules, then delete that line".into(),
         );
     }
-    let base = Config::defaults();
-    let database = raw.database.and_then(|d| d.path).unwrap_or(base.database);
+    let database = raw
+        .database
+        .and_then(|d| d.path)
+        .unwrap_or_else(default_database_path);
+    let daemon = validate_daemon(raw.daemon.unwrap_or_default(), p);
+    let retry = validate_retry(raw.retry.unwrap_or_default(), p);
+    let http = raw.http.map(|h| validate_http(h, p));
+    let audit = validate_audit(raw.audit, p);
+    let (providers, tables) = validate_providers(raw.providers.unwrap_or_default(), p);
+    let rules = validate_rules(raw.rules, &tables, p);
+    Config {
+        source: None,
+        database,
+        daemon,
+        retry,
+        http,
+        audit,
+        providers,
+        rules,
+    }
+}
 
-    let d = raw.daemon.unwrap_or_default();
-    let daemon = DaemonConfig {
+fn validate_daemon(d: RawDaemon, p: &mut Vec<String>) -> DaemonConfig {
+    DaemonConfig {
         deadline: duration(
             p,
             "daemon.deadline",
@@ -406,9 +425,10 @@ fn validate(raw: RawConfig, p: &mut Vec<String>) -> Config {
             d.shutdown_timeout.as_deref(),
             defaults::SHUTDOWN_TIMEOUT,
         ),
-    };
+    }
+}
 
-    let r = raw.retry.unwrap_or_default();
+fn validate_retry(r: RawRetry, p: &mut Vec<String>) -> RetryConfig {
     let retry = RetryConfig {
         base_delay: duration(
             p,
@@ -452,43 +472,52 @@ fn validate(raw: RawConfig, p: &mut Vec<String>) -> Config {
             humantime::format_duration(retry.max_delay)
         ));
     }
+    retry
+}
 
-    let http = raw.http.map(|h| {
-        let text = h
-            .listen
-            .unwrap_or_else(|| defaults::HTTP_LISTEN.to_string());
-        match text.parse::<SocketAddr>() {
-            Ok(listen) => HttpConfig { listen },
-            Err(_) => {
-                p.push(format!(
-                    "`http.listen` = \"{text}\" is not an address:port such as \"127.0.0.1:9464\""
-                ));
-                HttpConfig {
-                    listen: defaults::HTTP_LISTEN
-                        .parse()
-                        .expect("default listen address"),
-                }
+fn validate_http(h: RawHttp, p: &mut Vec<String>) -> HttpConfig {
+    let text = h
+        .listen
+        .unwrap_or_else(|| defaults::HTTP_LISTEN.to_string());
+    match text.parse::<SocketAddr>() {
+        Ok(listen) => HttpConfig { listen },
+        Err(_) => {
+            p.push(format!(
+                "`http.listen` = \"{text}\" is not an address:port such as \"127.0.0.1:9464\""
+            ));
+            HttpConfig {
+                listen: defaults::HTTP_LISTEN
+                    .parse()
+                    .expect("default listen address"),
             }
         }
-    });
+    }
+}
 
-    let audit = AuditConfig {
-        subject_key: raw.audit.and_then(|a| a.subject_key).and_then(|k| {
-            match SecretRef::parse(&k) {
+fn validate_audit(raw: Option<RawAudit>, p: &mut Vec<String>) -> AuditConfig {
+    AuditConfig {
+        subject_key: raw
+            .and_then(|a| a.subject_key)
+            .and_then(|k| match SecretRef::parse(&k) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     p.push(format!("`audit.subject_key`: {e}"));
                     None
                 }
-            }
-        }),
-    };
+            }),
+    }
+}
 
-    let (providers, tables) = validate_providers(raw.providers.unwrap_or_default(), p);
-
+/// Each rule checked on its own, then against the others (names unique) and the providers
+/// (its provider has a table).
+fn validate_rules(
+    raw: Vec<RawRule>,
+    tables: &[ProviderKind],
+    p: &mut Vec<String>,
+) -> Vec<RuleSpec> {
     let mut rules = Vec::new();
     let mut names = BTreeMap::new();
-    for (i, r) in raw.rules.into_iter().enumerate() {
+    for (i, r) in raw.into_iter().enumerate() {
         let at = match &r.name {
             Some(n) => format!("rules[{i}] ({n})"),
             None => format!("rules[{i}]"),
@@ -517,17 +546,7 @@ fn validate(raw: RawConfig, p: &mut Vec<String>) -> Config {
             Err(errs) => p.extend(errs),
         }
     }
-
-    Config {
-        source: None,
-        database,
-        daemon,
-        retry,
-        http,
-        audit,
-        providers,
-        rules,
-    }
+    rules
 }
 
 /// Hands each `[providers.<key>]` table to its provider: the shared limits first, then the

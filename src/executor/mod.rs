@@ -315,14 +315,7 @@ impl Executor {
                 if mode == Mode::Once {
                     return Ok(LaneEnd::Paused(p.reason));
                 }
-                let now = self.clock.now_ms();
-                // Worker 0 probes when the time comes; the others wait for the lane to resume.
-                if w != 0 || now < p.next_probe_ms {
-                    let wait = Duration::from_millis((p.next_probe_ms - now).clamp(1, 1000) as u64);
-                    tokio::select! {
-                        _ = cancel.cancelled() => {}
-                        _ = self.clock.sleep(wait) => {}
-                    }
+                if !self.probe_due(w, &p, cancel).await {
                     continue;
                 }
             }
@@ -344,39 +337,8 @@ impl Executor {
             };
             let Some(batch) = batch else {
                 drop(slot);
-                // Nothing due. Items in other workers' hands may come back; otherwise wait for the
-                // earliest backoff to end, or (daemon) for new work.
-                let pending = self.store.call(move |s| s.next_pending(kind)).await?;
-                match (pending, mode) {
-                    (None, Mode::Once) if busy.load(SeqCst) == 0 => return Ok(LaneEnd::Drained),
-                    (None, Mode::Once) => {
-                        tokio::select! {
-                            _ = &mut wake => {}
-                            _ = tokio::time::sleep(IDLE_RECHECK) => {}
-                        }
-                    }
-                    (Some(t), Mode::Once) => {
-                        let d = t.since(self.clock.instant()).max(Duration::from_millis(1));
-                        if busy.load(SeqCst) == 0 {
-                            self.clock.sleep(d).await;
-                        } else {
-                            // Others are working: their answers may make items due sooner.
-                            tokio::select! {
-                                _ = &mut wake => {}
-                                _ = self.clock.sleep(d) => {}
-                            }
-                        }
-                    }
-                    (p, Mode::Forever) => {
-                        let d = p
-                            .map(|t| t.since(self.clock.instant()).max(Duration::from_millis(1)))
-                            .unwrap_or(IDLE_RECHECK);
-                        tokio::select! {
-                            _ = cancel.cancelled() => {}
-                            _ = &mut wake => {}
-                            _ = self.clock.sleep(d.min(IDLE_RECHECK)) => {}
-                        }
-                    }
+                if let Some(end) = self.idle(kind, mode, busy, wake.as_mut(), cancel).await? {
+                    return Ok(end);
                 }
                 continue;
             };
@@ -420,6 +382,67 @@ impl Executor {
                 }
             }
         }
+    }
+
+    /// While paused: whether this worker probes now (worker 0, once the probe is due); the
+    /// others wait (at most a second, then look again).
+    async fn probe_due(&self, w: usize, p: &lane::Pause, cancel: &CancellationToken) -> bool {
+        let now = self.clock.now_ms();
+        if w == 0 && now >= p.next_probe_ms {
+            return true;
+        }
+        let wait = Duration::from_millis((p.next_probe_ms - now).clamp(1, 1000) as u64);
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = self.clock.sleep(wait) => {}
+        }
+        false
+    }
+
+    /// Nothing is due. Items in other workers' hands may come back; otherwise wait for the
+    /// earliest backoff to end or (daemon) for new work. `Some` when the lane is done.
+    async fn idle(
+        &self,
+        kind: ProviderKind,
+        mode: Mode,
+        busy: &std::sync::atomic::AtomicUsize,
+        mut wake: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+        cancel: &CancellationToken,
+    ) -> Result<Option<LaneEnd>, ExecutorError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let pending = self.store.call(move |s| s.next_pending(kind)).await?;
+        match (pending, mode) {
+            (None, Mode::Once) if busy.load(SeqCst) == 0 => return Ok(Some(LaneEnd::Drained)),
+            (None, Mode::Once) => {
+                tokio::select! {
+                    _ = &mut wake => {}
+                    _ = tokio::time::sleep(IDLE_RECHECK) => {}
+                }
+            }
+            (Some(t), Mode::Once) => {
+                let d = t.since(self.clock.instant()).max(Duration::from_millis(1));
+                if busy.load(SeqCst) == 0 {
+                    self.clock.sleep(d).await;
+                } else {
+                    // Others are working: their answers may make items due sooner.
+                    tokio::select! {
+                        _ = &mut wake => {}
+                        _ = self.clock.sleep(d) => {}
+                    }
+                }
+            }
+            (p, Mode::Forever) => {
+                let d = p
+                    .map(|t| t.since(self.clock.instant()).max(Duration::from_millis(1)))
+                    .unwrap_or(IDLE_RECHECK);
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = &mut wake => {}
+                    _ = self.clock.sleep(d.min(IDLE_RECHECK)) => {}
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Sends one claimed batch (splitting it if the provider refuses its content).
@@ -484,6 +507,8 @@ impl Executor {
     }
 
     /// One delete call for `items` (and, after a refusal, the calls of its halves).
+    /// Sends `items` of `batch` in one delete call and turns the answer into outcomes; a batch
+    /// the provider refused is split and sent again (hence boxed: it recurses).
     fn send<'a>(
         &'a self,
         provider: &'a SharedProvider,
@@ -497,24 +522,9 @@ impl Executor {
         Box::pin(async move {
             let kind = provider.kind();
             lane.ready().await;
-            // A legal hold placed since the claim wins: its chats are released, not sent, and
-            // become held when the answer is recorded. Claims already skip held chats; a batch that
-            // waited (claimed ahead, a Retry-After, a long call before it) is checked again here.
-            let held = if batch.claimed_at.elapsed() >= HOLD_RECHECK_AFTER {
-                let bid = batch.batch_id;
-                self.store.call(move |s| s.held_in_batch(bid)).await?
-            } else {
-                Vec::new()
-            };
-            let (items, kept): (Vec<ClaimedItem>, Vec<ClaimedItem>) =
-                items.into_iter().partition(|i| !held.contains(&i.id));
-            if !kept.is_empty() {
-                summary.push(format!(
-                    "{} not sent: a legal hold now covers them",
-                    kept.len()
-                ));
-                outcomes.extend(kept.iter().map(|i| (i.id, ItemOutcome::Release)));
-            }
+            let items = self
+                .drop_newly_held(batch, items, outcomes, summary)
+                .await?;
             if items.is_empty() {
                 return Ok(());
             }
@@ -552,95 +562,146 @@ impl Executor {
                     summary.push(format!(
                         "partial: {deleted} of {total} deleted; looked up each"
                     ));
-                    for item in &items {
-                        self.metrics.lookup(kind);
-                        lane.ready().await;
-                        let o = match provider
-                            .lookup(&batch.scope, batch.repo_id.as_deref(), &item.session_id)
-                            .await
-                            .map_err(|e| e.capped(cap))
-                        {
-                            Ok(Presence::Absent) => ItemOutcome::Deleted {
-                                already_absent: false,
-                            },
-                            Ok(Presence::Present) => self.retry_outcome(
-                                kind,
-                                item,
-                                now,
-                                None,
-                                "still present after a partial batch delete",
-                            ),
-                            Err(e) => self.failure_outcome(kind, item, now, &e),
-                        };
-                        outcomes.push((item.id, o));
-                    }
+                    self.settle_partial(provider, lane, batch, &items, now, outcomes)
+                        .await;
                 }
                 Err(e) => {
                     summary.push(e.to_string());
-                    match &e.action {
-                        Action::Retry => {
-                            outcomes.extend(
-                                items
-                                    .iter()
-                                    .map(|i| (i.id, self.failure_outcome(kind, i, now, &e))),
-                            );
-                        }
-                        Action::RetryAfter(wait) => {
-                            lane.throttled(*wait);
-                            self.metrics.throttle(kind);
-                            outcomes.extend(
-                                items
-                                    .iter()
-                                    .map(|i| (i.id, self.failure_outcome(kind, i, now, &e))),
-                            );
-                        }
-                        Action::Rejected if items.len() == 1 => {
-                            outcomes.push((
-                                items[0].id,
-                                ItemOutcome::Dead {
-                                    error: format!("refused by the provider: {e}"),
-                                },
-                            ));
-                        }
-                        Action::Rejected => {
-                            self.metrics.split(kind);
-                            let mut left = items;
-                            let right = left.split_off(left.len() / 2);
-                            self.send(provider, lane, batch, left, outcomes, summary)
-                                .await?;
-                            self.send(provider, lane, batch, right, outcomes, summary)
-                                .await?;
-                        }
-                        Action::RejectIds(bad) => {
-                            let (dead, rest): (Vec<_>, Vec<_>) =
-                                items.into_iter().partition(|i| bad.contains(&i.session_id));
-                            outcomes.extend(dead.iter().map(|i| {
-                                (
-                                    i.id,
-                                    ItemOutcome::Dead {
-                                        error: format!("refused by the provider: {e}"),
-                                    },
-                                )
-                            }));
-                            if !rest.is_empty() {
-                                self.send(provider, lane, batch, rest, outcomes, summary)
-                                    .await?;
-                            }
-                        }
-                        Action::Pause(reason) => {
-                            let p = lane.pause(reason.clone());
-                            tracing::error!(provider = %kind, reason = %reason, probe_in_s = p.probe_delay.as_secs(), "provider paused");
-                            let (r, at) = (reason.clone(), self.clock.now());
-                            self.store
-                                .call(move |s| s.set_provider_paused(kind, Some(&r), at))
-                                .await?;
-                            outcomes.extend(items.iter().map(|i| (i.id, ItemOutcome::Release)));
-                        }
+                    for again in self
+                        .on_failure(lane, kind, items, &e, now, outcomes)
+                        .await?
+                    {
+                        self.send(provider, lane, batch, again, outcomes, summary)
+                            .await?;
                     }
                 }
             }
             Ok(())
         })
+    }
+
+    /// A legal hold placed since the claim wins: its chats are released, not sent, and become
+    /// held when the answer is recorded. Claims already skip held chats; a batch that waited
+    /// (claimed ahead, a Retry-After, a long call before it) is checked again here.
+    async fn drop_newly_held(
+        &self,
+        batch: &ClaimedBatch,
+        items: Vec<ClaimedItem>,
+        outcomes: &mut Vec<(i64, ItemOutcome)>,
+        summary: &mut Vec<String>,
+    ) -> Result<Vec<ClaimedItem>, ExecutorError> {
+        let held = if batch.claimed_at.elapsed() >= HOLD_RECHECK_AFTER {
+            let bid = batch.batch_id;
+            self.store.call(move |s| s.held_in_batch(bid)).await?
+        } else {
+            Vec::new()
+        };
+        let (items, kept): (Vec<ClaimedItem>, Vec<ClaimedItem>) =
+            items.into_iter().partition(|i| !held.contains(&i.id));
+        if !kept.is_empty() {
+            summary.push(format!(
+                "{} not sent: a legal hold now covers them",
+                kept.len()
+            ));
+            outcomes.extend(kept.iter().map(|i| (i.id, ItemOutcome::Release)));
+        }
+        Ok(items)
+    }
+
+    /// After a partial batch, looks each chat up: absent is deleted, present goes back for
+    /// another try.
+    async fn settle_partial(
+        &self,
+        provider: &SharedProvider,
+        lane: &Lane,
+        batch: &ClaimedBatch,
+        items: &[ClaimedItem],
+        now: Millis,
+        outcomes: &mut Vec<(i64, ItemOutcome)>,
+    ) {
+        let kind = provider.kind();
+        let cap = self.retry.max_retry_after;
+        for item in items {
+            self.metrics.lookup(kind);
+            lane.ready().await;
+            let o = match provider
+                .lookup(&batch.scope, batch.repo_id.as_deref(), &item.session_id)
+                .await
+                .map_err(|e| e.capped(cap))
+            {
+                Ok(Presence::Absent) => ItemOutcome::Deleted {
+                    already_absent: false,
+                },
+                Ok(Presence::Present) => self.retry_outcome(
+                    kind,
+                    item,
+                    now,
+                    None,
+                    "still present after a partial batch delete",
+                ),
+                Err(e) => self.failure_outcome(kind, item, now, &e),
+            };
+            outcomes.push((item.id, o));
+        }
+    }
+
+    /// What a failed delete call means for its items (see [`Action`]). Returns the parts to send
+    /// again: the two halves of a refused batch, or the rest after the bad IDs named.
+    async fn on_failure(
+        &self,
+        lane: &Lane,
+        kind: ProviderKind,
+        items: Vec<ClaimedItem>,
+        e: &ProviderError,
+        now: Millis,
+        outcomes: &mut Vec<(i64, ItemOutcome)>,
+    ) -> Result<Vec<Vec<ClaimedItem>>, ExecutorError> {
+        let refused = || ItemOutcome::Dead {
+            error: format!("refused by the provider: {e}"),
+        };
+        match &e.action {
+            Action::Retry => {
+                outcomes.extend(
+                    items
+                        .iter()
+                        .map(|i| (i.id, self.failure_outcome(kind, i, now, e))),
+                );
+            }
+            Action::RetryAfter(wait) => {
+                lane.throttled(*wait);
+                self.metrics.throttle(kind);
+                outcomes.extend(
+                    items
+                        .iter()
+                        .map(|i| (i.id, self.failure_outcome(kind, i, now, e))),
+                );
+            }
+            Action::Rejected if items.len() == 1 => outcomes.push((items[0].id, refused())),
+            Action::Rejected => {
+                self.metrics.split(kind);
+                let mut left = items;
+                let right = left.split_off(left.len() / 2);
+                return Ok(vec![left, right]);
+            }
+            Action::RejectIds(bad) => {
+                let (dead, rest): (Vec<_>, Vec<_>) =
+                    items.into_iter().partition(|i| bad.contains(&i.session_id));
+                outcomes.extend(dead.iter().map(|i| (i.id, refused())));
+                if !rest.is_empty() {
+                    return Ok(vec![rest]);
+                }
+            }
+            Action::Pause(reason) => {
+                let p = lane.pause(reason.clone());
+                tracing::error!(provider = %kind, reason = %reason, probe_in_s = p.probe_delay.as_secs(), "provider paused");
+                let (r, at) = (reason.clone(), self.clock.now());
+                self.store
+                    .call(move |s| s.set_provider_paused(kind, Some(&r), at))
+                    .await?;
+                outcomes.extend(items.iter().map(|i| (i.id, ItemOutcome::Release)));
+            }
+        }
+        Ok(Vec::new())
     }
 
     async fn resume_if_paused(&self, kind: ProviderKind, lane: &Lane) -> Result<(), ExecutorError> {

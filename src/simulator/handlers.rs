@@ -494,27 +494,7 @@ async fn koo_batch(
     body: Bytes,
 ) -> Response {
     let p = ProviderKind::KOOSEARCH;
-    let parsed: Option<(Vec<String>, Option<Vec<String>>)> =
-        serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| {
-                let ids = v
-                    .get("chat_ids")?
-                    .as_array()?
-                    .iter()
-                    .map(|s| s.as_str().map(str::to_string))
-                    .collect::<Option<Vec<_>>>()?;
-                let repos = match v.get("repo_ids") {
-                    None => None,
-                    Some(r) => Some(
-                        r.as_array()?
-                            .iter()
-                            .map(|s| s.as_str().map(str::to_string))
-                            .collect::<Option<Vec<_>>>()?,
-                    ),
-                };
-                Some((ids, repos))
-            });
+    let parsed = koo_batch_body(&body);
     let ids = parsed.as_ref().map(|p| p.0.clone()).unwrap_or_default();
     let _slot = match st.admit(p) {
         Ok(s) => s,
@@ -571,57 +551,15 @@ async fn koo_batch(
         status,
         fault.label_for(status),
     );
-    match status {
-        0 => {
-            st.hang().await;
-            return koo_error(StatusCode::GATEWAY_TIMEOUT, "APIG.0201", "Backend timeout");
-        }
-        500 => {
-            return koo_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "KOS.00060002",
-                "Database operation failed",
-            );
-        }
-        429 => {
-            return throttled(
-                faults.retry_after.as_secs(),
-                json!({"error_code": "APIG.0308", "error_msg": "The throttling threshold has been reached"}),
-            );
-        }
-        400 => {
-            return koo_error(
-                StatusCode::BAD_REQUEST,
-                "KOS.00010002",
-                "Invalid parameter: chat_ids",
-            );
-        }
-        _ => {}
+    if let Some(refusal) = koo_batch_refusal(&st, status, &faults).await {
+        return refusal;
     }
     st.wait_if_held().await;
-    let apply = fault != Fault::Reset || st.coin();
-    let mut deleted = 0u64;
-    if apply {
-        let now = st.clock.now_ms();
-        let mut inner = st.inner.lock().unwrap();
-        let mut removed = Vec::new();
-        let keep_some = fault == Fault::Partial;
-        if let Some(chats) = inner.koo.get_mut(&app) {
-            for (n, id) in ids.iter().enumerate() {
-                if keep_some && n % 2 == 1 {
-                    continue; // a partial batch: every other chat survives this call
-                }
-                if let Some(c) = chats.get_mut(id)
-                    && !c.is_del
-                {
-                    c.is_del = true;
-                    deleted += 1;
-                    removed.push(id.clone());
-                }
-            }
-        }
-        inner.note_deleted(p, &app, removed, now);
-    }
+    let deleted = if fault != Fault::Reset || st.coin() {
+        koo_apply_delete(&st, &app, &ids, fault == Fault::Partial)
+    } else {
+        0
+    };
     match fault {
         Fault::Reset => broken(),
         Fault::Malformed => malformed(),
@@ -634,6 +572,71 @@ async fn koo_batch(
             }
         }
     }
+}
+
+/// `{"chat_ids": [...], "repo_ids": [...]?}`, strings only; `None` when it is not that.
+fn koo_batch_body(body: &[u8]) -> Option<(Vec<String>, Option<Vec<String>>)> {
+    let v = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    let strings = |a: &serde_json::Value| -> Option<Vec<String>> {
+        a.as_array()?
+            .iter()
+            .map(|s| s.as_str().map(str::to_string))
+            .collect()
+    };
+    let ids = strings(v.get("chat_ids")?)?;
+    let repos = match v.get("repo_ids") {
+        None => None,
+        Some(r) => Some(strings(r)?),
+    };
+    Some((ids, repos))
+}
+
+/// The answer for a batch that is not carried out (a hang, 5xx, 429, 400); `None` for 200.
+async fn koo_batch_refusal(st: &SimState, status: u16, faults: &super::Faults) -> Option<Response> {
+    Some(match status {
+        0 => {
+            st.hang().await;
+            koo_error(StatusCode::GATEWAY_TIMEOUT, "APIG.0201", "Backend timeout")
+        }
+        500 => koo_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "KOS.00060002",
+            "Database operation failed",
+        ),
+        429 => throttled(
+            faults.retry_after.as_secs(),
+            json!({"error_code": "APIG.0308", "error_msg": "The throttling threshold has been reached"}),
+        ),
+        400 => koo_error(
+            StatusCode::BAD_REQUEST,
+            "KOS.00010002",
+            "Invalid parameter: chat_ids",
+        ),
+        _ => return None,
+    })
+}
+
+/// Marks the batch's chats deleted (a partial batch keeps every other one); returns how many.
+fn koo_apply_delete(st: &SimState, app: &str, ids: &[String], partial: bool) -> u64 {
+    let now = st.clock.now_ms();
+    let mut inner = st.inner.lock().unwrap();
+    let mut removed = Vec::new();
+    if let Some(chats) = inner.koo.get_mut(app) {
+        for (n, id) in ids.iter().enumerate() {
+            if partial && n % 2 == 1 {
+                continue; // a partial batch: every other chat survives this call
+            }
+            if let Some(c) = chats.get_mut(id)
+                && !c.is_del
+            {
+                c.is_del = true;
+                removed.push(id.clone());
+            }
+        }
+    }
+    let deleted = removed.len() as u64;
+    inner.note_deleted(ProviderKind::KOOSEARCH, app, removed, now);
+    deleted
 }
 
 async fn koo_list(

@@ -113,154 +113,196 @@ impl Store {
         mut progress: impl FnMut(u64, ImportReport),
     ) -> Result<ImportReport, ImportError> {
         let mut reader = std::io::BufReader::with_capacity(1 << 16, input);
-        let json = loop {
-            let buf = reader.fill_buf()?;
-            if buf.is_empty() {
-                return Ok(ImportReport::default());
-            }
-            match buf.iter().position(|b| !b.is_ascii_whitespace()) {
-                Some(i) => break buf[i] == b'{',
-                None => {
-                    let n = buf.len();
-                    reader.consume(n);
-                }
-            }
+        let Some(json) = starts_with_brace(&mut reader)? else {
+            return Ok(ImportReport::default());
         };
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(StoreError::from)?;
-        let mut report = ImportReport::default();
-        let record =
-            |line: u64, row: NewSession, report: &mut ImportReport| -> Result<(), ImportError> {
-                match insert(&tx, &row, None) {
-                    Ok(true) => report.inserted += 1,
-                    Ok(false) => report.skipped += 1,
-                    Err(source) => return Err(ImportError::Row { line, source }),
-                }
-                Ok(())
-            };
+        let mut sink = Sink {
+            tx: &tx,
+            report: ImportReport::default(),
+        };
         if json {
-            let mut line = 0u64;
-            let mut bytes = 0u64;
-            for raw in reader.split(b'\n') {
-                let raw = raw?;
-                line += 1;
-                bytes += raw.len() as u64 + 1;
-                let text = std::str::from_utf8(&raw).map_err(|e| ImportError::Line {
-                    line,
-                    message: format!("not valid UTF-8 ({e})"),
-                    source: Some(Box::new(e)),
-                })?;
-                if text.trim().is_empty() {
-                    continue;
-                }
-                let row: NewSession =
-                    serde_json::from_str(text).map_err(|e| ImportError::Line {
-                        line,
-                        message: format!("not a sessions object ({e})"),
-                        source: Some(Box::new(e)),
-                    })?;
-                record(line, row, &mut report)?;
-                if line.is_multiple_of(10_000) {
-                    progress(bytes, report);
-                }
-            }
+            import_jsonl(reader, &mut sink, &mut progress)?;
         } else {
-            let mut csv = csv::ReaderBuilder::new()
-                .has_headers(true)
-                .flexible(false)
-                .from_reader(reader);
-            let header = csv.byte_headers().map_err(|e| ImportError::Line {
-                line: 1,
-                message: format!("unreadable CSV header ({e})"),
-                source: Some(Box::new(e)),
-            })?;
-            let mut columns = Vec::new();
-            for name in header.iter() {
-                let name = String::from_utf8_lossy(name).trim().to_string();
-                if !COLUMNS.contains(&name.as_str()) {
-                    return Err(ImportError::Line {
-                        line: 1,
-                        message: format!(
-                            "unknown column \"{name}\" in the header (columns: {})",
-                            COLUMNS.join(", ")
-                        ),
-                        source: None,
-                    });
-                }
-                if columns.contains(&name) {
-                    return Err(ImportError::Line {
-                        line: 1,
-                        message: format!("column \"{name}\" appears twice in the header"),
-                        source: None,
-                    });
-                }
-                columns.push(name);
-            }
-            for required in ["provider", "scope", "session_id"] {
-                if !columns.iter().any(|c| c == required) {
-                    return Err(ImportError::Line {
-                        line: 1,
-                        message: format!("the header has no \"{required}\" column"),
-                        source: None,
-                    });
-                }
-            }
-            let mut rec = csv::ByteRecord::new();
-            loop {
-                let more = csv
-                    .read_byte_record(&mut rec)
-                    .map_err(|e| ImportError::Line {
-                        line: e.position().map(|p| p.line()).unwrap_or(0),
-                        message: format!("malformed CSV ({e})"),
-                        source: Some(Box::new(e)),
-                    })?;
-                if !more {
-                    break;
-                }
-                let pos = rec
-                    .position()
-                    .map(|p| (p.line(), p.byte()))
-                    .unwrap_or((0, 0));
-                let line = pos.0;
-                let mut row = NewSession::default();
-                for (name, field) in columns.iter().zip(rec.iter()) {
-                    let text = std::str::from_utf8(field).map_err(|e| ImportError::Line {
-                        line,
-                        message: format!("column {name} is not valid UTF-8 ({e})"),
-                        source: Some(Box::new(e)),
-                    })?;
-                    let value = (!text.is_empty()).then(|| text.to_string());
-                    match name.as_str() {
-                        "provider" => row.provider = value.unwrap_or_default(),
-                        "scope" => row.scope = value.unwrap_or_default(),
-                        "session_id" => row.session_id = value.unwrap_or_default(),
-                        "subject" => row.subject = value,
-                        "repo_id" => row.repo_id = value,
-                        _ => {
-                            row.created_at = match value {
-                                None => None,
-                                Some(v) => Some(v.trim().parse::<i64>().map_err(|_| {
-                                    ImportError::Line {
-                                        line,
-                                        message: format!("created_at \"{v}\" is not unix seconds"),
-                                        source: None,
-                                    }
-                                })?),
-                            }
-                        }
-                    }
-                }
-                record(line, row, &mut report)?;
-                if line.is_multiple_of(10_000) {
-                    progress(pos.1, report);
-                }
-            }
+            import_csv(reader, &mut sink, &mut progress)?;
         }
+        let report = sink.report;
         tx.commit().map_err(StoreError::from)?;
         Ok(report)
     }
+}
+
+/// The format by its first non-blank byte: `{` is JSON Lines, anything else CSV. `None`: the
+/// input is empty or blank.
+fn starts_with_brace(reader: &mut impl BufRead) -> Result<Option<bool>, ImportError> {
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+            Some(i) => return Ok(Some(buf[i] == b'{')),
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
+    }
+}
+
+/// Where imported rows go: one transaction, and the running counts.
+struct Sink<'t> {
+    tx: &'t Transaction<'t>,
+    report: ImportReport,
+}
+
+impl Sink<'_> {
+    fn record(&mut self, line: u64, row: NewSession) -> Result<(), ImportError> {
+        match insert(self.tx, &row, None) {
+            Ok(true) => self.report.inserted += 1,
+            Ok(false) => self.report.skipped += 1,
+            Err(source) => return Err(ImportError::Row { line, source }),
+        }
+        Ok(())
+    }
+}
+
+fn import_jsonl(
+    reader: impl BufRead,
+    sink: &mut Sink<'_>,
+    progress: &mut impl FnMut(u64, ImportReport),
+) -> Result<(), ImportError> {
+    let (mut line, mut bytes) = (0u64, 0u64);
+    for raw in reader.split(b'\n') {
+        let raw = raw?;
+        line += 1;
+        bytes += raw.len() as u64 + 1;
+        let text = std::str::from_utf8(&raw).map_err(|e| ImportError::Line {
+            line,
+            message: format!("not valid UTF-8 ({e})"),
+            source: Some(Box::new(e)),
+        })?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let row: NewSession = serde_json::from_str(text).map_err(|e| ImportError::Line {
+            line,
+            message: format!("not a sessions object ({e})"),
+            source: Some(Box::new(e)),
+        })?;
+        sink.record(line, row)?;
+        if line.is_multiple_of(10_000) {
+            progress(bytes, sink.report);
+        }
+    }
+    Ok(())
+}
+
+fn import_csv(
+    reader: impl Read,
+    sink: &mut Sink<'_>,
+    progress: &mut impl FnMut(u64, ImportReport),
+) -> Result<(), ImportError> {
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(reader);
+    let header = csv.byte_headers().map_err(|e| ImportError::Line {
+        line: 1,
+        message: format!("unreadable CSV header ({e})"),
+        source: Some(Box::new(e)),
+    })?;
+    let columns = csv_columns(header)?;
+    let mut rec = csv::ByteRecord::new();
+    loop {
+        let more = csv
+            .read_byte_record(&mut rec)
+            .map_err(|e| ImportError::Line {
+                line: e.position().map(|p| p.line()).unwrap_or(0),
+                message: format!("malformed CSV ({e})"),
+                source: Some(Box::new(e)),
+            })?;
+        if !more {
+            return Ok(());
+        }
+        let (line, byte) = rec
+            .position()
+            .map(|p| (p.line(), p.byte()))
+            .unwrap_or((0, 0));
+        sink.record(line, csv_row(&columns, &rec, line)?)?;
+        if line.is_multiple_of(10_000) {
+            progress(byte, sink.report);
+        }
+    }
+}
+
+/// The header's columns: each known, none twice, the three required ones present.
+fn csv_columns(header: &csv::ByteRecord) -> Result<Vec<String>, ImportError> {
+    let refuse = |message: String| ImportError::Line {
+        line: 1,
+        message,
+        source: None,
+    };
+    let mut columns = Vec::new();
+    for name in header.iter() {
+        let name = String::from_utf8_lossy(name).trim().to_string();
+        if !COLUMNS.contains(&name.as_str()) {
+            return Err(refuse(format!(
+                "unknown column \"{name}\" in the header (columns: {})",
+                COLUMNS.join(", ")
+            )));
+        }
+        if columns.contains(&name) {
+            return Err(refuse(format!(
+                "column \"{name}\" appears twice in the header"
+            )));
+        }
+        columns.push(name);
+    }
+    for required in ["provider", "scope", "session_id"] {
+        if !columns.iter().any(|c| c == required) {
+            return Err(refuse(format!("the header has no \"{required}\" column")));
+        }
+    }
+    Ok(columns)
+}
+
+/// One CSV record as a session row; an empty field is an absent value.
+fn csv_row(
+    columns: &[String],
+    rec: &csv::ByteRecord,
+    line: u64,
+) -> Result<NewSession, ImportError> {
+    let mut row = NewSession::default();
+    for (name, field) in columns.iter().zip(rec.iter()) {
+        let text = std::str::from_utf8(field).map_err(|e| ImportError::Line {
+            line,
+            message: format!("column {name} is not valid UTF-8 ({e})"),
+            source: Some(Box::new(e)),
+        })?;
+        let value = (!text.is_empty()).then(|| text.to_string());
+        match name.as_str() {
+            "provider" => row.provider = value.unwrap_or_default(),
+            "scope" => row.scope = value.unwrap_or_default(),
+            "session_id" => row.session_id = value.unwrap_or_default(),
+            "subject" => row.subject = value,
+            "repo_id" => row.repo_id = value,
+            _ => {
+                row.created_at = match value {
+                    None => None,
+                    Some(v) => Some(v.trim().parse::<i64>().map_err(|_| ImportError::Line {
+                        line,
+                        message: format!("created_at \"{v}\" is not unix seconds"),
+                        source: None,
+                    })?),
+                }
+            }
+        }
+    }
+    Ok(row)
 }
 
 #[cfg(test)]
