@@ -43,7 +43,7 @@ pub use signals::Control;
 use crate::audit::SubjectKey;
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
-use crate::executor::{Executor, Mode};
+use crate::executor::{Executor, ExecutorError, LaneEnd, Mode};
 use crate::model::ProviderKind;
 use crate::resolve::Resolver;
 use crate::store::lock::DaemonLock;
@@ -162,41 +162,22 @@ impl Daemon {
         let cancel = CancellationToken::new();
         let deadline_secs = Arc::new(AtomicI64::new(config.daemon.deadline.as_secs() as i64));
         let shutdown_timeout = config.daemon.shutdown_timeout;
-
-        let mut exec = {
-            let (e, c) = (executor.clone(), cancel.clone());
-            tokio::spawn(async move { e.run(Mode::Forever, c).await })
-        };
-        let sched = {
-            let (r, s, c, cl) = (
-                resolver.clone(),
-                store.clone(),
-                cancel.clone(),
-                clock.clone(),
-            );
-            let e = executor.clone();
-            tokio::spawn(async move {
-                crate::scheduler::run_schedules(r, s, move || e.wake(), cl, c).await
-            })
-        };
+        let tasks = Tasks::spawn(
+            &config,
+            &store,
+            &executor,
+            &resolver,
+            &clock,
+            &deadline_secs,
+            &cancel,
+        )
+        .await?;
+        let Tasks {
+            mut exec,
+            sched,
+            http,
+        } = tasks;
         let metrics = executor.metrics();
-        metrics
-            .heartbeat_ms
-            .store(clock.now_ms(), Ordering::Relaxed);
-        let http = match &config.http {
-            Some(h) => {
-                let listener = tokio::net::TcpListener::bind(h.listen)
-                    .await
-                    .with_context(|| format!("binding [http] listen = {}", h.listen))?;
-                tracing::info!(listen = %h.listen, "serving /metrics and /healthz");
-                let (m, st, pr) = (metrics.clone(), store.clone(), executor.providers());
-                let (cl, d, c) = (clock.clone(), deadline_secs.clone(), cancel.clone());
-                Some(tokio::spawn(async move {
-                    crate::metrics::serve(listener, m, st, pr, cl, d, c).await
-                }))
-            }
-            None => None,
-        };
         notify(&[
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status("ready"),
@@ -245,36 +226,128 @@ impl Daemon {
                 }
             }
         }
-        let unexpected = exec_ended.is_some();
-        notify(&[sd_notify::NotifyState::Stopping]);
-        cancel.cancel();
-        let _ = sched.await;
-        if let Some(h) = http {
-            let _ = h.await;
-        }
-        let ended = match exec_ended {
-            Some(ended) => ended,
-            None => {
-                match tokio::time::timeout(shutdown_timeout + Duration::from_secs(5), exec).await {
-                    Ok(ended) => ended,
-                    Err(_) => {
-                        tracing::warn!("executor did not stop in time");
-                        Ok(Ok(Vec::new()))
-                    }
-                }
-            }
-        };
-        let released = store.call(|s| s.release_all_in_flight()).await?;
-        if released > 0 {
-            tracing::info!(items = released, "returned unfinished items to pending");
-        }
-        match ended {
-            Ok(Ok(_)) if unexpected => anyhow::bail!("the executor stopped unexpectedly"),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(anyhow::Error::new(e).context("the executor stopped")),
-            Err(e) => return Err(anyhow::Error::new(e).context("the executor task failed")),
-        }
+        stop(StopInputs {
+            exec,
+            exec_ended,
+            sched,
+            http,
+            cancel,
+            store,
+            shutdown_timeout,
+        })
+        .await?;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// How the executor's lanes ended.
+type LaneEnds = Result<Vec<(ProviderKind, LaneEnd)>, ExecutorError>;
+
+/// The tasks `run_until` starts beside its own loop.
+struct Tasks {
+    exec: tokio::task::JoinHandle<LaneEnds>,
+    sched: tokio::task::JoinHandle<()>,
+    http: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Tasks {
+    async fn spawn(
+        config: &Config,
+        store: &AsyncStore,
+        executor: &Arc<Executor>,
+        resolver: &Arc<Resolver>,
+        clock: &SharedClock,
+        deadline_secs: &Arc<AtomicI64>,
+        cancel: &CancellationToken,
+    ) -> Result<Tasks> {
+        let exec = {
+            let (e, c) = (executor.clone(), cancel.clone());
+            tokio::spawn(async move { e.run(Mode::Forever, c).await })
+        };
+        let sched = {
+            let (r, s, c, cl) = (
+                resolver.clone(),
+                store.clone(),
+                cancel.clone(),
+                clock.clone(),
+            );
+            let e = executor.clone();
+            tokio::spawn(async move {
+                crate::scheduler::run_schedules(r, s, move || e.wake(), cl, c).await
+            })
+        };
+        let metrics = executor.metrics();
+        metrics
+            .heartbeat_ms
+            .store(clock.now_ms(), Ordering::Relaxed);
+        let http = match &config.http {
+            Some(h) => {
+                let listener = tokio::net::TcpListener::bind(h.listen)
+                    .await
+                    .with_context(|| format!("binding [http] listen = {}", h.listen))?;
+                tracing::info!(listen = %h.listen, "serving /metrics and /healthz");
+                let (m, st, pr) = (metrics.clone(), store.clone(), executor.providers());
+                let (cl, d, c) = (clock.clone(), deadline_secs.clone(), cancel.clone());
+                Some(tokio::spawn(async move {
+                    crate::metrics::serve(listener, m, st, pr, cl, d, c).await
+                }))
+            }
+            None => None,
+        };
+        Ok(Tasks { exec, sched, http })
+    }
+}
+
+struct StopInputs {
+    exec: tokio::task::JoinHandle<LaneEnds>,
+    /// Set when the executor ended on its own, with how it ended.
+    exec_ended: Option<Result<LaneEnds, tokio::task::JoinError>>,
+    sched: tokio::task::JoinHandle<()>,
+    http: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    cancel: CancellationToken,
+    store: AsyncStore,
+    shutdown_timeout: Duration,
+}
+
+/// STOPPING=1, every task told to stop, in-flight batches given `shutdown_timeout`, the rest
+/// returned to pending; an executor that had ended on its own is an error.
+async fn stop(i: StopInputs) -> Result<()> {
+    let StopInputs {
+        exec,
+        exec_ended,
+        sched,
+        http,
+        cancel,
+        store,
+        shutdown_timeout,
+    } = i;
+    let unexpected = exec_ended.is_some();
+    notify(&[sd_notify::NotifyState::Stopping]);
+    cancel.cancel();
+    let _ = sched.await;
+    if let Some(h) = http {
+        let _ = h.await;
+    }
+    let ended = match exec_ended {
+        Some(ended) => ended,
+        None => match tokio::time::timeout(shutdown_timeout + Duration::from_secs(5), exec).await {
+            Ok(ended) => ended,
+            Err(_) => {
+                tracing::warn!("executor did not stop in time");
+                Ok(Ok(Vec::new()))
+            }
+        },
+    };
+    let released = store.call(|s| s.release_all_in_flight()).await?;
+    if released > 0 {
+        tracing::info!(items = released, "returned unfinished items to pending");
+    }
+    match ended {
+        Ok(Ok(_)) if unexpected => anyhow::bail!("the executor stopped unexpectedly"),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(anyhow::Error::new(e).context("the executor stopped")),
+        Err(e) => return Err(anyhow::Error::new(e).context("the executor task failed")),
+    }
+    Ok(())
 }
