@@ -1,9 +1,10 @@
 //! Intake: notices what feeders committed and resolves it. Every tick reads `PRAGMA
 //! data_version` (a cheap in-memory read that changes when another connection commits); when it
 //! changed, or when requests whose discovery failed are due another try, it resolves received
-//! requests and wakes the executor.
+//! requests, wakes the executor, and tells the scheduler the rules may have changed.
 
 use anyhow::Result;
+use tokio::sync::Notify;
 
 use crate::clock::SharedClock;
 use crate::executor::Executor;
@@ -30,12 +31,17 @@ impl Intake {
         resolver: &Resolver,
         executor: &Executor,
         clock: &SharedClock,
+        rules_changed: &Notify,
     ) -> Result<()> {
         let version = store.call(|s| s.data_version()).await?;
         let now_ms = clock.now_ms();
         let retry_due = self.unresolved && now_ms - self.last_retry_ms >= RESOLVE_RETRY_MS;
         if self.last_version == Some(version) && !retry_due {
             return Ok(());
+        }
+        if self.last_version.is_some_and(|v| v != version) {
+            // Another connection committed: rules may have changed (`forgetd rules add`).
+            rules_changed.notify_one();
         }
         self.last_version = Some(version);
         self.last_retry_ms = now_ms;

@@ -162,16 +162,14 @@ impl Daemon {
         let cancel = CancellationToken::new();
         let deadline_secs = Arc::new(AtomicI64::new(config.daemon.deadline.as_secs() as i64));
         let shutdown_timeout = config.daemon.shutdown_timeout;
-        let tasks = Tasks::spawn(
-            &config,
-            &store,
-            &executor,
-            &resolver,
-            &clock,
-            &deadline_secs,
-            &cancel,
-        )
-        .await?;
+        // Sender: intake (another connection committed) and reload; receiver: the scheduler.
+        let rules_changed = Arc::new(tokio::sync::Notify::new());
+        let signals = Signals {
+            deadline_secs: deadline_secs.clone(),
+            rules_changed: rules_changed.clone(),
+            cancel: cancel.clone(),
+        };
+        let tasks = Tasks::spawn(&config, &store, &executor, &resolver, &clock, &signals).await?;
         let Tasks {
             mut exec,
             sched,
@@ -208,6 +206,7 @@ impl Daemon {
                             Ok(new) => {
                                 deadline_secs.store(new.daemon.deadline.as_secs() as i64, Ordering::Relaxed);
                                 tracing::info!("SIGHUP: configuration reloaded and rules re-synced");
+                                rules_changed.notify_one();
                                 executor.wake();
                             }
                             Err(e) => tracing::error!(error = %crate::errors::render(&e), "SIGHUP: the new configuration is invalid; keeping the old one"),
@@ -221,7 +220,7 @@ impl Daemon {
                         notify(&[sd_notify::NotifyState::Watchdog]);
                     }
                     metrics.heartbeat_ms.store(clock.now_ms(), Ordering::Relaxed);
-                    intake.tick(&store, &resolver, &executor, &clock).await?;
+                    intake.tick(&store, &resolver, &executor, &clock, &rules_changed).await?;
                     reporter.tick(&store, &clock, deadline_secs.load(Ordering::Relaxed)).await?;
                 }
             }
@@ -241,6 +240,16 @@ impl Daemon {
     }
 }
 
+/// What the main loop shares with its tasks.
+struct Signals {
+    /// The request deadline, changed by a reload (the metrics' "due soon" reads it).
+    deadline_secs: Arc<AtomicI64>,
+    /// Poked when rules may have changed; the scheduler listens.
+    rules_changed: Arc<tokio::sync::Notify>,
+    /// Every task stops on it.
+    cancel: CancellationToken,
+}
+
 /// How the executor's lanes ended.
 type LaneEnds = Result<Vec<(ProviderKind, LaneEnd)>, ExecutorError>;
 
@@ -258,13 +267,18 @@ impl Tasks {
         executor: &Arc<Executor>,
         resolver: &Arc<Resolver>,
         clock: &SharedClock,
-        deadline_secs: &Arc<AtomicI64>,
-        cancel: &CancellationToken,
+        signals: &Signals,
     ) -> Result<Tasks> {
+        let Signals {
+            deadline_secs,
+            rules_changed,
+            cancel,
+        } = signals;
         let exec = {
             let (e, c) = (executor.clone(), cancel.clone());
             tokio::spawn(async move { e.run(Mode::Forever, c).await })
         };
+        let timer = crate::scheduler::Timer::cron(clock.clone()).await?;
         let sched = {
             let (r, s, c, cl) = (
                 resolver.clone(),
@@ -272,9 +286,9 @@ impl Tasks {
                 cancel.clone(),
                 clock.clone(),
             );
-            let e = executor.clone();
+            let (e, changed) = (executor.clone(), rules_changed.clone());
             tokio::spawn(async move {
-                crate::scheduler::run_schedules(r, s, move || e.wake(), cl, c).await
+                crate::scheduler::run_schedules(r, s, move || e.wake(), cl, timer, changed, c).await
             })
         };
         let metrics = executor.metrics();

@@ -1,71 +1,99 @@
 //! Retention scheduling: the loop that runs each rule when its schedule says so.
 //!
 //! Rules: one rule run at a time (a slow run delays the next, never overlaps it); rules re-read
-//! from the database every pass; waits on the injected clock. When a rule is due is
-//! [`crate::schedule`]'s pure arithmetic (cron, time zones, DST, catch-up).
+//! from the database on every pass. When a rule is due is [`crate::schedule`]'s pure arithmetic
+//! (cron, time zones, DST, catch-up) on the injected clock. Between passes the loop sleeps until
+//! the earliest next run ([`timer`]: tokio-cron-scheduler in production, the injected clock in
+//! tests), or until `rules_changed` says the database changed (the daemon's intake pokes it when
+//! another connection commits: `forgetd rules add/approve`, a feeder) or a reload happened; at
+//! most an hour, so a missed poke or a jump of the wall clock costs at most that.
+
+pub mod timer;
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::resolve::{Patience, Resolver};
 pub use crate::schedule::{Due, Schedule, ScheduleError, due};
 use crate::store::AsyncStore;
+pub use timer::Timer;
 
-/// Runs retention rules on their schedules until cancelled: one rule run at a time (a slow run
-/// delays the next, never overlaps it), rules re-read from the database every pass (changes need
-/// no restart), waits on the injected clock. `wake` announces new work to the executor.
+/// The longest the loop sleeps without looking at the rules again.
+const MAX_SLEEP_SECS: i64 = 3600;
+
+/// Runs retention rules on their schedules until cancelled (see the module doc). `wake`
+/// announces new work to the executor.
 pub async fn run_schedules(
     resolver: Arc<Resolver>,
     store: AsyncStore,
     wake: impl Fn() + Send,
     clock: SharedClock,
+    timer: Timer,
+    rules_changed: Arc<Notify>,
     cancel: CancellationToken,
 ) {
     while !cancel.is_cancelled() {
-        let now = clock.now();
-        let rules = match store.call(|s| s.list_rules()).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "scheduler: cannot read rules");
-                Vec::new()
-            }
-        };
-        let mut next_wake = now + 60;
-        for rule in rules {
-            if cancel.is_cancelled() {
-                return;
-            }
-            if rule.awaiting_approval.is_some() && !rule.approved {
-                continue; // held by its ceiling until `rules approve`
-            }
-            let Ok(schedule) = Schedule::parse(&rule.schedule, &rule.timezone) else {
-                tracing::error!(rule = %rule.name, schedule = %rule.schedule, "rule has an invalid schedule; skipped");
-                continue;
-            };
-            match due(&schedule, rule.last_run_at, rule.created_at, clock.now()) {
-                Due::Now => {
-                    if let Err(e) = resolver.run_rule(&rule, Patience::Brief).await {
-                        tracing::error!(rule = %rule.name, error = %format!("{e:#}"), "retention rule run failed; retrying at its next schedule");
-                        let (at, name) = (clock.now(), rule.name.clone());
-                        let _ = store.call(move |s| s.mark_rule_attempt(&name, at)).await;
-                    }
-                    wake();
-                    next_wake = clock.now();
-                }
-                Due::At(t) => next_wake = next_wake.min(t),
-                Due::Never => {}
-            }
-        }
-        // Look again at least every second: rules may change in the database at any time.
-        let wait = Duration::from_secs((next_wake - clock.now()).clamp(0, 1) as u64);
+        let next = run_due_rules(&resolver, &store, &wake, &clock, &cancel).await;
+        let at = next.min(clock.now() + MAX_SLEEP_SECS);
         tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = clock.sleep(wait.max(Duration::from_millis(1))) => {}
+            _ = cancel.cancelled() => break,
+            _ = rules_changed.notified() => {}
+            r = timer.wait_until(at) => if let Err(e) = r {
+                tracing::error!(error = %e, "scheduler: the timer failed; looking again in a second");
+                clock.sleep(std::time::Duration::from_secs(1)).await;
+            },
         }
     }
+    timer.shutdown().await;
+}
+
+/// One pass: runs every rule that is due, one at a time; returns when the next one is (unix
+/// seconds).
+async fn run_due_rules(
+    resolver: &Resolver,
+    store: &AsyncStore,
+    wake: &impl Fn(),
+    clock: &SharedClock,
+    cancel: &CancellationToken,
+) -> i64 {
+    let rules = match store.call(|s| s.list_rules()).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "scheduler: cannot read rules; trying again in a minute");
+            return clock.now() + 60;
+        }
+    };
+    let mut next = i64::MAX;
+    for rule in rules {
+        if cancel.is_cancelled() {
+            break;
+        }
+        if rule.awaiting_approval.is_some() && !rule.approved {
+            continue; // held by its ceiling until `rules approve` (a database change: a poke)
+        }
+        let Ok(schedule) = Schedule::parse(&rule.schedule, &rule.timezone) else {
+            tracing::error!(rule = %rule.name, schedule = %rule.schedule, "rule has an invalid schedule; skipped");
+            continue;
+        };
+        match due(&schedule, rule.last_run_at, rule.created_at, clock.now()) {
+            Due::Now => {
+                if let Err(e) = resolver.run_rule(&rule, Patience::Brief).await {
+                    tracing::error!(rule = %rule.name, error = %format!("{e:#}"), "retention rule run failed; retrying at its next schedule");
+                    let (at, name) = (clock.now(), rule.name.clone());
+                    let _ = store.call(move |s| s.mark_rule_attempt(&name, at)).await;
+                }
+                wake();
+                // Look again at once: the run took time, and its rule's next time moved on.
+                next = clock.now();
+            }
+            Due::At(t) => next = next.min(t),
+            Due::Never => {}
+        }
+    }
+    next
 }
 
 #[cfg(test)]
@@ -73,6 +101,7 @@ mod loop_tests {
     use super::*;
     use crate::clock::{Clock, ManualClock};
     use crate::store::Store;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn runs_each_scheduled_time_once_in_order_and_picks_up_new_rules() {
@@ -105,11 +134,14 @@ mod loop_tests {
             ),
         });
         let cancel = CancellationToken::new();
+        let poke = Arc::new(Notify::new());
         let task = tokio::spawn(run_schedules(
             resolver,
             store,
             || {},
             Arc::new(clock.clone()),
+            Timer::Injected(Arc::new(clock.clone())),
+            poke.clone(),
             cancel.clone(),
         ));
         // let 60 s of injected time pass, then add a rule through another connection
@@ -120,6 +152,8 @@ mod loop_tests {
             .unwrap()
             .add_rule(&spec("late", "*/30 * * * * *"), clock.now())
             .unwrap();
+        // What the daemon's intake does when another connection commits.
+        poke.notify_one();
         while clock.now_ms() < start + 120_000 {
             tokio::task::yield_now().await;
         }
