@@ -339,6 +339,34 @@ async fn the_daemon_built_in_process_drains_a_feeders_request_and_stops_when_tol
         "decoy"
     );
     assert!(sim.exists(ProviderKind::CONVAI, "char-a", "bob-1"), "decoy");
+    // A rule added by another process while the daemon runs is picked up: intake sees the
+    // commit and wakes the scheduler, which would otherwise sleep for an hour (no rule was due).
+    sim.add_convai_chat("char-r", "old-1", 1_700_000_000);
+    let o = s.sqlite3(
+        "INSERT INTO sessions(provider, scope, session_id, created_at) VALUES ('convai', 'char-r', 'old-1', 1700000000)",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.forgetd(&[
+        "rules",
+        "add",
+        "old-chats",
+        "--provider",
+        "convai",
+        "--scope",
+        "char-r",
+        "--max-age",
+        "30d",
+        "--schedule",
+        "* * * * * *",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    eventually("the new rule's chat deleted", || {
+        !sim.exists(ProviderKind::CONVAI, "char-r", "old-1")
+    })
+    .await;
+    let runs = stdout(&s.sqlite3("SELECT DISTINCT rule_name FROM rule_runs"));
+    assert_eq!(runs.trim(), "old-chats");
+    assert!(sim.exists(ProviderKind::CONVAI, "char-a", "bob-1"), "decoy");
     assert!(!running.is_finished(), "the daemon runs until told to stop");
     tx.send(forgetd::daemon::Control::Stop("test"))
         .await
