@@ -154,7 +154,7 @@ impl Clock for ManualClock {
     }
 }
 
-pub fn ms(d: Duration) -> i64 {
+fn ms(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
 }
 

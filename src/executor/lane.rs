@@ -22,7 +22,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tokio::sync::Notify;
 
-use crate::clock::SharedClock;
+use crate::clock::{Millis, SharedClock};
 use crate::providers::ProviderLimits;
 
 pub const FIRST_PROBE: Duration = Duration::from_secs(30);
@@ -44,7 +44,7 @@ type Limiter = RateLimiter<NotKeyed, InMemoryState, GovernorClock, NoOpMiddlewar
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pause {
     pub reason: String,
-    pub next_probe_ms: i64,
+    pub next_probe: Millis,
     pub probe_delay: Duration,
 }
 
@@ -55,7 +55,7 @@ pub struct Lane {
     inflight: AtomicUsize,
     freed: Notify,
     limiter: Option<Limiter>,
-    resume_at_ms: Mutex<i64>,
+    resume_at: Mutex<Millis>,
     pause: Mutex<Option<Pause>>,
 }
 
@@ -85,7 +85,7 @@ impl Lane {
             inflight: AtomicUsize::new(0),
             freed: Notify::new(),
             limiter,
-            resume_at_ms: Mutex::new(0),
+            resume_at: Mutex::new(Millis(0)),
             pause: Mutex::new(None),
         }
     }
@@ -112,12 +112,10 @@ impl Lane {
     /// Waits until a call may start: past any throttle, within the rate limit.
     pub async fn ready(&self) {
         loop {
-            let resume = *self.resume_at_ms.lock().unwrap();
-            let now = self.clock.now_ms();
+            let resume = *self.resume_at.lock().unwrap();
+            let now = self.clock.instant();
             if now < resume {
-                self.clock
-                    .sleep(Duration::from_millis((resume - now) as u64))
-                    .await;
+                self.clock.sleep(resume.since(now)).await;
                 continue;
             }
             match &self.limiter {
@@ -136,8 +134,8 @@ impl Lane {
 
     /// A 429: no call before `wait` has passed, and half the concurrency.
     pub fn throttled(&self, wait: Duration) {
-        let until = self.clock.now_ms() + crate::clock::ms(wait);
-        let mut r = self.resume_at_ms.lock().unwrap();
+        let until = self.clock.instant().after(wait);
+        let mut r = self.resume_at.lock().unwrap();
         *r = (*r).max(until);
         let cur = self.allowed.load(Ordering::SeqCst);
         self.allowed.store((cur / 2).max(1), Ordering::SeqCst);
@@ -170,15 +168,15 @@ impl Lane {
     /// paused: it leaves the pause as it is. Only a failed probe doubles the delay.
     pub fn pause(&self, reason: String) -> Pause {
         let mut p = self.pause.lock().unwrap();
-        let now = self.clock.now_ms();
+        let now = self.clock.instant();
         let delay = match p.as_ref() {
-            Some(old) if now < old.next_probe_ms => return old.clone(),
+            Some(old) if now < old.next_probe => return old.clone(),
             Some(old) => (old.probe_delay * 2).min(MAX_PROBE),
             None => FIRST_PROBE,
         };
         let next = Pause {
             reason,
-            next_probe_ms: now + crate::clock::ms(delay),
+            next_probe: now.after(delay),
             probe_delay: delay,
         };
         *p = Some(next.clone());

@@ -387,11 +387,14 @@ impl Executor {
     /// While paused: whether this worker probes now (worker 0, once the probe is due); the
     /// others wait (at most a second, then look again).
     async fn probe_due(&self, w: usize, p: &lane::Pause, cancel: &CancellationToken) -> bool {
-        let now = self.clock.now_ms();
-        if w == 0 && now >= p.next_probe_ms {
+        let now = self.clock.instant();
+        if w == 0 && now >= p.next_probe {
             return true;
         }
-        let wait = Duration::from_millis((p.next_probe_ms - now).clamp(1, 1000) as u64);
+        let wait = p
+            .next_probe
+            .since(now)
+            .clamp(Duration::from_millis(1), Duration::from_secs(1));
         tokio::select! {
             _ = cancel.cancelled() => {}
             _ = self.clock.sleep(wait) => {}

@@ -86,7 +86,7 @@ async fn run_due_rules(
                     let _ = store.call(move |s| s.mark_rule_attempt(&name, at)).await;
                 }
                 wake();
-                // Look again at once: the run took time, and its rule's next time moved on.
+                // Look again soon: the run took time, and its rule's next time moved on.
                 next = clock.now();
             }
             Due::At(t) => next = next.min(t),

@@ -50,7 +50,10 @@ impl Timer {
                 Ok(())
             }
             Timer::Cron { jobs, clock } => {
-                let d = Duration::from_millis((at * 1000 - clock.now_ms()).max(1) as u64);
+                // The crate schedules a one-shot job at `whole seconds of now + whole seconds of
+                // the duration` (both truncated): a duration in whole seconds counted from this
+                // second makes that `at` itself, never earlier (a fraction would fire early).
+                let d = Duration::from_secs((at - clock.now()).max(1) as u64);
                 let fired = Arc::new(Notify::new());
                 let f = fired.clone();
                 let id = jobs
