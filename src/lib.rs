@@ -10,17 +10,17 @@
 //! | [`fields`] | one config value, checked (durations, service URLs, secret references), every problem named by its key (a leaf) |
 //! | [`secret`] | secret references (`env:`, `file:`, `credential:`) and reading them as text or bytes (a leaf) |
 //! | [`model`] | shared nouns: provider keys, chat keys, request states (a leaf: it names no provider) |
-//! | [`clock`] | injected time (real; manual for tests: sleeping on it advances it, or stepped: only the test moves it) |
+//! | [`clock`] | injected time (real; manual for tests: sleeping on it advances it, or stepped: only the test moves it); `Millis` (a bare `i64` time is unix seconds) |
 //! | [`store`] | the SQLite file and **every SQL statement**: schema and migrations (the `providers` table kept equal to the registry), the work-item state machine and batch claims, requests, resolution of requests and rules (and `plan`), inventory and import, holds, rules, status, the audit trail's appends and walks, backups, the daemon lock |
 //! | [`resolve`] | discovery: asking the providers which chats a request or rule covers, with retry; the store resolves what it found |
 //! | [`providers`] | the `Provider` and `Settings` traits, the registry (the one list of providers), the limits every provider shares, HTTP plumbing; one folder per provider owning its config table, ID rules, client and answer classification: `convai/`, `koosearch/` (with the IAM token lifecycle), and the test-only `ledger/` that proves a third provider is one folder and one registry line |
-//! | [`executor`] | deleting: lane workers, batching, retry and backoff, rate limits and throttling, pauses |
+//! | [`executor`] | deleting: lane workers, batching, splitting refused batches, retry and backoff, rate limits and throttling, pauses; its `Stats` are read back from [`metrics`] |
 //! | [`schedule`] | cron expressions and when a rule is due: pure, DST-correct, catch-up once (a leaf) |
-//! | [`scheduler`] | the loop that runs retention rules when due, on the injected clock |
-//! | [`daemon`] | `run` and `run --once`: start-up checks, intake, signals, systemd notify, shutdown |
+//! | [`scheduler`] | the loop that runs retention rules when due, and its timer (tokio-cron-scheduler one-shot jobs in production, the injected clock in tests) |
+//! | [`daemon`] | `Daemon::build` (start-up checks), `run_once`, `run_until(control)`: intake, status, reload, shutdown; `signals` turns Unix signals into control |
 //! | [`audit`] | the audit chain's arithmetic and typed events (shared by writer and certificate), the subject key |
 //! | [`certificate`] | the certificate of erasure, a read model of the request's typed closing event |
-//! | [`metrics`] | Prometheus `/metrics` and `/healthz` |
+//! | [`metrics`] | Prometheus `/metrics` and `/healthz`; the executor's counters, every known series at 0 from start |
 //! | [`simulator`] | Convai, KooSearch and IAM on loopback, with fault injection (tests, `demo`, `bench`, `forgetd simulator`) |
 //! | [`demo`] | `forgetd demo` |
 //! | [`mod@bench`] | `forgetd bench` |

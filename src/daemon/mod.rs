@@ -9,18 +9,18 @@
 //! [`Daemon::build`] does those checks; [`Daemon::run_until`] runs until its control channel
 //! says stop (mini-redis style: the shutdown is injected, so tests drive a real daemon without
 //! signals). Running, the tasks share one cancellation token:
-//! - [`intake`]: every 250 ms, resolves what feeders committed and wakes the executor; the same
-//!   tick sends WATCHDOG=1 (a stuck loop is caught, not hidden by a timer) and [`status`]'s
+//! - `intake`: every 250 ms, resolves what feeders committed and wakes the executor; the same
+//!   tick sends WATCHDOG=1 (a stuck loop is caught, not hidden by a timer) and `status`'s
 //!   STATUS= line every 10 s, overdue requests and the audit head every 5 minutes.
 //! - scheduler: runs each retention rule when its cron schedule says, one run at a time; a run
 //!   missed while the daemon was down is made up once (see [`crate::scheduler`]).
 //! - executor: the lanes that delete (see [`crate::executor`]).
 //! - control ([`signals`] in production): Stop ends claiming, lets in-flight batches finish
 //!   within `shutdown_timeout`, returns the rest to pending, STOPPING=1, returns. Reload
-//!   ([`reload`]) re-reads and validates the config file; a bad one is logged and the old one
+//!   (`reload`) re-reads and validates the config file; a bad one is logged and the old one
 //!   kept; rules are re-synced. (Provider connections and limits take effect at the next start.)
 //!
-//! [`once`] is `--once`: resolve, run every rule once, drain waiting out backoffs, report.
+//! `once` is `--once`: resolve, run every rule once, drain waiting out backoffs, report.
 
 mod intake;
 mod once;
@@ -131,7 +131,7 @@ impl Daemon {
         })
     }
 
-    /// `run --once`: see [`once`].
+    /// `run --once`: see the `once` module.
     pub async fn run_once(&self) -> Result<OnceReport> {
         once::run(self).await
     }

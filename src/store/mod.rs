@@ -19,6 +19,14 @@
 //!   single writer serializes the daemon's own writes (no SQLITE_BUSY between its own tasks) and
 //!   keeps prepared statements cached on one connection.
 //!
+//! The API is domain operations (file a request, resolve it, run a rule, claim a batch, finish
+//! it, append to the audit trail, read a certificate's record), never SQL or connections handed
+//! out: only `connection()`, for tests and tools, exposes one, and nothing outside this folder
+//! calls it (`tests/architecture.rs`). That is the seam for a second engine: `Store` is the
+//! SQLite engine today; PostgreSQL will make it an enum over engines with these same operations
+//! (an enum rather than a trait object, because the two differ in how they claim and notify, and
+//! callers should not pay for dynamic dispatch on every statement), each engine in its own folder.
+//!
 //! Submodules: [`queue`] (work-item state machine and batch claims), [`requests`] (erasure
 //! requests), [`resolution`] (requests and rule runs into work items, and `plan`), [`inventory`]
 //! (sessions and import), [`holds`], [`rules`], [`lock`] (the daemon lock), [`status`].
