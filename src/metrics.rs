@@ -52,7 +52,7 @@ pub struct Metrics {
     overdue: Gauge,
     due_soon: Gauge,
     paused: Family<Labels, Gauge>,
-    token_refreshes: Family<Labels, Gauge>,
+    token_refreshes: Family<Labels, Counter>,
     /// When the daemon's intake loop last went round (unix ms), for /healthz.
     pub heartbeat_ms: AtomicI64,
 }
@@ -93,7 +93,8 @@ impl Metrics {
         let overdue = Gauge::default();
         let due_soon = Gauge::default();
         let paused = Family::<Labels, Gauge>::default();
-        let token_refreshes = Family::<Labels, Gauge>::default();
+        let token_refreshes = Family::<Labels, Counter>::default();
+        let build_info = Family::<Labels, Gauge>::default();
         registry.register(
             "deletions",
             "Chats by provider and outcome (deleted, dead)",
@@ -153,6 +154,17 @@ impl Metrics {
             "IAM tokens fetched, by provider",
             token_refreshes.clone(),
         );
+        registry.register(
+            "build_info",
+            "1, labelled with the version and the commit this daemon was built from",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&labels(&[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", env!("FORGETD_COMMIT")),
+            ]))
+            .set(1);
         Self {
             registry,
             deletions,
@@ -300,9 +312,12 @@ impl Metrics {
             self.paused
                 .get_or_create(&labels(&[("provider", &kind)]))
                 .set(paused as i64);
-            self.token_refreshes
+            // The client counts its token fetches; the counter catches up to it (never back).
+            let c = self
+                .token_refreshes
                 .get_or_create(&labels(&[("provider", &kind)]))
-                .set(p.token_refreshes() as i64);
+                .clone();
+            c.inc_by(p.token_refreshes().saturating_sub(c.get()));
         }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");

@@ -76,12 +76,21 @@ async fn metrics_change_as_a_drain_proceeds() {
         "forgetd_delete_calls_total{provider=\"convai\"} 0",
         "forgetd_lookups_total{provider=\"koosearch\"} 0",
         "forgetd_batch_splits_total{provider=\"convai\"} 0",
+        "forgetd_token_refreshes_total{provider=\"convai\"} 0",
     ] {
         assert!(
             before.lines().any(|l| l == series),
             "missing {series}:\n{before}"
         );
     }
+    assert!(
+        before
+            .lines()
+            .any(|l| l.starts_with("forgetd_build_info{version=\"")
+                && l.contains(",commit=\"")
+                && l.ends_with("} 1")),
+        "{before}"
+    );
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 
@@ -140,6 +149,13 @@ async fn metrics_change_as_a_drain_proceeds() {
             "{after}"
         );
     }
-    assert!(after.contains("forgetd_token_refreshes{provider=\"koosearch\"}"));
+    // KooSearch fetched its IAM token to list and delete: the counter went up.
+    assert!(
+        metric(
+            &after,
+            "forgetd_token_refreshes_total{provider=\"koosearch\"}"
+        ) >= 1.0,
+        "{after}"
+    );
     child.start_kill().unwrap();
 }
