@@ -175,3 +175,59 @@ mod tests {
         assert!(!p[2].contains("sk-literal-123"));
     }
 }
+
+/// A moment as unix seconds, from unix seconds (`1767225600`) or RFC 3339 with `Z` or an offset
+/// (`2026-01-01T00:00:00Z`, `2026-01-01T01:00:00+01:00`; a space for the `T` and no zone, read
+/// as UTC, are accepted too). Times before 1970 are refused.
+pub fn unix_seconds(text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    let secs = if let Ok(n) = t.parse::<i64>() {
+        n
+    } else if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
+        d.timestamp()
+    } else if let Ok(d) = humantime::parse_rfc3339_weak(t) {
+        match d.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => d.as_secs() as i64,
+            Err(_) => -1,
+        }
+    } else {
+        return Err(format!(
+            "\"{text}\" is not a time: give unix seconds or RFC 3339 (2026-01-31T12:00:00Z, 2026-01-31T13:00:00+01:00)"
+        ));
+    };
+    if secs < 0 {
+        return Err(format!("\"{text}\" is before 1970"));
+    }
+    Ok(secs)
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::unix_seconds;
+
+    #[test]
+    fn unix_seconds_and_rfc3339_with_any_offset_name_the_same_moment() {
+        let m = 1_767_225_600; // 2026-01-01T00:00:00Z
+        for t in [
+            "1767225600",
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T01:00:00+01:00",
+            "2025-12-31T19:00:00-05:00",
+            "2026-01-01 00:00:00",
+            " 2026-01-01T00:00:00Z ",
+        ] {
+            assert_eq!(unix_seconds(t), Ok(m), "{t}");
+        }
+        assert!(
+            unix_seconds("yesterday")
+                .unwrap_err()
+                .contains("not a time")
+        );
+        assert!(
+            unix_seconds("1969-12-31T23:59:59Z")
+                .unwrap_err()
+                .contains("before 1970")
+        );
+        assert!(unix_seconds("-5").is_err());
+    }
+}

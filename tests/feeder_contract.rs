@@ -307,3 +307,71 @@ fn usage_errors_exit_2() {
         2
     );
 }
+
+/// A time with an offset names the same moment as its UTC spelling, in `sessions add` and in both
+/// import formats; a time that is not one is refused with the line it is on.
+#[test]
+fn times_with_offsets_are_read_as_the_moment_they_name_everywhere() {
+    let s = Scratch::new();
+    let add = s.forgetd(&[
+        "sessions",
+        "add",
+        "--provider",
+        "convai",
+        "--scope",
+        "c",
+        "--id",
+        "a1",
+        "--created-at",
+        "2026-01-01T01:00:00+01:00",
+    ]);
+    assert_eq!(code(&add), 0, "{}", stderr(&add));
+    let csv = s.write(
+        "t.csv",
+        "provider,scope,session_id,created_at\nconvai,c,c1,2025-12-31T19:00:00-05:00\nconvai,c,c2,1767225600\n",
+    );
+    let o = s.forgetd(&["sessions", "import", csv.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let jsonl = s.write(
+        "t.jsonl",
+        "{\"provider\":\"convai\",\"scope\":\"c\",\"session_id\":\"j1\",\"created_at\":\"2026-01-01T00:00:00Z\"}\n{\"provider\":\"convai\",\"scope\":\"c\",\"session_id\":\"j2\",\"created_at\":1767225600}\n",
+    );
+    let o = s.forgetd(&["sessions", "import", jsonl.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let rows = stdout(&s.sqlite3(
+        "SELECT group_concat(session_id || '=' || created_at, ',') FROM (SELECT * FROM sessions ORDER BY session_id)",
+    ));
+    assert_eq!(
+        rows.trim(),
+        "a1=1767225600,c1=1767225600,c2=1767225600,j1=1767225600,j2=1767225600"
+    );
+    let bad = s.write(
+        "bad.csv",
+        "provider,scope,session_id,created_at\nconvai,c,b1,1767225600\nconvai,c,b2,soon\n",
+    );
+    let o = s.forgetd(&["sessions", "import", bad.to_str().unwrap()]);
+    assert_ne!(code(&o), 0);
+    assert!(
+        stderr(&o).contains("line 3") && stderr(&o).contains("not a time"),
+        "{}",
+        stderr(&o)
+    );
+    let o = s.forgetd(&[
+        "sessions",
+        "add",
+        "--provider",
+        "convai",
+        "--scope",
+        "c",
+        "--id",
+        "x",
+        "--created-at",
+        "1969-12-31T23:00:00Z",
+    ]);
+    assert_eq!(
+        code(&o),
+        2,
+        "a bad value given on the command line is a usage error"
+    );
+    assert!(stderr(&o).contains("before 1970"), "{}", stderr(&o));
+}

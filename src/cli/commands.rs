@@ -320,19 +320,9 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
-/// Unix seconds, or an RFC 3339 time.
+/// Unix seconds, or an RFC 3339 time with `Z` or an offset.
 fn parse_time(text: &str) -> Result<i64> {
-    if let Ok(n) = text.parse::<i64>() {
-        return Ok(n);
-    }
-    let t = humantime::parse_rfc3339_weak(text).map_err(|_| {
-        UsageError(format!(
-            "\"{text}\" is not a time: give unix seconds or RFC 3339 (2026-01-31T12:00:00Z)"
-        ))
-    })?;
-    Ok(t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0))
+    Ok(crate::fields::unix_seconds(text).map_err(UsageError)?)
 }
 
 fn check_config(config: &Config) -> Result<ExitCode> {

@@ -24,8 +24,27 @@ pub struct NewSession {
     pub subject: Option<String>,
     #[serde(default)]
     pub repo_id: Option<String>,
-    #[serde(default)]
+    /// Unix seconds, or (in JSON Lines) RFC 3339 text with `Z` or an offset.
+    #[serde(default, deserialize_with = "unix_seconds_or_rfc3339")]
     pub created_at: Option<i64>,
+}
+
+fn unix_seconds_or_rfc3339<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Time {
+        Secs(i64),
+        Text(String),
+    }
+    match Option::<Time>::deserialize(d)? {
+        None => Ok(None),
+        Some(Time::Secs(n)) => Ok(Some(n)),
+        Some(Time::Text(t)) => crate::fields::unix_seconds(&t)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -291,14 +310,17 @@ fn csv_row(
             "subject" => row.subject = value,
             "repo_id" => row.repo_id = value,
             _ => {
-                row.created_at = match value {
-                    None => None,
-                    Some(v) => Some(v.trim().parse::<i64>().map_err(|_| ImportError::Line {
-                        line,
-                        message: format!("created_at \"{v}\" is not unix seconds"),
-                        source: None,
-                    })?),
-                }
+                row.created_at =
+                    match value {
+                        None => None,
+                        Some(v) => Some(crate::fields::unix_seconds(&v).map_err(|e| {
+                            ImportError::Line {
+                                line,
+                                message: format!("created_at: {e}"),
+                                source: None,
+                            }
+                        })?),
+                    }
             }
         }
     }
