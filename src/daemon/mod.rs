@@ -169,12 +169,8 @@ impl Daemon {
             rules_changed: rules_changed.clone(),
             cancel: cancel.clone(),
         };
-        let tasks = Tasks::spawn(&config, &store, &executor, &resolver, &clock, &signals).await?;
-        let Tasks {
-            mut exec,
-            sched,
-            http,
-        } = tasks;
+        let mut tasks =
+            Tasks::spawn(&config, &store, &executor, &resolver, &clock, &signals).await?;
         let metrics = executor.metrics();
         notify(&[
             sd_notify::NotifyState::Ready,
@@ -192,7 +188,7 @@ impl Daemon {
         let mut exec_ended = None;
         loop {
             tokio::select! {
-                ended = &mut exec => { exec_ended = Some(ended); break }
+                ended = &mut tasks.exec => { exec_ended = Some(ended); break }
                 c = control.recv() => match c {
                     Some(Control::Stop(why)) => { tracing::info!("{why}: stopping"); break }
                     None => { tracing::info!("control channel closed: stopping"); break }
@@ -225,16 +221,9 @@ impl Daemon {
                 }
             }
         }
-        stop(StopInputs {
-            exec,
-            exec_ended,
-            sched,
-            http,
-            cancel,
-            store,
-            shutdown_timeout,
-        })
-        .await?;
+        tasks
+            .stop(exec_ended, &signals.cancel, &store, shutdown_timeout)
+            .await?;
         tracing::info!("stopped");
         Ok(())
     }
@@ -313,55 +302,47 @@ impl Tasks {
     }
 }
 
-struct StopInputs {
-    exec: tokio::task::JoinHandle<LaneEnds>,
-    /// Set when the executor ended on its own, with how it ended.
-    exec_ended: Option<Result<LaneEnds, tokio::task::JoinError>>,
-    sched: tokio::task::JoinHandle<()>,
-    http: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    cancel: CancellationToken,
-    store: AsyncStore,
-    shutdown_timeout: Duration,
-}
-
-/// STOPPING=1, every task told to stop, in-flight batches given `shutdown_timeout`, the rest
-/// returned to pending; an executor that had ended on its own is an error.
-async fn stop(i: StopInputs) -> Result<()> {
-    let StopInputs {
-        exec,
-        exec_ended,
-        sched,
-        http,
-        cancel,
-        store,
-        shutdown_timeout,
-    } = i;
-    let unexpected = exec_ended.is_some();
-    notify(&[sd_notify::NotifyState::Stopping]);
-    cancel.cancel();
-    let _ = sched.await;
-    if let Some(h) = http {
-        let _ = h.await;
-    }
-    let ended = match exec_ended {
-        Some(ended) => ended,
-        None => match tokio::time::timeout(shutdown_timeout + Duration::from_secs(5), exec).await {
-            Ok(ended) => ended,
-            Err(_) => {
-                tracing::warn!("executor did not stop in time");
-                Ok(Ok(Vec::new()))
+impl Tasks {
+    /// STOPPING=1, every task told to stop, in-flight batches given `shutdown_timeout`, the
+    /// rest returned to pending. `exec_ended` is set when the executor ended on its own (it
+    /// only ends when told to): that is an error.
+    async fn stop(
+        self,
+        exec_ended: Option<Result<LaneEnds, tokio::task::JoinError>>,
+        cancel: &CancellationToken,
+        store: &AsyncStore,
+        shutdown_timeout: Duration,
+    ) -> Result<()> {
+        let Tasks { exec, sched, http } = self;
+        let unexpected = exec_ended.is_some();
+        notify(&[sd_notify::NotifyState::Stopping]);
+        cancel.cancel();
+        let _ = sched.await;
+        if let Some(h) = http {
+            let _ = h.await;
+        }
+        let ended = match exec_ended {
+            Some(ended) => ended,
+            None => {
+                match tokio::time::timeout(shutdown_timeout + Duration::from_secs(5), exec).await {
+                    Ok(ended) => ended,
+                    Err(_) => {
+                        tracing::warn!("executor did not stop in time");
+                        Ok(Ok(Vec::new()))
+                    }
+                }
             }
-        },
-    };
-    let released = store.call(|s| s.release_all_in_flight()).await?;
-    if released > 0 {
-        tracing::info!(items = released, "returned unfinished items to pending");
+        };
+        let released = store.call(|s| s.release_all_in_flight()).await?;
+        if released > 0 {
+            tracing::info!(items = released, "returned unfinished items to pending");
+        }
+        match ended {
+            Ok(Ok(_)) if unexpected => anyhow::bail!("the executor stopped unexpectedly"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(anyhow::Error::new(e).context("the executor stopped")),
+            Err(e) => return Err(anyhow::Error::new(e).context("the executor task failed")),
+        }
+        Ok(())
     }
-    match ended {
-        Ok(Ok(_)) if unexpected => anyhow::bail!("the executor stopped unexpectedly"),
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(anyhow::Error::new(e).context("the executor stopped")),
-        Err(e) => return Err(anyhow::Error::new(e).context("the executor task failed")),
-    }
-    Ok(())
 }
