@@ -51,13 +51,17 @@ async fn main() {
             base_url: sim.convai_url.parse().unwrap(),
             api_key: forgetd::config::SecretRef::File(dir.path().join("k")),
         },
-        &forgetd::providers::ProviderLimits {
-            batch_size: 100,
-            concurrency: 1,
-            requests_per_second: None,
-            timeout: Duration::from_secs(5),
-        },
-        std::sync::Arc::new(forgetd::clock::SystemClock),
+        forgetd::providers::gate::Gate::new(
+            forgetd::model::ProviderKind::CONVAI,
+            &forgetd::providers::ProviderLimits {
+                batch_size: 100,
+                concurrency: 4,
+                requests_per_second: None,
+                timeout: Duration::from_secs(5),
+            },
+            Duration::from_secs(3600),
+            std::sync::Arc::new(forgetd::clock::SystemClock),
+        ),
     )
     .unwrap();
     let batch = forgetd::providers::DeleteBatch {
@@ -67,7 +71,7 @@ async fn main() {
     };
     let t = Instant::now();
     for _ in 0..n {
-        client.delete(&batch).await.unwrap();
+        client.delete_alone(&batch).await.unwrap();
     }
     println!(
         "forgetd client: mean RTT {:.2} ms",
@@ -81,7 +85,7 @@ async fn main() {
             let (c, b) = (client.clone(), batch.clone());
             tokio::spawn(async move {
                 for _ in 0..20 {
-                    c.delete(&b).await.unwrap();
+                    c.delete_alone(&b).await.unwrap();
                 }
             })
         })

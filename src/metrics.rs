@@ -6,12 +6,13 @@
 //! created at 0 when a provider is registered; the executor's [`Stats`] are read back from them,
 //! so reports and `/metrics` cannot disagree; queue gauges (items by state, oldest pending age, overdue requests, paused providers)
 //! are read from the database at scrape time, so they are never stale and cost nothing between
-//! scrapes. Names follow Prometheus conventions (`_total` counters, base units, `forgetd_`
+//! scrapes; each provider's gate (state, paced rate, allowed concurrency, throttled answers of
+//! every kind of call) is read from the gate itself ([`Metrics::observe_gate`]). Names follow Prometheus conventions (`_total` counters, base units, `forgetd_`
 //! prefix); docs/METRICS.md lists them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::model::ProviderKind;
+use crate::providers::gate::{GateState, GateView};
 use crate::providers::{ProviderError, SharedProvider};
 use crate::store::AsyncStore;
 
@@ -53,6 +55,9 @@ pub struct Metrics {
     due_soon: Gauge,
     paused: Family<Labels, Gauge>,
     token_refreshes: Family<Labels, Counter>,
+    gate_state: Family<Labels, Gauge>,
+    gate_rate: Family<Labels, Gauge<f64, AtomicU64>>,
+    gate_concurrency: Family<Labels, Gauge>,
     /// When the daemon's intake loop last went round (unix ms), for /healthz.
     pub heartbeat_ms: AtomicI64,
 }
@@ -95,6 +100,9 @@ impl Metrics {
         let paused = Family::<Labels, Gauge>::default();
         let token_refreshes = Family::<Labels, Counter>::default();
         let build_info = Family::<Labels, Gauge>::default();
+        let gate_state = Family::<Labels, Gauge>::default();
+        let gate_rate = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let gate_concurrency = Family::<Labels, Gauge>::default();
         registry.register(
             "deletions",
             "Chats by provider and outcome (deleted, dead)",
@@ -105,7 +113,11 @@ impl Metrics {
             "Items sent back for another try, by provider and cause",
             retries.clone(),
         );
-        registry.register("throttled", "429 answers by provider", throttled.clone());
+        registry.register(
+            "throttled",
+            "Throttled answers (429, APIG.0308) by provider, from every kind of call",
+            throttled.clone(),
+        );
         registry.register(
             "delete_calls",
             "Delete calls sent, by provider",
@@ -155,6 +167,21 @@ impl Metrics {
             token_refreshes.clone(),
         );
         registry.register(
+            "gate_state",
+            "1 for the state a provider's politeness gate is in (running, throttled, paused), 0 for the others",
+            gate_state.clone(),
+        );
+        registry.register(
+            "gate_calls_per_second",
+            "The rate a provider's gate paces calls at, configured or learned from throttling (0: no limit)",
+            gate_rate.clone(),
+        );
+        registry.register(
+            "gate_concurrency",
+            "Calls a provider's gate allows in flight now (halved by a throttle, up to the configured concurrency)",
+            gate_concurrency.clone(),
+        );
+        registry.register(
             "build_info",
             "1, labelled with the version and the commit this daemon was built from",
             build_info.clone(),
@@ -180,6 +207,9 @@ impl Metrics {
             due_soon,
             paused,
             token_refreshes,
+            gate_state,
+            gate_rate,
+            gate_concurrency,
             heartbeat_ms: AtomicI64::new(0),
         }
     }
@@ -209,6 +239,36 @@ impl Metrics {
         ] {
             drop(f.get_or_create(&labels(&[("provider", k)])));
         }
+        for state in GateState::ALL {
+            drop(
+                self.gate_state
+                    .get_or_create(&labels(&[("provider", k), ("state", state.as_str())])),
+            );
+        }
+        drop(self.gate_rate.get_or_create(&labels(&[("provider", k)])));
+        drop(
+            self.gate_concurrency
+                .get_or_create(&labels(&[("provider", k)])),
+        );
+    }
+
+    /// Reads a provider's gate into the gate gauges; the throttled counter catches up to the
+    /// gate's own count (never back).
+    pub fn observe_gate(&self, v: &GateView) {
+        let k = v.provider.as_str();
+        for state in GateState::ALL {
+            self.gate_state
+                .get_or_create(&labels(&[("provider", k), ("state", state.as_str())]))
+                .set((state == v.state) as i64);
+        }
+        self.gate_rate
+            .get_or_create(&labels(&[("provider", k)]))
+            .set(v.rate.unwrap_or(0.0));
+        self.gate_concurrency
+            .get_or_create(&labels(&[("provider", k)]))
+            .set(v.allowed as i64);
+        let c = one(&self.throttled, v.provider);
+        c.inc_by(v.throttles.saturating_sub(c.get()));
     }
 
     /// A chat's deletion ended: `deleted` or `dead`.
@@ -226,9 +286,6 @@ impl Metrics {
         self.retries
             .get_or_create(&labels(&[("provider", kind.as_str()), ("cause", cause)]))
             .inc();
-    }
-    pub fn throttle(&self, kind: ProviderKind) {
-        one(&self.throttled, kind).inc();
     }
     pub fn delete_call(&self, kind: ProviderKind) {
         one(&self.delete_calls, kind).inc();
@@ -307,6 +364,7 @@ impl Metrics {
         self.overdue.set(st.overdue.len() as i64);
         self.due_soon.set(st.due_soon.len() as i64);
         for p in providers {
+            self.observe_gate(&p.gate().view());
             let kind = p.kind().to_string();
             let paused = st.paused_providers.iter().any(|x| x.provider == kind);
             self.paused

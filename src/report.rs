@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::store::holds::Hold;
 use crate::store::requests::{RequestDetail, RequestSummary};
 use crate::store::rules::RuleRow;
-use crate::store::status::Status;
+use crate::store::status::{GateRow, Status};
 
 pub fn time(ts: i64) -> String {
     if ts < 0 {
@@ -77,6 +77,12 @@ pub fn status_text(st: &Status, now: i64) -> String {
     for p in &st.paused_providers {
         let _ = writeln!(o, "PAUSED provider {}: {}", p.provider, p.reason);
     }
+    if !st.gates.is_empty() {
+        let _ = writeln!(o, "providers (politeness gate, as the daemon last saw it):");
+    }
+    for g in &st.gates {
+        let _ = writeln!(o, "  {}", gate_line(g, now));
+    }
     for r in &st.rules_awaiting_approval {
         let _ = writeln!(
             o,
@@ -84,6 +90,35 @@ pub fn status_text(st: &Status, now: i64) -> String {
         );
     }
     o
+}
+
+/// One provider's gate: state, rate (learned or configured), concurrency, when it was seen.
+pub fn gate_line(g: &GateRow, now: i64) -> String {
+    let mut line = format!("{:<10} {}", g.provider, g.state);
+    if let Some(at) = g.resume_at_ms.filter(|_| g.state == "throttled") {
+        let _ = write!(line, " until {}", time(at.div_euclid(1000)));
+    }
+    if let Some(at) = g.next_probe_ms.filter(|_| g.state == "paused") {
+        let _ = write!(line, ", next probe {}", time(at.div_euclid(1000)));
+    }
+    match (g.rate_per_s, g.rate_learned) {
+        (Some(r), true) => {
+            let _ = write!(line, ", learned rate {r:.1} calls/s");
+        }
+        (Some(r), false) => {
+            let _ = write!(line, ", rate {r:.1} calls/s (requests_per_second)");
+        }
+        (None, _) => line.push_str(", no rate limit (none configured, never throttled)"),
+    }
+    let _ = write!(
+        line,
+        ", concurrency {}/{}, {} throttled answer(s)",
+        g.concurrency, g.max_concurrency, g.throttles
+    );
+    if let Some(at) = g.updated_ms {
+        let _ = write!(line, " (seen {} ago)", ago(now - at.div_euclid(1000)));
+    }
+    line
 }
 
 pub fn requests_text(list: &[RequestSummary], now: i64) -> String {
@@ -286,6 +321,43 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("forgetd rules approve big-rule"), "{text}");
+    }
+
+    #[test]
+    fn status_shows_each_gate_with_its_learned_rate_or_its_pause() {
+        let mut st = Status::default();
+        let row = |provider: &str, state: &str| GateRow {
+            provider: provider.into(),
+            state: state.into(),
+            rate_per_s: None,
+            rate_learned: false,
+            concurrency: 2,
+            max_concurrency: 4,
+            resume_at_ms: None,
+            next_probe_ms: None,
+            throttles: 0,
+            updated_ms: Some(1_000_000),
+        };
+        st.gates.push(GateRow {
+            rate_per_s: Some(9.43),
+            rate_learned: true,
+            resume_at_ms: Some(1_002_000),
+            throttles: 12,
+            ..row("convai", "throttled")
+        });
+        st.gates.push(GateRow {
+            next_probe_ms: Some(1_030_000),
+            ..row("koosearch", "paused")
+        });
+        let text = status_text(&st, 1_003);
+        assert!(
+            text.contains("convai     throttled until 1970-01-01T00:16:42Z, learned rate 9.4 calls/s, concurrency 2/4, 12 throttled answer(s) (seen 3s ago)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("koosearch  paused, next probe 1970-01-01T00:17:10Z, no rate limit"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -37,14 +37,12 @@ async fn no_secret_appears_in_any_log_line_or_error() {
     let _guard = tracing::subscriber::set_default(subscriber);
     let e = env(Faults::default(), Duration::from_millis(300)).await;
     let mut errors = Vec::new();
-    e.koo.delete(&b(APP, &["k1"])).await.unwrap();
+    e.koo.delete_alone(&b(APP, &["k1"])).await.unwrap();
     e.sim.expire_tokens();
-    e.koo.delete(&b(APP, &["k2"])).await.unwrap();
+    e.koo.delete_alone(&b(APP, &["k2"])).await.unwrap();
+    // The refused credentials last: they pause each provider's gate, which then refuses calls
+    // without sending them.
     for faults in [
-        Faults {
-            auth_fail: [ProviderKind::CONVAI, ProviderKind::KOOSEARCH].into(),
-            ..Faults::default()
-        },
         Faults {
             malformed_rate: 1.0,
             ..Faults::default()
@@ -53,10 +51,19 @@ async fn no_secret_appears_in_any_log_line_or_error() {
             bad_ids: ["k3".to_string(), "s3".to_string()].into(),
             ..Faults::default()
         },
+        Faults {
+            auth_fail: [ProviderKind::CONVAI, ProviderKind::KOOSEARCH].into(),
+            ..Faults::default()
+        },
     ] {
         e.sim.set_faults(faults);
-        errors.push(e.convai.delete(&b("char", &["s3"])).await.unwrap_err());
-        errors.push(e.koo.delete(&b(APP, &["k3"])).await.unwrap_err());
+        errors.push(
+            e.convai
+                .delete_alone(&b("char", &["s3"]))
+                .await
+                .unwrap_err(),
+        );
+        errors.push(e.koo.delete_alone(&b(APP, &["k3"])).await.unwrap_err());
     }
     let mut tokens = e.sim.issued_tokens();
     tokens.push("MII".into()); // every simulator token starts so

@@ -15,22 +15,25 @@ use sim_clients::*;
 async fn success_and_already_deleted_ids() {
     let e = env(Faults::default(), Duration::from_secs(5)).await;
     assert_eq!(
-        e.convai.delete(&b("char", &["s1", "s2"])).await.unwrap(),
+        e.convai
+            .delete_alone(&b("char", &["s1", "s2"]))
+            .await
+            .unwrap(),
         DeleteOutcome::AllDeleted
     );
     assert!(!e.sim.exists(ProviderKind::CONVAI, "char", "s1"));
     // Convai: deleting again is a 200 (idempotent)
     assert_eq!(
-        e.convai.delete(&b("char", &["s1"])).await.unwrap(),
+        e.convai.delete_alone(&b("char", &["s1"])).await.unwrap(),
         DeleteOutcome::AllDeleted
     );
     assert_eq!(
-        e.koo.delete(&b(APP, &["k1"])).await.unwrap(),
+        e.koo.delete_alone(&b(APP, &["k1"])).await.unwrap(),
         DeleteOutcome::AllDeleted
     );
     // KooSearch: an already-deleted ID is not counted deleted; the lookup settles it as absent
     assert_eq!(
-        e.koo.delete(&b(APP, &["k1", "k2"])).await.unwrap(),
+        e.koo.delete_alone(&b(APP, &["k1", "k2"])).await.unwrap(),
         DeleteOutcome::Partial {
             total: 2,
             deleted: 1
@@ -46,7 +49,7 @@ async fn success_and_already_deleted_ids() {
     );
     // the same ID under another scope is another chat
     e.sim.add_convai_chat("other", "s3", 1);
-    e.convai.delete(&b("char", &["s3"])).await.unwrap();
+    e.convai.delete_alone(&b("char", &["s3"])).await.unwrap();
     assert!(e.sim.exists(ProviderKind::CONVAI, "other", "s3"));
 }
 
@@ -54,7 +57,11 @@ async fn success_and_already_deleted_ids() {
 async fn koosearch_answers_in_both_casings_and_the_client_reads_both() {
     let e = env(Faults::default(), Duration::from_secs(5)).await;
     for i in 0..10 {
-        let out = e.koo.delete(&b(APP, &[&format!("k{i}")])).await.unwrap();
+        let out = e
+            .koo
+            .delete_alone(&b(APP, &[&format!("k{i}")]))
+            .await
+            .unwrap();
         assert_eq!(out, DeleteOutcome::AllDeleted, "delete {i}");
     }
     // The simulator picks a casing per answer (seeded): check it really sent both.
@@ -158,11 +165,15 @@ async fn every_error_class_is_classified() {
         let e = env(faults, Duration::from_millis(300)).await;
         let ce = e
             .convai
-            .delete(&b("char", &["s1", "s2"]))
+            .delete_alone(&b("char", &["s1", "s2"]))
             .await
             .unwrap_err();
         assert!(check(&ce.action), "case {i} convai: {:?} {ce}", ce.action);
-        let ke = e.koo.delete(&b(APP, &["k1", "k2"])).await.unwrap_err();
+        let ke = e
+            .koo
+            .delete_alone(&b(APP, &["k1", "k2"]))
+            .await
+            .unwrap_err();
         assert!(
             check(&ke.action),
             "case {i} koosearch: {:?} {ke}",
@@ -177,7 +188,11 @@ async fn every_error_class_is_classified() {
         Duration::from_secs(5),
     )
     .await;
-    let ce = e.convai.delete(&b("char", &["s1"])).await.unwrap_err();
+    let ce = e
+        .convai
+        .delete_alone(&b("char", &["s1"]))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&ce.action, Action::Pause(r) if r.contains("not enabled")),
         "{ce}"
@@ -198,13 +213,13 @@ async fn token_is_refreshed_ahead_of_expiry_without_a_401() {
         Duration::from_secs(5),
     )
     .await;
-    e.koo.delete(&b(APP, &["k1"])).await.unwrap();
+    e.koo.delete_alone(&b(APP, &["k1"])).await.unwrap();
     assert_eq!(token_calls(&e.sim), 1);
     e.clock.advance(Duration::from_secs(50 * 60));
-    e.koo.delete(&b(APP, &["k2"])).await.unwrap();
+    e.koo.delete_alone(&b(APP, &["k2"])).await.unwrap();
     assert_eq!(token_calls(&e.sim), 1, "still fresh at 50 of 60 minutes");
     e.clock.advance(Duration::from_secs(5 * 60)); // 55 min: inside the last tenth of its life
-    e.koo.delete(&b(APP, &["k3"])).await.unwrap();
+    e.koo.delete_alone(&b(APP, &["k3"])).await.unwrap();
     assert_eq!(token_calls(&e.sim), 2, "refreshed ahead of expiry");
     assert!(
         !e.sim.calls().iter().any(|c| c.status == 401),
@@ -215,10 +230,10 @@ async fn token_is_refreshed_ahead_of_expiry_without_a_401() {
 #[tokio::test]
 async fn a_401_refreshes_once_and_retries() {
     let e = env(Faults::default(), Duration::from_secs(5)).await;
-    e.koo.delete(&b(APP, &["k1"])).await.unwrap();
+    e.koo.delete_alone(&b(APP, &["k1"])).await.unwrap();
     e.sim.expire_tokens(); // as a password change would
     assert_eq!(
-        e.koo.delete(&b(APP, &["k2"])).await.unwrap(),
+        e.koo.delete_alone(&b(APP, &["k2"])).await.unwrap(),
         DeleteOutcome::AllDeleted
     );
     assert_eq!(token_calls(&e.sim), 2);
@@ -227,7 +242,7 @@ async fn a_401_refreshes_once_and_retries() {
     e.sim.update_faults(|f| {
         f.auth_fail.insert(ProviderKind::KOOSEARCH);
     });
-    let err = e.koo.delete(&b(APP, &["k3"])).await.unwrap_err();
+    let err = e.koo.delete_alone(&b(APP, &["k3"])).await.unwrap_err();
     assert!(
         matches!(&err.action, Action::Pause(r) if r.contains("freshly issued")),
         "{err}"
@@ -253,7 +268,7 @@ async fn concurrent_batches_share_one_refresh() {
         let handles: Vec<_> = range
             .map(|i| {
                 let k = e.koo.clone();
-                tokio::spawn(async move { k.delete(&b(APP, &[&format!("k{i}")])).await })
+                tokio::spawn(async move { k.delete_alone(&b(APP, &[&format!("k{i}")])).await })
             })
             .collect();
         async move {

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use forgetd::clock::SystemClock;
 use forgetd::config::SecretRef;
+use forgetd::model::ProviderKind;
 use forgetd::providers::convai::{ConvaiClient, ConvaiConfig};
+use forgetd::providers::gate::Gate;
 use forgetd::providers::koosearch::{IamConfig, KooSearchAuth, KooSearchClient, KooSearchConfig};
 use forgetd::providers::{
     Action, DeleteBatch, DeleteOutcome, ListedChat, Provider, ProviderLimits,
@@ -44,10 +46,18 @@ fn convai(server: &MockServer, dir: &tempfile::TempDir) -> ConvaiClient {
             base_url: server.uri().parse().unwrap(),
             api_key: secret_file(dir, "k", "<Your-API-Key>"),
         },
-        &limits(),
-        Arc::new(SystemClock),
+        gate(ProviderKind::CONVAI),
     )
     .unwrap()
+}
+
+fn gate(kind: ProviderKind) -> Arc<Gate> {
+    Gate::new(
+        kind,
+        &limits(),
+        Duration::from_secs(3600),
+        Arc::new(SystemClock),
+    )
 }
 
 fn koosearch(server: &MockServer, auth: KooSearchAuth) -> KooSearchClient {
@@ -59,8 +69,7 @@ fn koosearch(server: &MockServer, auth: KooSearchAuth) -> KooSearchClient {
             discover_by_user_name: true,
             auth,
         },
-        &limits(),
-        Arc::new(SystemClock),
+        gate(ProviderKind::KOOSEARCH),
     )
     .unwrap()
 }
@@ -95,7 +104,7 @@ async fn convai_delete_sends_the_seed_request_and_reads_success_in_any_language(
         .await;
     let c = convai(&server, &dir);
     let out = c
-        .delete(&batch(
+        .delete_alone(&batch(
             "<Your-Character-Id>",
             &["<your-session-id-1>"],
             None,
@@ -133,7 +142,7 @@ async fn convai_error_statuses_map_to_what_to_do_next() {
         (
             ResponseTemplate::new(429)
                 .set_body_json(json!({"ERROR": "API usage limit exceeded for current plan."})),
-            |a| *a == Action::RetryAfter(Duration::from_secs(5)),
+            |a| *a == Action::Throttled,
         ),
         (
             ResponseTemplate::new(503).set_body_json(json!({"ERROR": "unavailable"})),
@@ -156,7 +165,7 @@ async fn convai_error_statuses_map_to_what_to_do_next() {
             .mount(&server)
             .await;
         let err = convai(&server, &dir)
-            .delete(&batch("c", &["s"], None))
+            .delete_alone(&batch("c", &["s"], None))
             .await
             .unwrap_err();
         assert!(check(&err.action), "case {i}: {:?} ({err})", err.action);
@@ -211,7 +220,7 @@ async fn koosearch_batch_delete_sends_the_seed_example_and_reads_its_camel_case_
         KooSearchAuth::Token(secret_file(&dir, "t", "MIIfixed")),
     );
     let out = k
-        .delete(&batch(
+        .delete_alone(&batch(
             APP,
             &[
                 "a51ce4e0-66b4-446c-8376-13deba725da5",
@@ -236,7 +245,10 @@ async fn koosearch_reads_the_documented_snake_case_and_reports_partial_without_g
         .mount(&server)
         .await;
     let k = koosearch(&server, KooSearchAuth::Token(secret_file(&dir, "t", "tok")));
-    let out = k.delete(&batch(APP, &["a", "b", "c"], None)).await.unwrap();
+    let out = k
+        .delete_alone(&batch(APP, &["a", "b", "c"], None))
+        .await
+        .unwrap();
     assert_eq!(
         out,
         DeleteOutcome::Partial {
@@ -256,7 +268,7 @@ async fn koosearch_error_codes_map_to_what_to_do_next() {
     let cases: Vec<(ResponseTemplate, Check)> = vec![
         (
             ResponseTemplate::new(429).set_body_json(json!({"error_code": "APIG.0308", "error_msg": "The throttling threshold has been reached: policy user over ratelimit,limit:10,time:1 second"})),
-            |a| *a == Action::RetryAfter(Duration::from_secs(3)),
+            |a| *a == Action::Throttled,
         ),
         (ResponseTemplate::new(400).set_body_json(json!({"error_code": "kos.00010002", "error_msg": "参数错误"})), |a| *a == Action::Rejected),
         (ResponseTemplate::new(500).set_body_json(json!({"error_code": "KOS.00060002", "error_msg": "db"})), |a| *a == Action::Retry),
@@ -280,7 +292,7 @@ async fn koosearch_error_codes_map_to_what_to_do_next() {
             &server,
             KooSearchAuth::Token(secret_file(&dir, "t", "MIIsecret-token")),
         );
-        let err = k.delete(&batch(APP, &["a"], None)).await.unwrap_err();
+        let err = k.delete_alone(&batch(APP, &["a"], None)).await.unwrap_err();
         assert!(check(&err.action), "case {i}: {:?} ({err})", err.action);
         assert!(
             !format!("{err} {err:?}").contains("MIIsecret-token"),
@@ -358,7 +370,7 @@ async fn iam_password_auth_sends_the_documented_body_and_uses_the_subject_token(
     );
     for _ in 0..2 {
         assert_eq!(
-            k.delete(&batch(APP, &["a"], None)).await.unwrap(),
+            k.delete_alone(&batch(APP, &["a"], None)).await.unwrap(),
             DeleteOutcome::AllDeleted
         );
     }

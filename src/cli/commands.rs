@@ -206,7 +206,11 @@ fn plan(
         let providers = if config.kinds().is_empty() {
             Vec::new()
         } else {
-            crate::providers::build(&config.providers, clock.clone())?
+            crate::providers::build(
+                &config.providers,
+                config.retry.max_retry_after,
+                clock.clone(),
+            )?
         };
         let plan = if let Some(name) = rule {
             let row = store.get_rule(&name)?;

@@ -105,7 +105,11 @@ impl Daemon {
     )?;
         let key = SubjectKey::load(config.audit.subject_key.as_ref(), &config.database)
             .map_err(ConfigError::SubjectKey)?;
-        let providers = crate::providers::build(&config.providers, clock.clone())?;
+        let providers = crate::providers::build(
+            &config.providers,
+            config.retry.max_retry_after,
+            clock.clone(),
+        )?;
         let store = AsyncStore::spawn(store);
         let executor = Arc::new(Executor::new(
             &config,

@@ -84,5 +84,19 @@ pub(super) fn status_line(st: &crate::store::status::Status) -> String {
     for p in &st.paused_providers {
         line.push_str(&format!("; {} PAUSED", p.provider));
     }
+    for g in st
+        .gates
+        .iter()
+        .filter(|g| g.state == "throttled" || g.rate_learned)
+    {
+        if let Some(r) = g.rate_per_s.filter(|_| g.rate_learned) {
+            line.push_str(&format!(
+                "; {} {} at {r:.1}/s (learned)",
+                g.provider, g.state
+            ));
+        } else {
+            line.push_str(&format!("; {} {}", g.provider, g.state));
+        }
+    }
     line
 }

@@ -1,22 +1,24 @@
 //! The executor: pending work items become confirmed deletions, in batches, politely, without
 //! losing or double-counting an item.
 //!
-//! Per provider, a lane of `concurrency` workers ([`Executor::run`]). Each worker claims the most
-//! urgent due group of items (earliest due date first, one scope and knowledge base per batch, at
-//! most the provider's batch size), waits for a concurrency slot and the rate limit ([`lane`]),
-//! sends the delete, and applies the answer to every item in one store transaction together with
-//! its audit event. While one batch is on the wire the worker claims its next, and it records an
+//! Per provider, a lane of `concurrency` workers ([`Executor::run`]). Each worker asks the
+//! provider's gate for a pass ([`crate::providers::gate`]: concurrency, rate, Retry-After, pause),
+//! claims the most urgent due group of items (earliest due date first, one scope and knowledge base
+//! per batch, at most the provider's batch size), sends the delete, and applies the answer to every
+//! item in one store transaction together with its audit event. The executor keeps none of the
+//! provider's politeness state: it asks the gate, and mirrors the gate's state into the store for
+//! `status`. While one batch is on the wire the worker claims its next, and it records an
 //! answer in the background while the next call goes out, so the provider never waits on the
 //! database (docs/BENCHMARKS.md has the figures).
 //!
 //! | answer | items |
 //! |---|---|
 //! | confirmed | deleted |
-//! | KooSearch partial (deleted_count < total) | each ID looked up: absent → deleted, present → retry |
+//! | KooSearch partial (deleted_count < total) | each ID looked up (concurrently, through the gate): absent → deleted, present → retry; a lookup that fails is tried again as a lookup, up to [`LOOKUP_TRIES`] times, before the round counts as one failed attempt (observation is not deletion) |
 //! | retry / timeout / 5xx / unparseable | retry at backoff ([`retry`]), or dead when used up |
-//! | 429 | retry no sooner than Retry-After; the lane slows down |
+//! | 429 (or a 5xx with Retry-After) | deferred until the gate lets calls start again, without counting an attempt (the throttle is the provider's state, not the item's); dead only when `give_up_after` has passed |
 //! | content refused (400) | batch split in halves until the bad IDs stand alone; they go dead with the provider's message, the rest are deleted |
-//! | pause (auth, permission, API not enabled) | released without counting an attempt; the lane pauses and probes with backoff |
+//! | pause (auth, permission, API not enabled) | released without counting an attempt; the gate pauses and admits one probe at a time, with backoff |
 //!
 //! Rules: IDs the provider can never accept go dead before sending. A batch's items stay in flight
 //! under a lease until the answer is stored, so a crash sends them again (deletes are idempotent).
@@ -25,11 +27,13 @@
 //! its call.
 //! Time (backoff, Retry-After, probes) is the injected clock's.
 
-pub mod lane;
 pub mod retry;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -38,12 +42,13 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
 use crate::model::ProviderKind;
+use crate::providers::gate::{Gate, GateView, Pass};
 use crate::providers::{
-    Action, DeleteBatch, DeleteOutcome, Presence, ProviderError, SharedProvider,
+    Action, DeleteBatch, DeleteOutcome, Operation, Presence, ProviderError, SharedProvider,
 };
 use crate::store::queue::{ClaimedBatch, ClaimedItem, ItemOutcome};
+use crate::store::status::GateRow;
 use crate::store::{AsyncStore, StoreError};
-use lane::Lane;
 use retry::{Next, RetryPolicy};
 
 /// How long the loop waits for new work before looking again (feeder writes are also announced
@@ -53,6 +58,13 @@ const IDLE_RECHECK: Duration = Duration::from_secs(1);
 /// A batch older than this (wall time) is checked against legal holds right before it is sent:
 /// a hold placed at least this long before a call starts always keeps its chats out of it.
 pub const HOLD_RECHECK_AFTER: Duration = Duration::from_millis(100);
+
+/// How many times a lookup after a partial batch is tried before the item is simply sent again.
+pub const LOOKUP_TRIES: u32 = 3;
+/// The longest pause between two tries of a failed lookup.
+const LOOKUP_MAX_WAIT: Duration = Duration::from_secs(2);
+/// The gate's state is written to the store at most this often (a change of state at once).
+const GATE_ROW_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -74,13 +86,23 @@ pub enum LaneEnd {
 
 pub struct Executor {
     store: AsyncStore,
-    lanes: Vec<(SharedProvider, Arc<Lane>)>,
+    providers: Vec<SharedProvider>,
+    /// What the store last heard of each provider's gate (`status` reads it from there).
+    mirrored: Mutex<HashMap<ProviderKind, Mirrored>>,
     clock: SharedClock,
     retry: RetryPolicy,
     lease: Duration,
     shutdown_timeout: Duration,
     wake: Notify,
     metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// The gate's state as last written to the store.
+#[derive(Default)]
+struct Mirrored {
+    pause: Option<String>,
+    row: Option<GateRow>,
+    at: Millis,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,26 +118,14 @@ impl Executor {
         providers: Vec<SharedProvider>,
         clock: SharedClock,
     ) -> Self {
-        let lanes =
-            providers
-                .into_iter()
-                .map(|p| {
-                    let limits = config.limits(p.kind()).cloned().unwrap_or(
-                        crate::providers::ProviderLimits {
-                            batch_size: p.max_batch(),
-                            ..Default::default()
-                        },
-                    );
-                    (p, Arc::new(Lane::new(&limits, clock.clone())))
-                })
-                .collect::<Vec<(SharedProvider, Arc<Lane>)>>();
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        for (p, _) in &lanes {
+        for p in &providers {
             metrics.register_provider(p.kind());
         }
         Self {
             store,
-            lanes,
+            providers,
+            mirrored: Mutex::new(HashMap::new()),
             clock,
             retry: RetryPolicy::new(&config.retry),
             lease: config.daemon.lease,
@@ -132,7 +142,7 @@ impl Executor {
 
     /// The providers this executor deletes at.
     pub fn providers(&self) -> Vec<SharedProvider> {
-        self.lanes.iter().map(|(p, _)| p.clone()).collect()
+        self.providers.clone()
     }
 
     /// Announces new work (a resolved request, a rule run, a lifted hold).
@@ -140,22 +150,26 @@ impl Executor {
         self.wake.notify_waiters();
     }
 
-    /// What the executor did so far: read back from its metrics, paused reasons from its lanes.
+    /// What the executor did so far: read back from its metrics, paused reasons from the gates.
     pub fn stats(&self) -> Stats {
-        let mut st = self.metrics.stats(self.lanes.iter().map(|(p, _)| p.kind()));
-        for (p, lane) in &self.lanes {
-            if let Some(paused) = lane.paused() {
+        for p in &self.providers {
+            self.metrics.observe_gate(&p.gate().view());
+        }
+        let mut st = self.metrics.stats(self.providers.iter().map(|p| p.kind()));
+        for p in &self.providers {
+            if let Some(paused) = p.gate().paused() {
                 st.paused.insert(p.kind().to_string(), paused.reason);
             }
         }
         st
     }
 
-    pub fn lane(&self, kind: ProviderKind) -> Option<&Arc<Lane>> {
-        self.lanes
+    /// A provider's gate.
+    pub fn gate(&self, kind: ProviderKind) -> Option<&Arc<Gate>> {
+        self.providers
             .iter()
-            .find(|(p, _)| p.kind() == kind)
-            .map(|(_, l)| l)
+            .find(|p| p.kind() == kind)
+            .map(|p| p.gate())
     }
 
     /// Runs every provider's lane until drained (`Once`) or cancelled.
@@ -171,12 +185,16 @@ impl Executor {
             tokio::spawn(async move { me.reap_leases(c).await })
         });
         let mut set = JoinSet::new();
-        for i in 0..self.lanes.len() {
+        for i in 0..self.providers.len() {
             let me = self.clone();
             let cancel = cancel.clone();
             set.spawn(async move {
-                let kind = me.lanes[i].0.kind();
-                (kind, me.lane_loop(i, mode, cancel).await)
+                let kind = me.providers[i].kind();
+                let end = me.lane_loop(i, mode, cancel).await;
+                let gate = me.providers[i].gate().clone();
+                // The gate's last state, for `status` after the run.
+                let mirrored = me.mirror_gate(kind, &gate, true).await;
+                (kind, end.and_then(|e| mirrored.map(|()| e)))
             });
         }
         let mut ends = Vec::new();
@@ -232,14 +250,14 @@ impl Executor {
         mode: Mode,
         cancel: CancellationToken,
     ) -> Result<LaneEnd, ExecutorError> {
-        let (provider, lane) = self.lanes[idx].clone();
+        let provider = self.providers[idx].clone();
         let kind = provider.kind();
         let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut workers = JoinSet::new();
-        for w in 0..lane.max_concurrency() {
+        for _ in 0..provider.gate().max_concurrency() {
             let me = self.clone();
-            let (p, l, b, c) = (provider.clone(), lane.clone(), busy.clone(), cancel.clone());
-            workers.spawn(async move { me.worker(w, p, l, mode, c, b).await });
+            let (p, b, c) = (provider.clone(), busy.clone(), cancel.clone());
+            workers.spawn(async move { me.worker(p, mode, c, b).await });
         }
         let drain = async {
             let mut end = LaneEnd::Drained;
@@ -271,16 +289,14 @@ impl Executor {
     /// At most one recording per worker is outstanding (back-pressure on a slow disk).
     async fn worker(
         self: Arc<Self>,
-        w: usize,
         provider: SharedProvider,
-        lane: Arc<Lane>,
         mode: Mode,
         cancel: CancellationToken,
         busy: Arc<std::sync::atomic::AtomicUsize>,
     ) -> Result<LaneEnd, ExecutorError> {
         let mut recording: Option<tokio::task::JoinHandle<Result<(), ExecutorError>>> = None;
         let end = self
-            .worker_loop(w, &provider, &lane, mode, &cancel, &busy, &mut recording)
+            .worker_loop(&provider, mode, &cancel, &busy, &mut recording)
             .await;
         if let Some(r) = recording.take() {
             r.await.expect("a recording task panicked")?;
@@ -288,12 +304,9 @@ impl Executor {
         end
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn worker_loop(
         self: &Arc<Self>,
-        w: usize,
         provider: &SharedProvider,
-        lane: &Arc<Lane>,
         mode: Mode,
         cancel: &CancellationToken,
         busy: &Arc<std::sync::atomic::AtomicUsize>,
@@ -301,31 +314,36 @@ impl Executor {
     ) -> Result<LaneEnd, ExecutorError> {
         use std::sync::atomic::Ordering::SeqCst;
         let kind = provider.kind();
+        let gate = provider.gate().clone();
         let (lease, max) = (self.lease, provider.max_batch());
         let mut next: Option<ClaimedBatch> = None;
         loop {
             if cancel.is_cancelled() {
                 return Ok(LaneEnd::Cancelled); // a claimed `next` is released with the rest
             }
-            if let Some(p) = lane.paused() {
+            if let Some(p) = gate.paused() {
                 if let Some(b) = next.take() {
                     let id = b.batch_id;
                     self.store.call(move |s| s.release_batch(id)).await?;
                 }
+                self.mirror_gate(kind, &gate, false).await?;
                 if mode == Mode::Once {
                     return Ok(LaneEnd::Paused(p.reason));
                 }
-                if !self.probe_due(w, &p, cancel).await {
-                    continue;
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(LaneEnd::Cancelled),
+                    _ = gate.probe_due() => {}
                 }
             }
             let wake = self.wake.notified();
             tokio::pin!(wake);
             wake.as_mut().enable();
-            let slot = tokio::select! {
+            let pass = tokio::select! {
                 _ = cancel.cancelled() => return Ok(LaneEnd::Cancelled),
-                s = lane.slot() => s,
+                p = gate.enter(Operation::Delete) => p,
             };
+            // Refused: paused, and another worker holds the probe. Look again.
+            let Ok(pass) = pass else { continue };
             let batch = match next.take() {
                 Some(b) => Some(b),
                 None => {
@@ -336,14 +354,14 @@ impl Executor {
                 }
             };
             let Some(batch) = batch else {
-                drop(slot);
+                drop(pass);
                 if let Some(end) = self.idle(kind, mode, busy, wake.as_mut(), cancel).await? {
                     return Ok(end);
                 }
                 continue;
             };
             busy.fetch_add(1, SeqCst);
-            let probing = lane.paused().is_some();
+            let probing = pass.is_probe();
             let claim_next = async {
                 if probing || cancel.is_cancelled() {
                     return Ok(None);
@@ -353,8 +371,7 @@ impl Executor {
                     .call(move |s| s.claim_batch(kind, now, lease, max))
                     .await
             };
-            let (sent, claimed) = tokio::join!(self.send_batch(provider, lane, &batch), claim_next);
-            drop(slot);
+            let (sent, claimed) = tokio::join!(self.send_batch(provider, pass, &batch), claim_next);
             next = claimed?;
             let (outcomes, summary) = match sent {
                 Ok(x) => x,
@@ -368,12 +385,13 @@ impl Executor {
             }
             let me = self.clone();
             let b = busy.clone();
-            let kind_copy = kind;
+            let g = gate.clone();
             *recording = Some(tokio::spawn(async move {
-                let r = me.record(kind_copy, batch, outcomes, summary).await;
+                let r = me.record(kind, batch, outcomes, summary).await;
+                let m = me.mirror_gate(kind, &g, false).await;
                 b.fetch_sub(1, SeqCst);
                 me.wake.notify_waiters();
-                r
+                r.and(m)
             }));
             if probing {
                 // A probe's answer decides whether the lane resumes: wait for it to be recorded.
@@ -384,22 +402,47 @@ impl Executor {
         }
     }
 
-    /// While paused: whether this worker probes now (worker 0, once the probe is due); the
-    /// others wait (at most a second, then look again).
-    async fn probe_due(&self, w: usize, p: &lane::Pause, cancel: &CancellationToken) -> bool {
+    /// Writes the gate's state to the store when it changed: the pause (at once) and the
+    /// running/throttled state, rate and concurrency (`status` reads them; at most once a second
+    /// unless the state changed, or always when `force`).
+    async fn mirror_gate(
+        &self,
+        kind: ProviderKind,
+        gate: &Gate,
+        force: bool,
+    ) -> Result<(), ExecutorError> {
+        let view = gate.view();
+        self.metrics.observe_gate(&view);
         let now = self.clock.instant();
-        if w == 0 && now >= p.next_probe {
-            return true;
+        let row = gate_row(&view);
+        let (pause_changed, write_row) = {
+            let mut m = self.mirrored.lock().unwrap();
+            let m = m.entry(kind).or_default();
+            let pause = view.pause.as_ref().map(|p| p.reason.clone());
+            let pause_changed = pause != m.pause;
+            m.pause = pause;
+            let state_changed = m.row.as_ref().map(|r| &r.state) != Some(&row.state);
+            let due = now.since(m.at) >= GATE_ROW_EVERY && m.row.as_ref() != Some(&row);
+            let write = force || state_changed || due;
+            if write {
+                m.row = Some(row.clone());
+                m.at = now;
+            }
+            (pause_changed, write)
+        };
+        if pause_changed {
+            let reason = view.pause.as_ref().map(|p| p.reason.clone());
+            let at = now.secs();
+            self.store
+                .call(move |s| s.set_provider_paused(kind, reason.as_deref(), at))
+                .await?;
         }
-        let wait = p
-            .next_probe
-            .since(now)
-            .clamp(Duration::from_millis(1), Duration::from_secs(1));
-        tokio::select! {
-            _ = cancel.cancelled() => {}
-            _ = self.clock.sleep(wait) => {}
+        if write_row {
+            self.store
+                .call(move |s| s.record_gate(kind, &row, now))
+                .await?;
         }
-        false
+        Ok(())
     }
 
     /// Nothing is due. Items in other workers' hands may come back; otherwise wait for the
@@ -452,7 +495,7 @@ impl Executor {
     async fn send_batch(
         &self,
         provider: &SharedProvider,
-        lane: &Lane,
+        pass: Pass,
         batch: &ClaimedBatch,
     ) -> Result<(Vec<(i64, ItemOutcome)>, Vec<String>), ExecutorError> {
         let mut outcomes: Vec<(i64, ItemOutcome)> = Vec::with_capacity(batch.items.len());
@@ -470,8 +513,15 @@ impl Executor {
         }
         let mut summary = Vec::new();
         if !sendable.is_empty() {
-            self.send(provider, lane, batch, sendable, &mut outcomes, &mut summary)
-                .await?;
+            self.send(
+                provider,
+                Some(pass),
+                batch,
+                sendable,
+                &mut outcomes,
+                &mut summary,
+            )
+            .await?;
         }
         Ok((outcomes, summary))
     }
@@ -509,13 +559,13 @@ impl Executor {
         Ok(())
     }
 
-    /// One delete call for `items` (and, after a refusal, the calls of its halves).
-    /// Sends `items` of `batch` in one delete call and turns the answer into outcomes; a batch
-    /// the provider refused is split and sent again (hence boxed: it recurses).
+    /// Sends `items` of `batch` in one delete call under `pass` (or a new one) and turns the
+    /// answer into outcomes; a batch the provider refused is split and its halves sent again
+    /// (hence boxed: it recurses).
     fn send<'a>(
         &'a self,
         provider: &'a SharedProvider,
-        lane: &'a Lane,
+        pass: Option<Pass>,
         batch: &'a ClaimedBatch,
         items: Vec<ClaimedItem>,
         outcomes: &'a mut Vec<(i64, ItemOutcome)>,
@@ -524,7 +574,24 @@ impl Executor {
     {
         Box::pin(async move {
             let kind = provider.kind();
-            lane.ready().await;
+            let gate = provider.gate();
+            let ready = match pass {
+                Some(p) => Ok(p),
+                None => gate.enter(Operation::Delete).await,
+            };
+            let pass = match ready {
+                Ok(mut p) => p.ready(Operation::Delete).await.map(|()| p),
+                Err(e) => Err(e),
+            }
+            .inspect_err(|e| {
+                // Paused while this batch waited: nothing was sent, nothing counted.
+                summary.push(e.to_string());
+                outcomes.extend(items.iter().map(|i| (i.id, ItemOutcome::Release)));
+            });
+            let Ok(mut pass) = pass else {
+                return Ok(());
+            };
+            // Checked after the wait for the gate and right before the call.
             let items = self
                 .drop_newly_held(batch, items, outcomes, summary)
                 .await?;
@@ -538,8 +605,9 @@ impl Executor {
             };
             self.metrics.delete_call(kind);
             let started = std::time::Instant::now();
-            let cap = self.retry.max_retry_after;
-            let result = provider.delete(&request).await.map_err(|e| e.capped(cap));
+            let result = provider.delete(&mut pass, &request).await;
+            // The slot is free before any lookup or half asks for its own.
+            drop(pass);
             self.metrics
                 .batch_seconds
                 .get_or_create(&crate::metrics::labels(&[("provider", kind.as_str())]))
@@ -547,8 +615,6 @@ impl Executor {
             let now = self.clock.instant();
             match result {
                 Ok(DeleteOutcome::AllDeleted) => {
-                    lane.succeeded();
-                    self.resume_if_paused(kind, lane).await?;
                     summary.push(format!("{} confirmed", items.len()));
                     outcomes.extend(items.iter().map(|i| {
                         (
@@ -560,21 +626,15 @@ impl Executor {
                     }));
                 }
                 Ok(DeleteOutcome::Partial { total, deleted }) => {
-                    lane.succeeded();
-                    self.resume_if_paused(kind, lane).await?;
                     summary.push(format!(
                         "partial: {deleted} of {total} deleted; looked up each"
                     ));
-                    self.settle_partial(provider, lane, batch, &items, now, outcomes)
-                        .await;
+                    self.settle_partial(provider, batch, &items, outcomes).await;
                 }
                 Err(e) => {
                     summary.push(e.to_string());
-                    for again in self
-                        .on_failure(lane, kind, items, &e, now, outcomes)
-                        .await?
-                    {
-                        self.send(provider, lane, batch, again, outcomes, summary)
+                    for again in self.on_failure(provider, items, &e, now, outcomes) {
+                        self.send(provider, None, batch, again, outcomes, summary)
                             .await?;
                     }
                 }
@@ -611,54 +671,110 @@ impl Executor {
         Ok(items)
     }
 
-    /// After a partial batch, looks each chat up: absent is deleted, present goes back for
-    /// another try.
+    /// After a partial batch, looks each chat up, as many at once as the gate allows: absent is
+    /// deleted, present goes back for another try.
     async fn settle_partial(
         &self,
         provider: &SharedProvider,
-        lane: &Lane,
         batch: &ClaimedBatch,
         items: &[ClaimedItem],
-        now: Millis,
         outcomes: &mut Vec<(i64, ItemOutcome)>,
     ) {
-        let kind = provider.kind();
-        let cap = self.retry.max_retry_after;
-        for item in items {
-            self.metrics.lookup(kind);
-            lane.ready().await;
-            let o = match provider
-                .lookup(&batch.scope, batch.repo_id.as_deref(), &item.session_id)
-                .await
-                .map_err(|e| e.capped(cap))
-            {
-                Ok(Presence::Absent) => ItemOutcome::Deleted {
-                    already_absent: false,
-                },
-                Ok(Presence::Present) => self.retry_outcome(
-                    kind,
-                    item,
-                    now,
-                    None,
-                    "still present after a partial batch delete",
-                ),
-                Err(e) => self.failure_outcome(kind, item, now, &e),
-            };
-            outcomes.push((item.id, o));
+        // A window of lookups in flight (the gate bounds them again by its allowance). Built
+        // without stream combinators: their closures trip rustc's Send inference in this boxed,
+        // recursive future.
+        let at_once = provider.gate().max_concurrency().max(1);
+        let mut rest = items.iter();
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        for item in rest.by_ref().take(at_once) {
+            running.push(self.settle_one(provider, batch, item));
+        }
+        while let Some(settled) = running.next().await {
+            outcomes.push(settled);
+            if let Some(item) = rest.next() {
+                running.push(self.settle_one(provider, batch, item));
+            }
         }
     }
 
-    /// What a failed delete call means for its items (see [`Action`]). Returns the parts to send
-    /// again: the two halves of a refused batch, or the rest after the bad IDs named.
-    async fn on_failure(
+    /// One lookup after a partial batch, tried up to [`LOOKUP_TRIES`] times (short waits, the gate
+    /// holding back throttled ones): a lookup that fails once is not a failed deletion.
+    async fn settle_one(
         &self,
-        lane: &Lane,
-        kind: ProviderKind,
+        provider: &SharedProvider,
+        batch: &ClaimedBatch,
+        item: &ClaimedItem,
+    ) -> (i64, ItemOutcome) {
+        (item.id, self.lookup_outcome(provider, batch, item).await)
+    }
+
+    async fn lookup_outcome(
+        &self,
+        provider: &SharedProvider,
+        batch: &ClaimedBatch,
+        item: &ClaimedItem,
+    ) -> ItemOutcome {
+        let kind = provider.kind();
+        let mut tries = 0;
+        let failure = loop {
+            self.metrics.lookup(kind);
+            let e = match provider
+                .lookup(&batch.scope, batch.repo_id.as_deref(), &item.session_id)
+                .await
+            {
+                Ok(Presence::Absent) => {
+                    return ItemOutcome::Deleted {
+                        already_absent: false,
+                    };
+                }
+                Ok(Presence::Present) => {
+                    let now = self.clock.instant();
+                    return self.retry_outcome(
+                        item,
+                        now,
+                        None,
+                        "still present after a partial batch delete",
+                    );
+                }
+                Err(e) => e,
+            };
+            tries += 1;
+            match &e.action {
+                // The gate is paused: nothing more is sent; the item waits for the probe.
+                Action::Pause(_) => return ItemOutcome::Release,
+                // Throttled: the gate holds the next lookup back as long as it must.
+                Action::RetryAfter(_) | Action::Throttled if tries < LOOKUP_TRIES => {}
+                Action::Retry if tries < LOOKUP_TRIES => {
+                    let wait = self.retry.delay(tries - 1).min(LOOKUP_MAX_WAIT);
+                    self.clock.sleep(wait).await;
+                }
+                _ => break e,
+            }
+        };
+        // Still unknown after every try: this round of delete and lookups did not confirm the
+        // chat, which is one failed attempt (so a lookup that can never answer ends in `dead`
+        // after `max_attempts`, instead of a delete-and-look loop until `give_up_after`).
+        let now = self.clock.instant();
+        self.retry_outcome(
+            item,
+            now,
+            None,
+            &format!("not known whether deleted: the lookup after a partial batch failed {tries} time(s): {failure}"),
+        )
+    }
+
+    /// What a failed delete call means for its items (see [`Action`]); the gate has already
+    /// taken the answer in. Returns the parts to send again: the two halves of a refused batch,
+    /// or the rest after the bad IDs named.
+    fn on_failure(
+        &self,
+        provider: &SharedProvider,
         items: Vec<ClaimedItem>,
         e: &ProviderError,
         now: Millis,
         outcomes: &mut Vec<(i64, ItemOutcome)>,
-    ) -> Result<Vec<Vec<ClaimedItem>>, ExecutorError> {
+    ) -> Vec<Vec<ClaimedItem>> {
+        let kind = provider.kind();
         let refused = || ItemOutcome::Dead {
             error: format!("refused by the provider: {e}"),
         };
@@ -670,52 +786,56 @@ impl Executor {
                         .map(|i| (i.id, self.failure_outcome(kind, i, now, e))),
                 );
             }
-            Action::RetryAfter(wait) => {
-                lane.throttled(*wait);
-                self.metrics.throttle(kind);
-                outcomes.extend(
-                    items
-                        .iter()
-                        .map(|i| (i.id, self.failure_outcome(kind, i, now, e))),
-                );
+            Action::RetryAfter(_) | Action::Throttled => {
+                let at = provider.gate().resume_at().max(now);
+                outcomes.extend(items.iter().map(|i| {
+                    let o = self.defer_outcome(i, now, at, &e.to_string());
+                    if matches!(o, ItemOutcome::Defer { .. }) {
+                        self.metrics.retry(kind, e.cause_label());
+                    }
+                    (i.id, o)
+                }));
             }
             Action::Rejected if items.len() == 1 => outcomes.push((items[0].id, refused())),
             Action::Rejected => {
                 self.metrics.split(kind);
                 let mut left = items;
                 let right = left.split_off(left.len() / 2);
-                return Ok(vec![left, right]);
+                return vec![left, right];
             }
             Action::RejectIds(bad) => {
                 let (dead, rest): (Vec<_>, Vec<_>) =
                     items.into_iter().partition(|i| bad.contains(&i.session_id));
                 outcomes.extend(dead.iter().map(|i| (i.id, refused())));
                 if !rest.is_empty() {
-                    return Ok(vec![rest]);
+                    return vec![rest];
                 }
             }
-            Action::Pause(reason) => {
-                let p = lane.pause(reason.clone());
-                tracing::error!(provider = %kind, reason = %reason, probe_in_s = p.probe_delay.as_secs(), "provider paused");
-                let (r, at) = (reason.clone(), self.clock.now());
-                self.store
-                    .call(move |s| s.set_provider_paused(kind, Some(&r), at))
-                    .await?;
+            // The gate paused itself; the store hears of it when the batch is recorded.
+            Action::Pause(_) => {
                 outcomes.extend(items.iter().map(|i| (i.id, ItemOutcome::Release)));
             }
         }
-        Ok(Vec::new())
+        Vec::new()
     }
 
-    async fn resume_if_paused(&self, kind: ProviderKind, lane: &Lane) -> Result<(), ExecutorError> {
-        if lane.resume() {
-            tracing::info!(provider = %kind, "provider answered again; resumed");
-            let at = self.clock.now();
-            self.store
-                .call(move |s| s.set_provider_paused(kind, None, at))
-                .await?;
+    /// Back to pending at `at` without counting an attempt; dead once `give_up_after` has passed.
+    fn defer_outcome(
+        &self,
+        item: &ClaimedItem,
+        now: Millis,
+        at: Millis,
+        error: &str,
+    ) -> ItemOutcome {
+        match self.retry.defer(item.first_attempt, now, at) {
+            Next::At(at) => ItemOutcome::Defer {
+                at,
+                error: error.to_string(),
+            },
+            Next::GiveUp => ItemOutcome::Dead {
+                error: format!("gave up after {} attempt(s): {error}", item.attempts + 1),
+            },
         }
-        Ok(())
     }
 
     fn failure_outcome(
@@ -725,11 +845,7 @@ impl Executor {
         now: Millis,
         e: &ProviderError,
     ) -> ItemOutcome {
-        let wait = match e.action {
-            Action::RetryAfter(d) => Some(d),
-            _ => None,
-        };
-        let o = self.retry_outcome(kind, item, now, wait, &e.to_string());
+        let o = self.retry_outcome(item, now, None, &e.to_string());
         if matches!(o, ItemOutcome::Retry { .. }) {
             self.metrics.retry(kind, e.cause_label());
         }
@@ -738,7 +854,6 @@ impl Executor {
 
     fn retry_outcome(
         &self,
-        _kind: ProviderKind,
         item: &ClaimedItem,
         now: Millis,
         wait: Option<Duration>,
@@ -778,7 +893,7 @@ fn batch_audit(
     for (id, o) in outcomes {
         match o {
             ItemOutcome::Deleted { .. } => deleted.push(sid(*id)),
-            ItemOutcome::Retry { .. } => retry.push(sid(*id)),
+            ItemOutcome::Retry { .. } | ItemOutcome::Defer { .. } => retry.push(sid(*id)),
             ItemOutcome::Dead { error } => {
                 dead.push(serde_json::json!({"session_id": sid(*id), "error": error}))
             }
@@ -790,4 +905,20 @@ fn batch_audit(
         "sent": batch.items.len(), "deleted": deleted, "retry": retry, "dead": dead, "released": released,
         "answer": summary,
     })
+}
+
+/// The store's copy of a gate's state.
+fn gate_row(v: &GateView) -> GateRow {
+    GateRow {
+        provider: v.provider.to_string(),
+        state: v.state.as_str().to_string(),
+        rate_per_s: v.rate,
+        rate_learned: v.learned,
+        concurrency: v.allowed as u32,
+        max_concurrency: v.max_concurrency as u32,
+        resume_at_ms: v.resume_at.map(|m| m.0),
+        next_probe_ms: v.pause.as_ref().map(|p| p.next_probe.0),
+        throttles: v.throttles,
+        updated_ms: None,
+    }
 }

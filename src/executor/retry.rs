@@ -83,6 +83,17 @@ impl RetryPolicy {
         }
         Next::At(at)
     }
+
+    /// An item put off without counting an attempt (throttled, a lookup that could not decide):
+    /// due at `at`, or given up once `give_up_after` has passed since its first send (the last
+    /// try is kept inside the window, as in [`next`](Self::next)).
+    pub fn defer(&self, first_attempt: Millis, now: Millis, at: Millis) -> Next {
+        let end = first_attempt.after(self.give_up_after);
+        if now >= end {
+            return Next::GiveUp;
+        }
+        Next::At(at.min(Millis(end.0 - 1)))
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +132,25 @@ mod tests {
             Next::At(t) => assert!(t >= Millis(31_000)),
             Next::GiveUp => panic!(),
         }
+    }
+
+    #[test]
+    fn a_deferral_counts_no_attempt_but_keeps_the_give_up_window() {
+        let p = policy(3, Duration::from_secs(100));
+        let zero = Millis(0);
+        assert_eq!(
+            p.defer(zero, Millis(5_000), Millis(6_000)),
+            Next::At(Millis(6_000))
+        );
+        assert_eq!(
+            p.defer(zero, Millis(99_000), Millis(200_000)),
+            Next::At(Millis(99_999)),
+            "never past the window"
+        );
+        assert_eq!(
+            p.defer(zero, Millis(100_000), Millis(101_000)),
+            Next::GiveUp
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! provider is the proof: one folder and one (`#[cfg(test)]`) registry line.
 
 pub mod convai;
+pub mod gate;
 pub mod http;
 pub mod koosearch;
 #[cfg(test)]
@@ -34,6 +35,7 @@ use async_trait::async_trait;
 use crate::clock::SharedClock;
 use crate::model::ProviderKind;
 use crate::secret::{SecretError, SecretRef};
+use gate::{Gate, Pass};
 
 pub use limits::ProviderLimits;
 
@@ -106,8 +108,11 @@ impl std::fmt::Display for Operation {
 pub enum Action {
     /// Transient (transport, timeout, 5xx, an answer that could not be parsed): back off, retry.
     Retry,
-    /// Throttled: wait at least this long, then retry; slow down.
+    /// Throttled, and told for how long: wait at least this long, then retry; slow down.
     RetryAfter(Duration),
+    /// Throttled without a wait named (no Retry-After): slow down; the gate learns how long to
+    /// wait and how fast to go ([`gate`]).
+    Throttled,
     /// The provider refused the request's content (bad parameters) without naming an ID: split
     /// the batch to isolate the bad IDs; a single refused ID is dead.
     Rejected,
@@ -191,7 +196,7 @@ impl ProviderError {
     /// A short label for metrics and logs: which class of failure this was.
     pub fn cause_label(&self) -> &'static str {
         match (&self.action, self.status) {
-            (Action::RetryAfter(_), _) => "throttled",
+            (Action::RetryAfter(_) | Action::Throttled, _) => "throttled",
             (Action::Retry, Some(s)) if s >= 500 => "server_error",
             (Action::Retry, Some(_)) => "bad_answer",
             (Action::Retry, None) => "transport",
@@ -232,13 +237,27 @@ pub type ChatSink<'a> = &'a mut (dyn FnMut(ListedChat) + Send);
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     fn kind(&self) -> ProviderKind;
+    /// The gate every call to this provider passes ([`gate`]).
+    fn gate(&self) -> &Arc<Gate>;
     /// The largest batch one delete call may carry.
     fn max_batch(&self) -> usize;
     /// Client-side check of an ID before sending; `Err(reason)` means it can never be valid here.
     fn check_id(&self, session_id: &str) -> Result<(), String>;
-    /// Deletes a batch of chats in one scope.
-    async fn delete(&self, batch: &DeleteBatch) -> Result<DeleteOutcome, ProviderError>;
-    /// Lists every chat of one scope (retention discovery).
+    /// Deletes a batch of chats in one scope, under `pass` (from [`Gate::enter`] on this
+    /// provider's gate: the caller may check something right before the call, see [`Pass::ready`]).
+    async fn delete(
+        &self,
+        pass: &mut Pass,
+        batch: &DeleteBatch,
+    ) -> Result<DeleteOutcome, ProviderError>;
+    /// One delete call with a pass of its own (tools and tests; the executor takes its pass
+    /// first, to check legal holds right before the call).
+    async fn delete_alone(&self, batch: &DeleteBatch) -> Result<DeleteOutcome, ProviderError> {
+        let mut pass = self.gate().enter(Operation::Delete).await?;
+        self.delete(&mut pass, batch).await
+    }
+    /// Lists every chat of one scope (retention discovery). Listings and lookups take their
+    /// own pass.
     async fn list_scope(&self, scope: &str, sink: ChatSink<'_>) -> Result<(), ProviderError>;
     /// Lists the chats of one person in one scope, where the provider can (`Ok(false)`: it cannot).
     async fn list_subject(
@@ -285,12 +304,9 @@ pub trait Settings: std::fmt::Debug + Send + Sync + 'static {
     /// One line for `check-config`: where it points and where its secrets come from (never a
     /// secret's value).
     fn describe(&self) -> String;
-    /// The client (secrets are read here).
-    fn build(
-        &self,
-        limits: &ProviderLimits,
-        clock: SharedClock,
-    ) -> Result<SharedProvider, BuildError>;
+    /// The client, whose every call passes `gate` (built from this provider's limits; secrets
+    /// are read here).
+    fn build(&self, gate: Arc<Gate>) -> Result<SharedProvider, BuildError>;
     /// For code that knows which provider it configures (tests, `demo`): see
     /// [`Configured::settings`].
     fn as_any(&self) -> &dyn Any;
@@ -319,14 +335,19 @@ impl Configured {
     }
 }
 
-/// Builds a client for every configured provider (secrets are read here).
+/// Builds a client for every configured provider, each with its own [`Gate`] (secrets are read
+/// here). `max_retry_after` is `retry.max_retry_after`: a longer Retry-After pauses.
 pub fn build(
     configured: &[Configured],
+    max_retry_after: Duration,
     clock: SharedClock,
 ) -> Result<Vec<SharedProvider>, BuildError> {
     configured
         .iter()
-        .map(|c| c.settings.build(&c.limits, clock.clone()))
+        .map(|c| {
+            let gate = Gate::new(c.kind(), &c.limits, max_retry_after, clock.clone());
+            c.settings.build(gate)
+        })
         .collect()
 }
 

@@ -242,6 +242,15 @@ impl SimState {
     }
 }
 
+/// The answer of the server-side limits: a 429 with `Retry-After` when the faults name one
+/// (`limit_retry_after`), without it otherwise (an unpublished limit that says nothing).
+fn limited(st: &SimState, body: serde_json::Value) -> Response {
+    match st.faults.lock().unwrap().limit_retry_after {
+        Some(d) => throttled(d.as_secs(), body),
+        None => (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response(),
+    }
+}
+
 fn throttled(retry_after_secs: u64, body: serde_json::Value) -> Response {
     let mut r = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
     r.headers_mut()
@@ -317,8 +326,8 @@ async fn convai_delete(State(st): St, headers: HeaderMap, body: Bytes) -> Respon
         Ok(s) => s,
         Err(why) => {
             st.record(p, "delete", &scope, ids, 429, why);
-            return throttled(
-                1,
+            return limited(
+                &st,
                 json!({"ERROR": "API rate limit exceeded. Please try again later."}),
             );
         }
@@ -397,8 +406,8 @@ async fn convai_list(State(st): St, headers: HeaderMap, body: Bytes) -> Response
         Ok(s) => s,
         Err(why) => {
             st.record(p, "list", scope.as_deref().unwrap_or(""), vec![], 429, why);
-            return throttled(
-                1,
+            return limited(
+                &st,
                 json!({"ERROR": "API rate limit exceeded. Please try again later."}),
             );
         }
@@ -500,8 +509,8 @@ async fn koo_batch(
         Ok(s) => s,
         Err(why) => {
             st.record(p, "delete", &app, ids, 429, why);
-            return throttled(
-                1,
+            return limited(
+                &st,
                 json!({"error_code": "APIG.0308", "error_msg": "The throttling threshold has been reached: policy user over ratelimit,limit:10,time:1 second"}),
             );
         }
@@ -650,8 +659,8 @@ async fn koo_list(
         Ok(s) => s,
         Err(why) => {
             st.record(p, "list", &app, vec![], 429, why);
-            return throttled(
-                1,
+            return limited(
+                &st,
                 json!({"error_code": "APIG.0308", "error_msg": "The throttling threshold has been reached"}),
             );
         }

@@ -91,8 +91,11 @@ pub struct Faults {
     pub auth_fail: HashSet<ProviderKind>,
     /// Convai answers 403 on the delete path ("not enabled for this key").
     pub delete_disabled: bool,
-    /// Server-side limit: requests per second per provider before 429.
+    /// Server-side limit: requests per second per provider before 429 (a sliding one-second
+    /// window counting admitted calls, so a client that keeps asking still gets the limit).
     pub rate_limit: Option<u32>,
+    /// The Retry-After the limits' 429s carry; `None`: none (an unpublished limit).
+    pub limit_retry_after: Option<Duration>,
     /// Server-side limit: concurrent requests per provider before 429.
     pub concurrency_limit: Option<usize>,
 }
@@ -114,6 +117,7 @@ impl Default for Faults {
             auth_fail: HashSet::new(),
             delete_disabled: false,
             rate_limit: None,
+            limit_retry_after: Some(Duration::from_secs(1)),
             concurrency_limit: None,
         }
     }

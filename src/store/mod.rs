@@ -52,6 +52,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/001_init.sql")),
     M::up(include_str!("migrations/002_feeder_life.sql")).foreign_key_check(),
     M::up(include_str!("migrations/003_provider_registry.sql")).foreign_key_check(),
+    M::up(include_str!("migrations/004_provider_gate.sql")),
 ];
 
 fn provider_keys(conn: &Connection) -> rusqlite::Result<Vec<String>> {

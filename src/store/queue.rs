@@ -141,9 +141,23 @@ pub struct ClaimedBatch {
 /// What the executor decided for one item of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ItemOutcome {
-    Deleted { already_absent: bool },
-    Retry { at: Millis, error: String },
-    Dead { error: String },
+    Deleted {
+        already_absent: bool,
+    },
+    /// Try again at `at`; counts an attempt.
+    Retry {
+        at: Millis,
+        error: String,
+    },
+    /// Try again at `at` without counting an attempt: the provider's state (a throttle) or an
+    /// observation that could not decide (a failed lookup), not a failed deletion.
+    Defer {
+        at: Millis,
+        error: String,
+    },
+    Dead {
+        error: String,
+    },
     Release,
 }
 
@@ -153,7 +167,7 @@ impl ItemOutcome {
             Self::Deleted { .. } => ItemEvent::Confirm,
             Self::Retry { .. } => ItemEvent::Retry,
             Self::Dead { .. } => ItemEvent::GiveUp,
-            Self::Release => ItemEvent::Release,
+            Self::Release | Self::Defer { .. } => ItemEvent::Release,
         }
     }
 }
@@ -245,7 +259,10 @@ impl Store {
             } else {
                 for (id, outcome) in outcomes {
                     apply_outcome(tx, batch_id, *id, now_ms, outcome)?;
-                    if matches!(outcome, ItemOutcome::Retry { .. } | ItemOutcome::Release) {
+                    if matches!(
+                        outcome,
+                        ItemOutcome::Retry { .. } | ItemOutcome::Defer { .. } | ItemOutcome::Release
+                    ) {
                         returned.push(*id);
                     }
                 }
@@ -317,6 +334,40 @@ impl Store {
                 }
                 _ => {}
             }
+            Ok(())
+        })
+    }
+
+    /// Keeps a copy of a provider's gate (state, rate, concurrency) for `status`.
+    pub fn record_gate(
+        &mut self,
+        provider: ProviderKind,
+        gate: &super::status::GateRow,
+        now: Millis,
+    ) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO provider_state (provider, gate_state, rate_per_s, rate_learned, concurrency,
+                   max_concurrency, resume_at_ms, next_probe_ms, throttles, gate_updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (provider) DO UPDATE SET gate_state = excluded.gate_state,
+                   rate_per_s = excluded.rate_per_s, rate_learned = excluded.rate_learned,
+                   concurrency = excluded.concurrency, max_concurrency = excluded.max_concurrency,
+                   resume_at_ms = excluded.resume_at_ms, next_probe_ms = excluded.next_probe_ms,
+                   throttles = excluded.throttles, gate_updated_ms = excluded.gate_updated_ms",
+            )?
+            .execute(params![
+                provider.as_str(),
+                gate.state,
+                gate.rate_per_s,
+                gate.rate_learned,
+                gate.concurrency,
+                gate.max_concurrency,
+                gate.resume_at_ms,
+                gate.next_probe_ms,
+                gate.throttles as i64,
+                now
+            ])?;
             Ok(())
         })
     }
@@ -461,6 +512,13 @@ fn apply_outcome(
             tx.prepare_cached(&format!(
                 "UPDATE work_items SET state = 'pending', attempts = attempts + 1,
                  next_attempt_ms = ?3, last_error = ?4, lease_expires_ms = NULL, batch_id = NULL {guard}"
+            ))?
+            .execute(params![id, batch_id, at_ms, truncate_error(error)])?;
+        }
+        ItemOutcome::Defer { at: at_ms, error } => {
+            tx.prepare_cached(&format!(
+                "UPDATE work_items SET state = 'pending', next_attempt_ms = ?3, last_error = ?4,
+                 lease_expires_ms = NULL, batch_id = NULL {guard}"
             ))?
             .execute(params![id, batch_id, at_ms, truncate_error(error)])?;
         }

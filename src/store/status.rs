@@ -1,6 +1,6 @@
 //! The numbers `forgetd status` and the daemon's STATUS= line show: queue depth by state and
-//! provider, requests by state, overdue and soon-due requests, dead items, paused providers, rules
-//! waiting for approval.
+//! provider, requests by state, overdue and soon-due requests, dead items, paused providers, each
+//! provider's politeness gate (as the executor last wrote it), rules waiting for approval.
 
 use std::collections::BTreeMap;
 
@@ -24,7 +24,31 @@ pub struct Status {
     /// Age in seconds of the oldest pending item.
     pub oldest_pending_age_secs: Option<i64>,
     pub paused_providers: Vec<PausedProvider>,
+    /// Each provider's gate as the executor last wrote it (none before its first run).
+    pub gates: Vec<GateRow>,
     pub rules_awaiting_approval: Vec<String>,
+}
+
+/// A copy of one provider's politeness gate ([`crate::providers::gate`]), kept for `status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateRow {
+    pub provider: String,
+    /// running, throttled, paused
+    pub state: String,
+    /// Calls per second it paces at; `None`: no limit (none configured, none learned).
+    pub rate_per_s: Option<f64>,
+    /// Whether the rate was learned from the provider's throttling.
+    pub rate_learned: bool,
+    pub concurrency: u32,
+    pub max_concurrency: u32,
+    /// While throttled: when calls may start again (unix ms).
+    pub resume_at_ms: Option<i64>,
+    /// While paused: when the next probe goes out (unix ms).
+    pub next_probe_ms: Option<i64>,
+    /// Throttled answers since the daemon started.
+    pub throttles: u64,
+    /// When it was written (unix ms); `None` on a row not yet written.
+    pub updated_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,6 +132,27 @@ impl Store {
             })
         })? {
             st.paused_providers.push(row?);
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT provider, gate_state, rate_per_s, rate_learned, concurrency, max_concurrency,
+                    resume_at_ms, next_probe_ms, throttles, gate_updated_ms
+             FROM provider_state WHERE gate_state IS NOT NULL ORDER BY provider",
+        )?;
+        for row in stmt.query_map([], |r| {
+            Ok(GateRow {
+                provider: r.get(0)?,
+                state: r.get(1)?,
+                rate_per_s: r.get(2)?,
+                rate_learned: r.get(3)?,
+                concurrency: r.get(4)?,
+                max_concurrency: r.get(5)?,
+                resume_at_ms: r.get(6)?,
+                next_probe_ms: r.get(7)?,
+                throttles: r.get::<_, i64>(8)?.max(0) as u64,
+                updated_ms: r.get(9)?,
+            })
+        })? {
+            st.gates.push(row?);
         }
         let mut stmt = self
             .conn

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use forgetd::clock::{ManualClock, SharedClock};
+use forgetd::model::ProviderKind;
 use forgetd::providers::convai::{ConvaiClient, ConvaiConfig};
+use forgetd::providers::gate::Gate;
 use forgetd::providers::koosearch::{KooSearchClient, KooSearchConfig};
 use forgetd::providers::{DeleteBatch, ProviderLimits};
 use forgetd::simulator::{Faults, Simulator};
@@ -31,17 +33,16 @@ pub async fn env(faults: Faults, timeout: Duration) -> Env {
         timeout,
         ..ProviderLimits::default()
     };
+    let gate = |kind| Gate::new(kind, &limits, Duration::from_secs(3600), shared.clone());
     let convai = ConvaiClient::new(
         config.settings::<ConvaiConfig>().unwrap(),
-        &limits,
-        shared.clone(),
+        gate(ProviderKind::CONVAI),
     )
     .unwrap();
     let koo = Arc::new(
         KooSearchClient::new(
             config.settings::<KooSearchConfig>().unwrap(),
-            &limits,
-            shared,
+            gate(ProviderKind::KOOSEARCH),
         )
         .unwrap(),
     );

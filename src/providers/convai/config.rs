@@ -8,10 +8,10 @@ use reqwest::Url;
 use serde::Deserialize;
 
 use super::{ConvaiClient, KIND};
-use crate::clock::SharedClock;
 use crate::fields::{self, Problems};
 use crate::model::ProviderKind;
-use crate::providers::{BuildError, ProviderLimits, Settings, SharedProvider};
+use crate::providers::gate::Gate;
+use crate::providers::{BuildError, Settings, SharedProvider};
 use crate::secret::SecretRef;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.convai.com";
@@ -53,12 +53,8 @@ impl Settings for ConvaiConfig {
     fn describe(&self) -> String {
         format!("{} (api_key from {})", self.base_url, self.api_key)
     }
-    fn build(
-        &self,
-        limits: &ProviderLimits,
-        clock: SharedClock,
-    ) -> Result<SharedProvider, BuildError> {
-        Ok(Arc::new(ConvaiClient::new(self, limits, clock)?))
+    fn build(&self, gate: Arc<Gate>) -> Result<SharedProvider, BuildError> {
+        Ok(Arc::new(ConvaiClient::new(self, gate)?))
     }
     fn as_any(&self) -> &dyn Any {
         self

@@ -10,12 +10,16 @@
 //!
 //! Status mapping (providers.md): 401 → pause (the key is refused; Convai has no token to
 //! refresh); 403 or 404 on the delete path → pause, "delete API not enabled for this key" (never
-//! "already deleted"); 429 → retry after Retry-After (default 5 s); 400/422 → the batch's content
+//! "already deleted"); 429 → retry after its Retry-After, or without one [`Action::Throttled`]
+//! (the gate learns the wait and the rate: Convai publishes no limit); 400/422 → the batch's content
 //! was refused, split it; 5xx and 408 → retry; anything else → pause with the status named.
 //! Unknown IDs and partial deletes are undocumented: a documented success confirms the whole
 //! batch, and a repeated delete of a gone session is success.
+//!
+//! Every call passes the provider's [`Gate`]: a delete under the executor's [`Pass`], a listing
+//! or lookup under its own.
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use reqwest::{StatusCode, Url};
@@ -23,14 +27,13 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde::de::{SeqAccess, Visitor};
 
-use super::ProviderLimits;
+use super::gate::{Gate, Pass};
 use super::http::{self, DETAIL_LEN, MAX_BODY, truncate};
 use super::registry::Registration;
 use super::{
     Action, BuildError, ChatSink, DeleteBatch, DeleteOutcome, ListedChat, Operation, Presence,
     Provider, ProviderError,
 };
-use crate::clock::SharedClock;
 use crate::model::ProviderKind;
 
 mod config;
@@ -49,12 +52,11 @@ pub static REGISTRATION: Registration = Registration {
     // A character ID is opaque text; rules and holds check its length.
     check_scope: |_| Ok(()),
 };
-pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 pub struct ConvaiClient {
     http: reqwest::Client,
-    /// Reads "now" for Retry-After dates.
-    clock: SharedClock,
+    /// Every call passes it; its clock reads "now" for Retry-After dates.
+    gate: Arc<Gate>,
     base: Url,
     api_key: SecretString,
     batch_size: usize,
@@ -84,17 +86,15 @@ struct ListedSession {
 }
 
 impl ConvaiClient {
-    pub fn new(
-        config: &ConvaiConfig,
-        limits: &ProviderLimits,
-        clock: SharedClock,
-    ) -> Result<Self, BuildError> {
+    /// A client whose every call passes `gate` (built from the provider's limits).
+    pub fn new(config: &ConvaiConfig, gate: Arc<Gate>) -> Result<Self, BuildError> {
+        let limits = gate.limits().clone();
         Ok(Self {
-            clock,
             http: http::client(limits.timeout).map_err(|source| BuildError::Http {
                 provider: KIND,
                 source,
             })?,
+            gate,
             base: config.base_url.clone(),
             api_key: config.api_key.read()?,
             batch_size: limits.batch_size,
@@ -108,8 +108,11 @@ impl ConvaiClient {
         u
     }
 
+    /// One POST under `pass`: a 200 comes back as the response (its body unread), anything else
+    /// as the classified error, which the gate sees.
     async fn post(
         &self,
+        pass: &mut Pass,
         operation: Operation,
         path: &str,
         body: &serde_json::Value,
@@ -118,9 +121,26 @@ impl ConvaiClient {
         if let Some(v) = http::secret_header(&self.api_key) {
             req = req.header("CONVAI-API-KEY", v);
         }
-        req.send()
-            .await
-            .map_err(|e| http::transport(KIND, operation, e))
+        pass.call(operation, async {
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| http::transport(KIND, operation, e))?;
+            let status = resp.status();
+            if status == StatusCode::OK {
+                return Ok(resp);
+            }
+            let headers = resp.headers().clone();
+            let body = http::read_body(KIND, operation, resp, MAX_BODY).await?;
+            Err(Self::classify(
+                self.gate.clock().now_ms(),
+                operation,
+                status,
+                &headers,
+                &body,
+            ))
+        })
+        .await
     }
 
     /// Maps a non-200 answer to what to do next, by status code only.
@@ -145,9 +165,9 @@ impl ConvaiClient {
                 "Convai's chat-history delete API is not enabled for this key (HTTP {code}: {message}); ask Convai to enable it"
             )),
             403 => Action::Pause(format!("Convai denied permission (HTTP 403: {message})")),
-            429 => Action::RetryAfter(
-                http::retry_after(headers, now_ms).unwrap_or(DEFAULT_RETRY_AFTER),
-            ),
+            429 => http::retry_after(headers, now_ms)
+                .map(Action::RetryAfter)
+                .unwrap_or(Action::Throttled),
             400 | 422 => Action::Rejected,
             408 | 500..=599 => match http::retry_after(headers, now_ms) {
                 Some(d) => Action::RetryAfter(d),
@@ -164,25 +184,16 @@ impl ConvaiClient {
     /// Streams the list of a character's sessions into `sink`.
     async fn list(&self, scope: &str, sink: ChatSink<'_>) -> Result<(), ProviderError> {
         let op = Operation::List;
+        let mut pass = self.gate.enter(op).await?;
         let resp = self
             .post(
+                &mut pass,
                 op,
                 "/character/chatHistory/list",
                 &serde_json::json!({"charID": scope, "limit": "-1"}),
             )
             .await?;
-        let status = resp.status();
-        if status != StatusCode::OK {
-            let headers = resp.headers().clone();
-            let body = http::read_body(KIND, op, resp, MAX_BODY).await?;
-            return Err(Self::classify(
-                self.clock.now_ms(),
-                op,
-                status,
-                &headers,
-                &body,
-            ));
-        }
+        // The pass (a concurrency slot) is held while the answer streams in.
         // Parse on a blocking thread from a synchronous view of the body stream; hand sessions
         // back through a small bounded channel, so memory stays flat however long the array.
         use futures_util::TryStreamExt;
@@ -196,7 +207,9 @@ impl ConvaiClient {
         while let Some(chat) = rx.recv().await {
             sink(chat);
         }
-        match parser.await {
+        let parsed = parser.await;
+        drop(pass);
+        match parsed {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(http::unparseable(KIND, op, 200, &[], e)),
             Err(join) => Err(
@@ -321,24 +334,21 @@ impl Provider for ConvaiClient {
         Ok(())
     }
 
-    async fn delete(&self, batch: &DeleteBatch) -> Result<DeleteOutcome, ProviderError> {
+    fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+
+    async fn delete(
+        &self,
+        pass: &mut Pass,
+        batch: &DeleteBatch,
+    ) -> Result<DeleteOutcome, ProviderError> {
         let op = Operation::Delete;
         let body = serde_json::json!({"charID": batch.scope, "sessionIDs": batch.ids});
         let resp = self
-            .post(op, "/character/chatHistory/delete", &body)
+            .post(pass, op, "/character/chatHistory/delete", &body)
             .await?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
         let body = http::read_body(KIND, op, resp, MAX_BODY).await?;
-        if status != StatusCode::OK {
-            return Err(Self::classify(
-                self.clock.now_ms(),
-                op,
-                status,
-                &headers,
-                &body,
-            ));
-        }
         parse_delete_answer(&body).map_err(|why| http::unparseable(KIND, op, 200, &body, why))
     }
 

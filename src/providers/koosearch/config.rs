@@ -12,10 +12,10 @@ use reqwest::Url;
 use serde::Deserialize;
 
 use super::{KIND, KooSearchClient, is_id};
-use crate::clock::SharedClock;
 use crate::fields::{self, Problems};
 use crate::model::ProviderKind;
-use crate::providers::{BuildError, ProviderLimits, Settings, SharedProvider};
+use crate::providers::gate::Gate;
+use crate::providers::{BuildError, Settings, SharedProvider};
 use crate::secret::SecretRef;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,12 +153,8 @@ impl Settings for KooSearchConfig {
         };
         format!("{} project {} ({auth})", self.endpoint, self.project_id)
     }
-    fn build(
-        &self,
-        limits: &ProviderLimits,
-        clock: SharedClock,
-    ) -> Result<SharedProvider, BuildError> {
-        Ok(Arc::new(KooSearchClient::new(self, limits, clock)?))
+    fn build(&self, gate: Arc<Gate>) -> Result<SharedProvider, BuildError> {
+        Ok(Arc::new(KooSearchClient::new(self, gate)?))
     }
     fn as_any(&self) -> &dyn Any {
         self

@@ -4,7 +4,9 @@
 //! `X-Subject-Token` header, `token.expires_at` in the body. Tokens live 24 h; the cached one is
 //! refreshed ahead of expiry (a tenth of its life, at most 10 minutes early) and on demand after a
 //! 401 (`invalidate`). Refreshes are serialized by one async mutex, so however many batches need a
-//! token at once, one request goes to IAM and the rest reuse its answer.
+//! token at once, one request goes to IAM and the rest reuse its answer. The IAM call passes the
+//! provider's gate under the pass of the call that needs the token (Huawei's gateway throttles a
+//! user across APIs).
 //!
 //! Never logged or put in an error: the token, the password, the IAM request body.
 
@@ -14,9 +16,11 @@ use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use std::sync::Arc;
+
 use super::IamConfig;
-use crate::clock::SharedClock;
 use crate::model::ProviderKind;
+use crate::providers::gate::{Gate, Pass};
 use crate::providers::http::{self, MAX_BODY};
 use crate::providers::{Action, Operation, ProviderError};
 
@@ -38,7 +42,7 @@ pub struct IamTokens {
     http: reqwest::Client,
     config: IamConfig,
     password: SecretString,
-    clock: SharedClock,
+    gate: Arc<Gate>,
     cache: tokio::sync::Mutex<Option<Cached>>,
     refreshes: AtomicU64,
 }
@@ -58,23 +62,23 @@ impl TokenSource {
         http: reqwest::Client,
         config: IamConfig,
         password: SecretString,
-        clock: SharedClock,
+        gate: Arc<Gate>,
     ) -> Self {
         Self::Iam(Box::new(IamTokens {
             http,
             config,
             password,
-            clock,
+            gate,
             cache: tokio::sync::Mutex::new(None),
             refreshes: AtomicU64::new(0),
         }))
     }
 
-    /// A token valid for now (fetching or refreshing one if needed).
-    pub async fn token(&self) -> Result<SecretString, ProviderError> {
+    /// A token valid for now (fetching or refreshing one under `pass` if needed).
+    pub async fn token(&self, pass: &mut Pass) -> Result<SecretString, ProviderError> {
         match self {
             Self::Fixed(t) => Ok(t.clone()),
-            Self::Iam(iam) => iam.token().await,
+            Self::Iam(iam) => iam.token(pass).await,
         }
     }
 
@@ -106,16 +110,16 @@ impl TokenSource {
 }
 
 impl IamTokens {
-    async fn token(&self) -> Result<SecretString, ProviderError> {
+    async fn token(&self, pass: &mut Pass) -> Result<SecretString, ProviderError> {
         let mut cache = self.cache.lock().await;
-        let now = self.clock.now_ms();
+        let now = self.gate.clock().now_ms();
         if let Some(c) = cache.as_ref()
             && now < c.refresh_at_ms
             && now < c.expires_ms
         {
             return Ok(c.token.clone());
         }
-        let fresh = self.fetch(now).await?;
+        let fresh = pass.call(Operation::Token, self.fetch(now)).await?;
         let token = fresh.token.clone();
         *cache = Some(fresh);
         Ok(token)
@@ -159,10 +163,9 @@ impl IamTokens {
                     "Huawei IAM refused the credentials of user \"{}\" in domain \"{}\" for project \"{}\" (HTTP {code}); check providers.koosearch.iam",
                     c.user, c.domain, c.project
                 )),
-                429 => Action::RetryAfter(
-                    http::retry_after(&headers, self.clock.now_ms())
-                        .unwrap_or(super::DEFAULT_RETRY_AFTER),
-                ),
+                429 => http::retry_after(&headers, self.gate.clock().now_ms())
+                    .map(Action::RetryAfter)
+                    .unwrap_or(Action::Throttled),
                 404 => Action::Pause(format!(
                     "Huawei IAM answered 404 at {}: check providers.koosearch.iam.endpoint",
                     c.endpoint

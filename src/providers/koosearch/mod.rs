@@ -12,27 +12,28 @@
 //!   (epoch ms, as a string),"is_del"}]}`. Records marked `is_del` are treated as absent.
 //!
 //! Errors: `{"error_code","error_msg"}`; codes are compared case-insensitively, messages never.
-//! 429 / `APIG.0308` → retry after Retry-After or 3 s (Huawei advises 2-5 s); 401 → refresh the
+//! 429 / `APIG.0308` → retry after its Retry-After, or without one [`Action::Throttled`] (the
+//! gate learns the wait and the rate; Huawei advises 2-5 s, its gateway counts per user across
+//! APIs, so listings, lookups and the IAM token call pass the same gate); 401 → refresh the
 //! token once and retry, then pause; 403 → pause (permission); 404 → pause (endpoint, project or
 //! application wrong); 400 `KOS.00010001`/`KOS.00010002` → the batch's content was refused, split
 //! it; 5xx and `KOS.00060002` (database failure) → retry.
 
 pub mod iam;
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 
-use super::ProviderLimits;
+use super::gate::{Gate, Pass};
 use super::http::{self, DETAIL_LEN, MAX_BODY, truncate};
 use super::registry::Registration;
 use super::{
     Action, BuildError, ChatSink, DeleteBatch, DeleteOutcome, ListedChat, Operation, Presence,
     Provider, ProviderError,
 };
-use crate::clock::SharedClock;
 use crate::model::ProviderKind;
 use iam::TokenSource;
 
@@ -68,7 +69,6 @@ pub fn is_id(id: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
-pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(3);
 /// Documented maximum of repo_ids; chat_ids has none documented, we send no more either.
 pub const MAX_BATCH: usize = 100;
 const PAGE_SIZE: u32 = 100;
@@ -84,8 +84,8 @@ pub struct KooSearchClient {
     discover_by_user_name: bool,
     auth: TokenSource,
     batch_size: usize,
-    /// Reads "now" for Retry-After dates.
-    clock: SharedClock,
+    /// Every call passes it; its clock reads "now" for Retry-After dates.
+    gate: Arc<Gate>,
 }
 
 impl std::fmt::Debug for KooSearchClient {
@@ -156,11 +156,9 @@ impl Record {
 }
 
 impl KooSearchClient {
-    pub fn new(
-        config: &KooSearchConfig,
-        limits: &ProviderLimits,
-        clock: SharedClock,
-    ) -> Result<Self, BuildError> {
+    /// A client whose every call (the IAM token's too) passes `gate`.
+    pub fn new(config: &KooSearchConfig, gate: Arc<Gate>) -> Result<Self, BuildError> {
+        let limits = gate.limits().clone();
         let http = http::client(limits.timeout).map_err(|source| BuildError::Http {
             provider: KIND,
             source,
@@ -168,7 +166,7 @@ impl KooSearchClient {
         let auth = match &config.auth {
             KooSearchAuth::Token(t) => TokenSource::Fixed(t.read()?),
             KooSearchAuth::Iam(i) => {
-                TokenSource::iam(http.clone(), i.clone(), i.password.read()?, clock.clone())
+                TokenSource::iam(http.clone(), i.clone(), i.password.read()?, gate.clone())
             }
         };
         Ok(Self {
@@ -179,7 +177,7 @@ impl KooSearchClient {
             discover_by_user_name: config.discover_by_user_name,
             auth,
             batch_size: limits.batch_size.min(MAX_BATCH),
-            clock,
+            gate,
         })
     }
 
@@ -196,50 +194,67 @@ impl KooSearchClient {
         u
     }
 
-    /// Sends with a token; on 401 refreshes once and resends; a second 401 pauses the provider.
+    /// One exchange under `pass`, with a token: the body of a 200, or the classified error (which
+    /// the gate sees). On 401 it refreshes the token once and resends; a second 401 pauses.
     async fn send(
         &self,
+        pass: &mut Pass,
         op: Operation,
         build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), ProviderError> {
+    ) -> Result<Vec<u8>, ProviderError> {
         let mut refreshed = false;
         loop {
-            let token = self.auth.token().await?;
+            let token = self.auth.token(pass).await?;
             let mut req = build();
             if let Some(v) = http::secret_header(&token) {
                 req = req.header("X-Auth-Token", v);
             }
-            let resp = req.send().await.map_err(|e| http::transport(KIND, op, e))?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let body = http::read_body(KIND, op, resp, MAX_BODY).await?;
-            if status == StatusCode::UNAUTHORIZED {
-                let (code, msg) = error_parts(&body);
-                let can_refresh = !refreshed && self.auth.invalidate(&token).await;
-                if can_refresh {
-                    tracing::info!(
-                        provider = "koosearch",
-                        code = code.as_deref().unwrap_or(""),
-                        "token refused; refreshing once"
-                    );
-                    refreshed = true;
-                    continue;
-                }
-                let why = if refreshed {
-                    "KooSearch refused a freshly issued IAM token (HTTP 401); check the IAM user's permissions for KooSearch"
-                } else {
-                    "KooSearch refused the configured token (HTTP 401); replace providers.koosearch.token or configure [providers.koosearch.iam]"
-                };
-                return Err(ProviderError::new(
-                    KIND,
-                    op,
-                    Action::Pause(why.to_string()),
-                    format!("HTTP 401 {}: {msg}", code.as_deref().unwrap_or("")),
-                )
-                .with_status(401)
-                .with_code(code));
+            let answer = pass
+                .call(op, async {
+                    let resp = req.send().await.map_err(|e| http::transport(KIND, op, e))?;
+                    let status = resp.status();
+                    let headers = resp.headers().clone();
+                    let body = http::read_body(KIND, op, resp, MAX_BODY).await?;
+                    if status == StatusCode::OK {
+                        return Ok(Some(body));
+                    }
+                    if status != StatusCode::UNAUTHORIZED {
+                        return Err(Self::classify(
+                            self.gate.clock().now_ms(),
+                            op,
+                            status,
+                            &headers,
+                            &body,
+                        ));
+                    }
+                    let (code, msg) = error_parts(&body);
+                    if !refreshed && self.auth.invalidate(&token).await {
+                        tracing::info!(
+                            provider = "koosearch",
+                            code = code.as_deref().unwrap_or(""),
+                            "token refused; refreshing once"
+                        );
+                        return Ok(None);
+                    }
+                    let why = if refreshed {
+                        "KooSearch refused a freshly issued IAM token (HTTP 401); check the IAM user's permissions for KooSearch"
+                    } else {
+                        "KooSearch refused the configured token (HTTP 401); replace providers.koosearch.token or configure [providers.koosearch.iam]"
+                    };
+                    Err(ProviderError::new(
+                        KIND,
+                        op,
+                        Action::Pause(why.to_string()),
+                        format!("HTTP 401 {}: {msg}", code.as_deref().unwrap_or("")),
+                    )
+                    .with_status(401)
+                    .with_code(code))
+                })
+                .await?;
+            match answer {
+                Some(body) => return Ok(body),
+                None => refreshed = true,
             }
-            return Ok((status, headers, body));
         }
     }
 
@@ -257,7 +272,9 @@ impl KooSearchClient {
             .unwrap_or_default();
         let n = status.as_u16();
         let action = if n == 429 || upper == "APIG.0308" {
-            Action::RetryAfter(http::retry_after(headers, now_ms).unwrap_or(DEFAULT_RETRY_AFTER))
+            http::retry_after(headers, now_ms)
+                .map(Action::RetryAfter)
+                .unwrap_or(Action::Throttled)
         } else if upper == "KOS.00060002" || (500..=599).contains(&n) || n == 408 {
             http::retry_after(headers, now_ms)
                 .map(Action::RetryAfter)
@@ -290,28 +307,21 @@ impl KooSearchClient {
         sink: ChatSink<'_>,
     ) -> Result<(), ProviderError> {
         let op = Operation::List;
+        // One concurrency slot for the whole walk; every page takes its own start time.
+        let mut pass = self.gate.enter(op).await?;
         let mut page = 1u32;
         loop {
             let page_s = page.to_string();
             let size_s = PAGE_SIZE.to_string();
             let url = self.url(scope, "/chat-history");
-            let (status, headers, body) = self
-                .send(op, || {
+            let body = self
+                .send(&mut pass, op, || {
                     let mut q: Vec<(&str, &str)> = query.to_vec();
                     q.push(("page_num", &page_s));
                     q.push(("page_size", &size_s));
                     self.http.get(url.clone()).query(&q)
                 })
                 .await?;
-            if status != StatusCode::OK {
-                return Err(Self::classify(
-                    self.clock.now_ms(),
-                    op,
-                    status,
-                    &headers,
-                    &body,
-                ));
-            }
             let parsed =
                 parse_page(scope, &body).map_err(|e| http::unparseable(KIND, op, 200, &body, e))?;
             let last = parsed.is_last(page, PAGE_SIZE);
@@ -425,27 +435,26 @@ impl Provider for KooSearchClient {
         }
     }
 
-    async fn delete(&self, batch: &DeleteBatch) -> Result<DeleteOutcome, ProviderError> {
+    fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+
+    async fn delete(
+        &self,
+        pass: &mut Pass,
+        batch: &DeleteBatch,
+    ) -> Result<DeleteOutcome, ProviderError> {
         let op = Operation::Delete;
         let mut body = serde_json::json!({"chat_ids": batch.ids});
         if let Some(repo) = &batch.repo_id {
             body["repo_ids"] = serde_json::json!(vec![repo; batch.ids.len().min(MAX_BATCH)]);
         }
         let url = self.url(&batch.scope, "/chat-history/batch");
-        let (status, headers, answer) = self
-            .send(op, || {
+        let answer = self
+            .send(pass, op, || {
                 self.http.request(Method::DELETE, url.clone()).json(&body)
             })
             .await?;
-        if status != StatusCode::OK {
-            return Err(Self::classify(
-                self.clock.now_ms(),
-                op,
-                status,
-                &headers,
-                &answer,
-            ));
-        }
         parse_batch_answer(&answer, batch.ids.len())
             .map_err(|e| http::unparseable(KIND, op, 200, &answer, e))
     }

@@ -16,12 +16,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use async_trait::async_trait;
 use serde::Deserialize;
 
+use super::gate::{Gate, Pass};
 use super::registry::Registration;
 use super::{
     Action, BuildError, ChatSink, DeleteBatch, DeleteOutcome, ListedChat, Operation, Presence,
-    Provider, ProviderError, ProviderLimits, Settings, SharedProvider,
+    Provider, ProviderError, Settings, SharedProvider,
 };
-use crate::clock::SharedClock;
 use crate::fields::{self, Problems};
 use crate::model::ProviderKind;
 use crate::secret::SecretRef;
@@ -97,11 +97,12 @@ impl Settings for LedgerConfig {
     fn describe(&self) -> String {
         format!("book {} (token from {})", self.book, self.token)
     }
-    fn build(&self, limits: &ProviderLimits, _: SharedClock) -> Result<SharedProvider, BuildError> {
+    fn build(&self, gate: Arc<Gate>) -> Result<SharedProvider, BuildError> {
         self.token.read()?;
         Ok(Arc::new(Ledger {
             book: book(&self.book),
-            batch: limits.batch_size,
+            batch: gate.limits().batch_size,
+            gate,
         }))
     }
     fn as_any(&self) -> &dyn Any {
@@ -112,6 +113,7 @@ impl Settings for LedgerConfig {
 struct Ledger {
     book: Shared,
     batch: usize,
+    gate: Arc<Gate>,
 }
 
 impl Ledger {
@@ -134,6 +136,9 @@ impl Provider for Ledger {
     fn kind(&self) -> ProviderKind {
         KIND
     }
+    fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
     fn max_batch(&self) -> usize {
         self.batch
     }
@@ -144,22 +149,40 @@ impl Provider for Ledger {
             Err("a ledger chat ID starts with L-".into())
         }
     }
-    async fn delete(&self, batch: &DeleteBatch) -> Result<DeleteOutcome, ProviderError> {
-        let mut book = self.open(Operation::Delete)?;
-        book.deletes.push(batch.clone());
-        if let Some(shelf) = book.chats.get_mut(&batch.scope) {
-            for id in &batch.ids {
-                shelf.remove(id);
+    async fn delete(
+        &self,
+        pass: &mut Pass,
+        batch: &DeleteBatch,
+    ) -> Result<DeleteOutcome, ProviderError> {
+        pass.call(Operation::Delete, async {
+            let mut book = self.open(Operation::Delete)?;
+            book.deletes.push(batch.clone());
+            if let Some(shelf) = book.chats.get_mut(&batch.scope) {
+                for id in &batch.ids {
+                    shelf.remove(id);
+                }
             }
-        }
-        Ok(DeleteOutcome::AllDeleted)
+            Ok(DeleteOutcome::AllDeleted)
+        })
+        .await
     }
     async fn list_scope(&self, scope: &str, sink: ChatSink<'_>) -> Result<(), ProviderError> {
-        let book = self.open(Operation::List)?;
-        for id in book.chats.get(scope).into_iter().flat_map(|s| s.keys()) {
+        let ids: Vec<String> = self
+            .gate
+            .call(Operation::List, async {
+                let book = self.open(Operation::List)?;
+                Ok(book
+                    .chats
+                    .get(scope)
+                    .into_iter()
+                    .flat_map(|s| s.keys().cloned())
+                    .collect())
+            })
+            .await?;
+        for id in ids {
             sink(ListedChat {
                 scope: scope.into(),
-                session_id: id.clone(),
+                session_id: id,
                 created_at: None,
                 repo_id: None,
             });
@@ -178,13 +201,17 @@ impl Provider for Ledger {
         _: Option<&str>,
         id: &str,
     ) -> Result<Presence, ProviderError> {
-        let book = self.open(Operation::List)?;
-        Ok(
-            match book.chats.get(scope).is_some_and(|s| s.contains_key(id)) {
-                true => Presence::Present,
-                false => Presence::Absent,
-            },
-        )
+        self.gate
+            .call(Operation::List, async {
+                let book = self.open(Operation::List)?;
+                Ok(
+                    match book.chats.get(scope).is_some_and(|s| s.contains_key(id)) {
+                        true => Presence::Present,
+                        false => Presence::Absent,
+                    },
+                )
+            })
+            .await
     }
 }
 
