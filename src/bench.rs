@@ -22,6 +22,7 @@ use crate::store::Store;
 pub struct BenchOptions {
     pub quick: bool,
     pub retention: bool,
+    pub politeness: bool,
     pub sweep_sessions: u64,
     pub sweep_expired: u64,
 }
@@ -160,6 +161,238 @@ async fn throughput(concurrency: usize, batch: usize, latency_ms: u64, items: u6
     })
 }
 
+/// One run against a server-side limit forgetd is not told: what the simulator saw.
+struct LimitRow {
+    limit: u32,
+    retry_after: Option<Duration>,
+    items: u64,
+    admitted: u64,
+    throttled: u64,
+    span: Duration,
+    learned: Option<f64>,
+}
+
+impl LimitRow {
+    fn goodput(&self) -> f64 {
+        self.admitted as f64 / self.span.as_secs_f64().max(1e-9) / self.limit as f64
+    }
+    fn throttled_share(&self) -> f64 {
+        self.throttled as f64 / (self.admitted + self.throttled).max(1) as f64
+    }
+}
+
+/// A drain of `items` Convai chats (batch 20, concurrency 4, 20 ms latency, no
+/// `requests_per_second`) against a provider that admits `limit` calls a second and answers the
+/// rest 429, with `retry_after` or without one. Admitted calls are counted over the span from the
+/// first call to the last (the daemon's start-up is not the provider's time).
+async fn politeness(limit: u32, retry_after: Option<Duration>, items: u64) -> Result<LimitRow> {
+    let dir = tempfile::tempdir()?;
+    let faults = Faults {
+        latency: Duration::from_millis(20),
+        rate_limit: Some(limit),
+        limit_retry_after: retry_after,
+        ..Faults::default()
+    };
+    let sim = Simulator::start(Arc::new(SystemClock), faults, 1).await?;
+    sim.set_record_ids(false);
+    let cfg = write_config(dir.path(), &sim, 4, 20)?;
+    let db = dir.path().join("forgetd.db");
+    queue_items(&db, items)?;
+    let mut cmd = std::process::Command::new(exe()?);
+    cmd.args(["--config"]).arg(&cfg).args(["run", "--once"]);
+    cmd.env("FORGETD_LOG", "warn")
+        .stdout(std::process::Stdio::null());
+    let usage = tokio::task::spawn_blocking(move || measure(cmd)).await??;
+    if usage.exit != 0 {
+        bail!(
+            "the daemon exited {} under a limit of {limit}/s",
+            usage.exit
+        );
+    }
+    let calls = sim.calls();
+    let admitted = calls.iter().filter(|c| c.status == 200).count() as u64;
+    let throttled = calls.iter().filter(|c| c.status == 429).count() as u64;
+    let span = match (calls.first(), calls.last()) {
+        (Some(a), Some(b)) => Duration::from_millis((b.at_ms - a.at_ms).max(1) as u64),
+        _ => Duration::ZERO,
+    };
+    let st = Store::open(&db)?.status(0, 0)?;
+    Ok(LimitRow {
+        limit,
+        retry_after,
+        items,
+        admitted,
+        throttled,
+        span,
+        learned: st.gates.first().and_then(|g| g.rate_per_s),
+    })
+}
+
+/// The fault mix: 50 Convai and 50 KooSearch chats of one person (batch 10, concurrency 2,
+/// `latency`), one erasure request, `run --once`; with `faults` on: 25% 500s, 10% 429s with
+/// Retry-After 1 s, 5% connection resets, 30% partial KooSearch batches, and every token killed
+/// a second in. Returns the wall time and how many 429s (each a Retry-After of 1 s that stops
+/// its provider's every call) the simulator sent.
+async fn fault_mix(latency: Duration, faults_on: bool, seed: u64) -> Result<(Duration, u32)> {
+    let dir = tempfile::tempdir()?;
+    let mut faults = Faults {
+        latency,
+        ..Faults::default()
+    };
+    if faults_on {
+        faults.error_rate = 0.25;
+        faults.throttle_rate = 0.10;
+        faults.retry_after = Duration::from_secs(1);
+        faults.reset_rate = 0.05;
+        faults.partial_rate = 0.30;
+    }
+    let sim = Simulator::start(Arc::new(SystemClock), faults, seed).await?;
+    let db = dir.path().join("forgetd.db");
+    let app = "bench-app";
+    let text = format!(
+        "[database]\npath = \"{}\"\n{}",
+        db.display(),
+        sim.config_toml(&[app], simulator::Secrets::Files(dir.path()))?
+    )
+    .replace(
+        "timeout = \"2s\"",
+        "timeout = \"2s\"\nbatch_size = 10\nconcurrency = 2",
+    );
+    let cfg = dir.path().join("forgetd.toml");
+    std::fs::write(&cfg, text)?;
+    {
+        let mut store = Store::open(&db)?;
+        for i in 0..50 {
+            let (char_id, sid) = (format!("char-{}", i % 5), format!("c{i:04}"));
+            sim.add_convai_chat(&char_id, &sid, 1_700_000_000);
+            store.add_session(&crate::store::inventory::NewSession {
+                provider: "convai".into(),
+                scope: char_id,
+                session_id: sid,
+                subject: Some("bench-person".into()),
+                repo_id: None,
+                created_at: Some(1_700_000_000),
+            })?;
+            let kid = format!("k{i:04}");
+            sim.add_koosearch_chat(app, &kid, None, None, 1_700_000_000);
+            store.add_session(&crate::store::inventory::NewSession {
+                provider: "koosearch".into(),
+                scope: app.into(),
+                session_id: kid,
+                subject: Some("bench-person".into()),
+                repo_id: None,
+                created_at: Some(1_700_000_000),
+            })?;
+        }
+        let now = crate::clock::Clock::now(&SystemClock);
+        store.file_request("bench-person", Some("bench"), now, 30 * 86_400)?;
+    }
+    let killer = faults_on.then(|| {
+        let expire = sim.expirer();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            expire();
+        })
+    });
+    let mut cmd = std::process::Command::new(exe()?);
+    cmd.args(["--config"]).arg(&cfg).args(["run", "--once"]);
+    // FORGETD_BENCH_LOG: the daemon's log filter, to read a slow run's timeline.
+    cmd.env(
+        "FORGETD_LOG",
+        std::env::var("FORGETD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+    )
+    .stdout(std::process::Stdio::null());
+    let usage = tokio::task::spawn_blocking(move || measure(cmd)).await??;
+    if let Some(k) = killer {
+        k.abort();
+    }
+    let told = sim.calls().iter().filter(|c| c.status == 429).count() as u32;
+    let deleted = Store::open(&db)?.count_items(crate::store::queue::ItemState::Deleted)?;
+    if usage.exit != 0 || deleted != 100 {
+        bail!(
+            "the fault-mix drain exited {} with {deleted} of 100 chats deleted",
+            usage.exit
+        );
+    }
+    Ok((usage.wall, told))
+}
+
+/// `FORGETD_BENCH_MIX_SEED=N`: only the faulted drain with seed N.
+fn mix_seed() -> Option<u64> {
+    std::env::var("FORGETD_BENCH_MIX_SEED").ok()?.parse().ok()
+}
+
+/// `forgetd bench --politeness`: goodput under limits forgetd is not told, and the fault mix's
+/// drain time against the same drain without faults.
+async fn politeness_report(quick: bool) -> Result<()> {
+    let scale = if quick { 3 } else { 1 };
+    println!(
+        "\nunpublished limits (Convai, batch 20, concurrency 4, 20 ms latency, no requests_per_second):"
+    );
+    println!(
+        "| limit | 429 carries | items | admitted calls/s | share of the limit | calls throttled | learned rate |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let rows = [
+        (10, None, 6_000 / scale),
+        (50, Some(Duration::from_secs(1)), 30_000 / scale),
+    ];
+    for (limit, ra, items) in rows.into_iter().filter(|_| mix_seed().is_none()) {
+        let r = politeness(limit, ra, items).await?;
+        println!(
+            "| {}/s | {} | {} | {:.1} | {:.2} | {:.1}% | {} |",
+            r.limit,
+            r.retry_after
+                .map(|d| format!("Retry-After {} s", d.as_secs()))
+                .unwrap_or_else(|| "no Retry-After".into()),
+            r.items,
+            r.admitted as f64 / r.span.as_secs_f64(),
+            r.goodput(),
+            r.throttled_share() * 100.0,
+            r.learned
+                .map(|x| format!("{x:.1}/s"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    let latency = Duration::from_millis(200);
+    let runs = if quick { 2 } else { 5 };
+    // One faulted drain with a chosen seed, to look into a slow run (with FORGETD_BENCH_LOG).
+    if let Some(seed) = mix_seed() {
+        let (mixed, told) = fault_mix(latency, true, seed).await?;
+        println!(
+            "fault mix, seed {seed}: {:.2} s, {told} 429s with Retry-After",
+            mixed.as_secs_f64()
+        );
+        return Ok(());
+    }
+    println!(
+        "\nfault mix (100 chats, 2 providers, batch 10, concurrency 2, {} ms latency), {runs} runs each:",
+        latency.as_millis()
+    );
+    println!(
+        "| run | without faults | with the fault mix | ratio | 429s with Retry-After 1 s |\n|---|---|---|---|---|"
+    );
+    let (mut worst, mut sum): (f64, f64) = (0.0, 0.0);
+    for seed in 0..runs {
+        let (clean, _) = fault_mix(latency, false, seed).await?;
+        let (mixed, told) = fault_mix(latency, true, seed).await?;
+        let ratio = mixed.as_secs_f64() / clean.as_secs_f64();
+        worst = worst.max(ratio);
+        sum += ratio;
+        println!(
+            "| {} | {:.2} s | {:.2} s | {ratio:.2} | {told} |",
+            seed + 1,
+            clean.as_secs_f64(),
+            mixed.as_secs_f64()
+        );
+    }
+    println!(
+        "mean ratio {:.2}, worst {worst:.2}",
+        sum / f64::from(runs as u32)
+    );
+    Ok(())
+}
+
 /// CPU share of an idle daemon over `window`.
 async fn idle_cpu(window: Duration) -> Result<f64> {
     let dir = tempfile::tempdir()?;
@@ -253,6 +486,10 @@ pub async fn run(opts: BenchOptions) -> Result<ExitCode> {
             .map(|n| n.get())
             .unwrap_or(1)
     );
+    if opts.politeness {
+        politeness_report(opts.quick).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if opts.retention {
         println!(
             "\nretention sweep: {} sessions, {} past max_age, rule scope \"*\"",

@@ -559,3 +559,67 @@ async fn a_hold_placed_after_a_batch_was_claimed_still_keeps_it_from_being_sent(
     }
     assert_eq!(report.held as usize, others.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_of_any_kind_reaches_a_provider_before_a_retry_after_it_gave() {
+    // A server-side limit of 3 calls a second that answers 429 with Retry-After: 2 s, and
+    // partial KooSearch batches, so lookups and discovery listings meet the limit as well as
+    // deletes. One call in flight per provider, so every call after a 429 was started after the
+    // client had its answer: none may reach the simulator within the 2 s.
+    let w = world(
+        Faults {
+            rate_limit: Some(3),
+            limit_retry_after: Some(Duration::from_secs(2)),
+            partial_rate: 0.5,
+            ..Faults::default()
+        },
+        6,
+    )
+    .await;
+    let mut c = config(&w);
+    for p in &mut c.providers {
+        p.limits.concurrency = 1;
+    }
+    let daemon = forgetd::daemon::Daemon::build(c, Arc::new(w.clock.clone())).unwrap();
+    let report = daemon.run_once().await.unwrap();
+    check_safe(&w);
+    for t in &w.targeted {
+        assert!(!exists(&w, t), "{t:?} survived: {:?}", report.problems);
+    }
+    let calls = w.sim.calls();
+    let mut throttled_ops = HashSet::new();
+    for (i, c) in calls.iter().enumerate() {
+        if c.status != 429 {
+            continue;
+        }
+        throttled_ops.insert(c.op);
+        for later in calls[i + 1..].iter().filter(|l| l.provider == c.provider) {
+            assert!(
+                later.at_ms >= c.at_ms + 2_000,
+                "a {} call reached {} {} ms after a 429 ({}) with Retry-After 2 s",
+                later.op,
+                c.provider,
+                later.at_ms - c.at_ms,
+                c.op
+            );
+        }
+    }
+    assert!(
+        throttled_ops.contains("list") && throttled_ops.contains("delete"),
+        "the limit met listings and deletes: {throttled_ops:?}"
+    );
+    // What the gate learned is in `status` (the rate itself wanders around the limit: cut
+    // below it by each throttle, grown past it while nothing is throttled).
+    let st = Store::open(&w.dir.path().join("forgetd.db"))
+        .unwrap()
+        .status(0, 0)
+        .unwrap();
+    let koo = st
+        .gates
+        .iter()
+        .find(|g| g.provider == "koosearch")
+        .expect("the gate's state was written");
+    assert!(koo.rate_learned, "{koo:?}");
+    assert!(koo.rate_per_s.is_some_and(|r| r < 6.0), "{koo:?}");
+    assert!(koo.throttles > 0, "{koo:?}");
+}

@@ -39,11 +39,13 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Bench {
             quick,
             retention,
+            politeness,
             sweep_sessions,
             sweep_expired,
         } => runtime()?.block_on(crate::bench::run(crate::bench::BenchOptions {
             quick,
             retention,
+            politeness,
             sweep_sessions,
             sweep_expired,
         })),

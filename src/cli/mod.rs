@@ -58,7 +58,8 @@ pub enum Command {
         json: bool,
     },
     /// Benchmarks: throughput against the provider limit, CPU per ID, memory, idle CPU
-    /// (see docs/BENCHMARKS.md); --retention: the retention sweep over a large inventory.
+    /// (see docs/BENCHMARKS.md); --retention: the retention sweep over a large inventory;
+    /// --politeness: unpublished rate limits and the fault mix.
     Bench {
         /// Smaller runs (a fifth of the items, shorter idle window).
         #[arg(long)]
@@ -66,6 +67,10 @@ pub enum Command {
         /// Benchmark the retention sweep over a large inventory instead.
         #[arg(long)]
         retention: bool,
+        /// Benchmark politeness instead: goodput under limits forgetd is not told, and a drain
+        /// under a mix of faults against the same drain without them.
+        #[arg(long, conflicts_with = "retention")]
+        politeness: bool,
         /// Inventory size for --retention.
         #[arg(long, default_value_t = 10_000_000)]
         sweep_sessions: u64,

@@ -689,11 +689,26 @@ impl Executor {
         for item in rest.by_ref().take(at_once) {
             running.push(self.settle_one(provider, batch, item));
         }
-        while let Some(settled) = running.next().await {
-            outcomes.push(settled);
+        let mut settled = Vec::with_capacity(items.len());
+        while let Some(one) = running.next().await {
+            settled.push(one);
             if let Some(item) = rest.next() {
                 running.push(self.settle_one(provider, batch, item));
             }
+        }
+        // The ones to try again share one wait, so they are sent together again.
+        let attempts = items.iter().map(|i| i.attempts).max().unwrap_or(0);
+        let step = attempts.min(provider.gate().failures_in_row());
+        let wait = self.retry.delay(step);
+        let now = self.clock.instant();
+        for (id, o) in settled {
+            let o = match (o, items.iter().find(|i| i.id == id)) {
+                (ItemOutcome::Retry { error, .. }, Some(item)) => {
+                    self.outcome_after(item, now, wait, &error)
+                }
+                (o, _) => o,
+            };
+            outcomes.push((id, o));
         }
     }
 
@@ -729,10 +744,10 @@ impl Executor {
                 }
                 Ok(Presence::Present) => {
                     let now = self.clock.instant();
-                    return self.retry_outcome(
+                    return self.outcome_after(
                         item,
                         now,
-                        None,
+                        self.retry.delay(item.attempts),
                         "still present after a partial batch delete",
                     );
                 }
@@ -745,7 +760,8 @@ impl Executor {
                 // Throttled: the gate holds the next lookup back as long as it must.
                 Action::RetryAfter(_) | Action::Throttled if tries < LOOKUP_TRIES => {}
                 Action::Retry if tries < LOOKUP_TRIES => {
-                    let wait = self.retry.delay(tries - 1).min(LOOKUP_MAX_WAIT);
+                    let step = (tries - 1).min(provider.gate().failures_in_row().saturating_sub(1));
+                    let wait = self.retry.delay(step).min(LOOKUP_MAX_WAIT);
                     self.clock.sleep(wait).await;
                 }
                 _ => break e,
@@ -755,10 +771,10 @@ impl Executor {
         // chat, which is one failed attempt (so a lookup that can never answer ends in `dead`
         // after `max_attempts`, instead of a delete-and-look loop until `give_up_after`).
         let now = self.clock.instant();
-        self.retry_outcome(
+        self.outcome_after(
             item,
             now,
-            None,
+            self.retry.delay(item.attempts),
             &format!("not known whether deleted: the lookup after a partial batch failed {tries} time(s): {failure}"),
         )
     }
@@ -780,11 +796,19 @@ impl Executor {
         };
         match &e.action {
             Action::Retry => {
-                outcomes.extend(
-                    items
-                        .iter()
-                        .map(|i| (i.id, self.failure_outcome(kind, i, now, e))),
-                );
+                // One wait for the whole batch, so its items are claimed, and sent, together
+                // again. It grows with the provider's failures in a row, not only the items'
+                // attempts: a provider that answers most calls gets its odd failure back soon.
+                let attempts = items.iter().map(|i| i.attempts).max().unwrap_or(0);
+                let step = attempts.min(provider.gate().failures_in_row().saturating_sub(1));
+                let wait = self.retry.delay(step);
+                outcomes.extend(items.iter().map(|i| {
+                    let o = self.outcome_after(i, now, wait, &e.to_string());
+                    if matches!(o, ItemOutcome::Retry { .. }) {
+                        self.metrics.retry(kind, e.cause_label());
+                    }
+                    (i.id, o)
+                }));
             }
             Action::RetryAfter(_) | Action::Throttled => {
                 let at = provider.gate().resume_at().max(now);
@@ -838,30 +862,17 @@ impl Executor {
         }
     }
 
-    fn failure_outcome(
-        &self,
-        kind: ProviderKind,
-        item: &ClaimedItem,
-        now: Millis,
-        e: &ProviderError,
-    ) -> ItemOutcome {
-        let o = self.retry_outcome(item, now, None, &e.to_string());
-        if matches!(o, ItemOutcome::Retry { .. }) {
-            self.metrics.retry(kind, e.cause_label());
-        }
-        o
-    }
-
-    fn retry_outcome(
+    /// Another try after `wait` (counting an attempt), or dead when attempts or time are used up.
+    fn outcome_after(
         &self,
         item: &ClaimedItem,
         now: Millis,
-        wait: Option<Duration>,
+        wait: Duration,
         error: &str,
     ) -> ItemOutcome {
         match self
             .retry
-            .next(item.attempts, item.first_attempt, now, wait)
+            .after(item.attempts, item.first_attempt, now, wait)
         {
             Next::At(at) => ItemOutcome::Retry {
                 at,

@@ -69,13 +69,19 @@ impl RetryPolicy {
         now: Millis,
         retry_after: Option<Duration>,
     ) -> Next {
+        let wait = self
+            .delay(attempts)
+            .max(retry_after.unwrap_or(Duration::ZERO));
+        self.after(attempts, first_attempt, now, wait)
+    }
+
+    /// [`next`](Self::next) with the wait already chosen (one wait for a whole failed batch, so
+    /// its items stay together and are sent together again).
+    pub fn after(&self, attempts: u32, first_attempt: Millis, now: Millis, wait: Duration) -> Next {
         let attempts_after = attempts + 1;
         if attempts_after >= self.max_attempts || now.since(first_attempt) >= self.give_up_after {
             return Next::GiveUp;
         }
-        let wait = self
-            .delay(attempts)
-            .max(retry_after.unwrap_or(Duration::ZERO));
         let at = now.after(wait);
         if at.since(first_attempt) >= self.give_up_after {
             // Never schedule past the give-up window: one last try at its edge.

@@ -15,24 +15,28 @@
 //!   and never goes above it; without it there is no rate until the provider first throttles.
 //!
 //! Learning the rate (a provider that throttles without publishing its limit):
-//! - The first throttle sets the rate to 90% of the calls the provider *admitted* in the last
-//!   second: a measurement, not a guess (with fewer than two admitted there is nothing to
-//!   measure: 0.9/s, growing quickly).
-//! - A throttle cuts the rate to 90% (50% when the previous throttle was not followed by a single
-//!   success: far above the limit). Only a call that started after the last cut counts, so one
-//!   burst of answers to calls already on the wire is one cut, not four.
+//! - A throttle after a success opens an *episode*: the rate is cut to 90% of the lower of the
+//!   current rate and the calls the provider *admitted* in the last second (a measurement, not a
+//!   guess; with fewer than two admitted and no rate yet there is nothing to measure, and no rate
+//!   is invented: the wait alone answers it).
+//!   Only a call that started after the cut counts, so one burst of answers to calls already on
+//!   the wire is one cut, not four.
+//! - Further throttles in the same episode (no success since) do not cut again: the new rate has
+//!   not been tried yet, the provider's window is still full. They double the wait instead.
 //! - While calls succeed *and the rate is what held them back* (a provider that is idle or slowed
 //!   by concurrency teaches nothing) the rate grows: exponentially (+0.4/s per success, ×1.5 a
-//!   second) back to 97% of the rate that was last throttled, then linearly and patiently past
-//!   it, so that the next throttle comes [`PROBE_PATIENCE`] throttle-costs later. A throttle costs
-//!   its wait plus the wasted call: a told Retry-After of 1 s makes the gate patient (20 s per
-//!   probe past the old rate), a short learned wait makes it brisk (a few seconds at 10/s).
+//!   second) back to 97% of the rate that was last throttled, then linearly and patiently up to
+//!   it, taking [`PROBE_PATIENCE`] throttle-costs, and exponentially again past it (a rate that
+//!   held there is no longer the limit). A throttle costs its wait plus the wasted call: a told
+//!   Retry-After of 1 s makes the gate patient (20 s near the old rate), a short learned wait
+//!   makes it brisk (a few seconds at 10/s). Between throttles the rate spends most of its time
+//!   just under the limit, and throttles stay a few percent of calls.
 //! - The wait after a throttle that names none is learned too: one call interval at the new rate,
 //!   doubled for every further throttle in a row, at most [`MAX_QUIET`] (the 5 s a fixed default
 //!   used to wait every time).
-//!
-//! Known limit: past the last throttled rate the growth stays linear, so a provider that raises
-//! its limit a lot is found slowly (3% of the old rate per `PROBE_PATIENCE` costs).
+//! - Admitted calls are counted by when they *started*: the provider's window held the calls that
+//!   reached it in the second before the one it refused. Calls still on the wire are not known
+//!   yet, so the measurement can fall short by the calls in flight; growth makes up for it.
 //!
 //! Rules: the gate decides when calls may start; it never decides what an answer means (each
 //! provider's classification does, into an [`Action`]). It keeps no secrets.
@@ -57,9 +61,8 @@ pub const MIN_RATE: f64 = 0.1;
 pub const PROBE_PATIENCE: f64 = 20.0;
 /// The span over which admitted calls are counted to measure a rate.
 const WINDOW: Duration = Duration::from_secs(1);
-/// The cut after a throttle, and after a throttle that followed a throttle.
+/// The cut that opens a throttling episode.
 const CUT: f64 = 0.9;
-const DEEP_CUT: f64 = 0.5;
 /// Below this share of the last throttled rate, the rate grows quickly.
 const NEAR: f64 = 0.97;
 /// Quick growth: calls/s added per success (at r calls a second: e^0.4 ≈ ×1.5 a second).
@@ -131,7 +134,9 @@ struct State {
     last_cut: Millis,
     /// Throttles in a row without a success between them.
     streak: u32,
-    /// Answer times of admitted calls within [`WINDOW`].
+    /// Transient failures (5xx, transport, unclear answers) in a row, over every kind of call.
+    failures: u32,
+    /// Start times of admitted calls, the last [`WINDOW`] and a little more.
     admitted: VecDeque<Millis>,
     throttles: u64,
 }
@@ -197,6 +202,7 @@ impl Gate {
                 epoch: 0,
                 last_cut: Millis(i64::MIN),
                 streak: 0,
+                failures: 0,
                 admitted: VecDeque::new(),
                 throttles: 0,
             }),
@@ -304,6 +310,14 @@ impl Gate {
         }
     }
 
+    /// Transient failures in a row, over every kind of call since the last admitted answer: how
+    /// unwell the provider is, as opposed to how unlucky one batch was. The executor's backoff
+    /// grows with it (a provider that answers most calls is not hammered by a slow tail, one that
+    /// answers none is left alone longer and longer).
+    pub fn failures_in_row(&self) -> u32 {
+        self.state.lock().unwrap().failures
+    }
+
     /// When calls may start again after a throttle (now or earlier: not throttled).
     pub fn resume_at(&self) -> Millis {
         self.state.lock().unwrap().resume_at
@@ -376,7 +390,10 @@ impl Gate {
             None | Some(Action::Rejected | Action::RejectIds(_)) => {
                 // Admitted: the provider answered the call itself.
                 s.streak = 0;
-                s.admitted.push_back(now);
+                s.failures = 0;
+                // Kept in start order (answers may come back out of order).
+                let at = s.admitted.partition_point(|t| *t <= turn.started);
+                s.admitted.insert(at, turn.started);
                 if answer.is_ok()
                     && let Some(p) = &s.pause
                     && turn.started >= p.since
@@ -394,7 +411,7 @@ impl Gate {
                     self.grow(&mut s);
                 }
             }
-            Some(Action::Retry) => {}
+            Some(Action::Retry) => s.failures = s.failures.saturating_add(1),
             Some(Action::RetryAfter(wait)) => self.throttled(&mut s, turn, now, Some(*wait)),
             Some(Action::Throttled) => self.throttled(&mut s, turn, now, None),
             Some(Action::Pause(reason)) => {
@@ -418,7 +435,8 @@ impl Gate {
                 }
             }
         }
-        let horizon = now.0 - WINDOW.as_millis() as i64;
+        // Two windows back: a throttled call's window ends at its start, not at its answer.
+        let horizon = now.0 - 2 * WINDOW.as_millis() as i64;
         while s.admitted.front().is_some_and(|t| t.0 <= horizon) {
             s.admitted.pop_front();
         }
@@ -430,6 +448,11 @@ impl Gate {
         let Some(r) = s.rate else { return };
         let ceiling = self.limits.requests_per_second.unwrap_or(f64::INFINITY);
         let step = match s.top {
+            Some(top) if r >= top => {
+                // Past the last throttled rate without a throttle: it is no longer the limit.
+                s.top = None;
+                QUICK
+            }
             Some(top) if r >= NEAR * top => {
                 let cost = s.throttle_cost.as_secs_f64().max(0.01);
                 // calls/s per second, shared out over the r calls of a second
@@ -445,20 +468,32 @@ impl Gate {
         let fresh = turn.started > s.last_cut;
         if fresh {
             s.streak += 1;
-            let cut = if s.streak > 1 { DEEP_CUT } else { CUT };
-            let (base, informed) = match s.rate {
-                Some(r) => (r, true),
-                None => {
-                    let admitted = s.admitted.len();
-                    let measured = admitted as f64 / WINDOW.as_secs_f64();
-                    (measured.max(1.0), admitted >= 2)
-                }
+        }
+        if fresh && s.streak == 1 {
+            let from = Millis(turn.started.0 - WINDOW.as_millis() as i64);
+            let admitted = s
+                .admitted
+                .iter()
+                .filter(|t| **t > from && **t <= turn.started)
+                .count();
+            let measured = (admitted >= 2).then(|| admitted as f64 / WINDOW.as_secs_f64());
+            let base = match (s.rate, measured) {
+                (Some(r), Some(m)) => Some(r.min(m)),
+                (Some(r), None) => Some(r),
+                (None, m) => m,
             };
-            s.top = informed.then_some(base);
-            s.rate = Some((base * cut).max(MIN_RATE));
-            s.learned = true;
+            // Nothing to measure and no rate yet (a throttle among the first calls): no rate is
+            // invented; the wait is honoured, and the next throttle will have calls to count.
+            if let Some(base) = base {
+                s.top = Some(base);
+                s.rate = Some((base * CUT).max(MIN_RATE));
+                s.learned = true;
+            }
             s.last_cut = now;
             s.allowed = (s.allowed / 2).max(1);
+        } else if fresh {
+            // Same episode: a longer wait, no second cut.
+            s.last_cut = now;
         }
         let rate = s.rate.unwrap_or(MIN_RATE);
         let interval = Duration::from_secs_f64(1.0 / rate);
@@ -608,7 +643,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn answers_to_calls_already_on_the_wire_cut_once_and_a_second_fresh_throttle_cuts_deep() {
+    async fn answers_to_calls_on_the_wire_cut_once_and_a_throttle_before_any_success_waits_longer()
+    {
         let c = ManualClock::stepped(10_000);
         let g = gate(4, Some(20.0), &c);
         // Four calls go out at once (the first rate slot), all answered 429 later.
@@ -627,12 +663,27 @@ mod tests {
                 .await;
         }
         assert_eq!(g.view().rate, Some(18.0), "one cut for one burst");
+        let first_wait = g.view().resume_at.unwrap().0 - c.now_ms();
         c.advance(Duration::from_secs(10));
+        let t = c.now_ms();
         let _ = answer(&g, Some(Action::Throttled)).await;
         assert_eq!(
             g.view().rate,
-            Some(9.0),
-            "a throttle right after a throttle: half"
+            Some(18.0),
+            "no success since the cut: no second cut"
+        );
+        let second_wait = g.view().resume_at.unwrap().0 - t;
+        assert!(
+            (second_wait - 2 * first_wait).abs() <= 2,
+            "the wait doubles instead: {first_wait} ms, then {second_wait} ms"
+        );
+        c.advance(Duration::from_secs(10));
+        answer(&g, None).await.unwrap();
+        c.advance(Duration::from_secs(1));
+        let _ = answer(&g, Some(Action::Throttled)).await;
+        assert!(
+            g.view().rate.unwrap() < 18.0,
+            "after a success, a new episode cuts"
         );
     }
 
@@ -669,6 +720,31 @@ mod tests {
             (18_000..=21_000).contains(&slow),
             "slow phase took {slow} ms"
         );
+    }
+
+    #[tokio::test]
+    async fn past_the_last_throttled_rate_the_rate_grows_quickly_again() {
+        let c = ManualClock::new(0);
+        let g = gate(1, None, &c);
+        for _ in 0..20 {
+            c.advance(Duration::from_millis(50));
+            answer(&g, None).await.unwrap();
+        }
+        let _ = answer(&g, Some(Action::Throttled)).await;
+        assert_eq!(
+            g.view().rate,
+            Some(18.0),
+            "90% of 20 admitted in the last second"
+        );
+        while g.view().rate.unwrap() < 20.0 {
+            answer(&g, None).await.unwrap();
+        }
+        let t = c.now_ms();
+        while c.now_ms() - t < 1_000 {
+            answer(&g, None).await.unwrap();
+        }
+        let r = g.view().rate.unwrap();
+        assert!(r > 26.0, "×1.5 a second past the old limit, got {r}");
     }
 
     #[tokio::test]

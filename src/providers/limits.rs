@@ -30,7 +30,8 @@ pub const KEYS: &[&str] = &[
 pub struct ProviderLimits {
     pub batch_size: usize,
     pub concurrency: usize,
-    /// `None`: no client-side limit.
+    /// The gate's starting rate and its ceiling; `None`: no limit until the provider throttles,
+    /// then a learned one ([`super::gate`]).
     pub requests_per_second: Option<f64>,
     pub timeout: Duration,
 }
