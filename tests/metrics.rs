@@ -77,6 +77,11 @@ async fn metrics_change_as_a_drain_proceeds() {
         "forgetd_lookups_total{provider=\"koosearch\"} 0",
         "forgetd_batch_splits_total{provider=\"convai\"} 0",
         "forgetd_token_refreshes_total{provider=\"convai\"} 0",
+        // Each gate: running, no rate (none configured, never throttled), its concurrency.
+        "forgetd_gate_state{provider=\"convai\",state=\"running\"} 1",
+        "forgetd_gate_state{provider=\"convai\",state=\"paused\"} 0",
+        "forgetd_gate_state{provider=\"koosearch\",state=\"throttled\"} 0",
+        "forgetd_gate_calls_per_second{provider=\"koosearch\"} 0.0",
     ] {
         assert!(
             before.lines().any(|l| l == series),
@@ -138,6 +143,10 @@ async fn metrics_change_as_a_drain_proceeds() {
     );
     assert!(
         after.contains("forgetd_provider_paused{provider=\"convai\"} 0"),
+        "{after}"
+    );
+    assert!(
+        metric(&after, "forgetd_gate_concurrency{provider=\"convai\"}") >= 1.0,
         "{after}"
     );
     if metric(&after, "forgetd_throttled_total") > 0.0 {
