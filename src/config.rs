@@ -19,7 +19,7 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use crate::fields::{duration, required};
+use crate::fields::{self, duration, required};
 use crate::model::ProviderKind;
 use crate::providers::registry::{self, REGISTRY};
 use crate::providers::{Configured, Settings};
@@ -124,15 +124,17 @@ struct RawConfig {
     /// Set in config.example.toml: a copy nobody edited must not start a service against the
     /// example's placeholders (or real provider hosts with placeholder IDs).
     unedited_example: Option<bool>,
-    database: Option<RawDatabase>,
-    daemon: Option<RawDaemon>,
-    retry: Option<RawRetry>,
-    http: Option<RawHttp>,
-    audit: Option<RawAudit>,
+    // Each section is read on its own ([`fields::table`]), so a value of the wrong type in one
+    // (`max_attempts = "20"`) is one problem among the others, not the end of reading.
+    database: Option<toml::Table>,
+    daemon: Option<toml::Table>,
+    retry: Option<toml::Table>,
+    http: Option<toml::Table>,
+    audit: Option<toml::Table>,
     /// Each provider's table is handed to its folder whole (its keys are its own).
     providers: Option<toml::Table>,
     #[serde(default)]
-    rules: Vec<RawRule>,
+    rules: Vec<toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,7 +258,7 @@ impl Config {
             source,
         })?;
         let raw: RawConfig = serde_ignored::deserialize(de, |path| {
-            unknown.push(format!("unknown key `{}`", key_path(&path)))
+            unknown.push(format!("unknown key `{}`", fields::key_path(&path)))
         })
         .map_err(|source| ConfigError::Syntax {
             path: origin.to_string(),
@@ -272,6 +274,31 @@ impl Config {
                 problems,
             })
         }
+    }
+
+    /// What is allowed but probably a mistake: a placeholder left from the example
+    /// (`scope = "<charID>"`), a metrics listener off loopback. `check-config` prints these; the
+    /// daemon logs them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(h) = &self.http
+            && !h.listen.ip().is_loopback()
+        {
+            w.push(format!(
+                "`http.listen` = \"{}\" is not a loopback address: /metrics and /healthz have no authentication; keep them on 127.0.0.1 or behind your scraper's network policy",
+                h.listen
+            ));
+        }
+        let placeholder = |v: &str| v.contains('<') && v.contains('>');
+        for r in &self.rules {
+            if placeholder(&r.scope) {
+                w.push(format!(
+                    "rule {}: scope \"{}\" looks like the example's placeholder; put the real {} scope ID there",
+                    r.name, r.scope, r.provider
+                ));
+            }
+        }
+        w
     }
 
     /// The providers this config enables.
@@ -363,41 +390,36 @@ impl Config {
 }
 
 /// `daemon.bogus`, `rules[2].nme`: serde_ignored's path without its `?` for options.
-fn key_path(path: &serde_ignored::Path<'_>) -> String {
-    use serde_ignored::Path;
-    match path {
-        Path::Root => String::new(),
-        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
-        Path::Map { parent, key } => {
-            let p = key_path(parent);
-            if p.is_empty() {
-                key.clone()
-            } else {
-                format!("{p}.{key}")
-            }
-        }
-        Path::Some { parent }
-        | Path::NewtypeStruct { parent }
-        | Path::NewtypeVariant { parent } => key_path(parent),
-    }
-}
-
 fn validate(raw: RawConfig, p: &mut Vec<String>) -> Config {
     if raw.unedited_example == Some(true) {
         p.push(
             "this is the unedited example configuration (`unedited_example = true`): fill in your providers, secrets and rules, then delete that line".into(),
         );
     }
-    let database = raw
-        .database
+    fn section<T: serde::de::DeserializeOwned>(
+        t: Option<toml::Table>,
+        at: &str,
+        p: &mut Vec<String>,
+    ) -> Option<T> {
+        fields::table(t?, at, p)
+    }
+    let database = section::<RawDatabase>(raw.database, "database", p)
         .and_then(|d| d.path)
         .unwrap_or_else(default_database_path);
-    let daemon = validate_daemon(raw.daemon.unwrap_or_default(), p);
-    let retry = validate_retry(raw.retry.unwrap_or_default(), p);
-    let http = raw.http.map(|h| validate_http(h, p));
-    let audit = validate_audit(raw.audit, p);
+    let daemon = validate_daemon(section(raw.daemon, "daemon", p).unwrap_or_default(), p);
+    let retry = validate_retry(section(raw.retry, "retry", p).unwrap_or_default(), p);
+    let http = section(raw.http, "http", p).map(|h| validate_http(h, p));
+    let audit = validate_audit(section(raw.audit, "audit", p), p);
     let (providers, tables) = validate_providers(raw.providers.unwrap_or_default(), p);
-    let rules = validate_rules(raw.rules, &tables, p);
+    // Kept with their index, so a rule after one that could not be read is still named by its
+    // own place in the file.
+    let rules: Vec<(usize, RawRule)> = raw
+        .rules
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, t)| Some((i, fields::table(t, &format!("rules[{i}]"), p)?)))
+        .collect();
+    let rules = validate_rules(rules, &tables, p);
     Config {
         source: None,
         database,
@@ -511,13 +533,13 @@ fn validate_audit(raw: Option<RawAudit>, p: &mut Vec<String>) -> AuditConfig {
 /// Each rule checked on its own, then against the others (names unique) and the providers
 /// (its provider has a table).
 fn validate_rules(
-    raw: Vec<RawRule>,
+    raw: Vec<(usize, RawRule)>,
     tables: &[ProviderKind],
     p: &mut Vec<String>,
 ) -> Vec<RuleSpec> {
     let mut rules = Vec::new();
     let mut names = BTreeMap::new();
-    for (i, r) in raw.into_iter().enumerate() {
+    for (i, r) in raw {
         let at = match &r.name {
             Some(n) => format!("rules[{i}] ({n})"),
             None => format!("rules[{i}]"),

@@ -231,3 +231,50 @@ mod time_tests {
         assert!(unix_seconds("-5").is_err());
     }
 }
+
+/// Deserializes one table of the config (`prefix` is its path: `retry`, `rules[2]`,
+/// `providers.koosearch`): every key no field takes is a problem named by its full path; a value
+/// of the wrong type is a problem too, and the table reads as `None`, so the caller goes on and
+/// every other table's problems are reported with it.
+pub fn table<T: serde::de::DeserializeOwned>(
+    table: toml::Table,
+    prefix: &str,
+    p: &mut Problems,
+) -> Option<T> {
+    let mut unknown = Vec::new();
+    let parsed = serde_ignored::deserialize(toml::Value::Table(table), |path| {
+        unknown.push(format!("unknown key `{prefix}.{}`", key_path(&path)))
+    });
+    p.extend(unknown);
+    match parsed {
+        Ok(t) => Some(t),
+        Err(e) => {
+            // toml says `invalid type: string "20", expected i64\nin `max_attempts``: name the key
+            // by its full path, as every other problem does.
+            let text = e.to_string();
+            match text.trim_end().rsplit_once("\nin `") {
+                Some((what, key)) => {
+                    p.push(format!("`{prefix}.{}`: {what}", key.trim_end_matches('`')))
+                }
+                None => p.push(format!("`{prefix}`: {}", text.trim_end())),
+            }
+            None
+        }
+    }
+}
+
+/// serde_ignored's path as `iam.pasword` or `rules[0].name`.
+pub fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => match key_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
+    }
+}

@@ -21,6 +21,58 @@ fn a_bad_config_exits_78_naming_every_key() {
 }
 
 #[test]
+fn a_value_of_the_wrong_type_is_one_problem_among_the_others() {
+    let s = Scratch::new();
+    let cfg = s.write(
+        "types.toml",
+        "[retry]\nmax_attempts = \"20\"\n[daemon]\nlease = \"forever\"\n[http]\nlisten = 9464\n\
+         [providers.convai]\napi_key = \"env:X\"\nconcurrency = \"4\"\n\
+         [[rules]]\nname = \"a\"\nprovider = \"convai\"\nscope = \"c\"\nmax_age = 30\nschedule = \"0 3 * * *\"\n\
+         [[rules]]\nname = \"b\"\nprovider = \"convai\"\nscope = \"c\"\nmax_age = \"30d\"\nschedule = \"0 3 * * *\"\nbogus = 1\n",
+    );
+    let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "check-config"]);
+    assert_eq!(code(&o), 78, "{}", stderr(&o));
+    let e = stderr(&o);
+    for named in [
+        "`retry.max_attempts`: invalid type: string \"20\"",
+        "daemon.lease",
+        "`http.listen`: invalid type: integer",
+        "providers.convai.concurrency",
+        "`rules[0].max_age`: invalid type: integer",
+        "rules[1].bogus",
+    ] {
+        assert!(e.contains(named), "{named} missing from:\n{e}");
+    }
+}
+
+#[test]
+fn check_config_warns_of_an_example_placeholder_and_a_listener_off_loopback() {
+    let s = Scratch::new();
+    let cfg = s.write(
+        "warn.toml",
+        "[http]\nlisten = \"0.0.0.0:9464\"\n[providers.convai]\napi_key = \"env:CONVAI_TEST_KEY\"\n\
+         [[rules]]\nname = \"r\"\nprovider = \"convai\"\nscope = \"<charID>\"\nmax_age = \"30d\"\nschedule = \"0 3 * * *\"\n",
+    );
+    let o = std::process::Command::new(BIN)
+        .args(["--db"])
+        .arg(s.db())
+        .args(["--config", cfg.to_str().unwrap(), "check-config"])
+        .env("CONVAI_TEST_KEY", "k")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "warnings do not fail: {}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("warning: `http.listen` = \"0.0.0.0:9464\" is not a loopback address"),
+        "{e}"
+    );
+    assert!(
+        e.contains("warning: rule r: scope \"<charID>\" looks like the example's placeholder"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_literal_secret_is_refused_and_never_echoed() {
     let s = Scratch::new();
     let cfg = s.write(

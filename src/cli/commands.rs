@@ -351,6 +351,9 @@ fn check_config(config: &Config) -> Result<ExitCode> {
         "  secrets: {} named, all readable",
         config.secret_refs().len()
     );
+    for w in config.warnings() {
+        eprintln!("warning: {w}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

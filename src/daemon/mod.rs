@@ -71,6 +71,9 @@ pub struct Daemon {
 impl Daemon {
     /// The checks and set-up that come before any work (see the module doc).
     pub fn build(config: Config, clock: SharedClock) -> Result<Daemon> {
+        for w in config.warnings() {
+            tracing::warn!("{w}");
+        }
         if config.kinds().is_empty() {
             let tables: Vec<String> = ProviderKind::all()
                 .map(|k| format!("[providers.{k}]"))

@@ -30,7 +30,7 @@ struct Raw {
 
 /// Reads the table; see [`crate::providers::registry::Registration::settings`].
 pub(super) fn parse(table: toml::Table, p: &mut Problems) -> Option<Arc<dyn Settings>> {
-    let raw: Raw = crate::providers::parse_table(table, "providers.convai", p)?;
+    let raw: Raw = crate::fields::table(table, "providers.convai", p)?;
     let base_url = fields::url(
         p,
         "providers.convai.base_url",

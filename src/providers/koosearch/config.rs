@@ -68,7 +68,7 @@ const AT: &str = "providers.koosearch";
 
 /// Reads the table; see [`crate::providers::registry::Registration::settings`].
 pub(super) fn parse(table: toml::Table, p: &mut Problems) -> Option<Arc<dyn Settings>> {
-    let k: Raw = crate::providers::parse_table(table, AT, p)?;
+    let k: Raw = crate::fields::table(table, AT, p)?;
     let endpoint = fields::url(p, &format!("{AT}.endpoint"), k.endpoint.as_deref());
     let project_id = fields::required(p, &format!("{AT}.project_id"), k.project_id);
     if !project_id.is_empty() && !is_id(&project_id) {

@@ -81,7 +81,7 @@ struct Raw {
 }
 
 fn parse(table: toml::Table, p: &mut Problems) -> Option<Arc<dyn Settings>> {
-    let raw: Raw = super::parse_table(table, "providers.ledger", p)?;
+    let raw: Raw = crate::fields::table(table, "providers.ledger", p)?;
     let book = fields::required(p, "providers.ledger.book", raw.book);
     let token = fields::secret(p, "providers.ledger.token", raw.token.as_deref())?;
     Some(Arc::new(LedgerConfig { book, token }))
