@@ -245,9 +245,10 @@ pub fn holds_text(list: &[Hold]) -> String {
         };
         let _ = writeln!(
             o,
-            "{:>4}  {target}  since {}  holding {} item(s)  reason: {}",
+            "{:>4}  {target}  since {}  covers {} known chat(s), holding {} queued item(s)  reason: {}",
             h.id,
             time(h.created_at),
+            h.chats_covered,
             h.items_held,
             h.reason
         );

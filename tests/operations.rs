@@ -188,3 +188,25 @@ fn audit_export_refuses_a_broken_record_unless_forced() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(stdout(&o).starts_with("BROKEN"), "{}", stdout(&o));
 }
+
+#[test]
+fn holds_list_counts_the_chats_a_subject_hold_covers_queued_or_not() {
+    let s = Scratch::new();
+    for (id, subject) in [("a1", "alice"), ("a2", "alice"), ("b1", "bob")] {
+        s.add_chat("convai", "char", id, subject);
+    }
+    let held = s.forgetd(&["holds", "add", "--subject", "alice", "--reason", "lit"]);
+    assert_eq!(code(&held), 0, "{}", stderr(&held));
+    // Nothing is queued yet (no request): the hold still covers alice's two chats, not bob's.
+    let o = s.forgetd(&["holds", "list"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("subject alice")
+            && stdout(&o).contains("covers 2 known chat(s), holding 0 queued item(s)"),
+        "{}",
+        stdout(&o)
+    );
+    let j = s.forgetd(&["holds", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&j)).unwrap();
+    assert_eq!(v[0]["chats_covered"], 2, "{v}");
+}

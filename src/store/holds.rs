@@ -28,8 +28,12 @@ pub struct Hold {
     pub session_id: Option<String>,
     pub reason: String,
     pub created_at: i64,
-    /// Items this hold currently keeps from deletion.
+    /// Queued items this hold currently keeps from deletion (an item covered by two holds is
+    /// counted under the first).
     pub items_held: u64,
+    /// Chats known in the inventory that this hold covers, queued or not: every chat still
+    /// recorded for the subject, or the one chat.
+    pub chats_covered: u64,
 }
 
 /// Marks pending items covered by an active hold as held. `only` limits the sweep to some items.
@@ -147,7 +151,12 @@ impl Store {
     pub fn list_holds(&self) -> Result<Vec<Hold>> {
         let mut stmt = self.conn.prepare(
             "SELECT h.id, h.subject, h.provider, h.scope, h.session_id, h.reason, h.created_at,
-                    (SELECT count(*) FROM work_items w WHERE w.hold_id = h.id AND w.state = 'held')
+                    (SELECT count(*) FROM work_items w WHERE w.hold_id = h.id AND w.state = 'held'),
+                    CASE WHEN h.subject IS NOT NULL
+                         THEN (SELECT count(*) FROM sessions s WHERE s.subject = h.subject)
+                         ELSE (SELECT count(*) FROM sessions s WHERE s.provider = h.provider
+                                 AND s.scope = h.scope AND s.session_id = h.session_id)
+                    END
              FROM holds h WHERE h.removed_at IS NULL ORDER BY h.id",
         )?;
         let rows = stmt
@@ -161,6 +170,7 @@ impl Store {
                     reason: r.get(5)?,
                     created_at: r.get(6)?,
                     items_held: r.get::<_, i64>(7)? as u64,
+                    chats_covered: r.get::<_, i64>(8)? as u64,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;

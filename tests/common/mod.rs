@@ -39,6 +39,22 @@ impl Scratch {
             .output()
             .unwrap()
     }
+    /// Records one chat of `subject` through the CLI (`sessions add`), asserting it was taken.
+    pub fn add_chat(&self, provider: &str, scope: &str, id: &str, subject: &str) {
+        let o = self.forgetd(&[
+            "sessions",
+            "add",
+            "--provider",
+            provider,
+            "--scope",
+            scope,
+            "--id",
+            id,
+            "--subject",
+            subject,
+        ]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
     /// Runs SQL through Debian's sqlite3 (the feeders' client), foreign keys off as its default.
     pub fn sqlite3(&self, sql: &str) -> Output {
         sqlite3(&self.db(), sql)
