@@ -273,3 +273,25 @@ fn an_unknown_provider_is_a_usage_error_listing_the_known_ones() {
         stderr(&o)
     );
 }
+
+#[test]
+fn plan_and_holds_add_name_both_alternatives_when_neither_is_given() {
+    let s = Scratch::new();
+    for (args, alternatives) in [
+        (&["plan"][..], "<--subject <SUBJECT>|--rule <RULE>>"),
+        (
+            &["holds", "add", "--reason", "x"][..],
+            "<--subject <SUBJECT>|--id <ID>>",
+        ),
+    ] {
+        let o = s.forgetd(args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(alternatives),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    let both = s.forgetd(&["plan", "--subject", "a", "--rule", "r"]);
+    assert_eq!(code(&both), 2, "{}", stderr(&both));
+}

@@ -82,9 +82,11 @@ pub enum Command {
     #[command(hide = true)]
     BenchSweep { rule: String },
     /// What would be deleted, deleting nothing.
+    // One of the two is required: clap's error then names both alternatives.
+    #[command(group = clap::ArgGroup::new("what").args(["subject", "rule"]).required(true))]
     Plan {
         /// What a request for this person would delete (give --subject or --rule).
-        #[arg(long, conflicts_with = "rule", required_unless_present = "rule")]
+        #[arg(long)]
         subject: Option<String>,
         /// What the next run of this rule would delete.
         #[arg(long)]
@@ -273,9 +275,11 @@ pub struct RuleArgs {
 #[derive(Debug, Subcommand)]
 pub enum HoldsCommand {
     /// Hold a subject (--subject) or one chat (--provider --scope --id).
+    // One of the two is required: clap's error then names both alternatives.
+    #[command(group = clap::ArgGroup::new("what").args(["subject", "id"]).required(true))]
     Add {
         /// Hold every chat known to belong to this person.
-        #[arg(long, conflicts_with_all = ["provider", "scope", "id"], required_unless_present = "id")]
+        #[arg(long, conflicts_with_all = ["provider", "scope", "id"])]
         subject: Option<String>,
         /// With --scope and --id: hold one chat. The provider: convai or koosearch.
         #[arg(long, requires_all = ["scope", "id"], value_parser = provider_parser())]
