@@ -856,9 +856,8 @@ impl Executor {
                 at,
                 error: error.to_string(),
             },
-            Next::GiveUp => ItemOutcome::Dead {
-                error: format!("gave up after {} attempt(s): {error}", item.attempts + 1),
-            },
+            // A deferral counts no attempt: only the give-up window can end it.
+            Next::GiveUp => gave_up(item.attempts, "retry.give_up_after has passed", error),
         }
     }
 
@@ -878,10 +877,15 @@ impl Executor {
                 at,
                 error: error.to_string(),
             },
-            Next::GiveUp => ItemOutcome::Dead {
-                error: format!("gave up after {} attempt(s): {error}", item.attempts + 1),
-            },
+            Next::GiveUp => gave_up(item.attempts + 1, "attempts or time used up", error),
         }
+    }
+}
+
+/// An item given up on, keeping its last error and saying why.
+fn gave_up(attempts: u32, why: &str, error: &str) -> ItemOutcome {
+    ItemOutcome::Dead {
+        error: format!("gave up after {attempts} attempt(s) ({why}): {error}"),
     }
 }
 
