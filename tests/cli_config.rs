@@ -295,3 +295,157 @@ fn plan_and_holds_add_name_both_alternatives_when_neither_is_given() {
     let both = s.forgetd(&["plan", "--subject", "a", "--rule", "r"]);
     assert_eq!(code(&both), 2, "{}", stderr(&both));
 }
+
+#[test]
+fn one_class_of_input_error_has_one_exit_code_in_every_command() {
+    let s = Scratch::new();
+    s.add_chat("convai", "c", "decoy-chat", "decoy");
+    let o = s.forgetd(&["erase", "--subject", "decoy", "--ref", "decoy-ref"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let rule = [
+        "--provider",
+        "convai",
+        "--scope",
+        "c",
+        "--max-age",
+        "30d",
+        "--schedule",
+        "0 3 * * *",
+    ];
+    let with_rule = |name: &str, extra: &[&str]| {
+        let mut a = vec!["rules", "add", name];
+        a.extend(rule);
+        a.extend(extra);
+        a.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let o = s.forgetd(
+        &with_rule("kept", &[])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let add = |extra: &[&str]| {
+        let mut a = vec![
+            "sessions",
+            "add",
+            "--provider",
+            "koosearch",
+            "--scope",
+            "app",
+        ];
+        a.extend(extra);
+        a.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    // A value on the command line that is not valid: 2, whichever layer refuses it (clap,
+    // forgetd's parsing, or the table's CHECK constraint).
+    let usage: Vec<Vec<String>> = vec![
+        add(&["--id", "no spaces here"]),
+        add(&["--id", ""]),
+        add(&["--id", "ok", "--subject", " "]),
+        add(&["--id", "ok", "--created-at", "soon"]),
+        vec![
+            "sessions".into(),
+            "add".into(),
+            "--provider".into(),
+            "nope".into(),
+        ],
+        vec!["erase".into(), "--subject".into(), "".into()],
+        vec![
+            "erase".into(),
+            "--subject".into(),
+            "x".into(),
+            "--ref".into(),
+            "".into(),
+        ],
+        vec![
+            "holds".into(),
+            "add".into(),
+            "--subject".into(),
+            "x".into(),
+            "--reason".into(),
+            " ".into(),
+        ],
+        vec![
+            "holds".into(),
+            "add".into(),
+            "--subject".into(),
+            "".into(),
+            "--reason".into(),
+            "r".into(),
+        ],
+        vec!["plan".into(), "--subject".into(), "".into()],
+        with_rule("bad name", &[]),
+        with_rule("tz", &["--timezone", "Mars/Olympus"]),
+        with_rule("age", &["--max-age", "forever"]),
+        vec!["requests".into(), "show".into(), "not-a-number".into()],
+    ];
+    for args in &usage {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = s.forgetd(&args);
+        assert_eq!(code(&o), 2, "{args:?} is a usage error: {}", stderr(&o));
+        assert!(!stderr(&o).contains("Error code"), "{}", stderr(&o));
+    }
+    // What the data's state refuses: 1.
+    let refused: Vec<Vec<&str>> = vec![
+        vec!["requests", "show", "999"],
+        vec!["requests", "retry", "999"],
+        vec!["audit", "export", "--request", "999"],
+        vec!["rules", "remove", "nope"],
+        vec!["rules", "approve", "nope"],
+        vec!["plan", "--rule", "nope"],
+        vec!["holds", "remove", "999"],
+        vec!["erase", "--subject", "someone-else", "--ref", "decoy-ref"],
+    ];
+    for args in &refused {
+        let o = s.forgetd(args);
+        assert_eq!(code(&o), 1, "{args:?} is refused data: {}", stderr(&o));
+    }
+    let o = s.forgetd(
+        &with_rule("kept", &[])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(code(&o), 1, "a rule that exists already: {}", stderr(&o));
+    let bad = s.write("bad.csv", "provider,scope,session_id\nconvai,c,\n");
+    let o = s.forgetd(&["sessions", "import", bad.to_str().unwrap()]);
+    assert_eq!(code(&o), 1, "a bad line in a file: {}", stderr(&o));
+    // Nothing was written by any of them: the decoys are all there is.
+    let o = s.sqlite3(
+        "SELECT (SELECT group_concat(session_id) FROM sessions) || ';' ||
+                (SELECT group_concat(subject) FROM erasure_requests) || ';' ||
+                (SELECT count(*) FROM holds) || ';' ||
+                (SELECT group_concat(name) FROM rules)",
+    );
+    assert_eq!(stdout(&o).trim(), "decoy-chat;decoy;0;kept");
+}
+
+#[test]
+fn import_names_every_bad_line_of_a_file() {
+    let s = Scratch::new();
+    let f = s.write(
+        "chats.jsonl",
+        "{\"provider\":\"convai\",\"scope\":\"c\",\"session_id\":\"good\"}\n\
+         {\"provider\":\"convai\",\"scope\":\"c\",\"session_id\":\"\"}\n\
+         not json\n\
+         {\"provider\":\"convai\",\"scope\":\"c\",\"session_id\":\"t\",\"created_at\":\"soon\"}\n\
+         {\"provider\":\"convai\",\"scope\":\"c\",\"session_id\":\"good2\"}\n",
+    );
+    let o = s.forgetd(&["sessions", "import", f.to_str().unwrap()]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("3 bad lines; nothing was imported"), "{e}");
+    for line in [
+        "line 2: refused",
+        "line 3: not a sessions object",
+        "line 4: not a sessions object",
+    ] {
+        assert!(e.contains(line), "{line}: {e}");
+    }
+    assert!(!e.contains("line 1:") && !e.contains("line 5:"), "{e}");
+    assert_eq!(
+        stdout(&s.sqlite3("SELECT count(*) FROM sessions")).trim(),
+        "0"
+    );
+}

@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::{
-    Cli, Command, HoldsCommand, RequestsCommand, RuleArgs, RulesCommand, SessionsCommand,
-    UsageError, load_config,
+    Cli, Command, HoldsCommand, InvalidArgument, RequestsCommand, RuleArgs, RulesCommand,
+    SessionsCommand, UsageError, load_config,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, RuleSpec};
@@ -77,12 +77,14 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             json,
         } => {
             let mut store = open(&config)?;
-            let filed = store.file_request(
-                &subject,
-                external_ref.as_deref(),
-                now,
-                config.daemon.deadline.as_secs() as i64,
-            )?;
+            let filed = store
+                .file_request(
+                    &subject,
+                    external_ref.as_deref(),
+                    now,
+                    config.daemon.deadline.as_secs() as i64,
+                )
+                .map_err(InvalidArgument::from_store)?;
             if filed.subject_differs {
                 // The same ref for another person is a feeder bug; answering with the existing id
                 // would let this person's request vanish without a word.
@@ -109,14 +111,16 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         }) => {
             let created_at = created_at.as_deref().map(parse_time).transpose()?;
             let mut store = open(&config)?;
-            let added = store.add_session(&NewSession {
-                provider: provider.as_str().to_string(),
-                scope,
-                session_id: id,
-                subject,
-                repo_id,
-                created_at,
-            })?;
+            let added = store
+                .add_session(&NewSession {
+                    provider: provider.as_str().to_string(),
+                    scope,
+                    session_id: id,
+                    subject,
+                    repo_id,
+                    created_at,
+                })
+                .map_err(InvalidArgument::from_store)?;
             println!(
                 "{}",
                 if added {
@@ -235,7 +239,9 @@ fn plan(
             let found = resolver
                 .discover(&probe, crate::resolve::Patience::Full)
                 .await?;
-            store.plan_subject(&subject, &found, now, deadline)?
+            store
+                .plan_subject(&subject, &found, now, deadline)
+                .map_err(InvalidArgument::from_store)?
         };
         if json {
             print_json(&plan)?;
@@ -527,7 +533,9 @@ fn holds(config: &Config, cmd: HoldsCommand, now: i64) -> Result<ExitCode> {
                     .into());
                 }
             };
-            let (hold_id, held) = store.add_hold(&target, &reason, now)?;
+            let (hold_id, held) = store
+                .add_hold(&target, &reason, now)
+                .map_err(InvalidArgument::from_store)?;
             if json {
                 print_json(&serde_json::json!({"id": hold_id, "items_held": held.len()}))?;
             } else {

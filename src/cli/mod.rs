@@ -6,6 +6,10 @@
 //! Exit codes: 0 success, 1 failure at run time, 2 usage error (clap's own, and ours via
 //! [`UsageError`]), 75 database busy / daemon lock held, 78 configuration error. The mapping from
 //! error to code is [`exit_code`], which walks the error's causes.
+//! One class, one code, whichever layer finds it: a value on the command line that is not valid
+//! is a usage error (2) whether clap, forgetd's own parsing or the table's CHECK constraint
+//! refuses it ([`InvalidArgument`]); what the data's state refuses (no such request, rule or hold;
+//! a rule that exists already; a bad line in an imported file) is a failure (1).
 
 mod commands;
 
@@ -352,13 +356,40 @@ fn provider_parser() -> impl clap::builder::TypedValueParser<Value = ProviderKin
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// A command-line value the database's CHECK constraint refused (exit 2, as [`UsageError`]): the
+/// constraint's name, in words, says what a valid value is.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid argument: {rule}")]
+pub struct InvalidArgument {
+    pub rule: String,
+    #[source]
+    pub source: StoreError,
+}
+
+impl InvalidArgument {
+    /// Makes a CHECK refusal of an argument a usage error; any other store error stays what it
+    /// is (a trigger's or UNIQUE refusal is about the data's state, not the value's shape).
+    pub fn from_store(e: StoreError) -> anyhow::Error {
+        let rule = match &e {
+            StoreError::Refused { message, .. } => message
+                .strip_prefix("CHECK constraint failed: ")
+                .map(|name| name.replace('_', " ")),
+            _ => None,
+        };
+        match rule {
+            Some(rule) => InvalidArgument { rule, source: e }.into(),
+            None => e.into(),
+        }
+    }
+}
+
 /// Maps an error to the SPEC's exit codes by walking its causes.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.is::<ConfigError>() || cause.is::<crate::config::SecretError>() {
             return 78;
         }
-        if cause.is::<UsageError>() {
+        if cause.is::<UsageError>() || cause.is::<InvalidArgument>() {
             return 2;
         }
         if let Some(LockError::Held { .. }) = cause.downcast_ref::<LockError>() {

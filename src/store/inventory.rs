@@ -2,9 +2,12 @@
 //! importing many from CSV or JSON lines.
 //!
 //! Import rules: the whole file is one transaction, so a bad line anywhere rejects the file and
-//! nothing is half-imported; the error names the line. A chat already known is skipped and
-//! counted, never updated (the feeder's first word on ownership stands). Rows go through the same
-//! SQL constraints a feeder's INSERT meets, so the messages are the same too.
+//! nothing is half-imported. The import reads on past a bad line, so the error names every bad
+//! line (the first [`REPORTED_LINES`] of them, and how many more), and a feeder fixes the file in
+//! one round. A chat already known is skipped and counted, never updated (the feeder's first word
+//! on ownership stands). Rows go through the same SQL constraints a feeder's INSERT meets, so the
+//! messages are the same too. Only a refusal is a bad line: a busy or full database stops the
+//! import as what it is.
 
 use std::io::{BufRead, Read};
 
@@ -53,26 +56,78 @@ pub struct ImportReport {
     pub skipped: u64,
 }
 
+/// How many bad lines an import's error lists; the rest are counted.
+pub const REPORTED_LINES: usize = 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("reading the import: {0}")]
     Io(#[from] std::io::Error),
-    #[error("line {line}: {message}; nothing was imported")]
-    Line {
-        line: u64,
+    /// The file cannot be read as a whole (its CSV header).
+    #[error("line 1: {message}; nothing was imported")]
+    Header {
+        message: String,
+        #[source]
+        source: Option<csv::Error>,
+    },
+    /// Lines that cannot be imported: the first [`REPORTED_LINES`], and how many more. Nothing
+    /// was imported. (No `source`: each line's problem is its own and is printed with it.)
+    #[error("{}", bad_lines_text(.lines, *.more))]
+    BadLines { lines: Vec<BadLine>, more: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One line an import could not take.
+#[derive(Debug)]
+pub struct BadLine {
+    pub line: u64,
+    pub problem: LineProblem,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LineProblem {
+    /// Not a row at all (not UTF-8, not JSON, malformed CSV, a bad time).
+    #[error("{message}")]
+    Unreadable {
         message: String,
         /// The parser's own error, when one said what is wrong.
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
-    #[error("line {line}: {source}; nothing was imported")]
-    Row {
-        line: u64,
-        #[source]
-        source: StoreError,
-    },
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    /// A row the table's constraints refused.
+    #[error("{0}")]
+    Refused(#[source] StoreError),
+}
+
+fn bad_lines_text(lines: &[BadLine], more: u64) -> String {
+    match (lines, more) {
+        ([one], 0) => format!("line {}: {}; nothing was imported", one.line, one.problem),
+        _ => {
+            let total = lines.len() as u64 + more;
+            let mut text = format!("{total} bad lines; nothing was imported:");
+            for l in lines {
+                text.push_str(&format!("\n  line {}: {}", l.line, l.problem));
+            }
+            if more > 0 {
+                text.push_str(&format!(
+                    "\n  ... and {more} more (the first {REPORTED_LINES} are listed)"
+                ));
+            }
+            text
+        }
+    }
+}
+
+fn unreadable(
+    line: u64,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+) -> BadLine {
+    BadLine {
+        line,
+        problem: LineProblem::Unreadable { message, source },
+    }
 }
 
 /// The columns a CSV header may name.
@@ -142,11 +197,20 @@ impl Store {
         let mut sink = Sink {
             tx: &tx,
             report: ImportReport::default(),
+            bad: Vec::new(),
+            more: 0,
         };
         if json {
             import_jsonl(reader, &mut sink, &mut progress)?;
         } else {
             import_csv(reader, &mut sink, &mut progress)?;
+        }
+        if !sink.bad.is_empty() {
+            // Dropping the transaction rolls back the good lines too.
+            return Err(ImportError::BadLines {
+                lines: sink.bad,
+                more: sink.more,
+            });
         }
         let report = sink.report;
         tx.commit().map_err(StoreError::from)?;
@@ -172,10 +236,13 @@ fn starts_with_brace(reader: &mut impl BufRead) -> Result<Option<bool>, ImportEr
     }
 }
 
-/// Where imported rows go: one transaction, and the running counts.
+/// Where imported rows go: one transaction, the running counts, and the bad lines so far.
 struct Sink<'t> {
     tx: &'t Transaction<'t>,
     report: ImportReport,
+    bad: Vec<BadLine>,
+    /// Bad lines past the first [`REPORTED_LINES`].
+    more: u64,
 }
 
 impl Sink<'_> {
@@ -183,9 +250,22 @@ impl Sink<'_> {
         match insert(self.tx, &row, None) {
             Ok(true) => self.report.inserted += 1,
             Ok(false) => self.report.skipped += 1,
-            Err(source) => return Err(ImportError::Row { line, source }),
+            Err(e @ StoreError::Refused { .. }) => self.reject(BadLine {
+                line,
+                problem: LineProblem::Refused(e),
+            }),
+            // Busy, full, damaged: not the line's fault, and no later line will fare better.
+            Err(e) => return Err(e.into()),
         }
         Ok(())
+    }
+
+    fn reject(&mut self, bad: BadLine) {
+        if self.bad.len() < REPORTED_LINES {
+            self.bad.push(bad);
+        } else {
+            self.more += 1;
+        }
     }
 }
 
@@ -199,22 +279,26 @@ fn import_jsonl(
         let raw = raw?;
         line += 1;
         bytes += raw.len() as u64 + 1;
-        let text = std::str::from_utf8(&raw).map_err(|e| ImportError::Line {
-            line,
-            message: format!("not valid UTF-8 ({e})"),
-            source: Some(Box::new(e)),
-        })?;
+        if line.is_multiple_of(10_000) {
+            progress(bytes, sink.report);
+        }
+        let text = match std::str::from_utf8(&raw) {
+            Ok(text) => text,
+            Err(e) => {
+                let message = format!("not valid UTF-8 ({e})");
+                sink.reject(unreadable(line, message, Some(Box::new(e))));
+                continue;
+            }
+        };
         if text.trim().is_empty() {
             continue;
         }
-        let row: NewSession = serde_json::from_str(text).map_err(|e| ImportError::Line {
-            line,
-            message: format!("not a sessions object ({e})"),
-            source: Some(Box::new(e)),
-        })?;
-        sink.record(line, row)?;
-        if line.is_multiple_of(10_000) {
-            progress(bytes, sink.report);
+        match serde_json::from_str::<NewSession>(text) {
+            Ok(row) => sink.record(line, row)?,
+            Err(e) => {
+                let message = format!("not a sessions object ({e})");
+                sink.reject(unreadable(line, message, Some(Box::new(e))));
+            }
         }
     }
     Ok(())
@@ -229,29 +313,37 @@ fn import_csv(
         .has_headers(true)
         .flexible(false)
         .from_reader(reader);
-    let header = csv.byte_headers().map_err(|e| ImportError::Line {
-        line: 1,
-        message: format!("unreadable CSV header ({e})"),
-        source: Some(Box::new(e)),
+    let header = csv.byte_headers().map_err(|e| ImportError::Header {
+        message: "unreadable CSV header".into(),
+        source: Some(e),
     })?;
     let columns = csv_columns(header)?;
     let mut rec = csv::ByteRecord::new();
     loop {
-        let more = csv
-            .read_byte_record(&mut rec)
-            .map_err(|e| ImportError::Line {
-                line: e.position().map(|p| p.line()).unwrap_or(0),
-                message: format!("malformed CSV ({e})"),
-                source: Some(Box::new(e)),
-            })?;
-        if !more {
-            return Ok(());
+        match csv.read_byte_record(&mut rec) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            Err(e) => {
+                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                // A record with the wrong number of fields was read whole: go on to the next.
+                // Anything else (a read error) leaves no next record to trust.
+                let go_on = matches!(e.kind(), csv::ErrorKind::UnequalLengths { .. });
+                let message = format!("malformed CSV ({e})");
+                sink.reject(unreadable(line, message, Some(Box::new(e))));
+                if go_on {
+                    continue;
+                }
+                return Ok(());
+            }
         }
         let (line, byte) = rec
             .position()
             .map(|p| (p.line(), p.byte()))
             .unwrap_or((0, 0));
-        sink.record(line, csv_row(&columns, &rec, line)?)?;
+        match csv_row(&columns, &rec, line) {
+            Ok(row) => sink.record(line, row)?,
+            Err(bad) => sink.reject(bad),
+        }
         if line.is_multiple_of(10_000) {
             progress(byte, sink.report);
         }
@@ -260,8 +352,7 @@ fn import_csv(
 
 /// The header's columns: each known, none twice, the three required ones present.
 fn csv_columns(header: &csv::ByteRecord) -> Result<Vec<String>, ImportError> {
-    let refuse = |message: String| ImportError::Line {
-        line: 1,
+    let refuse = |message: String| ImportError::Header {
         message,
         source: None,
     };
@@ -290,17 +381,12 @@ fn csv_columns(header: &csv::ByteRecord) -> Result<Vec<String>, ImportError> {
 }
 
 /// One CSV record as a session row; an empty field is an absent value.
-fn csv_row(
-    columns: &[String],
-    rec: &csv::ByteRecord,
-    line: u64,
-) -> Result<NewSession, ImportError> {
+fn csv_row(columns: &[String], rec: &csv::ByteRecord, line: u64) -> Result<NewSession, BadLine> {
     let mut row = NewSession::default();
     for (name, field) in columns.iter().zip(rec.iter()) {
-        let text = std::str::from_utf8(field).map_err(|e| ImportError::Line {
-            line,
-            message: format!("column {name} is not valid UTF-8 ({e})"),
-            source: Some(Box::new(e)),
+        let text = std::str::from_utf8(field).map_err(|e| {
+            let message = format!("column {name} is not valid UTF-8 ({e})");
+            unreadable(line, message, Some(Box::new(e)))
         })?;
         let value = (!text.is_empty()).then(|| text.to_string());
         match name.as_str() {
@@ -310,17 +396,13 @@ fn csv_row(
             "subject" => row.subject = value,
             "repo_id" => row.repo_id = value,
             _ => {
-                row.created_at =
-                    match value {
-                        None => None,
-                        Some(v) => Some(crate::fields::unix_seconds(&v).map_err(|e| {
-                            ImportError::Line {
-                                line,
-                                message: format!("created_at: {e}"),
-                                source: None,
-                            }
-                        })?),
-                    }
+                row.created_at = match value {
+                    None => None,
+                    Some(v) => Some(
+                        crate::fields::unix_seconds(&v)
+                            .map_err(|e| unreadable(line, format!("created_at: {e}"), None))?,
+                    ),
+                }
             }
         }
     }
@@ -370,6 +452,42 @@ mod tests {
         assert!(msg.starts_with("line 3:"), "{msg}");
         assert!(msg.contains("sessions_koosearch_ids_must_be"), "{msg}");
         assert_eq!(count(&s), 0);
+    }
+
+    #[test]
+    fn every_bad_line_is_named_up_to_the_limit_and_the_rest_counted() {
+        let (_d, mut s) = temp_store();
+        let mut csv = String::from("provider,scope,session_id,created_at\nconvai,c,good,\n");
+        // Lines 3..=27: 25 bad lines of three kinds; line 28 good.
+        for i in 0..25 {
+            csv.push_str(match i % 3 {
+                0 => "convai,c,,\n",      // refused: empty session_id
+                1 => "convai,c,x,soon\n", // not a time
+                _ => "convai,c\n",        // wrong number of fields
+            });
+        }
+        csv.push_str("convai,c,good2,\n");
+        let err = s.import_sessions(csv.as_bytes(), |_, _| {}).unwrap_err();
+        let ImportError::BadLines { lines, more } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(lines.len(), REPORTED_LINES);
+        assert_eq!(*more, 5);
+        let named: Vec<u64> = lines.iter().map(|l| l.line).collect();
+        assert_eq!(named, (3..23).collect::<Vec<u64>>());
+        let text = err.to_string();
+        assert!(
+            text.starts_with("25 bad lines; nothing was imported:"),
+            "{text}"
+        );
+        assert!(
+            text.contains("line 3: refused: CHECK constraint failed: sessions_session_id"),
+            "{text}"
+        );
+        assert!(text.contains("line 4: created_at:"), "{text}");
+        assert!(text.contains("line 5: malformed CSV"), "{text}");
+        assert!(text.contains("and 5 more"), "{text}");
+        assert_eq!(count(&s), 0, "the good lines went back with the bad");
     }
 
     #[test]
