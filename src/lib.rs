@@ -24,7 +24,7 @@
 //! | [`simulator`] | Convai, KooSearch and IAM on loopback, with fault injection (tests, `demo`, `bench`, `forgetd simulator`) |
 //! | [`demo`] | `forgetd demo` |
 //! | [`mod@bench`] | `forgetd bench` |
-//! | [`cli`] | the command line (including `simulator` and `backup`), exit codes; [`report`] renders its human output |
+//! | [`cli`] | the command line (including `simulator`, `backup`, and `generate`: man pages and completions from the same definitions), exit codes; [`report`] renders its human output |
 //! | [`errors`] | how an error and its causes are shown, one line each, no cause twice (a leaf) |
 //! | [`logging`] | tracing-subscriber set-up (terminal, native journald, JSON), its variables validated |
 //!

@@ -11,10 +11,7 @@ fn unit_for_built_binary(s: &Scratch) -> std::path::PathBuf {
     ))
     .unwrap();
     // verify needs the ExecStart binary to exist: point a copy at the one cargo built
-    s.write(
-        "forgetd.service",
-        &unit.replace("/usr/local/bin/forgetd", BIN),
-    )
+    s.write("forgetd.service", &unit.replace("/usr/bin/forgetd", BIN))
 }
 
 #[test]

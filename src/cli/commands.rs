@@ -71,6 +71,12 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             database,
         )),
         Command::Backup { file } => backup(&config, &file),
+        Command::Generate { dir } => {
+            for path in super::generate::write_all(&dir)? {
+                println!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Erase {
             subject,
             external_ref,

@@ -12,6 +12,7 @@
 //! a rule that exists already; a bad line in an imported file) is a failure (1).
 
 mod commands;
+pub mod generate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -153,6 +154,12 @@ pub enum Command {
         /// config uses the default ($STATE_DIRECTORY/forgetd.db under systemd, else ./forgetd.db).
         #[arg(long, value_name = "FILE")]
         database: Option<PathBuf>,
+    },
+    /// Write the manual pages and shell completions (bash, zsh, fish) into DIR, made from these
+    /// very definitions: DIR/man/forgetd.1 and one page per command, DIR/completions/.
+    Generate {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
     },
     /// Copy the database consistently while the daemon runs (SQLite's online backup), then check
     /// the copy (integrity and audit chain).

@@ -2,8 +2,12 @@
 # Runs inside the booted Debian 12 of the field test (tests/field/run.sh), as the oneshot unit
 # field-check.service after multi-user.target: drives forgetd the way an operator and a feeder
 # would and writes PASS/FAIL lines to /results/check.log, then the overall result to
-# /results/status. The container powers off when this ends.
+# /results/status. The container powers off when this ends. FIELD_MODE says how forgetd was
+# installed: `script` (systemd/install.sh, in /usr/local) or `deb` (the package, in /usr).
 set -u
+mode=${FIELD_MODE:-script}
+example=/src/config.example.toml
+[ "$mode" = deb ] && example=/usr/share/forgetd/forgetd.toml.example
 exec >/results/check.log 2>&1
 failed=0
 pass() { echo "PASS $*"; }
@@ -81,7 +85,7 @@ eventually 60 is_state R-late complete && pass "R-late complete after a feeder w
 systemctl stop forgetd
 
 # 9. A broken config fails once and is not restarted in a loop; the unedited example too.
-for broken in /root/broken.toml /src/config.example.toml; do
+for broken in /root/broken.toml "$example"; do
     [ "$broken" = /root/broken.toml ] && { cp /root/good.toml "$broken"; echo 'max_attempts = "twenty"' >> "$broken"; }
     cp "$broken" "$CFG"
     systemctl reset-failed forgetd 2>/dev/null
@@ -96,5 +100,38 @@ for broken in /root/broken.toml /src/config.example.toml; do
 done
 journal_has "unedited example configuration" && pass "the unedited example says so" || fail "no word on the unedited example"
 cp /root/good.toml "$CFG"
+
+# 10. The operator's toolbox: the version names its commit; the manual; completions in bash, zsh
+#     and fish, found where each shell looks (no path given).
+forgetd --version | grep -Eq '^forgetd [0-9]+\.[0-9]+\.[0-9]+ \(commit [0-9a-f]{7,}\)$' &&
+    pass "forgetd --version: $(forgetd --version)" || fail "forgetd --version: $(forgetd --version 2>&1)"
+man -P cat forgetd 2>/dev/null | grep -q "EXIT STATUS" && man -w forgetd-sessions-import >/dev/null 2>&1 &&
+    pass "man forgetd (and man forgetd-sessions-import)" || fail "man forgetd: $(man -w forgetd 2>&1)"
+bash_complete() {
+    bash -c '. /usr/share/bash-completion/bash_completion && __load_completion forgetd || exit 1
+             COMP_LINE=$1; read -ra COMP_WORDS <<<"$1"; [ "${1: -1}" = " " ] && COMP_WORDS+=("")
+             COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); COMP_POINT=${#COMP_LINE}
+             _forgetd forgetd "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+             printf "%s\n" "${COMPREPLY[@]}"' _ "$1"
+}
+bash_complete "forgetd sess" | grep -qx sessions && bash_complete "forgetd sessions add --provider " | grep -qx koosearch &&
+    pass "bash completes commands and provider names" || fail "bash completion: $(bash_complete 'forgetd sess' 2>&1 | head -5)"
+[ "$(zsh -fc 'autoload -Uz compinit && compinit -u -D && print -r -- ${_comps[forgetd]}')" = _forgetd ] &&
+    pass "zsh finds _forgetd" || fail "zsh: $(zsh -fc 'print -l $fpath' 2>&1 | tr '\n' ' ')"
+fish -c 'complete -C "forgetd req"' 2>/dev/null | grep -q '^requests' &&
+    pass "fish completes commands" || fail "fish: $(fish -c 'complete -C "forgetd req"' 2>&1 | head -3)"
+
+# 11. The package: its files verify, the user came from sysusers, purge keeps the record.
+if [ "$mode" = deb ]; then
+    [ -z "$(dpkg -V forgetd 2>&1)" ] && pass "dpkg -V forgetd: every file as packaged" || fail "dpkg -V: $(dpkg -V forgetd 2>&1)"
+    [ "$(getent passwd forgetd | cut -d: -f6,7)" = /var/lib/forgetd:/usr/sbin/nologin ] && [ -e /lib/systemd/system/forgetd.service ] &&
+        pass "system user forgetd (sysusers); unit in /lib/systemd/system" || fail "user: $(getent passwd forgetd); unit: $(systemctl show forgetd -p FragmentPath)"
+    if dpkg --purge forgetd >/root/purge.log 2>&1 && [ ! -e /usr/bin/forgetd ] && [ ! -e /etc/forgetd/forgetd.toml ] &&
+        [ -e "$DB" ] && [ -e /etc/forgetd/credentials/audit-key ] && ! systemctl cat forgetd >/dev/null 2>&1; then
+        pass "dpkg --purge: program, unit and config gone; database and audit key kept"
+    else
+        fail "purge: $(cat /root/purge.log); $(ls -la /etc/forgetd /var/lib/forgetd 2>&1 | tr '\n' ' ')"
+    fi
+fi
 
 [ $failed = 0 ] && echo pass > /results/status || echo fail > /results/status
