@@ -13,7 +13,7 @@
 //! | [`clock`] | injected time (real; manual for tests: sleeping on it advances it, or stepped: only the test moves it); `Millis` (a bare `i64` time is unix seconds) |
 //! | [`store`] | the SQLite file and **every SQL statement**: schema and migrations (the `providers` table kept equal to the registry), the work-item state machine and batch claims, requests, resolution of requests and rules (and `plan`), inventory and import, holds, rules, status, the audit trail's appends and walks, backups, the daemon lock |
 //! | [`resolve`] | discovery: asking the providers which chats a request or rule covers, with retry; the store resolves what it found |
-//! | [`providers`] | the `Provider` and `Settings` traits, the registry (the one list of providers), the limits every provider shares, HTTP plumbing; one folder per provider owning its config table, ID rules, client and answer classification: `convai/`, `koosearch/` (with the IAM token lifecycle), and the test-only `ledger/` that proves a third provider is one folder and one registry line |
+//! | [`providers`] | the `Provider` and `Settings` traits, the registry (the one list of providers), the limits every provider shares, HTTP plumbing, `probe` (doctor's answer classes); one folder per provider owning its config table, ID rules, client and answer classification: `convai/`, `koosearch/` (with the IAM token lifecycle), and the test-only `ledger/` that proves a third provider is one folder and one registry line |
 //! | [`executor`] | deleting: lane workers, batching, splitting refused batches, retry and backoff, rate limits and throttling, pauses; its `Stats` are read back from [`metrics`] |
 //! | [`schedule`] | cron expressions and when a rule is due: pure, DST-correct, catch-up once (a leaf) |
 //! | [`scheduler`] | the loop that runs retention rules when due, and its timer (tokio-cron-scheduler one-shot jobs in production, the injected clock in tests) |
@@ -23,6 +23,7 @@
 //! | [`metrics`] | Prometheus `/metrics` and `/healthz`; the executor's counters, every known series at 0 from start |
 //! | [`simulator`] | Convai, KooSearch and IAM on loopback, with fault injection (tests, `demo`, `bench`, `forgetd simulator`) |
 //! | [`demo`] | `forgetd demo` |
+//! | [`doctor`] | `forgetd doctor`: each provider's read-only credential and reachability checks, run and reported (the calls are in each provider's folder; the answer classes in `providers::probe`) |
 //! | [`mod@bench`] | `forgetd bench` |
 //! | [`cli`] | the command line (including `simulator`, `backup`, and `generate`: man pages and completions from the same definitions), exit codes; [`report`] renders its human output |
 //! | [`errors`] | how an error and its causes are shown, one line each, no cause twice (a leaf) |
@@ -38,6 +39,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod doctor;
 pub mod errors;
 pub mod executor;
 pub mod fields;

@@ -287,6 +287,41 @@ pub fn plan_text(p: &crate::resolve::Plan) -> String {
     o
 }
 
+pub fn doctor_text(r: &crate::doctor::Report) -> String {
+    let mut o = String::new();
+    let mut checks = 0;
+    for p in &r.providers {
+        let _ = writeln!(o, "{}  {}", p.provider, p.address);
+        for c in &p.checks {
+            checks += 1;
+            let _ = writeln!(o, "  {:<17} {}", c.class.as_str(), c.tried);
+            if let Some(a) = &c.answer {
+                let _ = writeln!(o, "  {:<17} answer: {a}", "");
+            }
+            if let Some(n) = &c.next {
+                let _ = writeln!(o, "  {:<17} next: {n}", "");
+            }
+        }
+        for n in &p.notes {
+            let _ = writeln!(o, "  note: {n}");
+        }
+    }
+    if r.passed {
+        let _ = writeln!(
+            o,
+            "doctor: every check passed ({checks} check(s), {} provider(s)); nothing was deleted",
+            r.providers.len()
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "doctor: not every check passed: {}; nothing was deleted",
+            r.failures().join(", ")
+        );
+    }
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

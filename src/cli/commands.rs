@@ -57,6 +57,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => plan(config, subject, rule, json),
         Command::Audit(cmd) => audit(&config, cmd),
         Command::CheckConfig => check_config(&config),
+        Command::Doctor { json } => doctor(config, json),
         Command::Simulator {
             listen,
             config_out,
@@ -367,6 +368,34 @@ fn check_config(config: &Config) -> Result<ExitCode> {
         eprintln!("warning: {w}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn doctor(config: Config, json: bool) -> Result<ExitCode> {
+    if config.kinds().is_empty() {
+        let tables: Vec<String> = crate::model::ProviderKind::all()
+            .map(|k| format!("[providers.{k}]"))
+            .collect();
+        return Err(crate::config::ConfigError::Other(format!(
+            "no provider is configured: doctor has nothing to check (add one of {})",
+            tables.join(", ")
+        ))
+        .into());
+    }
+    config.verify_secrets()?;
+    let mut store = open(&config)?;
+    sync_file_rules(&config, &mut store, SystemClock.now())?;
+    let clock: crate::clock::SharedClock = std::sync::Arc::new(SystemClock);
+    let report = runtime()?.block_on(crate::doctor::run(&config, &store, clock))?;
+    if json {
+        print_json(&report)?;
+    } else {
+        print!("{}", crate::report::doctor_text(&report));
+    }
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn import(config: &Config, file: &std::path::Path) -> Result<ExitCode> {

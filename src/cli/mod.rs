@@ -135,6 +135,14 @@ pub enum Command {
     Holds(HoldsCommand),
     /// Validate the configuration and the secrets it names, then exit.
     CheckConfig,
+    /// Prove each provider's credentials and reachability with read-only calls, deleting
+    /// nothing: per provider what was tried, the answer (ok, unauthenticated, forbidden, API not
+    /// enabled, unreachable, throttled) and what to do. Exit 0 only when every check passed.
+    Doctor {
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the simulated providers in the foreground, for rehearsing with the real daemon.
     Simulator {
         /// Convai listens here, KooSearch on the next port, IAM on the one after (port 0: any).

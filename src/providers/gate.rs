@@ -281,6 +281,18 @@ impl Gate {
         )
     }
 
+    /// Lifts a pause without a probe. Only for `forgetd doctor`, whose checks are independent
+    /// questions asked once each (a 404 for one application says nothing of the next); never the
+    /// executor's. A throttle's wait stays: doctor stops asking a provider that throttles.
+    pub fn lift_pause(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.pause = None;
+        s.probe_out = false;
+        s.failures = 0;
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
     /// The pause, if the provider is paused.
     pub fn paused(&self) -> Option<Pause> {
         self.state.lock().unwrap().pause.clone()

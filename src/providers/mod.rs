@@ -24,6 +24,7 @@ pub mod koosearch;
 #[cfg(test)]
 mod ledger;
 pub mod limits;
+pub mod probe;
 pub mod registry;
 
 use std::any::Any;
@@ -279,6 +280,10 @@ pub trait Provider: Send + Sync + 'static {
     fn token_refreshes(&self) -> u64 {
         0
     }
+    /// Read-only calls that prove this provider's credentials and reachability (`forgetd
+    /// doctor`), deleting nothing: what each tried and how it was answered. `known`: scopes the
+    /// inventory and the rules name for this provider, most recent first.
+    async fn doctor(&self, known: &[String]) -> probe::Checkup;
 }
 
 pub type SharedProvider = Arc<dyn Provider>;

@@ -297,6 +297,42 @@ fn convai_error(status: StatusCode, msg: &str) -> Response {
     (status, axum::Json(json!({"ERROR": msg}))).into_response()
 }
 
+impl SimState {
+    /// 403 or 404 when the faults say this provider refuses every chat-history call.
+    fn refusal(&self, p: ProviderKind) -> Option<u16> {
+        let f = self.faults.lock().unwrap();
+        if f.api_disabled.contains(&p) {
+            Some(404)
+        } else if f.forbidden.contains(&p) {
+            Some(403)
+        } else {
+            None
+        }
+    }
+}
+
+fn convai_refused(status: u16) -> Response {
+    match status {
+        404 => convai_error(StatusCode::NOT_FOUND, "Not Found"),
+        _ => convai_error(StatusCode::FORBIDDEN, "Permission denied"),
+    }
+}
+
+fn koo_refused(status: u16) -> Response {
+    match status {
+        404 => koo_error(
+            StatusCode::NOT_FOUND,
+            "APIG.0101",
+            "The API does not exist or has not been published in the environment",
+        ),
+        _ => koo_error(
+            StatusCode::FORBIDDEN,
+            "SIM.403",
+            "simulated: the user has no permission for KooSearch",
+        ),
+    }
+}
+
 fn convai_key_ok(st: &SimState, headers: &HeaderMap) -> bool {
     let refused = st
         .faults
@@ -336,6 +372,10 @@ async fn convai_delete(State(st): St, headers: HeaderMap, body: Bytes) -> Respon
     if !convai_key_ok(&st, &headers) {
         st.record(p, "delete", &scope, ids, 401, "auth");
         return convai_error(StatusCode::UNAUTHORIZED, "Invalid API key provided.");
+    }
+    if let Some(status) = st.refusal(p) {
+        st.record(p, "delete", &scope, ids, status, "refused");
+        return convai_refused(status);
     }
     let Some((scope, ids)) = parsed else {
         st.record(p, "delete", "", vec![], 400, "bad_request");
@@ -423,6 +463,17 @@ async fn convai_list(State(st): St, headers: HeaderMap, body: Bytes) -> Response
             "auth",
         );
         return convai_error(StatusCode::UNAUTHORIZED, "Invalid API key provided.");
+    }
+    if let Some(status) = st.refusal(p) {
+        st.record(
+            p,
+            "list",
+            scope.as_deref().unwrap_or(""),
+            vec![],
+            status,
+            "refused",
+        );
+        return convai_refused(status);
     }
     let Some(scope) = scope else {
         return convai_error(StatusCode::BAD_REQUEST, "charID is required");
@@ -523,6 +574,10 @@ async fn koo_batch(
             "APIG.0301",
             "Incorrect IAM authentication information: token expires",
         );
+    }
+    if let Some(status) = st.refusal(p) {
+        st.record(p, "delete", &app, ids, status, "refused");
+        return koo_refused(status);
     }
     if project != PROJECT_ID {
         st.record(p, "delete", &app, ids, 404, "not_found");
@@ -673,6 +728,10 @@ async fn koo_list(
             "APIG.0301",
             "Incorrect IAM authentication information: token expires",
         );
+    }
+    if let Some(status) = st.refusal(p) {
+        st.record(p, "list", &app, vec![], status, "refused");
+        return koo_refused(status);
     }
     if project != PROJECT_ID {
         return koo_error(StatusCode::NOT_FOUND, "APIG.0101", "The API does not exist");

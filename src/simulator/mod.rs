@@ -91,6 +91,12 @@ pub struct Faults {
     pub auth_fail: HashSet<ProviderKind>,
     /// Convai answers 403 on the delete path ("not enabled for this key").
     pub delete_disabled: bool,
+    /// Providers that answer 403 to every chat-history call, after accepting the credentials
+    /// (the key or IAM user lacks the permission).
+    pub forbidden: HashSet<ProviderKind>,
+    /// Providers whose chat-history API is not there for this account: 404 to every call
+    /// (KooSearch with its gateway's APIG.0101, as for a wrong project).
+    pub api_disabled: HashSet<ProviderKind>,
     /// Server-side limit: requests per second per provider before 429 (a sliding one-second
     /// window counting admitted calls, so a client that keeps asking still gets the limit).
     pub rate_limit: Option<u32>,
@@ -116,6 +122,8 @@ impl Default for Faults {
             token_ttl: Duration::from_secs(24 * 3600),
             auth_fail: HashSet::new(),
             delete_disabled: false,
+            forbidden: HashSet::new(),
+            api_disabled: HashSet::new(),
             rate_limit: None,
             limit_retry_after: Some(Duration::from_secs(1)),
             concurrency_limit: None,

@@ -165,6 +165,32 @@ impl Store {
         self.write(|tx| insert(tx, s, None))
     }
 
+    /// Scopes worth asking a provider about (`forgetd doctor`): the scope of the chat added
+    /// last, then the scopes the rules name (not `*`). Cheap on any inventory size: one row from
+    /// the end of the table, not a scan.
+    pub fn scopes_to_check(&self, provider: &str) -> Result<Vec<String>> {
+        let mut scopes: Vec<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT scope FROM sessions WHERE provider = ?1 ORDER BY rowid DESC LIMIT 1",
+            )?
+            .query_map([provider], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let rules: Vec<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT scope FROM rules WHERE provider = ?1 AND scope <> '*' ORDER BY scope",
+            )?
+            .query_map([provider], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for s in rules {
+            if !scopes.contains(&s) {
+                scopes.push(s);
+            }
+        }
+        Ok(scopes)
+    }
+
     /// Records chats found by provider discovery (marked discovered); known chats are left as
     /// they are. Returns how many were new.
     pub fn add_discovered(&mut self, rows: &[NewSession], now: i64) -> Result<u64> {

@@ -32,7 +32,7 @@ use super::http::{self, DETAIL_LEN, MAX_BODY, truncate};
 use super::registry::Registration;
 use super::{
     Action, BuildError, ChatSink, DeleteBatch, DeleteOutcome, ListedChat, Operation, Presence,
-    Provider, ProviderError,
+    Provider, ProviderError, probe,
 };
 use crate::model::ProviderKind;
 
@@ -164,7 +164,12 @@ impl ConvaiClient {
             403 | 404 if operation == Operation::Delete => Action::Pause(format!(
                 "Convai's chat-history delete API is not enabled for this key (HTTP {code}: {message}); ask Convai to enable it"
             )),
-            403 => Action::Pause(format!("Convai denied permission (HTTP 403: {message})")),
+            403 => Action::Pause(format!(
+                "Convai denied permission (HTTP 403: {message}); ask Convai to grant this key the chat-history API"
+            )),
+            404 => Action::Pause(format!(
+                "Convai's chat-history API answered 404 ({message}): check providers.convai.base_url; if it is right, the API is not enabled for this key"
+            )),
             429 => http::retry_after(headers, now_ms)
                 .map(Action::RetryAfter)
                 .unwrap_or(Action::Throttled),
@@ -181,8 +186,14 @@ impl ConvaiClient {
             .with_status(code)
     }
 
-    /// Streams the list of a character's sessions into `sink`.
-    async fn list(&self, scope: &str, sink: ChatSink<'_>) -> Result<(), ProviderError> {
+    /// Streams the list of a character's sessions into `sink`; `limit` as Convai takes it (a
+    /// string; "-1" is all).
+    async fn list(
+        &self,
+        scope: &str,
+        limit: &str,
+        sink: ChatSink<'_>,
+    ) -> Result<(), ProviderError> {
         let op = Operation::List;
         let mut pass = self.gate.enter(op).await?;
         let resp = self
@@ -190,7 +201,7 @@ impl ConvaiClient {
                 &mut pass,
                 op,
                 "/character/chatHistory/list",
-                &serde_json::json!({"charID": scope, "limit": "-1"}),
+                &serde_json::json!({"charID": scope, "limit": limit}),
             )
             .await?;
         // The pass (a concurrency slot) is held while the answer streams in.
@@ -353,7 +364,7 @@ impl Provider for ConvaiClient {
     }
 
     async fn list_scope(&self, scope: &str, sink: ChatSink<'_>) -> Result<(), ProviderError> {
-        self.list(scope, sink).await
+        self.list(scope, "-1", sink).await
     }
 
     async fn list_subject(
@@ -376,9 +387,38 @@ impl Provider for ConvaiClient {
         session_id: &str,
     ) -> Result<Presence, ProviderError> {
         let mut finder = super::Finder::new(session_id);
-        self.list(scope, &mut |c: ListedChat| finder.see(&c))
+        self.list(scope, "-1", &mut |c: ListedChat| finder.see(&c))
             .await?;
         Ok(finder.presence())
+    }
+
+    /// One listing of one session, for a character the inventory or a rule names: it proves the
+    /// key and the address. The delete API's enablement shows only on a delete, which doctor
+    /// never makes: a note says so.
+    async fn doctor(&self, known: &[String]) -> probe::Checkup {
+        let address = self.base.to_string();
+        let mut checks = Vec::new();
+        match known.first() {
+            None => checks.push(probe::Check::not_tested(
+                "list one session of a character (POST /character/chatHistory/list)",
+                "no Convai character is known yet (no chat in the inventory, no rule with a character scope); run doctor again once there is one",
+            )),
+            Some(character) => {
+                let tried = format!(
+                    "list one session of character {character} (POST /character/chatHistory/list, limit 1)"
+                );
+                let r = self.list(character, "1", &mut |_| {}).await;
+                checks.push(probe::Check::of(tried, &r, &address));
+            }
+        }
+        probe::Checkup {
+            provider: KIND,
+            address,
+            checks,
+            notes: vec![
+                "whether the delete API is enabled for this key shows only on a delete (403/404 there pauses Convai, visibly), which doctor does not make".into(),
+            ],
+        }
     }
 }
 

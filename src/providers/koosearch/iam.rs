@@ -100,6 +100,24 @@ impl TokenSource {
         }
     }
 
+    /// For `forgetd doctor`: what fetching a token asks IAM (no secret), and IAM's address;
+    /// `None` for a fixed token.
+    pub fn describe(&self) -> Option<(String, String)> {
+        match self {
+            Self::Fixed(_) => None,
+            Self::Iam(iam) => {
+                let c = &iam.config;
+                Some((
+                    format!(
+                        "fetch an IAM token for user {} of account {} in project {} (POST /v3/auth/tokens)",
+                        c.user, c.domain, c.project
+                    ),
+                    c.endpoint.to_string(),
+                ))
+            }
+        }
+    }
+
     /// How many tokens were fetched from IAM.
     pub fn refreshes(&self) -> u64 {
         match self {

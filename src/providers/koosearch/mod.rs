@@ -32,7 +32,7 @@ use super::http::{self, DETAIL_LEN, MAX_BODY, truncate};
 use super::registry::Registration;
 use super::{
     Action, BuildError, ChatSink, DeleteBatch, DeleteOutcome, ListedChat, Operation, Presence,
-    Provider, ProviderError,
+    Provider, ProviderError, probe,
 };
 use crate::model::ProviderKind;
 use iam::TokenSource;
@@ -311,19 +311,9 @@ impl KooSearchClient {
         let mut pass = self.gate.enter(op).await?;
         let mut page = 1u32;
         loop {
-            let page_s = page.to_string();
-            let size_s = PAGE_SIZE.to_string();
-            let url = self.url(scope, "/chat-history");
-            let body = self
-                .send(&mut pass, op, || {
-                    let mut q: Vec<(&str, &str)> = query.to_vec();
-                    q.push(("page_num", &page_s));
-                    q.push(("page_size", &size_s));
-                    self.http.get(url.clone()).query(&q)
-                })
+            let parsed = self
+                .fetch_page(&mut pass, scope, query, page, PAGE_SIZE)
                 .await?;
-            let parsed =
-                parse_page(scope, &body).map_err(|e| http::unparseable(KIND, op, 200, &body, e))?;
             let last = parsed.is_last(page, PAGE_SIZE);
             for chat in parsed.chats {
                 sink(chat);
@@ -333,6 +323,32 @@ impl KooSearchClient {
             }
             page += 1;
         }
+    }
+}
+
+impl KooSearchClient {
+    /// One page of a listing query, under `pass`.
+    async fn fetch_page(
+        &self,
+        pass: &mut Pass,
+        scope: &str,
+        query: &[(&str, &str)],
+        page: u32,
+        size: u32,
+    ) -> Result<ListedPage, ProviderError> {
+        let op = Operation::List;
+        let page_s = page.to_string();
+        let size_s = size.to_string();
+        let url = self.url(scope, "/chat-history");
+        let body = self
+            .send(pass, op, || {
+                let mut q: Vec<(&str, &str)> = query.to_vec();
+                q.push(("page_num", &page_s));
+                q.push(("page_size", &size_s));
+                self.http.get(url.clone()).query(&q)
+            })
+            .await?;
+        parse_page(scope, &body).map_err(|e| http::unparseable(KIND, op, 200, &body, e))
     }
 }
 
@@ -503,6 +519,56 @@ impl Provider for KooSearchClient {
         self.list_pages(scope, &q, &mut |c: ListedChat| finder.see(&c))
             .await?;
         Ok(finder.presence())
+    }
+
+    /// The IAM token (when IAM is configured), then one record of each configured application.
+    /// Each application is its own question (a 404 for one says nothing of the next); a throttle
+    /// or a refused token ends the checkup, since every later call would meet the same.
+    async fn doctor(&self, _known: &[String]) -> probe::Checkup {
+        let address = self.endpoint.to_string();
+        let mut checks = Vec::new();
+        let mut notes = Vec::new();
+        let mut stop: Option<String> = None;
+        match self.auth.describe() {
+            Some((tried, iam_address)) => {
+                let r = match self.gate.enter(Operation::Token).await {
+                    Ok(mut pass) => self.auth.token(&mut pass).await.map(drop),
+                    Err(e) => Err(e),
+                };
+                if r.is_err() {
+                    stop = Some("not tried: the IAM token came first and failed".into());
+                }
+                checks.push(probe::Check::of(tried, &r, &iam_address));
+            }
+            None => notes.push(
+                "a fixed token (providers.koosearch.token) is configured: the listings below prove it; it is never refreshed".into(),
+            ),
+        }
+        for app in &self.applications {
+            let tried = format!(
+                "list one chat of application {app} (GET .../applications/{app}/uni-search/chat-history?page_size=1)"
+            );
+            if let Some(why) = &stop {
+                checks.push(probe::Check::not_tested(tried, why.clone()));
+                continue;
+            }
+            self.gate.lift_pause();
+            let r = match self.gate.enter(Operation::List).await {
+                Ok(mut pass) => self.fetch_page(&mut pass, app, &[], 1, 1).await.map(drop),
+                Err(e) => Err(e),
+            };
+            let check = probe::Check::of(tried, &r, &address);
+            if check.class == probe::AnswerClass::Throttled {
+                stop = Some("not tried: KooSearch was throttling".into());
+            }
+            checks.push(check);
+        }
+        probe::Checkup {
+            provider: KIND,
+            address,
+            checks,
+            notes,
+        }
     }
 }
 

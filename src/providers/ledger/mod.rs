@@ -213,6 +213,20 @@ impl Provider for Ledger {
             })
             .await
     }
+    async fn doctor(&self, known: &[String]) -> super::probe::Checkup {
+        let scope = known.first().cloned().unwrap_or_else(|| "shelf".into());
+        let r = self.list_scope(&scope, &mut |_| {}).await;
+        super::probe::Checkup {
+            provider: KIND,
+            address: "the in-memory ledger".into(),
+            checks: vec![super::probe::Check::of(
+                format!("list shelf {scope}"),
+                &r,
+                "the ledger",
+            )],
+            notes: Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]
