@@ -210,3 +210,77 @@ fn holds_list_counts_the_chats_a_subject_hold_covers_queued_or_not() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&j)).unwrap();
     assert_eq!(v[0]["chats_covered"], 2, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_on_a_terminal_shows_progress_then_a_summary() {
+    use forgetd::simulator::{Faults, Simulator};
+    let s = Scratch::new();
+    // Slow enough answers that the drain takes a few seconds: the line is redrawn meanwhile.
+    let sim = Simulator::start(
+        std::sync::Arc::new(forgetd::clock::SystemClock),
+        Faults {
+            latency: std::time::Duration::from_millis(300),
+            ..Faults::default()
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    let cfg = sim_config(&s, &sim, &["app-1"], "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[providers.convai]\n",
+        "[providers.convai]\nbatch_size = 2\nconcurrency = 1\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    for i in 0..20 {
+        sim.add_convai_chat("char-1", &format!("c{i}"), 1_700_000_000);
+        s.add_chat("convai", "char-1", &format!("c{i}"), "alice");
+    }
+    sim.add_convai_chat("char-1", "decoy", 1_700_000_000);
+    s.add_chat("convai", "char-1", "decoy", "bob");
+    assert_eq!(code(&s.forgetd(&["erase", "--subject", "alice"])), 0);
+    let cfg = cfg.to_str().unwrap().to_string();
+    // Under a pseudo-terminal (util-linux `script`), as an operator at a shell would see it.
+    let (code_, screen) = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        let db = s.db();
+        move || {
+            let line = format!(
+                "'{BIN}' --config '{cfg}' --db '{}' run --once",
+                db.display()
+            );
+            let o = std::process::Command::new("script")
+                .args(["-q", "-e", "-c", &line, "/dev/null"])
+                .env("COLUMNS", "200")
+                .output()
+                .expect("script (util-linux)");
+            (code(&o), stdout(&o))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code_, 0, "{screen}");
+    assert!(
+        screen.contains("item(s) left"),
+        "no progress line: {screen}"
+    );
+    assert!(screen.contains("/s, ETA "), "no rate and ETA: {screen}");
+    assert!(
+        screen.contains("deleted 20, held 0, dead 0, pending 0"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("took ") && screen.contains("(deleted convai 20,"),
+        "{screen}"
+    );
+    assert_eq!(
+        sim.remaining(forgetd::model::ProviderKind::CONVAI),
+        1,
+        "the decoy stays"
+    );
+    // Off a terminal (a pipe, a log): the summary only, no progress line.
+    let o = s.forgetd(&["--config", &cfg, "run", "--once"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!stderr(&o).contains("left") && !stdout(&o).contains("left"));
+    assert!(stdout(&o).contains("nothing deleted"), "{}", stdout(&o));
+}

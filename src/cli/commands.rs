@@ -172,7 +172,30 @@ fn run(
         let clock: crate::clock::SharedClock = std::sync::Arc::new(SystemClock);
         let prepared = crate::daemon::Daemon::build(config, clock.clone())?;
         if once {
-            let report = prepared.run_once().await?;
+            let started = std::time::Instant::now();
+            // On a terminal, a line that says how far the drain is; cleared before the summary.
+            let progress = std::io::stderr().is_terminal().then(|| {
+                let bar = indicatif::ProgressBar::new_spinner();
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} {msg}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                );
+                bar.set_message("resolving requests and rules");
+                bar.enable_steady_tick(std::time::Duration::from_millis(200));
+                let task = tokio::spawn(super::progress::show(
+                    prepared.store.clone(),
+                    prepared.executor.clone(),
+                    bar.clone(),
+                ));
+                (bar, task)
+            });
+            let report = prepared.run_once().await;
+            if let Some((bar, task)) = progress {
+                task.abort();
+                bar.finish_and_clear();
+            }
+            let report = report?;
+            let elapsed = started.elapsed();
             let deleted: u64 = report.stats.deleted.values().sum();
             println!(
                 "resolved {} request(s), ran {} rule(s); deleted {deleted}, held {}, dead {}, pending {}",
@@ -181,6 +204,31 @@ fn run(
                 report.held,
                 report.dead,
                 report.pending
+            );
+            let by_provider: Vec<String> = report
+                .stats
+                .deleted
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(p, n)| format!("{p} {n}"))
+                .collect();
+            let retries: u64 = report.stats.retries.values().flat_map(|c| c.values()).sum();
+            let throttled: u64 = report.stats.throttled.values().sum();
+            println!(
+                "took {} ({}); {} provider call(s), {retries} retried item(s), {throttled} throttled answer(s)",
+                humantime::format_duration(std::time::Duration::from_millis(
+                    elapsed.as_millis() as u64
+                )),
+                if by_provider.is_empty() {
+                    "nothing deleted".to_string()
+                } else {
+                    format!(
+                        "deleted {}, {:.1}/s",
+                        by_provider.join(", "),
+                        deleted as f64 / elapsed.as_secs_f64().max(0.001)
+                    )
+                },
+                report.stats.calls
             );
             for w in &report.warnings {
                 eprintln!("forgetd: warning: {w}");

@@ -13,6 +13,7 @@
 
 mod commands;
 pub mod generate;
+pub mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -187,6 +187,18 @@ pub fn truncate_error(s: &str) -> String {
 }
 
 impl Store {
+    /// Items still to delete: pending or in flight (for `run --once`'s progress line). Each
+    /// count walks only its partial index.
+    pub fn items_left(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT (SELECT count(*) FROM work_items WHERE state = 'pending')
+                  + (SELECT count(*) FROM work_items WHERE state = 'in_flight')",
+            )?
+            .query_row([], |r| r.get::<_, i64>(0))? as u64)
+    }
+
     /// Claims up to `max` due pending items of `provider` for one delete call: the most urgent
     /// item (earliest due date) picks the (scope, repo) group, and the group's most urgent items
     /// fill the batch. `None` when nothing is due.
