@@ -29,7 +29,15 @@ use crate::store::lock::LockError;
 #[command(
     name = "forgetd",
     version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("FORGETD_COMMIT"), ")"),
-    about = "Erases chat histories at Convai and Huawei Cloud KooSearch, on time and provably"
+    about = "Erases chat histories at Convai and Huawei Cloud KooSearch, on time and provably",
+    long_about = "Erases chat histories at Convai and Huawei Cloud KooSearch, on time and provably.\n\n\
+Feeders write erasure requests and the chat inventory into a local SQLite queue (the sessions and \
+erasure_requests tables, or the erase and sessions commands); retention rules run on cron \
+schedules. The daemon (forgetd run, usually as the systemd service forgetd.service) resolves each \
+request to chat IDs, deletes them in idempotent batches with retry, backoff and one politeness \
+gate per provider, never deletes a chat under a legal hold, and keeps a tamper-evident audit \
+trail from which certificates of erasure are exported. forgetd doctor proves the credentials \
+before a change window."
 )]
 pub struct Cli {
     /// Config file (TOML). Without one, forgetd runs on defaults with no providers.
