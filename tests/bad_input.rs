@@ -119,7 +119,12 @@ proptest! {
                     prop_assert!(rows.iter().any(|(_, _, i, _)| *i == id), "stored verbatim: {id:?}");
                 }
             }
-            Err(e) => prop_assert!(e.to_string().starts_with("line "), "{e}"),
+            Err(e) => {
+                let text = e.to_string();
+                // One bad line: "line N: ..."; more: "K bad lines; ...", then "  line N: ..." each.
+                prop_assert!(text.starts_with("line ") || text.contains(" bad lines; nothing was imported:\n  line "), "{text}");
+                prop_assert_eq!(s.connection().query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0)).unwrap(), 0);
+            }
         }
     }
 
