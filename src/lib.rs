@@ -20,7 +20,8 @@
 //! | [`daemon`] | `Daemon::build` (start-up checks), `run_once`, `run_until(control)`: intake, status, reload, shutdown; `signals` turns Unix signals into control |
 //! | [`audit`] | the audit chain's arithmetic and typed events (shared by writer and certificate), the subject key |
 //! | [`certificate`] | the certificate of erasure, a read model of the request's typed closing event |
-//! | [`metrics`] | Prometheus `/metrics` and `/healthz`; the executor's counters, every known series at 0 from start |
+//! | [`metrics`] | what Prometheus `/metrics` renders; the executor's counters, every known series at 0 from start |
+//! | [`web`] | the `[http]` listener: the read-only status page at `/` (refreshed in place), `/status.json`, `/metrics`, `/healthz`; its connection limit and timeouts |
 //! | [`simulator`] | Convai, KooSearch and IAM on loopback, with fault injection (tests, `demo`, `bench`, `forgetd simulator`) |
 //! | [`demo`] | `forgetd demo` |
 //! | [`doctor`] | `forgetd doctor`: each provider's read-only credential and reachability checks, run and reported (the calls are in each provider's folder; the answer classes in `providers::probe`) |
@@ -54,3 +55,4 @@ pub mod scheduler;
 pub mod secret;
 pub mod simulator;
 pub mod store;
+pub mod web;

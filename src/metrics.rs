@@ -1,5 +1,5 @@
-//! Metrics and health: Prometheus `/metrics` and `/healthz` on the optional `[http] listen`
-//! address (loopback by default).
+//! Metrics: the Prometheus registry and what `/metrics` renders (the listener that serves it,
+//! with `/healthz` and the status page, is [`crate::web`]).
 //!
 //! Event counters (deletions, retries, 429s, delete calls, lookups, splits, batch latency) are
 //! updated by the executor through the typed methods here as things happen, every known series
@@ -11,14 +11,8 @@
 //! prefix); docs/METRICS.md lists them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -26,9 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
-use crate::clock::SharedClock;
 use crate::model::ProviderKind;
 use crate::providers::gate::{GateState, GateView};
 use crate::providers::{ProviderError, SharedProvider};
@@ -404,79 +396,4 @@ pub struct Stats {
     pub splits: u64,
     /// provider -> why it is paused (from the executor's lanes, not a counter)
     pub paused: BTreeMap<String, String>,
-}
-
-#[derive(Clone)]
-struct HttpState {
-    metrics: Arc<Metrics>,
-    store: AsyncStore,
-    providers: Vec<SharedProvider>,
-    clock: SharedClock,
-    deadline_secs: Arc<AtomicI64>,
-}
-
-async fn metrics_handler(State(s): State<HttpState>) -> Response {
-    let now = s.clock.now();
-    match s
-        .metrics
-        .render(
-            &s.store,
-            &s.providers,
-            now,
-            s.deadline_secs.load(Ordering::Relaxed),
-        )
-        .await
-    {
-        Ok(text) => (
-            [(
-                "content-type",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")).into_response(),
-    }
-}
-
-/// Healthy when the intake loop went round within the last 30 s and the database answers.
-async fn healthz_handler(State(s): State<HttpState>) -> Response {
-    let age_ms = s.clock.now_ms() - s.metrics.heartbeat_ms.load(Ordering::Relaxed);
-    if age_ms > 30_000 {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("intake loop silent for {} s\n", age_ms / 1000),
-        )
-            .into_response();
-    }
-    match s.store.call(|st| st.data_version()).await {
-        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")).into_response(),
-    }
-}
-
-/// Serves /metrics and /healthz until cancelled.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    store: AsyncStore,
-    providers: Vec<SharedProvider>,
-    clock: SharedClock,
-    deadline_secs: Arc<AtomicI64>,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
-    let state = HttpState {
-        metrics,
-        store,
-        providers,
-        clock,
-        deadline_secs,
-    };
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(healthz_handler))
-        .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
 }

@@ -296,11 +296,11 @@ impl Tasks {
                 let listener = tokio::net::TcpListener::bind(h.listen)
                     .await
                     .with_context(|| format!("binding [http] listen = {}", h.listen))?;
-                tracing::info!(listen = %h.listen, "serving /metrics and /healthz");
+                tracing::info!(listen = %h.listen, "serving the status page, /metrics and /healthz");
                 let (m, st, pr) = (metrics.clone(), store.clone(), executor.providers());
                 let (cl, d, c) = (clock.clone(), deadline_secs.clone(), cancel.clone());
                 Some(tokio::spawn(async move {
-                    crate::metrics::serve(listener, m, st, pr, cl, d, c).await
+                    crate::web::serve(listener, m, st, pr, cl, d, c).await
                 }))
             }
             None => None,

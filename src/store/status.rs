@@ -164,6 +164,111 @@ impl Store {
     }
 }
 
+/// What the status page shows besides [`Status`]: open requests by due date, the latest
+/// failures, holds and rules. Refs, hashes, counts and provider answers only: no subject.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overview {
+    pub status: Status,
+    /// Open requests, soonest due first (at most [`OVERVIEW_REQUESTS`]).
+    pub open_requests: Vec<OpenRequest>,
+    /// Open requests in all (the list above may be cut).
+    pub open_total: u64,
+    /// The latest items that failed: dead ones and ones waiting to retry (at most
+    /// [`OVERVIEW_FAILURES`]).
+    pub failures: Vec<Failure>,
+    pub active_holds: u64,
+}
+
+pub const OVERVIEW_REQUESTS: usize = 50;
+pub const OVERVIEW_FAILURES: usize = 10;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenRequest {
+    pub id: i64,
+    pub external_ref: Option<String>,
+    pub state: String,
+    pub due_at: i64,
+    /// Its chats not yet deleted, held or dead.
+    pub items_left: u64,
+    pub items: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub provider: String,
+    /// `dead`, or `pending` for an item waiting to retry.
+    pub state: String,
+    pub attempts: u32,
+    pub error: String,
+    /// When it went dead, or when its next try is due (unix seconds).
+    pub at: i64,
+}
+
+impl Store {
+    /// The status page's read model.
+    pub fn overview(&self, now: i64, deadline_secs: i64) -> Result<Overview> {
+        let status = self.status(now, deadline_secs)?;
+        let open_total: i64 = self.conn.query_row(
+            "SELECT count(*) FROM erasure_requests WHERE state IN ('received', 'in_progress', 'failed')",
+            [],
+            |r| r.get(0),
+        )?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT r.id, r.external_ref, r.state, coalesce(r.due_at, r.received_at + ?1),
+                    count(w.id), count(w.id) FILTER (WHERE w.state IN ('pending', 'in_flight'))
+             FROM erasure_requests r
+             LEFT JOIN request_items ri ON ri.request_id = r.id
+             LEFT JOIN work_items w ON w.id = ri.item_id
+             WHERE r.state IN ('received', 'in_progress', 'failed')
+             GROUP BY r.id ORDER BY 4, r.id LIMIT ?2",
+        )?;
+        let open_requests = stmt
+            .query_map(
+                rusqlite::params![deadline_secs, OVERVIEW_REQUESTS as i64],
+                |r| {
+                    Ok(OpenRequest {
+                        id: r.get(0)?,
+                        external_ref: r.get(1)?,
+                        state: r.get(2)?,
+                        due_at: r.get(3)?,
+                        items: r.get::<_, i64>(4)? as u64,
+                        items_left: r.get::<_, i64>(5)? as u64,
+                    })
+                },
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT provider, state, attempts, last_error,
+                    coalesce(finished_at, next_attempt_ms / 1000) AS at
+             FROM work_items WHERE last_error IS NOT NULL AND state IN ('dead', 'pending')
+             ORDER BY at DESC, id DESC LIMIT ?1",
+        )?;
+        let failures = stmt
+            .query_map([OVERVIEW_FAILURES as i64], |r| {
+                Ok(Failure {
+                    provider: r.get(0)?,
+                    state: r.get(1)?,
+                    attempts: r.get(2)?,
+                    error: r.get(3)?,
+                    at: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let active_holds: i64 = self.conn.query_row(
+            "SELECT count(*) FROM holds WHERE removed_at IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(Overview {
+            status,
+            open_requests,
+            open_total: open_total as u64,
+            failures,
+            active_holds: active_holds as u64,
+        })
+    }
+}
+
 impl Store {
     /// Every chat in `state` as "provider/scope/session_id: why" (the hold's reason for held
     /// chats, the last error for dead ones), sorted: the demo's and the report's listing.

@@ -1,0 +1,241 @@
+//! The `[http]` listener: Prometheus `/metrics`, `/healthz`, and the read-only status page at `/`
+//! ([`page`]), with `/status/fragment` (the page's body, which its script swaps in every few
+//! seconds), `/status.json` (the same read model), `/status.js` and `/status.css`.
+//!
+//! Rules:
+//! - Read-only: no route changes anything, every route is a GET.
+//! - No personal data: the page and its JSON show refs, hashes, counts and provider answers,
+//!   never a subject ([`crate::store::status::Overview`] holds none).
+//! - Hardened against clients that hold connections: at most [`MAX_CONNECTIONS`] at once (the
+//!   next one waits in the kernel's backlog for a permit, holding no descriptor of ours), a
+//!   request head must arrive within [`HEADER_TIMEOUT`], a connection lives at most
+//!   [`CONNECTION_TIMEOUT`], and there is no keep-alive. Idle sockets can then never take the
+//!   descriptors provider calls need (they did: ~370 idle connections exhausted the daemon's).
+//! - Pages carry a strict Content-Security-Policy: scripts and styles only from this listener, no
+//!   inline script, no third-party origin; the page works offline.
+
+pub mod page;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::metrics::Metrics;
+use crate::providers::SharedProvider;
+use crate::store::AsyncStore;
+
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send a request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a connection lives, whatever it does.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often the page refreshes itself (its script reads it from the page).
+pub const REFRESH: Duration = Duration::from_secs(5);
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+#[derive(Clone)]
+struct HttpState {
+    metrics: Arc<Metrics>,
+    store: AsyncStore,
+    providers: Vec<SharedProvider>,
+    clock: SharedClock,
+    deadline_secs: Arc<AtomicI64>,
+}
+
+async fn metrics_handler(State(s): State<HttpState>) -> Response {
+    let now = s.clock.now();
+    match s
+        .metrics
+        .render(
+            &s.store,
+            &s.providers,
+            now,
+            s.deadline_secs.load(Ordering::Relaxed),
+        )
+        .await
+    {
+        Ok(text) => (
+            [(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")).into_response(),
+    }
+}
+
+/// Healthy when the intake loop went round within the last 30 s and the database answers.
+async fn healthz_handler(State(s): State<HttpState>) -> Response {
+    let age_ms = s.clock.now_ms() - s.metrics.heartbeat_ms.load(Ordering::Relaxed);
+    if age_ms > 30_000 {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("intake loop silent for {} s\n", age_ms / 1000),
+        )
+            .into_response();
+    }
+    match s.store.call(|st| st.data_version()).await {
+        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")).into_response(),
+    }
+}
+
+/// The page's data, read in one go from the store (and each provider's live gate).
+async fn snapshot(s: &HttpState) -> Result<page::Snapshot, crate::store::StoreError> {
+    let now = s.clock.now();
+    let deadline = s.deadline_secs.load(Ordering::Relaxed);
+    let (overview, rules) = s
+        .store
+        .call(move |st| {
+            Ok::<_, crate::store::StoreError>((st.overview(now, deadline)?, st.list_rules()?))
+        })
+        .await?;
+    Ok(page::Snapshot::new(overview, rules, now))
+}
+
+fn html(body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn unavailable(e: crate::store::StoreError) -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")).into_response()
+}
+
+async fn page_handler(State(s): State<HttpState>) -> Response {
+    match snapshot(&s).await {
+        Ok(snap) => html(page::full(&snap)),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn fragment_handler(State(s): State<HttpState>) -> Response {
+    match snapshot(&s).await {
+        Ok(snap) => html(page::fragment(&snap)),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn json_handler(State(s): State<HttpState>) -> Response {
+    match snapshot(&s).await {
+        Ok(snap) => (
+            [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+            axum::Json(snap),
+        )
+            .into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn script_handler() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        page::SCRIPT,
+    )
+        .into_response()
+}
+
+async fn style_handler() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        page::STYLE,
+    )
+        .into_response()
+}
+
+fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/", get(page_handler))
+        .route("/status/fragment", get(fragment_handler))
+        .route("/status.json", get(json_handler))
+        .route("/status.js", get(script_handler))
+        .route("/status.css", get(style_handler))
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz_handler))
+        .with_state(state)
+}
+
+/// Serves the routes until cancelled, under the connection limit and timeouts above.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    store: AsyncStore,
+    providers: Vec<SharedProvider>,
+    clock: SharedClock,
+    deadline_secs: Arc<AtomicI64>,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let app = router(HttpState {
+        metrics,
+        store,
+        providers,
+        clock,
+        deadline_secs,
+    });
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        // The permit first: over the limit, connections wait in the backlog, not in our table.
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let (stream, _) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and kin: wait a moment rather than spin; the listener stays.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let cancel = cancel.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
