@@ -52,6 +52,8 @@ pub struct Metrics {
     gate_concurrency: Family<Labels, Gauge>,
     /// When the daemon's intake loop last went round (unix ms), for /healthz.
     pub heartbeat_ms: AtomicI64,
+    /// The same, exported: an alert rule sees a stale heartbeat while the process still answers.
+    heartbeat_seconds: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -95,6 +97,12 @@ impl Metrics {
         let gate_state = Family::<Labels, Gauge>::default();
         let gate_rate = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         let gate_concurrency = Family::<Labels, Gauge>::default();
+        let heartbeat_seconds = Gauge::default();
+        registry.register(
+            "heartbeat_timestamp_seconds",
+            "When the daemon's intake loop last went round (unix seconds); 0 before the first round",
+            heartbeat_seconds.clone(),
+        );
         registry.register(
             "deletions",
             "Chats by provider and outcome (deleted, dead)",
@@ -203,6 +211,7 @@ impl Metrics {
             gate_rate,
             gate_concurrency,
             heartbeat_ms: AtomicI64::new(0),
+            heartbeat_seconds,
         }
     }
 
@@ -238,6 +247,9 @@ impl Metrics {
             );
         }
         drop(self.gate_rate.get_or_create(&labels(&[("provider", k)])));
+        // The latency histogram too: its buckets at 0 before the first call, so a quantile panel
+        // shows "no calls" instead of "no data".
+        drop(self.batch_seconds.get_or_create(&labels(&[("provider", k)])));
         drop(
             self.gate_concurrency
                 .get_or_create(&labels(&[("provider", k)])),
@@ -343,8 +355,14 @@ impl Metrics {
     ) -> Result<String, crate::store::StoreError> {
         let st = store.call(move |s| s.status(now, deadline_secs)).await?;
         self.items.clear();
-        for (p, counts) in &st.items {
-            // Every state, zeros included: a series that vanishes reads as "no data", not 0.
+        // Every state of every configured provider (and of any provider with items), zeros
+        // included: a series that vanishes, or never appears, reads as "no data", not 0.
+        let empty = Default::default();
+        let configured = providers.iter().map(|p| p.kind().to_string());
+        let known: std::collections::BTreeSet<String> =
+            configured.chain(st.items.keys().cloned()).collect();
+        for p in &known {
+            let counts = st.items.get(p).unwrap_or(&empty);
             for (state, n) in counts.by_state() {
                 self.items
                     .get_or_create(&labels(&[("provider", p), ("state", state.as_str())]))
@@ -353,6 +371,11 @@ impl Metrics {
         }
         self.oldest_pending
             .set(st.oldest_pending_age_secs.unwrap_or(0));
+        self.heartbeat_seconds.set(
+            self.heartbeat_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .div_euclid(1000),
+        );
         self.overdue.set(st.overdue.len() as i64);
         self.due_soon.set(st.due_soon.len() as i64);
         for p in providers {
