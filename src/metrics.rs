@@ -249,7 +249,10 @@ impl Metrics {
         drop(self.gate_rate.get_or_create(&labels(&[("provider", k)])));
         // The latency histogram too: its buckets at 0 before the first call, so a quantile panel
         // shows "no calls" instead of "no data".
-        drop(self.batch_seconds.get_or_create(&labels(&[("provider", k)])));
+        drop(
+            self.batch_seconds
+                .get_or_create(&labels(&[("provider", k)])),
+        );
         drop(
             self.gate_concurrency
                 .get_or_create(&labels(&[("provider", k)])),

@@ -89,11 +89,13 @@ async fn the_status_page_in_a_browser_matches_status_marks_overdue_and_names_no_
     .await
     .unwrap();
     let port = free_port();
+    // A rule that matches nothing (the chats are three years old, it keeps ten).
+    let rule = "[[rules]]\nname = \"keep-10y\"\nprovider = \"koosearch\"\nscope = \"app-1\"\nmax_age = \"3650d\"\nschedule = \"0 3 * * *\"\ntimezone = \"Europe/Berlin\"\n";
     let cfg = sim_config(
         &s,
         &sim,
         &["app-1"],
-        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n\n{rule}"),
     );
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
         "[providers.koosearch]\n",
@@ -124,6 +126,14 @@ async fn the_status_page_in_a_browser_matches_status_marks_overdue_and_names_no_
     }
     let o = s.forgetd(&["holds", "add", "--subject", held, "--reason", "case 12"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // A feeder's ref is text, never markup.
+    sim.add_convai_chat("char-1", "c-markup", 1_700_000_000);
+    s.add_chat("convai", "char-1", "c-markup", "subj-markup-8a8");
+    let markup = "<img src=x onerror=alert(1)>";
+    assert_eq!(
+        code(&s.forgetd(&["erase", "--subject", "subj-markup-8a8", "--ref", markup])),
+        0
+    );
     for (subject, r) in [
         (late, "R-late"),
         (soon, "R-soon"),
@@ -259,6 +269,18 @@ async fn the_status_page_in_a_browser_matches_status_marks_overdue_and_names_no_
     assert!(
         dom.contains("Convai refused the API key"),
         "with its reason"
+    );
+    assert!(
+        !dom.contains("<img") && dom.contains("&lt;img src=x"),
+        "the ref is escaped"
+    );
+    let rule_row = &dom[dom
+        .find("data-rule=\"keep-10y\"")
+        .expect("the rule is listed")..];
+    let rule_row = &rule_row[..rule_row.find("</tr>").unwrap()];
+    assert!(
+        rule_row.contains("0 3 * * * (Europe/Berlin)") && rule_row.contains("(in "),
+        "next run: {rule_row}"
     );
 
     // No personal data.

@@ -177,6 +177,17 @@ pub struct Overview {
     /// [`OVERVIEW_FAILURES`]).
     pub failures: Vec<Failure>,
     pub active_holds: u64,
+    /// Each rule's latest run, by rule name.
+    pub last_runs: BTreeMap<String, LastRun>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastRun {
+    pub started_at: i64,
+    pub matched: u64,
+    pub enqueued: u64,
+    pub held: u64,
+    pub outcome: Option<String>,
 }
 
 pub const OVERVIEW_REQUESTS: usize = 50;
@@ -259,12 +270,31 @@ impl Store {
             [],
             |r| r.get(0),
         )?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT rule_name, started_at, matched, enqueued, held, outcome FROM rule_runs
+             WHERE id IN (SELECT max(id) FROM rule_runs GROUP BY rule_name)",
+        )?;
+        let last_runs = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    LastRun {
+                        started_at: r.get(1)?,
+                        matched: r.get::<_, i64>(2)? as u64,
+                        enqueued: r.get::<_, i64>(3)? as u64,
+                        held: r.get::<_, i64>(4)? as u64,
+                        outcome: r.get(5)?,
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(Overview {
             status,
             open_requests,
             open_total: open_total as u64,
             failures,
             active_holds: active_holds as u64,
+            last_runs,
         })
     }
 }

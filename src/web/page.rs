@@ -254,6 +254,13 @@ fn body(s: &Snapshot) -> Markup {
                         td { @match r.next_run { Some(t) => (when(t, now)), None => "—" } }
                         td {
                             @match r.last_run_at { Some(t) => (when(t, now)), None => "never" }
+                            @if let Some(run) = s.overview.last_runs.get(&r.name) {
+                                br;
+                                span data-last-run=(r.name) {
+                                    "matched " (run.matched) ", queued " (run.enqueued) ", held " (run.held)
+                                    @if let Some(o) = &run.outcome { " (" (o) ")" }
+                                }
+                            }
                             @if let Some(n) = r.awaiting_matched {
                                 br; strong { "waiting for approval: " (n) " chats matched (forgetd rules approve " (r.name) ")" }
                             }
