@@ -130,6 +130,45 @@ fn read_key_file(path: &Path) -> Result<Vec<u8>, KeyError> {
     Ok(bytes)
 }
 
+/// A key file's bytes (32 or more), created with 32 random bytes, mode 0600, when it does not
+/// exist. Never follows a link; refuses a file group or others may read. Shared by the subject
+/// key and the certificate signing key ([`crate::signing`]).
+pub fn read_or_create_key(path: &Path) -> Result<Vec<u8>, KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match read_key_file(path) {
+        Ok(bytes) if bytes.len() >= MIN_KEY_LEN => Ok(bytes),
+        Ok(bytes) => Err(KeyError::Short {
+            what: path.display().to_string(),
+            len: bytes.len(),
+        }),
+        Err(KeyError::Io { source: e, .. }) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; 32] = rand::random();
+            use std::io::Write;
+            // create_new (O_EXCL) never follows a link planted at the path.
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+            {
+                Ok(mut f) => {
+                    f.write_all(&key).map_err(io)?;
+                    f.sync_all().map_err(io)?;
+                    Ok(key.to_vec())
+                }
+                // Another process created it first: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_or_create_key(path),
+                Err(e) => Err(io(e)),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Keys the subject hash.
 pub struct SubjectKey(SecretSlice<u8>);
 
@@ -143,22 +182,20 @@ impl std::fmt::Debug for SubjectKey {
 pub enum KeyError {
     #[error(transparent)]
     Secret(#[from] SecretError),
-    #[error("audit key file {path}: {source}")]
+    #[error("key file {path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "audit key {what} is too short ({len} bytes; needs 32 or more: `head -c 32 /dev/urandom`)"
-    )]
+    #[error("key {what} is too short ({len} bytes; needs 32 or more: `head -c 32 /dev/urandom`)")]
     Short { what: String, len: usize },
     #[error(
-        "audit key file {path} is a symbolic link; forgetd does not follow links for its key (replace it with the key file itself)"
+        "key file {path} is a symbolic link; forgetd does not follow links for its key (replace it with the key file itself)"
     )]
     Symlink { path: PathBuf },
     #[error(
-        "audit key file {path} has mode {mode:04o}: group or others may read it; `chmod 600` it (feeders must not be able to compute subject hashes)"
+        "key file {path} has mode {mode:04o}: group or others may read it; `chmod 600` it (feeders must not read forgetd's keys: with them they could compute subject hashes or sign certificates)"
     )]
     Unsafe { path: PathBuf, mode: u32 },
 }
@@ -188,41 +225,7 @@ impl SubjectKey {
     }
 
     fn from_file(path: &Path) -> Result<Self, KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        match read_key_file(path) {
-            Ok(bytes) if bytes.len() >= MIN_KEY_LEN => Ok(Self(SecretSlice::from(bytes))),
-            Ok(bytes) => Err(KeyError::Short {
-                what: path.display().to_string(),
-                len: bytes.len(),
-            }),
-            Err(KeyError::Io { source: e, .. }) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key: [u8; 32] = rand::random();
-                use std::io::Write;
-                // create_new (O_EXCL) never follows a link planted at the path.
-                match std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(path)
-                {
-                    Ok(mut f) => {
-                        f.write_all(&key).map_err(io)?;
-                        f.sync_all().map_err(io)?;
-                        Ok(Self(SecretSlice::from(key.to_vec())))
-                    }
-                    // Another process created it first: use theirs.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        Self::from_file(path)
-                    }
-                    Err(e) => Err(io(e)),
-                }
-            }
-            Err(e) => Err(e),
-        }
+        Ok(Self(SecretSlice::from(read_or_create_key(path)?)))
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Self {

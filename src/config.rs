@@ -70,6 +70,9 @@ pub struct HttpConfig {
 pub struct AuditConfig {
     /// Keys the subject hash. `None`: a generated key file beside the database.
     pub subject_key: Option<SecretRef>,
+    /// The Ed25519 seed (32 bytes) that signs certificates. `None`: a generated key file
+    /// beside the database.
+    pub signing_key: Option<SecretRef>,
 }
 
 /// A retention rule as written in the config file (or given to `forgetd rules add`).
@@ -166,6 +169,7 @@ struct RawHttp {
 #[derive(Debug, Deserialize)]
 struct RawAudit {
     subject_key: Option<String>,
+    signing_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -233,7 +237,10 @@ impl Config {
                 max_retry_after: defaults::MAX_RETRY_AFTER,
             },
             http: None,
-            audit: AuditConfig { subject_key: None },
+            audit: AuditConfig {
+                subject_key: None,
+                signing_key: None,
+            },
             providers: Vec::new(),
             rules: Vec::new(),
         }
@@ -340,6 +347,9 @@ impl Config {
         let mut v = Vec::new();
         if let Some(key) = &self.audit.subject_key {
             v.push((SUBJECT_KEY.to_string(), key));
+        }
+        if let Some(key) = &self.audit.signing_key {
+            v.push(("audit.signing_key".to_string(), key));
         }
         for c in &self.providers {
             v.extend(c.settings.secrets());
@@ -517,16 +527,21 @@ fn validate_http(h: RawHttp, p: &mut Vec<String>) -> HttpConfig {
 }
 
 fn validate_audit(raw: Option<RawAudit>, p: &mut Vec<String>) -> AuditConfig {
+    let (subject, signing) = raw
+        .map(|a| (a.subject_key, a.signing_key))
+        .unwrap_or_default();
+    let mut read = |key: &str, v: Option<String>| {
+        v.and_then(|k| match SecretRef::parse(&k) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                p.push(format!("`audit.{key}`: {e}"));
+                None
+            }
+        })
+    };
     AuditConfig {
-        subject_key: raw
-            .and_then(|a| a.subject_key)
-            .and_then(|k| match SecretRef::parse(&k) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    p.push(format!("`audit.subject_key`: {e}"));
-                    None
-                }
-            }),
+        subject_key: read("subject_key", subject),
+        signing_key: read("signing_key", signing),
     }
 }
 

@@ -20,6 +20,7 @@
 //! | [`daemon`] | `Daemon::build` (start-up checks), `run_once`, `run_until(control)`: intake, status, reload, shutdown; `signals` turns Unix signals into control |
 //! | [`audit`] | the audit chain's arithmetic and typed events (shared by writer and certificate), the subject key |
 //! | [`certificate`] | the certificate of erasure, a read model of the request's typed closing event |
+//! | [`signing`] | Ed25519 signatures over a certificate's canonical JSON, and their offline check (the signing key's loading) |
 //! | [`metrics`] | what Prometheus `/metrics` renders; the executor's counters, every known series at 0 from start |
 //! | [`web`] | the `[http]` listener: the read-only status page at `/` (refreshed in place), `/status.json`, `/metrics`, `/healthz`; its connection limit and timeouts |
 //! | [`simulator`] | Convai, KooSearch and IAM on loopback, with fault injection (tests, `demo`, `bench`, `forgetd simulator`) |
@@ -53,6 +54,7 @@ pub mod resolve;
 pub mod schedule;
 pub mod scheduler;
 pub mod secret;
+pub mod signing;
 pub mod simulator;
 pub mod store;
 pub mod web;

@@ -54,6 +54,11 @@ pub struct Metrics {
     pub heartbeat_ms: AtomicI64,
     /// The same, exported: an alert rule sees a stale heartbeat while the process still answers.
     heartbeat_seconds: Gauge,
+    /// The audit chain's last sequence number (read at scrape time).
+    audit_head_seq: Gauge,
+    /// The last sequence number written to the journal as the chain's anchor (by the daemon's
+    /// reporter, every 5 minutes when the head moved).
+    pub audit_anchored_seq: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -98,6 +103,18 @@ impl Metrics {
         let gate_rate = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         let gate_concurrency = Family::<Labels, Gauge>::default();
         let heartbeat_seconds = Gauge::default();
+        let audit_head_seq = Gauge::default();
+        let audit_anchored_seq = Gauge::default();
+        registry.register(
+            "audit_head_seq",
+            "The audit chain's last sequence number",
+            audit_head_seq.clone(),
+        );
+        registry.register(
+            "audit_anchored_seq",
+            "The last audit sequence number written to the journal as the chain's anchor",
+            audit_anchored_seq.clone(),
+        );
         registry.register(
             "heartbeat_timestamp_seconds",
             "When the daemon's intake loop last went round (unix seconds); 0 before the first round",
@@ -212,6 +229,8 @@ impl Metrics {
             gate_concurrency,
             heartbeat_ms: AtomicI64::new(0),
             heartbeat_seconds,
+            audit_head_seq,
+            audit_anchored_seq,
         }
     }
 
@@ -356,7 +375,13 @@ impl Metrics {
         now: i64,
         deadline_secs: i64,
     ) -> Result<String, crate::store::StoreError> {
-        let st = store.call(move |s| s.status(now, deadline_secs)).await?;
+        let (st, head) = store
+            .call(move |s| {
+                Ok::<_, crate::store::StoreError>((s.status(now, deadline_secs)?, s.audit_head()?))
+            })
+            .await?;
+        self.audit_head_seq
+            .set(head.map(|(seq, _)| seq).unwrap_or(0));
         self.items.clear();
         // Every state of every configured provider (and of any provider with items), zeros
         // included: a series that vanishes, or never appears, reads as "no data", not 0.

@@ -158,6 +158,13 @@ async fn metrics_change_as_a_drain_proceeds() {
             "{after}"
         );
     }
+    // The chain's head was written to the journal at start (the anchor), and has moved since.
+    let anchored = metric(&after, "forgetd_audit_anchored_seq");
+    assert!(anchored >= 1.0, "{after}");
+    assert!(
+        metric(&after, "forgetd_audit_head_seq") > anchored,
+        "{after}"
+    );
     // KooSearch fetched its IAM token to list and delete: the counter went up.
     assert!(
         metric(

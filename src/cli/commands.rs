@@ -56,6 +56,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             json,
         } => plan(config, subject, rule, json),
         Command::Audit(cmd) => audit(&config, cmd),
+        Command::Certificate(super::CertificateCommand::Verify { file, public_key }) => {
+            verify_certificate(&file, &public_key)
+        }
         Command::CheckConfig => check_config(&config),
         Command::Doctor { json } => doctor(config, json),
         Command::Simulator {
@@ -347,6 +350,7 @@ fn audit(config: &Config, cmd: super::AuditCommand) -> Result<ExitCode> {
         super::AuditCommand::Export {
             request,
             json,
+            format,
             force,
         } => {
             let cert = crate::certificate::Certificate::build(&store, request)?;
@@ -357,12 +361,68 @@ fn audit(config: &Config, cmd: super::AuditCommand) -> Result<ExitCode> {
                     "refusing to certify request {request}: {why}; run `forgetd audit verify`, restore from a backup, or give --force for a certificate marked BROKEN"
                 );
             }
-            if json {
-                print_json(&cert)?;
+            let format = if json {
+                super::CertFormat::Json
             } else {
-                print!("{}", cert.text());
+                format
+            };
+            let signer = || {
+                crate::signing::CertSigner::load(
+                    config.audit.signing_key.as_ref(),
+                    &config.database,
+                )
+                .context("loading the certificate signing key")
+            };
+            match format {
+                super::CertFormat::Text => print!("{}", cert.text()),
+                super::CertFormat::Json => print_json(&cert)?,
+                super::CertFormat::Signed => print_json(&signer()?.sign(&cert)?)?,
+                super::CertFormat::Html => {
+                    let signed = signer()?.sign(&cert)?;
+                    print!("{}", crate::certificate::html::render(&cert, Some(&signed)));
+                }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        super::AuditCommand::PublicKey => {
+            let signer = crate::signing::CertSigner::load(
+                config.audit.signing_key.as_ref(),
+                &config.database,
+            )
+            .context("loading the certificate signing key")?;
+            println!("{}", signer.public_key_hex());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `forgetd certificate verify`: the signature, checked with nothing but the file and the key.
+fn verify_certificate(file: &std::path::Path, key: &str) -> Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let key_text = if std::path::Path::new(key).is_file() {
+        std::fs::read_to_string(key).with_context(|| format!("reading the key file {key}"))?
+    } else {
+        key.to_string()
+    };
+    match crate::signing::verify(&text, key_text.trim()) {
+        Ok(signed) => {
+            println!(
+                "certificate {} verifies: request {}, state {}, signed by {}",
+                file.display(),
+                signed.certificate["request_id"],
+                signed.certificate["state"].as_str().unwrap_or("?"),
+                signed.signature.public_key
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "forgetd: certificate {} does NOT verify: {}",
+                file.display(),
+                crate::errors::render(&anyhow::Error::new(e))
+            );
+            Ok(ExitCode::from(1))
         }
     }
 }

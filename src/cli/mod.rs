@@ -112,6 +112,9 @@ pub enum Command {
     /// The audit trail: verify the hash chain, or export a certificate of erasure.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Certificates of erasure, checked without forgetd's database.
+    #[command(subcommand)]
+    Certificate(CertificateCommand),
     /// File an erasure request for a subject; prints its id.
     Erase {
         /// The person: your user ID, as written in sessions.subject.
@@ -355,12 +358,42 @@ pub enum AuditCommand {
         /// The request's id (as `erase` printed it, or from `requests list`).
         #[arg(long)]
         request: i64,
-        /// Print one JSON document instead of text.
-        #[arg(long)]
+        /// Print one JSON document instead of text (as --format json).
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        /// text; json; signed (the JSON, signed with Ed25519: check it with `forgetd
+        /// certificate verify`); html (one self-contained printable page, signature included).
+        #[arg(long, value_enum, default_value_t = CertFormat::Text)]
+        format: CertFormat,
         /// Print the certificate even on a broken record; it then says BROKEN at its top.
         #[arg(long)]
         force: bool,
+    },
+    /// Print the public key that signs certificates (hex), to publish for verifiers. Creates the
+    /// signing key beside the database on first use unless `[audit] signing_key` names one.
+    PublicKey,
+}
+
+/// How `audit export` writes a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CertFormat {
+    Text,
+    Json,
+    Signed,
+    Html,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertificateCommand {
+    /// Check a signed certificate offline (no database, no configuration): exit 0 when the
+    /// signature holds for the given key, 1 naming what is wrong.
+    Verify {
+        /// The signed certificate (`audit export --format signed`).
+        file: PathBuf,
+        /// The organisation's public key: 64 hex characters (as `audit public-key` prints it),
+        /// or a file holding them.
+        #[arg(long, value_name = "KEY")]
+        public_key: String,
     },
 }
 

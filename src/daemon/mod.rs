@@ -224,7 +224,7 @@ impl Daemon {
                     }
                     metrics.heartbeat_ms.store(clock.now_ms(), Ordering::Relaxed);
                     intake.tick(&store, &resolver, &executor, &clock, &rules_changed).await?;
-                    reporter.tick(&store, &clock, deadline_secs.load(Ordering::Relaxed)).await?;
+                    reporter.tick(&store, &clock, deadline_secs.load(Ordering::Relaxed), &metrics).await?;
                 }
             }
         }

@@ -28,6 +28,7 @@ impl Reporter {
         store: &AsyncStore,
         clock: &SharedClock,
         deadline_secs: i64,
+        metrics: &crate::metrics::Metrics,
     ) -> Result<()> {
         let now_ms = clock.now_ms();
         if self
@@ -59,6 +60,7 @@ impl Reporter {
         if head.is_some() && head != self.last_head {
             if let Some((seq, hash)) = &head {
                 tracing::info!(audit_seq = seq, audit_hash = %hash, "audit chain head");
+                metrics.audit_anchored_seq.set(*seq);
             }
             self.last_head = head;
         }

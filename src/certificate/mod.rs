@@ -8,6 +8,8 @@
 //! provider does inside (it may soft-delete), and Convai's long-term memory is a separate store
 //! that deleting chat sessions does not touch. The certificate says both.
 
+pub mod html;
+
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
