@@ -11,7 +11,7 @@
 use maud::{DOCTYPE, Markup, html};
 use serde::Serialize;
 
-use crate::report::{ago, time};
+use crate::report::time;
 use crate::store::queue::ItemState;
 use crate::store::rules::RuleRow;
 use crate::store::status::{OVERVIEW_REQUESTS, Overview, SOON_SECS};
@@ -145,9 +145,21 @@ pub fn fragment(s: &Snapshot) -> String {
 
 fn when(ts: i64, now: i64) -> String {
     if ts <= now {
-        format!("{} ({} ago)", time(ts), ago(now - ts))
+        format!("{} ({} ago)", time(ts), rough(now - ts))
     } else {
-        format!("{} (in {})", time(ts), ago(ts - now))
+        format!("{} (in {})", time(ts), rough(ts - now))
+    }
+}
+
+/// A span to the precision a glance needs: "2d 23h", "5h 4m", "12m", "40s".
+fn rough(secs: i64) -> String {
+    let s = secs.max(0);
+    let (d, h, m) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60);
+    match (d, h, m) {
+        (d, h, _) if d > 0 => format!("{d}d {h}h"),
+        (_, h, m) if h > 0 => format!("{h}h {m}m"),
+        (_, _, m) if m > 0 => format!("{m}m"),
+        _ => format!("{s}s"),
     }
 }
 
@@ -168,7 +180,7 @@ fn body(s: &Snapshot) -> Markup {
             div class="tile" { b data-count="holds" { (s.overview.active_holds) } "active holds" }
             div class="tile" {
                 b data-count="oldest-pending" {
-                    @match st.oldest_pending_age_secs { Some(a) => (ago(a)), None => "none" }
+                    @match st.oldest_pending_age_secs { Some(a) => (rough(a)), None => "none" }
                 }
                 "oldest pending item"
             }
@@ -299,5 +311,17 @@ fn gate_cell(s: &Snapshot, provider: &str) -> Markup {
         } @else {
             span class="muted" data-gate="unknown" { "not started yet" }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn spans_are_rounded_for_a_glance() {
+        assert_eq!(super::rough(3 * 86_400 - 4), "2d 23h");
+        assert_eq!(super::rough(5 * 3600 + 4 * 60 + 9), "5h 4m");
+        assert_eq!(super::rough(12 * 60 + 59), "12m");
+        assert_eq!(super::rough(40), "40s");
+        assert_eq!(super::rough(-5), "0s");
     }
 }
