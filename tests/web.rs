@@ -158,14 +158,23 @@ async fn the_status_page_in_a_browser_matches_status_marks_overdue_and_names_no_
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     // The drain is under way: Convai paused, KooSearch part-deleted.
-    eventually("convai paused and koosearch draining", || {
-        let st = status_json(&s, &cfg);
-        let paused = st["paused_providers"]
-            .as_array()
-            .is_some_and(|a| !a.is_empty());
-        let deleted = st["items"]["koosearch"]["deleted"].as_u64().unwrap_or(0);
-        paused && deleted >= 1
-    })
+    // Every request resolved (Convai's five chats queued: four pending, one held), so Convai's
+    // counts no longer move.
+    eventually(
+        "convai paused, every request resolved, koosearch draining",
+        || {
+            let st = status_json(&s, &cfg);
+            let paused = st["paused_providers"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty());
+            let resolved = st["requests"]["received"].as_u64().unwrap_or(0) == 0;
+            let convai = &st["items"]["convai"];
+            let queued =
+                convai["pending"].as_u64() == Some(4) && convai["held"].as_u64() == Some(1);
+            let deleted = st["items"]["koosearch"]["deleted"].as_u64().unwrap_or(0);
+            paused && resolved && queued && deleted >= 1
+        },
+    )
     .await;
     wait_for("the page", || async {
         get(&format!("{base}/")).await.filter(|(c, _)| *c == 200)
