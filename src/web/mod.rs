@@ -103,7 +103,8 @@ async fn snapshot(s: &HttpState) -> Result<page::Snapshot, crate::store::StoreEr
             Ok::<_, crate::store::StoreError>((st.overview(now, deadline)?, st.list_rules()?))
         })
         .await?;
-    Ok(page::Snapshot::new(overview, rules, now))
+    let configured = s.providers.iter().map(|p| p.kind().to_string()).collect();
+    Ok(page::Snapshot::new(overview, rules, configured, now))
 }
 
 fn html(body: String) -> Response {

@@ -24,6 +24,8 @@ pub struct Snapshot {
     #[serde(flatten)]
     pub overview: Overview,
     pub rules: Vec<RuleLine>,
+    /// The providers this daemon is configured for (shown even before their first call).
+    pub configured: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -42,7 +44,17 @@ pub struct RuleLine {
 }
 
 impl Snapshot {
-    pub fn new(overview: Overview, rules: Vec<RuleRow>, now: i64) -> Self {
+    /// Every provider worth a row: configured ones, and any with items or a gate record.
+    pub fn provider_names(&self) -> Vec<String> {
+        let st = &self.overview.status;
+        let mut names: std::collections::BTreeSet<String> =
+            self.configured.iter().cloned().collect();
+        names.extend(st.items.keys().cloned());
+        names.extend(st.gates.iter().map(|g| g.provider.clone()));
+        names.into_iter().collect()
+    }
+
+    pub fn new(overview: Overview, rules: Vec<RuleRow>, configured: Vec<String>, now: i64) -> Self {
         let rules = rules
             .into_iter()
             .map(|r| RuleLine {
@@ -66,6 +78,7 @@ impl Snapshot {
             now,
             overview,
             rules,
+            configured,
         }
     }
 }
@@ -215,21 +228,14 @@ fn body(s: &Snapshot) -> Markup {
                 th { "provider" } th { "gate" }
                 @for state in ItemState::ALL { th { (state.as_str()) } }
             }
-            @for (provider, counts) in &st.items {
+            @for provider in s.provider_names() {
                 tr data-provider=(provider) {
                     td { (provider) }
-                    td { (gate_cell(s, provider)) }
+                    td { (gate_cell(s, &provider)) }
                     @for state in ItemState::ALL {
-                        td data-count=(format!("{provider}:{}", state.as_str())) { (counts.get(state)) }
-                    }
-                }
-            }
-            @for g in st.gates.iter().filter(|g| !st.items.contains_key(&g.provider)) {
-                tr data-provider=(g.provider) {
-                    td { (g.provider) }
-                    td { (gate_cell(s, &g.provider)) }
-                    @for state in ItemState::ALL {
-                        td data-count=(format!("{}:{}", g.provider, state.as_str())) { "0" }
+                        td data-count=(format!("{provider}:{}", state.as_str())) {
+                            (st.items.get(&provider).map(|c| c.get(state)).unwrap_or(0))
+                        }
                     }
                 }
             }
@@ -316,6 +322,25 @@ fn gate_cell(s: &Snapshot, provider: &str) -> Markup {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn every_configured_provider_has_a_row_before_its_first_call() {
+        let snap = Snapshot::new(
+            Overview::default(),
+            Vec::new(),
+            vec!["koosearch".into(), "convai".into()],
+            1_800_000_000,
+        );
+        let page = full(&snap);
+        for p in ["convai", "koosearch"] {
+            assert!(page.contains(&format!("<tr data-provider=\"{p}\">")), "{page}");
+            assert!(page.contains(&format!("data-count=\"{p}:pending\">0<")), "{page}");
+        }
+        assert_eq!(page.matches("not started yet").count(), 2);
+        assert!(page.contains("No open requests.") && page.contains("No retention rules."));
+    }
+
     #[test]
     fn spans_are_rounded_for_a_glance() {
         assert_eq!(super::rough(3 * 86_400 - 4), "2d 23h");
