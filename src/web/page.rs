@@ -334,8 +334,14 @@ mod tests {
         );
         let page = full(&snap);
         for p in ["convai", "koosearch"] {
-            assert!(page.contains(&format!("<tr data-provider=\"{p}\">")), "{page}");
-            assert!(page.contains(&format!("data-count=\"{p}:pending\">0<")), "{page}");
+            assert!(
+                page.contains(&format!("<tr data-provider=\"{p}\">")),
+                "{page}"
+            );
+            assert!(
+                page.contains(&format!("data-count=\"{p}:pending\">0<")),
+                "{page}"
+            );
         }
         assert_eq!(page.matches("not started yet").count(), 2);
         assert!(page.contains("No open requests.") && page.contains("No retention rules."));
