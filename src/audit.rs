@@ -97,9 +97,13 @@ pub struct BrokenLink {
 
 use crate::secret::MIN_SUBJECT_KEY_LEN as MIN_KEY_LEN;
 
-/// Reads the key file without following a link, refusing it when group or others may read it.
+/// Reads the key file without following a link, refusing it when group or others may read it,
+/// or when someone else owns it: the database directory is group-writable (feeders share it), so
+/// a feeder could plant a key of their own there. The owner must be this process's user, root,
+/// or the owner of the directory (forgetd, whose daemon made it).
 fn read_key_file(path: &Path) -> Result<Vec<u8>, KeyError> {
     use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
     use std::os::unix::fs::PermissionsExt;
     let io = |source| KeyError::Io {
         path: path.to_path_buf(),
@@ -118,11 +122,28 @@ fn read_key_file(path: &Path) -> Result<Vec<u8>, KeyError> {
                 io(e)
             }
         })?;
-    let mode = file.metadata().map_err(io)?.permissions().mode() & 0o7777;
+    let meta = file.metadata().map_err(io)?;
+    let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(KeyError::Unsafe {
             path: path.to_path_buf(),
             mode,
+        });
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let dir_owner = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .metadata()
+        .map(|m| m.uid())
+        .ok();
+    let owner = meta.uid();
+    if owner != me && owner != 0 && Some(owner) != dir_owner {
+        return Err(KeyError::Foreign {
+            path: path.to_path_buf(),
+            owner,
         });
     }
     let mut bytes = Vec::new();
@@ -198,6 +219,10 @@ pub enum KeyError {
         "key file {path} has mode {mode:04o}: group or others may read it; `chmod 600` it (feeders must not read forgetd's keys: with them they could compute subject hashes or sign certificates)"
     )]
     Unsafe { path: PathBuf, mode: u32 },
+    #[error(
+        "key file {path} belongs to user id {owner}, not to forgetd, root or this user: someone else may have planted it; remove it (forgetd makes a new one) or configure the key by secret reference"
+    )]
+    Foreign { path: PathBuf, owner: u32 },
 }
 
 impl SubjectKey {
@@ -244,6 +269,30 @@ impl SubjectKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_file_someone_else_planted_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("forgetd.db.signing-key");
+        let made = read_or_create_key(&path).unwrap();
+        assert_eq!(
+            read_or_create_key(&path).unwrap(),
+            made,
+            "ours: read back as it is"
+        );
+        // Another user's file (a feeder sharing the directory): only root can make one here.
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string; chown has no other preconditions.
+        if unsafe { libc::chown(c.as_ptr(), 54_321, 54_321) } != 0 {
+            eprintln!("SKIP: not root, cannot give the file to another user");
+            return;
+        }
+        // The directory stays ours (root's), so the file's owner is nobody we trust.
+        assert!(matches!(
+            read_or_create_key(&path),
+            Err(KeyError::Foreign { owner: 54_321, .. })
+        ));
+    }
 
     #[test]
     fn subject_hash_is_keyed_and_stable() {

@@ -10,7 +10,8 @@ use crate::store::rules::RuleRow;
 use crate::store::status::{GateRow, Status};
 
 pub fn time(ts: i64) -> String {
-    if ts < 0 {
+    // RFC 3339 ends at 9999-12-31T23:59:59Z; a feeder that writes milliseconds goes past it.
+    if !(0..=253_402_300_799).contains(&ts) {
         return ts.to_string();
     }
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(ts as u64)).to_string()

@@ -133,9 +133,12 @@ pub enum VerifyError {
     Mismatch(#[source] ed25519_dalek::SignatureError),
 }
 
-/// Checks a signed certificate's text against `public_key_hex`.
+/// Checks a signed certificate's text against `public_key_hex`. A key written twice in one
+/// object is refused: JSON readers disagree on which one counts, so the signed text and what a
+/// reader shows could differ.
 pub fn verify(text: &str, public_key_hex: &str) -> Result<Signed, VerifyError> {
-    let signed: Signed = serde_json::from_str(text).map_err(VerifyError::Shape)?;
+    let strict: Strict = serde_json::from_str(text).map_err(VerifyError::Shape)?;
+    let signed: Signed = serde_json::from_value(strict.0).map_err(VerifyError::Shape)?;
     if signed.signature.algorithm != ALGORITHM {
         return Err(VerifyError::Algorithm(signed.signature.algorithm));
     }
@@ -160,6 +163,65 @@ pub fn verify(text: &str, public_key_hex: &str) -> Result<Signed, VerifyError> {
     key.verify(canonical(&signed.certificate).as_bytes(), &signature)
         .map_err(VerifyError::Mismatch)?;
     Ok(signed)
+}
+
+/// A JSON value read with duplicate object keys refused.
+struct Strict(serde_json::Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Strict;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Strict, E> {
+                Ok(Strict(v.into()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Strict, E> {
+                Ok(Strict(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Strict, E> {
+                Ok(Strict(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Strict, E> {
+                Ok(Strict(v.into()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
+                Ok(Strict(v.into()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Strict, E> {
+                Ok(Strict(v.into()))
+            }
+            fn visit_unit<E>(self) -> Result<Strict, E> {
+                Ok(Strict(serde_json::Value::Null))
+            }
+            fn visit_none<E>(self) -> Result<Strict, E> {
+                Ok(Strict(serde_json::Value::Null))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Strict, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Strict(v)) = a.next_element()? {
+                    out.push(v);
+                }
+                Ok(Strict(serde_json::Value::Array(out)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Strict, A::Error> {
+                let mut out = serde_json::Map::new();
+                while let Some(k) = a.next_key::<String>()? {
+                    let Strict(v) = a.next_value()?;
+                    if out.insert(k.clone(), v).is_some() {
+                        return Err(serde::de::Error::custom(format!(
+                            "the key {k:?} appears twice in one object"
+                        )));
+                    }
+                }
+                Ok(Strict(serde_json::Value::Object(out)))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The canonical JSON text of `v`: keys sorted at every depth, compact.
@@ -220,6 +282,17 @@ mod tests {
         ));
         assert!(matches!(verify(&forged, "zz"), Err(VerifyError::BadKey)));
         assert!(matches!(verify("{}", &key), Err(VerifyError::Shape(_))));
+        // A key written twice: refused, whichever copy the signature covers.
+        let twice = text.replacen(
+            "\"state\": \"complete\"",
+            "\"state\": \"failed\", \"state\": \"complete\"",
+            1,
+        );
+        assert_ne!(twice, text);
+        assert!(
+            matches!(verify(&twice, &key), Err(VerifyError::Shape(_))),
+            "duplicate key accepted"
+        );
     }
 
     #[test]

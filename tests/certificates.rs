@@ -182,6 +182,56 @@ async fn a_signed_certificate_verifies_offline_and_fails_on_any_edit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_forced_out_of_a_broken_record_does_not_verify_as_good() {
+    let (s, _sim, cfg) = finished_request().await;
+    let key = stdout(&s.forgetd(&["--config", &cfg, "audit", "public-key"]))
+        .trim()
+        .to_string();
+    // Someone with write access removes the append-only trigger: the record is no longer proof.
+    assert_eq!(
+        code(&s.sqlite3("DROP TRIGGER audit_log_is_append_only_no_update;")),
+        0
+    );
+    let refused = s.forgetd(&[
+        "--config",
+        &cfg,
+        "audit",
+        "export",
+        "--request",
+        "1",
+        "--format",
+        "signed",
+    ]);
+    assert_eq!(code(&refused), 1, "{}", stderr(&refused));
+    let o = s.forgetd(&[
+        "--config",
+        &cfg,
+        "audit",
+        "export",
+        "--request",
+        "1",
+        "--format",
+        "signed",
+        "--force",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let file = s.write("broken.json", &stdout(&o));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let o = verify_in(elsewhere.path(), &file, &key);
+    assert_eq!(
+        code(&o),
+        1,
+        "a BROKEN certificate verified as good: {}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("says its record is BROKEN"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_html_certificate_is_self_contained_and_renders_and_prints_in_a_browser() {
     let (s, _sim, cfg) = finished_request().await;
     let o = s.forgetd(&[

@@ -164,8 +164,13 @@ fn signature(signed: Option<&Signed>) -> Markup {
                     "The signature covers the certificate's JSON form ("
                     span class="mono" { "forgetd audit export --request " (s.certificate["request_id"]) " --format signed" }
                     "). Anyone can check that file offline: "
-                    span class="mono" { "forgetd certificate verify FILE --public-key " (s.signature.public_key) }
+                    span class="mono" { "forgetd certificate verify FILE --public-key PUBLISHED-KEY" }
                     ". Any change to it breaks the signature."
+                }
+                p class="note" {
+                    strong { "Check it with the key the organisation publishes" }
+                    " (forgetd audit public-key, published on its own site or letterhead), not with the key printed here: "
+                    "a forger would print their own. The key above is shown so the two can be compared."
                 }
             }
             None => p class="note" { "Not signed." }

@@ -406,6 +406,17 @@ fn verify_certificate(file: &std::path::Path, key: &str) -> Result<ExitCode> {
         key.to_string()
     };
     match crate::signing::verify(&text, key_text.trim()) {
+        Ok(signed) if !signed.certificate["broken"].is_null() => {
+            // Signed as it was issued: forced out of a record that did not verify.
+            eprintln!(
+                "forgetd: certificate {} carries a valid signature, but says its record is BROKEN: {}; it certifies nothing",
+                file.display(),
+                signed.certificate["broken"]
+                    .as_str()
+                    .unwrap_or("(no reason given)")
+            );
+            Ok(ExitCode::from(1))
+        }
         Ok(signed) => {
             println!(
                 "certificate {} verifies: request {}, state {}, signed by {}",

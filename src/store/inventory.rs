@@ -165,9 +165,10 @@ impl Store {
         self.write(|tx| insert(tx, s, None))
     }
 
-    /// Scopes worth asking a provider about (`forgetd doctor`): the scope of the chat added
-    /// last, then the scopes the rules name (not `*`). Cheap on any inventory size: one row from
-    /// the end of the table, not a scan.
+    /// Scopes worth asking a provider about (`forgetd doctor`): the scope of the provider's chat
+    /// added last, then the scopes the rules name (not `*`). It walks back from the end of the
+    /// table to the provider's newest chat: one row when that provider's chats are recent, the
+    /// whole table only when the provider has none.
     pub fn scopes_to_check(&self, provider: &str) -> Result<Vec<String>> {
         let mut scopes: Vec<String> = self
             .conn
@@ -351,8 +352,12 @@ fn import_csv(
             Ok(true) => {}
             Err(e) => {
                 let line = e.position().map(|p| p.line()).unwrap_or(0);
+                // A read error is not the file's fault: the import stops as what it is.
+                if e.is_io_error() {
+                    return Err(ImportError::Io(std::io::Error::other(e)));
+                }
                 // A record with the wrong number of fields was read whole: go on to the next.
-                // Anything else (a read error) leaves no next record to trust.
+                // Anything else leaves no next record to trust.
                 let go_on = matches!(e.kind(), csv::ErrorKind::UnequalLengths { .. });
                 let message = format!("malformed CSV ({e})");
                 sink.reject(unreadable(line, message, Some(Box::new(e))));

@@ -249,10 +249,13 @@ impl Store {
             )?
             .collect::<rusqlite::Result<_>>()?;
         let mut stmt = self.conn.prepare_cached(
+            // Dead items first, the latest first; then items waiting to retry, the next due first.
             "SELECT provider, state, attempts, last_error,
                     coalesce(finished_at, next_attempt_ms / 1000) AS at
              FROM work_items WHERE last_error IS NOT NULL AND state IN ('dead', 'pending')
-             ORDER BY at DESC, id DESC LIMIT ?1",
+             ORDER BY state = 'dead' DESC,
+                      CASE WHEN state = 'dead' THEN -finished_at ELSE next_attempt_ms END, id DESC
+             LIMIT ?1",
         )?;
         let failures = stmt
             .query_map([OVERVIEW_FAILURES as i64], |r| {

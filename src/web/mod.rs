@@ -51,6 +51,8 @@ struct HttpState {
     providers: Vec<SharedProvider>,
     clock: SharedClock,
     deadline_secs: Arc<AtomicI64>,
+    /// The last snapshot and when it was read ([`SNAPSHOT_FOR`]).
+    snapshot: Arc<tokio::sync::Mutex<Option<Cached>>>,
 }
 
 async fn metrics_handler(State(s): State<HttpState>) -> Response {
@@ -93,8 +95,27 @@ async fn healthz_handler(State(s): State<HttpState>) -> Response {
     }
 }
 
-/// The page's data, read in one go from the store (and each provider's live gate).
-async fn snapshot(s: &HttpState) -> Result<page::Snapshot, crate::store::StoreError> {
+/// A snapshot and when it was read.
+type Cached = (std::time::Instant, Arc<page::Snapshot>);
+
+/// How long one snapshot serves every viewer: however many pages are open, the store is asked
+/// at most once per this span.
+const SNAPSHOT_FOR: Duration = Duration::from_secs(2);
+
+/// The page's data: the cached snapshot when fresh, else one read from the store.
+async fn snapshot(s: &HttpState) -> Result<Arc<page::Snapshot>, crate::store::StoreError> {
+    let mut cache = s.snapshot.lock().await;
+    if let Some((at, snap)) = cache.as_ref()
+        && at.elapsed() < SNAPSHOT_FOR
+    {
+        return Ok(snap.clone());
+    }
+    let snap = Arc::new(read_snapshot(s).await?);
+    *cache = Some((std::time::Instant::now(), snap.clone()));
+    Ok(snap)
+}
+
+async fn read_snapshot(s: &HttpState) -> Result<page::Snapshot, crate::store::StoreError> {
     let now = s.clock.now();
     let deadline = s.deadline_secs.load(Ordering::Relaxed);
     let (overview, rules) = s
@@ -143,7 +164,7 @@ async fn json_handler(State(s): State<HttpState>) -> Response {
     match snapshot(&s).await {
         Ok(snap) => (
             [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
-            axum::Json(snap),
+            axum::Json(snap.as_ref()),
         )
             .into_response(),
         Err(e) => unavailable(e),
@@ -200,6 +221,7 @@ pub async fn serve(
         providers,
         clock,
         deadline_secs,
+        snapshot: Default::default(),
     });
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let connections = tokio_util::task::TaskTracker::new();

@@ -89,6 +89,7 @@ pub const SCRIPT: &str = r#""use strict";
 (function () {
   var body = document.body;
   var every = Number(body.dataset.refreshMs) || 5000;
+  // The next refresh is planned only once this one answered: a slow daemon is never asked twice.
   function refresh() {
     fetch("/status/fragment", { cache: "no-store" })
       .then(function (r) {
@@ -100,9 +101,10 @@ pub const SCRIPT: &str = r#""use strict";
         body.dataset.refreshes = String(Number(body.dataset.refreshes || 0) + 1);
         body.classList.remove("stale");
       })
-      .catch(function () { body.classList.add("stale"); });
+      .catch(function () { body.classList.add("stale"); })
+      .then(function () { setTimeout(refresh, every); });
   }
-  setInterval(refresh, every);
+  setTimeout(refresh, every);
 })();
 "#;
 

@@ -522,8 +522,9 @@ impl Provider for KooSearchClient {
     }
 
     /// The IAM token (when IAM is configured), then one record of each configured application.
-    /// Each application is its own question (a 404 for one says nothing of the next); a throttle
-    /// or a refused token ends the checkup, since every later call would meet the same.
+    /// Each application is its own question (a 404 for one says nothing of the next). A throttle,
+    /// or an IAM token that could not be had, ends the checkup, since every later call would meet
+    /// the same; a token the API refuses is asked about per application (permissions may differ).
     async fn doctor(&self, _known: &[String]) -> probe::Checkup {
         let address = self.endpoint.to_string();
         let mut checks = Vec::new();
