@@ -275,7 +275,7 @@ async fn the_html_certificate_is_self_contained_and_renders_and_prints_in_a_brow
         assert!(!page.contains(outside), "not self-contained: {outside}");
     }
     let file = s.write("certificate.html", &page);
-    let Some(chromium) = chromium() else {
+    let Some(chromium) = tool("chromium") else {
         return;
     };
     let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
@@ -319,22 +319,4 @@ async fn the_html_certificate_is_self_contained_and_renders_and_prints_in_a_brow
         pdf_bytes.starts_with(b"%PDF") && pdf_bytes.len() > 5_000,
         "not a PDF"
     );
-}
-
-fn chromium() -> Option<String> {
-    let found = std::process::Command::new("sh")
-        .args(["-c", "command -v chromium"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    if found.is_none() {
-        let required = std::env::var("FORGETD_TOOLS_REQUIRED").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "chromium is required here (FORGETD_TOOLS_REQUIRED=1) but missing"
-        );
-        eprintln!("SKIP: chromium missing (apt install chromium)");
-    }
-    found
 }

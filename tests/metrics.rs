@@ -8,14 +8,6 @@ use std::time::Duration;
 use forgetd::clock::SystemClock;
 use forgetd::simulator::{Faults, Simulator};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn metric(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))

@@ -17,33 +17,6 @@ use forgetd::clock::SystemClock;
 use forgetd::model::ProviderKind;
 use forgetd::simulator::{Faults, Simulator};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The tool, or `None` (after saying SKIP) when it is missing and not required.
-fn tool(name: &str) -> Option<String> {
-    let found = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    if found.is_none() {
-        let required = std::env::var("FORGETD_TOOLS_REQUIRED").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "{name} is required here (FORGETD_TOOLS_REQUIRED=1) but missing"
-        );
-        eprintln!("SKIP: {name} missing (apt install chromium prometheus)");
-    }
-    found
-}
-
 async fn get(url: &str) -> Option<(u16, String)> {
     let r = reqwest::get(url).await.ok()?;
     let status = r.status().as_u16();

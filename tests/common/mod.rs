@@ -139,3 +139,32 @@ pub fn unreachable_convai_config(s: &Scratch, extra: &str) -> PathBuf {
         ),
     )
 }
+
+/// A loopback port free a moment ago (for a daemon's `[http] listen`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The path of an external tool (Chromium, promtool), or `None` after saying SKIP when it is
+/// missing; with `FORGETD_TOOLS_REQUIRED=1` (as in `.ci/run`) a missing tool fails the test.
+pub fn tool(name: &str) -> Option<String> {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if found.is_none() {
+        let required = std::env::var("FORGETD_TOOLS_REQUIRED").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "{name} is required here (FORGETD_TOOLS_REQUIRED=1) but missing"
+        );
+        eprintln!("SKIP: {name} missing (apt install chromium prometheus)");
+    }
+    found
+}
