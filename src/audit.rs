@@ -13,7 +13,8 @@
 //!   pseudonymous data: still personal data under GDPR, but it proves "this request's person"
 //!   without naming them.
 //! - Events whose content is read back (the request's closing event, which the certificate is
-//!   built from) are typed ([`RequestClosed`]): the writer and the reader share one serde type,
+//!   built from, and its verification) are typed ([`RequestClosed`], [`RequestVerified`],
+//!   [`ChatReappeared`]): the writer and the reader share one serde type,
 //!   never JSON by string keys.
 //!
 //! This module is the chain's arithmetic and its types; the statements that append and walk it
@@ -49,6 +50,37 @@ pub struct ClosedItem {
     pub last_error: Option<String>,
     pub hold_id: Option<i64>,
     pub hold_reason: Option<String>,
+}
+
+/// `request.verified`: every deleted chat of a complete request was read back absent (read-after-
+/// delete verification, [`crate::verify`]). Written once per completion, read by the certificate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RequestVerified {
+    pub items: Vec<VerifiedItem>,
+}
+
+/// One chat read back absent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerifiedItem {
+    pub provider: String,
+    pub scope: String,
+    pub session_id: String,
+    pub verified_at: i64,
+}
+
+/// `chat.reappeared`: a chat whose deletion had been confirmed was read back present.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChatReappeared {
+    pub provider: String,
+    pub scope: String,
+    pub session_id: String,
+    /// When the deletion that did not hold was confirmed.
+    pub confirmed_at: Option<i64>,
+    pub read_at: i64,
+    /// The how-manyth time it came back.
+    pub times: u32,
+    /// Queued to be deleted again (false: given up, the item is dead).
+    pub deleting_again: bool,
 }
 
 /// The hash before the first event.

@@ -35,6 +35,7 @@ pub struct Config {
     pub retry: RetryConfig,
     pub http: Option<HttpConfig>,
     pub audit: AuditConfig,
+    pub verify: VerifyConfig,
     /// The `[providers.<key>]` tables, in registry order; each provider's own settings are read
     /// by its folder's `config.rs`.
     pub providers: Vec<Configured>,
@@ -73,6 +74,30 @@ pub struct AuditConfig {
     /// The Ed25519 seed (32 bytes) that signs certificates. `None`: a generated key file
     /// beside the database.
     pub signing_key: Option<SecretRef>,
+}
+
+/// `[verify]`: reading deleted chats back ([`crate::verify`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyConfig {
+    /// How long after a confirmed deletion a chat is read back; `None`: never (`after = "off"`).
+    pub after: Option<Duration>,
+    /// The most of a provider's calls that reading back may take while deletions are waiting.
+    pub share: f64,
+    /// Reads that cannot decide, per chat, before it is reported unverified.
+    pub max_attempts: u32,
+    /// How many times a chat read back present is deleted again before it goes dead.
+    pub max_reappearances: u32,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self {
+            after: Some(defaults::VERIFY_AFTER),
+            share: defaults::VERIFY_SHARE,
+            max_attempts: defaults::VERIFY_MAX_ATTEMPTS,
+            max_reappearances: defaults::VERIFY_MAX_REAPPEARANCES,
+        }
+    }
 }
 
 /// A retention rule as written in the config file (or given to `forgetd rules add`).
@@ -134,6 +159,7 @@ struct RawConfig {
     retry: Option<toml::Table>,
     http: Option<toml::Table>,
     audit: Option<toml::Table>,
+    verify: Option<toml::Table>,
     /// Each provider's table is handed to its folder whole (its keys are its own).
     providers: Option<toml::Table>,
     #[serde(default)]
@@ -172,6 +198,14 @@ struct RawAudit {
     signing_key: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+struct RawVerify {
+    after: Option<String>,
+    share: Option<f64>,
+    max_attempts: Option<i64>,
+    max_reappearances: Option<i64>,
+}
+
 #[derive(Debug, Deserialize)]
 struct RawRule {
     name: Option<String>,
@@ -199,6 +233,10 @@ pub mod defaults {
     pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
     pub const MAX_DELETIONS: u64 = 10_000;
     pub const HTTP_LISTEN: &str = "127.0.0.1:9464";
+    pub const VERIFY_AFTER: Duration = Duration::from_secs(10 * 60);
+    pub const VERIFY_SHARE: f64 = 0.2;
+    pub const VERIFY_MAX_ATTEMPTS: u32 = 5;
+    pub const VERIFY_MAX_REAPPEARANCES: u32 = 3;
 }
 
 /// The default database path: `$STATE_DIRECTORY/forgetd.db` under systemd, else `./forgetd.db`.
@@ -241,6 +279,7 @@ impl Config {
                 subject_key: None,
                 signing_key: None,
             },
+            verify: VerifyConfig::default(),
             providers: Vec::new(),
             rules: Vec::new(),
         }
@@ -420,6 +459,7 @@ fn validate(raw: RawConfig, p: &mut Vec<String>) -> Config {
     let retry = validate_retry(section(raw.retry, "retry", p).unwrap_or_default(), p);
     let http = section(raw.http, "http", p).map(|h| validate_http(h, p));
     let audit = validate_audit(section(raw.audit, "audit", p), p);
+    let verify = validate_verify(section(raw.verify, "verify", p).unwrap_or_default(), p);
     let (providers, tables) = validate_providers(raw.providers.unwrap_or_default(), p);
     // Kept with their index, so a rule after one that could not be read is still named by its
     // own place in the file.
@@ -437,6 +477,7 @@ fn validate(raw: RawConfig, p: &mut Vec<String>) -> Config {
         retry,
         http,
         audit,
+        verify,
         providers,
         rules,
     }
@@ -542,6 +583,58 @@ fn validate_audit(raw: Option<RawAudit>, p: &mut Vec<String>) -> AuditConfig {
     AuditConfig {
         subject_key: read("subject_key", subject),
         signing_key: read("signing_key", signing),
+    }
+}
+
+fn validate_verify(v: RawVerify, p: &mut Vec<String>) -> VerifyConfig {
+    let after = match v.after.as_deref() {
+        Some("off") => None,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                p.push(format!(
+                    "`verify.after` = \"{text}\" is not a duration ({e}); write e.g. \"10m\", \"0s\" (at once) or \"off\""
+                ));
+                Some(defaults::VERIFY_AFTER)
+            }
+        },
+        None => Some(defaults::VERIFY_AFTER),
+    };
+    let share = match v.share {
+        None => defaults::VERIFY_SHARE,
+        Some(s) if s > 0.0 && s <= 0.5 => s,
+        Some(s) => {
+            p.push(format!(
+                "`verify.share` = {s}: must be above 0 and at most 0.5 (the share of a provider's calls reading back may take while deletions wait)"
+            ));
+            defaults::VERIFY_SHARE
+        }
+    };
+    let mut count = |key: &str, v: Option<i64>, default: u32, lo: i64| match v {
+        None => default,
+        Some(n) if (lo..=1000).contains(&n) => n as u32,
+        Some(n) => {
+            p.push(format!(
+                "`verify.{key}` = {n}: must be between {lo} and 1000"
+            ));
+            default
+        }
+    };
+    VerifyConfig {
+        after,
+        share,
+        max_attempts: count(
+            "max_attempts",
+            v.max_attempts,
+            defaults::VERIFY_MAX_ATTEMPTS,
+            1,
+        ),
+        max_reappearances: count(
+            "max_reappearances",
+            v.max_reappearances,
+            defaults::VERIFY_MAX_REAPPEARANCES,
+            0,
+        ),
     }
 }
 

@@ -63,6 +63,11 @@ pub struct DemoReport {
     pub untargeted_named_in_deletes: usize,
     pub audit_events: u64,
     pub audit_intact: bool,
+    /// Read-after-delete verification: every deleted chat read back.
+    pub verification: crate::store::verification::VerificationCounts,
+    /// The chat planted to come back after its deletion was confirmed (the simulator's
+    /// `resurrect` fault): caught by reading it back, and deleted again.
+    pub planted_reappearance: String,
     pub checks_failed: Vec<String>,
     pub database: String,
 }
@@ -87,12 +92,19 @@ pub async fn run(opts: DemoOptions) -> Result<ExitCode> {
     config.retry.base_delay = Duration::from_millis(100);
     config.retry.max_delay = Duration::from_secs(2);
     config.rules = vec![retention_rule()];
+    // Read every deletion back at once (the daemon waits 10 minutes by default).
+    config.verify.after = Some(Duration::ZERO);
 
     let mut store =
         Store::open(&opts.db).with_context(|| format!("creating {}", opts.db.display()))?;
     let world = World::seed(&sim, &mut store, opts.chats, now)?;
     let requests = world.file_requests(&mut store, now, config.daemon.deadline)?;
     drop(store);
+    // One chat whose deletion the provider confirms but does not keep, once.
+    let planted = world.planted().clone();
+    sim.update_faults(|f| {
+        f.resurrect.insert(planted.session_id.clone(), 1);
+    });
 
     // The simulator expires its IAM token mid-run: the client must refresh it.
     let expire = {
@@ -108,6 +120,7 @@ pub async fn run(opts: DemoOptions) -> Result<ExitCode> {
 
     let mut r = measure(&opts, &sim, &world, &once)?;
     r.requests = requests;
+    r.planted_reappearance = planted.to_string();
     r.checks_failed = world.check(&r, &sim, opts.faults);
     r.seconds = started.elapsed().as_secs_f64();
     if opts.json {
@@ -288,6 +301,15 @@ impl World {
     }
 
     /// Whether a hold covers the chat: the evidence chat, or a chat of the held person.
+    /// The chat the demo plants to reappear: a targeted Convai chat that is neither held nor
+    /// refused.
+    fn planted(&self) -> &ChatKey {
+        self.targeted
+            .iter()
+            .find(|k| k.provider == ProviderKind::CONVAI && !self.is_held(k) && **k != self.refused)
+            .expect("the demo targets Convai chats")
+    }
+
     fn is_held(&self, k: &ChatKey) -> bool {
         *k == self.evidence
             || self.inventory.iter().any(|s| {
@@ -340,6 +362,21 @@ impl World {
             ),
         );
         fail(r.audit_intact, "the audit chain does not verify".into());
+        let deleted: u64 = r.deleted_by_provider.values().sum();
+        fail(
+            r.verification.verified_absent == deleted,
+            format!(
+                "{} of {deleted} deleted chats were read back absent",
+                r.verification.verified_absent
+            ),
+        );
+        fail(
+            r.verification.reappeared == 1,
+            format!(
+                "the planted reappearance was seen {} time(s), not once",
+                r.verification.reappeared
+            ),
+        );
         fail(
             r.dead.len() == usize::from(faults),
             format!(
@@ -402,6 +439,7 @@ fn measure(
     r.decoys_untouched = world.decoys.iter().all(|k| sim.has(k));
     let named = sim.named_in_deletes();
     r.untargeted_named_in_deletes = world.decoys.iter().filter(|d| named.contains(d)).count();
+    r.verification = store.verification_counts()?;
     let v = store.verify_audit()?;
     r.audit_events = v.events;
     r.audit_intact = v.broken.is_none();
@@ -484,6 +522,17 @@ fn report_text(r: &DemoReport) -> String {
         } else {
             "NO"
         }
+    );
+    let v = &r.verification;
+    let _ = writeln!(
+        o,
+        "read back after deletion: {} absent, {} unverified, {} waiting; {} reappeared after a confirmed deletion and {} deleted again ({} was planted to)",
+        v.verified_absent,
+        v.unverified,
+        v.waiting,
+        v.reappeared,
+        if v.reappeared == 1 { "was" } else { "were" },
+        r.planted_reappearance
     );
     let _ = writeln!(
         o,

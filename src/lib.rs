@@ -11,10 +11,11 @@
 //! | [`secret`] | secret references (`env:`, `file:`, `credential:`) and reading them as text or bytes (a leaf) |
 //! | [`model`] | shared nouns: provider keys, chat keys, request states (a leaf: it names no provider) |
 //! | [`clock`] | injected time (real; manual for tests: sleeping on it advances it, or stepped: only the test moves it); `Millis` (a bare `i64` time is unix seconds) |
-//! | [`store`] | the SQLite file and **every SQL statement**: schema and migrations (the `providers` table kept equal to the registry), the work-item state machine and batch claims, requests, resolution of requests and rules (and `plan`), inventory and import, holds, rules, status, the audit trail's appends and walks, backups, the daemon lock |
+//! | [`store`] | the SQLite file and **every SQL statement**: schema and migrations (the `providers` table kept equal to the registry), the work-item state machine and batch claims, requests, resolution of requests and rules (and `plan`), inventory and import, holds, rules, status, verification records, the audit trail's appends and walks, backups, the daemon lock |
 //! | [`resolve`] | discovery: asking the providers which chats a request or rule covers, with retry; the store resolves what it found |
 //! | [`providers`] | the `Provider` and `Settings` traits, the registry (the one list of providers), the limits every provider shares, HTTP plumbing, `probe` (doctor's answer classes); one folder per provider owning its config table, ID rules, client and answer classification: `convai/`, `koosearch/` (with the IAM token lifecycle), and the test-only `ledger/` that proves a third provider is one folder and one registry line |
 //! | [`executor`] | deleting: lane workers, batching, splitting refused batches, retry and backoff, rate limits and throttling, pauses; its `Stats` are read back from [`metrics`] |
+//! | [`verify`] | read-after-delete verification: each deleted chat read back after `[verify] after`, through the provider's read calls as background calls of its gate; absent, reappeared (deleted again, bounded) or unverified, never guessed |
 //! | [`schedule`] | cron expressions and when a rule is due: pure, DST-correct, catch-up once (a leaf) |
 //! | [`scheduler`] | the loop that runs retention rules when due, and its timer (tokio-cron-scheduler one-shot jobs in production, the injected clock in tests) |
 //! | [`daemon`] | `Daemon::build` (start-up checks), `run_once`, `run_until(control)`: intake, status, reload, shutdown; `signals` turns Unix signals into control |
@@ -57,4 +58,5 @@ pub mod secret;
 pub mod signing;
 pub mod simulator;
 pub mod store;
+pub mod verify;
 pub mod web;

@@ -40,6 +40,10 @@ pub struct Metrics {
     delete_calls: Family<Labels, Counter>,
     lookups: Family<Labels, Counter>,
     splits: Family<Labels, Counter>,
+    read_backs: Family<Labels, Counter>,
+    reappeared: Family<Labels, Counter>,
+    requests_verified: Counter,
+    read_backs_waiting: Gauge,
     pub batch_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     items: Family<Labels, Gauge>,
     oldest_pending: Gauge,
@@ -89,6 +93,10 @@ impl Metrics {
         let delete_calls = Family::<Labels, Counter>::default();
         let lookups = Family::<Labels, Counter>::default();
         let splits = Family::<Labels, Counter>::default();
+        let read_backs = Family::<Labels, Counter>::default();
+        let reappeared = Family::<Labels, Counter>::default();
+        let requests_verified = Counter::default();
+        let read_backs_waiting = Gauge::default();
         let batch_seconds = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
@@ -149,6 +157,26 @@ impl Metrics {
             "batch_splits",
             "Refused batches split to isolate a bad ID, by provider",
             splits.clone(),
+        );
+        registry.register(
+            "read_backs",
+            "Deleted chats read back (verification), by provider and result: absent, reappeared, undecided (read again later), unverified (given up; never counted as verified)",
+            read_backs.clone(),
+        );
+        registry.register(
+            "reappeared",
+            "Chats read back present after their deletion was confirmed, by provider (each is deleted again, or dead past [verify] max_reappearances)",
+            reappeared.clone(),
+        );
+        registry.register(
+            "requests_verified",
+            "Complete erasure requests whose every deleted chat was read back absent",
+            requests_verified.clone(),
+        );
+        registry.register(
+            "read_backs_waiting",
+            "Deleted chats not read back yet (waiting for [verify] after, or read again after an undecided read)",
+            read_backs_waiting.clone(),
         );
         registry.register_with_unit(
             "batch_duration",
@@ -217,6 +245,10 @@ impl Metrics {
             delete_calls,
             lookups,
             splits,
+            read_backs,
+            reappeared,
+            requests_verified,
+            read_backs_waiting,
             batch_seconds,
             items,
             oldest_pending,
@@ -265,6 +297,13 @@ impl Metrics {
                     .get_or_create(&labels(&[("provider", k), ("state", state.as_str())])),
             );
         }
+        for result in READ_BACK_RESULTS {
+            drop(
+                self.read_backs
+                    .get_or_create(&labels(&[("provider", k), ("result", result)])),
+            );
+        }
+        drop(self.reappeared.get_or_create(&labels(&[("provider", k)])));
         drop(self.gate_rate.get_or_create(&labels(&[("provider", k)])));
         // The latency histogram too: its buckets at 0 before the first call, so a quantile panel
         // shows "no calls" instead of "no data".
@@ -276,6 +315,29 @@ impl Metrics {
             self.gate_concurrency
                 .get_or_create(&labels(&[("provider", k)])),
         );
+    }
+
+    /// Counts one round of read-backs ([`crate::verify`]).
+    pub fn observe_read_backs(
+        &self,
+        kind: ProviderKind,
+        s: &crate::store::verification::ReadBackSummary,
+    ) {
+        let k = kind.as_str();
+        for (result, n) in [
+            ("absent", s.absent),
+            ("reappeared", s.reappeared),
+            ("undecided", s.undecided),
+            ("unverified", s.unverified),
+        ] {
+            self.read_backs
+                .get_or_create(&labels(&[("provider", k), ("result", result)]))
+                .inc_by(n);
+        }
+        self.reappeared
+            .get_or_create(&labels(&[("provider", k)]))
+            .inc_by(s.reappeared);
+        self.requests_verified.inc_by(s.requests_verified);
     }
 
     /// Reads a provider's gate into the gate gauges; the throttled counter catches up to the
@@ -375,11 +437,16 @@ impl Metrics {
         now: i64,
         deadline_secs: i64,
     ) -> Result<String, crate::store::StoreError> {
-        let (st, head) = store
+        let (st, head, waiting) = store
             .call(move |s| {
-                Ok::<_, crate::store::StoreError>((s.status(now, deadline_secs)?, s.audit_head()?))
+                Ok::<_, crate::store::StoreError>((
+                    s.status(now, deadline_secs)?,
+                    s.audit_head()?,
+                    s.read_backs_waiting()?,
+                ))
             })
             .await?;
+        self.read_backs_waiting.set(waiting as i64);
         self.audit_head_seq
             .set(head.map(|(seq, _)| seq).unwrap_or(0));
         self.items.clear();
@@ -428,6 +495,8 @@ impl Metrics {
 
 /// The `outcome` label values of `forgetd_deletions_total`.
 pub const DELETION_OUTCOMES: [&str; 2] = ["deleted", "dead"];
+/// The `result` label of `forgetd_read_backs_total`.
+pub const READ_BACK_RESULTS: [&str; 4] = ["absent", "reappeared", "undecided", "unverified"];
 
 fn one(f: &Family<Labels, Counter>, kind: ProviderKind) -> Counter {
     f.get_or_create(&labels(&[("provider", kind.as_str())]))

@@ -90,6 +90,14 @@ pub fn status_text(st: &Status, now: i64) -> String {
             "rule {r} is waiting for `forgetd rules approve {r}` (its run exceeded max_deletions)"
         );
     }
+    let v = &st.verification;
+    if v.verified_absent + v.waiting + v.unverified + v.reappeared > 0 {
+        let _ = writeln!(
+            o,
+            "read back (deleted chats): {} absent, {} waiting, {} UNVERIFIED; {} reappearance(s) after a confirmed deletion",
+            v.verified_absent, v.waiting, v.unverified, v.reappeared
+        );
+    }
     o
 }
 
@@ -176,6 +184,13 @@ pub fn request_detail_text(d: &RequestDetail, now: i64) -> String {
     if let Some(t) = s.completed_at {
         let _ = writeln!(o, "  finished:  {}", time(t));
     }
+    if let Some(t) = s.verified_at {
+        let _ = writeln!(
+            o,
+            "  verified:  {} (every deleted chat read back absent)",
+            time(t)
+        );
+    }
     let _ = writeln!(o, "  items ({}):", d.items.len());
     for i in &d.items {
         let mut line = format!(
@@ -192,6 +207,35 @@ pub fn request_detail_text(d: &RequestDetail, now: i64) -> String {
             && let Some(e) = &i.last_error
         {
             let _ = write!(line, " attempts {}, last error: {e}", i.attempts);
+        }
+        if i.state == "deleted" {
+            match i.verify_state.as_deref() {
+                Some("verified_absent") => {
+                    let _ = write!(
+                        line,
+                        ", read back absent {}",
+                        i.verified_at.map(time).unwrap_or_default()
+                    );
+                }
+                Some("unverified") => {
+                    let _ = write!(
+                        line,
+                        ", UNVERIFIED: {}",
+                        i.verify_error.as_deref().unwrap_or("")
+                    );
+                }
+                Some("not_checked") => {
+                    line.push_str(", not read back (deleted before verification)")
+                }
+                _ => line.push_str(", not read back yet"),
+            }
+        }
+        if i.reappeared > 0 {
+            let _ = write!(
+                line,
+                " (reappeared {} time(s) after a confirmed deletion)",
+                i.reappeared
+            );
         }
         let _ = writeln!(o, "{line}");
     }

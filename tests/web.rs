@@ -469,7 +469,7 @@ async fn alert_rules_and_dashboard_name_only_metrics_the_daemon_exports() {
         );
     }
     // The scan itself can fail: a name the daemon does not export is caught.
-    assert!(!series.contains("forgetd_reappeared_total"));
+    assert!(!series.contains("forgetd_resurrected_total"));
 
     let Some(promtool) = tool("promtool") else {
         return;

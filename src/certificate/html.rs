@@ -90,13 +90,14 @@ pub fn render(cert: &Certificate, signed: Option<&Signed>) -> String {
                 @for (provider, chats) in &cert.deleted {
                     h2 { (provider) ": deletion confirmed for " (chats.len()) " chat(s)" }
                     table class="provider" data-provider=(provider) {
-                        tr { th { "scope" } th { "chat" } th { "confirmed" } th { "answer" } }
+                        tr { th { "scope" } th { "chat" } th { "confirmed" } th { "answer" } th { "read back" } }
                         @for c in chats {
                             tr {
                                 td class="id" { (c.scope) }
                                 td class="id" { (c.session_id) }
                                 td { (c.confirmed_at.map(time).unwrap_or_default()) }
                                 td { @match c.outcome.as_deref() { Some("already_absent") => "already gone", Some(_) => "deleted", None => "—" } }
+                                td class={ "verify " (c.verification.status) } { (c.verification.describe()) }
                             }
                         }
                     }
@@ -126,8 +127,18 @@ pub fn render(cert: &Certificate, signed: Option<&Signed>) -> String {
                     }
                 }
                 h2 { "Read-back verification" }
-                p class="note" id="verification" {
-                    "Not recorded for this request: this certificate rests on the providers' confirmations above."
+                p id="verification" data-status=(if cert.verified.is_some() { "verified" } else { "not-verified" }) {
+                    (cert.verified_line())
+                }
+                @if let Some(v) = &cert.verified {
+                    p class="note" {
+                        "Some time after each confirmed deletion, forgetd read the chat back through the provider's own read calls and found it absent. "
+                        "Recorded in audit event " (v.event_seq) " (hash " span class="mono" { (v.event_hash) } ")."
+                    }
+                } @else {
+                    p class="note" {
+                        "A chat is verified only when the provider's listing omits it and no read shows it; a read that could not decide is reported unverified, never verified."
+                    }
                 }
                 h2 { "Signature" }
                 (signature(signed))

@@ -4,6 +4,11 @@
 //! store), anchored by that event's hash and the verified chain head, so it states only what the
 //! tamper-evident record says. A read model: it writes nothing and runs no SQL of its own.
 //!
+//! Read-after-delete verification ([`crate::verify`]) adds, per deleted chat, whether it was read
+//! back absent: from the request's `request.verified` event when every chat was (chained, like the
+//! closing event), else from each chat's current record (not read back yet, unverified and why).
+//! A request is *verified* only with that event.
+//!
 //! Wording matters: forgetd can prove that the provider *confirmed* a deletion, not what the
 //! provider does inside (it may soft-delete), and Convai's long-term memory is a separate store
 //! that deleting chat sessions does not touch. The certificate says both.
@@ -29,6 +34,63 @@ pub struct CertChat {
     pub session_id: String,
     pub confirmed_at: Option<i64>,
     pub outcome: Option<String>,
+    pub verification: CertVerification,
+}
+
+/// Whether a deleted chat was read back absent.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CertVerification {
+    /// `verified_absent`, `pending` (not read back yet), `unverified` (the reads could not
+    /// decide), `not_checked` (deleted before forgetd read deletions back).
+    pub status: String,
+    pub at: Option<i64>,
+    /// Why it is not verified, when it is not.
+    pub detail: Option<String>,
+    /// Times the chat was read back present after a confirmed deletion (and deleted again).
+    pub reappeared: u32,
+}
+
+impl CertVerification {
+    fn pending() -> Self {
+        Self {
+            status: "pending".into(),
+            at: None,
+            detail: Some("not read back yet".into()),
+            reappeared: 0,
+        }
+    }
+
+    /// Words for a person.
+    pub fn describe(&self) -> String {
+        let mut s = match self.status.as_str() {
+            "verified_absent" => {
+                format!("read back absent {}", self.at.map(time).unwrap_or_default())
+            }
+            "unverified" => format!(
+                "UNVERIFIED: {}",
+                self.detail
+                    .as_deref()
+                    .unwrap_or("the reads could not decide")
+            ),
+            "not_checked" => "not read back (deleted before read-back verification)".into(),
+            _ => "not read back yet".into(),
+        };
+        if self.reappeared > 0 {
+            s.push_str(&format!(
+                "; reappeared {} time(s) after a confirmed deletion and was deleted again",
+                self.reappeared
+            ));
+        }
+        s
+    }
+}
+
+/// The request's verification event, when every deleted chat was read back absent.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifiedAnchor {
+    pub event_seq: i64,
+    pub event_hash: String,
+    pub verified_at: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +128,8 @@ pub struct Certificate {
     pub received_at: i64,
     pub due_at: Option<i64>,
     pub completed_at: Option<i64>,
+    /// Set when every deleted chat was read back absent (the `request.verified` event).
+    pub verified: Option<VerifiedAnchor>,
     /// provider -> chats whose deletion the provider confirmed
     pub deleted: BTreeMap<String, Vec<CertChat>>,
     pub held: Vec<CertHeld>,
@@ -88,6 +152,7 @@ impl Certificate {
             received_at: r.received_at,
             due_at: r.due_at,
             completed_at: r.completed_at,
+            verified: None,
             deleted: BTreeMap::new(),
             held: Vec::new(),
             failed: Vec::new(),
@@ -99,7 +164,98 @@ impl Certificate {
             return Ok(cert); // not finished: nothing is certified yet
         };
         let (seq, hash) = (event.seq, event.hash);
+        let verified = store.verified_event(request_id, seq)?;
+        // Each chat's current record: the source for chats not (yet) verified, and for how
+        // often a chat reappeared.
+        let live: BTreeMap<(String, String, String), crate::store::verification::ItemVerification> =
+            store
+                .request_verification(request_id)?
+                .into_iter()
+                .map(|v| {
+                    (
+                        (v.provider.clone(), v.scope.clone(), v.session_id.clone()),
+                        v,
+                    )
+                })
+                .collect();
+        let read_back: BTreeMap<(String, String, String), i64> = verified
+            .as_ref()
+            .map(|v| {
+                v.verified
+                    .items
+                    .iter()
+                    .map(|i| {
+                        (
+                            (i.provider.clone(), i.scope.clone(), i.session_id.clone()),
+                            i.verified_at,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(v) = &verified {
+            cert.verified = Some(VerifiedAnchor {
+                event_seq: v.seq,
+                event_hash: v.hash.clone(),
+                verified_at: v
+                    .verified
+                    .items
+                    .iter()
+                    .map(|i| i.verified_at)
+                    .max()
+                    .unwrap_or(0),
+            });
+        }
         for item in event.closed.items {
+            let key = (
+                item.provider.clone(),
+                item.scope.clone(),
+                item.session_id.clone(),
+            );
+            let current = live.get(&key);
+            let reappeared = current.map_or(0, |c| c.reappeared);
+            let verification = match (read_back.get(&key), current) {
+                (Some(at), _) => CertVerification {
+                    status: "verified_absent".into(),
+                    at: Some(*at),
+                    detail: None,
+                    reappeared,
+                },
+                (None, Some(c)) if c.state == "deleted" => match c.verify_state.as_deref() {
+                    Some("unverified") => CertVerification {
+                        status: "unverified".into(),
+                        at: c.verified_at,
+                        detail: Some(format!(
+                            "{} read(s) could not decide: {}",
+                            c.verify_attempts,
+                            c.verify_error.as_deref().unwrap_or("no answer")
+                        )),
+                        reappeared,
+                    },
+                    Some("not_checked") => CertVerification {
+                        status: "not_checked".into(),
+                        at: None,
+                        detail: Some("deleted before forgetd read deletions back".into()),
+                        reappeared,
+                    },
+                    // Read back absent, but the request's verification is not recorded (yet):
+                    // the certificate claims only what the chain holds.
+                    Some("verified_absent") => CertVerification {
+                        status: "verified_absent".into(),
+                        at: c.verified_at,
+                        detail: None,
+                        reappeared,
+                    },
+                    _ => CertVerification {
+                        reappeared,
+                        ..CertVerification::pending()
+                    },
+                },
+                _ => CertVerification {
+                    reappeared,
+                    ..CertVerification::pending()
+                },
+            };
             match item.state.as_str() {
                 "deleted" => cert
                     .deleted
@@ -110,6 +266,7 @@ impl Certificate {
                         session_id: item.session_id,
                         confirmed_at: item.confirmed_at,
                         outcome: item.outcome,
+                        verification,
                     }),
                 "held" => cert.held.push(CertHeld {
                     provider: item.provider,
@@ -149,6 +306,29 @@ impl Certificate {
         Ok(cert)
     }
 
+    /// Whether the request is verified, in words: when, or what is missing.
+    pub fn verified_line(&self) -> String {
+        if let Some(v) = &self.verified {
+            return format!(
+                "yes, every deleted chat was read back absent (by {})",
+                time(v.verified_at)
+            );
+        }
+        let chats: Vec<&CertChat> = self.deleted.values().flatten().collect();
+        if chats.is_empty() {
+            return "no deleted chat to read back".into();
+        }
+        let count = |s: &str| chats.iter().filter(|c| c.verification.status == s).count();
+        format!(
+            "not yet: {} of {} deleted chat(s) read back absent, {} unverified, {} not read back yet, {} not checked",
+            count("verified_absent"),
+            chats.len(),
+            count("unverified"),
+            count("pending"),
+            count("not_checked")
+        )
+    }
+
     pub fn text(&self) -> String {
         let mut o = String::new();
         if let Some(why) = &self.broken {
@@ -176,6 +356,9 @@ impl Certificate {
         if let Some(c) = self.completed_at {
             let _ = writeln!(o, "  completed:   {}", time(c));
         }
+        if self.anchor.is_some() {
+            let _ = writeln!(o, "  verified:    {}", self.verified_line());
+        }
         if self.anchor.is_none() {
             let _ = writeln!(
                 o,
@@ -192,10 +375,11 @@ impl Certificate {
             for c in chats {
                 let _ = writeln!(
                     o,
-                    "    {}/{}  confirmed {}",
+                    "    {}/{}  confirmed {}; {}",
                     c.scope,
                     c.session_id,
-                    c.confirmed_at.map(time).unwrap_or_default()
+                    c.confirmed_at.map(time).unwrap_or_default(),
+                    c.verification.describe()
                 );
             }
         }
@@ -242,6 +426,13 @@ impl Certificate {
                 } else {
                     "BROKEN (run `forgetd audit verify`)"
                 }
+            );
+        }
+        if let Some(v) = &self.verified {
+            let _ = writeln!(
+                o,
+                "  verified by audit event {} (hash {})",
+                v.event_seq, v.event_hash
             );
         }
         let _ = writeln!(o);

@@ -95,6 +95,9 @@ pub struct Executor {
     shutdown_timeout: Duration,
     wake: Notify,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Reads deleted chats back ([`crate::verify`]): beside the lanes in the daemon, after the
+    /// drain in `run --once`.
+    verifier: crate::verify::Verifier,
 }
 
 /// The gate's state as last written to the store.
@@ -122,10 +125,17 @@ impl Executor {
         for p in &providers {
             metrics.register_provider(p.kind());
         }
+        let verifier = crate::verify::Verifier::new(
+            store.clone(),
+            clock.clone(),
+            config.verify.clone(),
+            metrics.clone(),
+        );
         Self {
             store,
             providers,
             mirrored: Mutex::new(HashMap::new()),
+            verifier,
             clock,
             retry: RetryPolicy::new(&config.retry),
             lease: config.daemon.lease,
@@ -172,8 +182,48 @@ impl Executor {
             .map(|p| p.gate())
     }
 
-    /// Runs every provider's lane until drained (`Once`) or cancelled.
+    /// Runs every provider's lane until drained (`Once`) or cancelled, with read-after-delete
+    /// verification: in the daemon a verifier per provider beside the lanes; in `Once` the
+    /// chats due to be read back are read after the drain, and what reappeared is drained again
+    /// (this ends: each chat reappears a bounded number of times).
     pub async fn run(
+        self: &Arc<Self>,
+        mode: Mode,
+        cancel: CancellationToken,
+    ) -> Result<Vec<(ProviderKind, LaneEnd)>, ExecutorError> {
+        if mode == Mode::Forever {
+            let verify_cancel = cancel.child_token();
+            let mut verifiers = JoinSet::new();
+            if self.verifier.enabled() {
+                for p in &self.providers {
+                    let (me, p, c) = (self.clone(), p.clone(), verify_cancel.clone());
+                    verifiers.spawn(async move {
+                        let waker = me.clone();
+                        me.verifier.run(p, c, move || waker.wake()).await
+                    });
+                }
+            }
+            let ends = self.run_lanes(mode, cancel).await;
+            verify_cancel.cancel();
+            while verifiers.join_next().await.is_some() {}
+            return ends;
+        }
+        loop {
+            let ends = self.run_lanes(mode, cancel.clone()).await?;
+            let mut requeued = 0;
+            for p in &self.providers {
+                if cancel.is_cancelled() || p.gate().paused().is_some() {
+                    continue;
+                }
+                requeued += self.verifier.run_due(p).await?.summary.requeued;
+            }
+            if requeued == 0 || cancel.is_cancelled() {
+                return Ok(ends);
+            }
+        }
+    }
+
+    async fn run_lanes(
         self: &Arc<Self>,
         mode: Mode,
         cancel: CancellationToken,

@@ -38,6 +38,14 @@
 //!   reached it in the second before the one it refused. Calls still on the wire are not known
 //!   yet, so the measurement can fall short by the calls in flight; growth makes up for it.
 //!
+//! **Background calls** (read-after-delete verification, [`crate::verify`]) enter through
+//! [`Gate::enter_background`] with a share: while any foreground call (a delete, a listing, a
+//! lookup) wants the provider, a background call starts only if background calls would then be at
+//! most that share of the calls started in the last [`SHARE_WINDOW`]; when nothing else wants the
+//! provider it goes at the gate's own pace. They pass the same rate, concurrency, throttle and
+//! pause rules as every other call: reading back is never impolite, and never slows deletion by
+//! more than its share.
+//!
 //! Rules: the gate decides when calls may start; it never decides what an answer means (each
 //! provider's classification does, into an [`Action`]). It keeps no secrets.
 
@@ -67,6 +75,10 @@ const CUT: f64 = 0.9;
 const NEAR: f64 = 0.97;
 /// Quick growth: calls/s added per success (at r calls a second: e^0.4 ≈ ×1.5 a second).
 const QUICK: f64 = 0.4;
+/// The span over which background calls' share of started calls is counted.
+pub const SHARE_WINDOW: Duration = Duration::from_secs(10);
+/// How often a background call that yielded looks again without being woken.
+const SHARE_RECHECK: Duration = Duration::from_millis(500);
 
 /// Why a provider is paused and when it is tried again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +151,13 @@ struct State {
     /// Start times of admitted calls, the last [`WINDOW`] and a little more.
     admitted: VecDeque<Millis>,
     throttles: u64,
+    /// Foreground callers waiting for a pass or holding one: background calls yield to them.
+    demand: usize,
+    /// Start times of calls over the last [`SHARE_WINDOW`], and whether each was background.
+    starts: VecDeque<(Millis, bool)>,
+    /// Background callers within their share, waiting for a slot: the next free slots are
+    /// theirs (a foreground worker that re-enters at once would otherwise always win them).
+    bg_ready: usize,
 }
 
 pub struct Gate {
@@ -165,6 +184,47 @@ pub struct Pass {
     probe: bool,
     /// A start time already taken by [`Pass::ready`].
     turn: Option<Turn>,
+    /// `None` for a background pass; a foreground pass keeps its demand counted until dropped.
+    demand: Option<Demand>,
+}
+
+/// One foreground caller's claim on the provider, counted from the moment it asks for a pass
+/// (dropped with the pass, or when the wait is abandoned or refused).
+struct Demand(Arc<Gate>);
+
+impl Demand {
+    fn new(gate: &Arc<Gate>) -> Self {
+        gate.state.lock().unwrap().demand += 1;
+        Self(gate.clone())
+    }
+}
+
+/// A background caller within its share, waiting for a slot (see `State::bg_ready`).
+struct Ready(Arc<Gate>);
+
+impl Ready {
+    fn new(gate: &Arc<Gate>) -> Self {
+        gate.state.lock().unwrap().bg_ready += 1;
+        Self(gate.clone())
+    }
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock().unwrap();
+        s.bg_ready = s.bg_ready.saturating_sub(1);
+        drop(s);
+        self.0.changed.notify_waiters();
+    }
+}
+
+impl Drop for Demand {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock().unwrap();
+        s.demand = s.demand.saturating_sub(1);
+        drop(s);
+        self.0.changed.notify_waiters();
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -205,6 +265,9 @@ impl Gate {
                 failures: 0,
                 admitted: VecDeque::new(),
                 throttles: 0,
+                demand: 0,
+                starts: VecDeque::new(),
+                bg_ready: 0,
             }),
             changed: Notify::new(),
         })
@@ -228,6 +291,66 @@ impl Gate {
     /// Waits for a concurrency slot. Refused at once (an error whose action is
     /// [`Action::Pause`]) while the provider is paused, unless this call is the due probe.
     pub async fn enter(self: &Arc<Self>, op: Operation) -> Result<Pass, ProviderError> {
+        let demand = Demand::new(self);
+        self.enter_as(op, Some(demand)).await
+    }
+
+    /// A pass for a background call (verification) that takes at most `share` of the calls
+    /// started while foreground calls want the provider (see the module's docs). Refused like
+    /// [`Gate::enter`] while paused; a background call is never the probe of a paused provider.
+    pub async fn enter_background(
+        self: &Arc<Self>,
+        op: Operation,
+        share: f64,
+    ) -> Result<Pass, ProviderError> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let wait = {
+                let mut s = self.state.lock().unwrap();
+                if let Some(p) = &s.pause {
+                    return Err(self.refused(op, p));
+                }
+                let now = self.clock.instant();
+                prune_starts(&mut s.starts, now);
+                if s.demand == 0 {
+                    None
+                } else {
+                    let total = s.starts.len() as f64;
+                    let background = s.starts.iter().filter(|(_, b)| *b).count() as f64;
+                    if background + 1.0 <= share * (total + 1.0) {
+                        None
+                    } else {
+                        Some(())
+                    }
+                }
+            };
+            match wait {
+                None => {
+                    let _ready = Ready::new(self);
+                    return self.enter_as(op, None).await;
+                }
+                // Foreground calls ending (or their demand going) wake this. The recheck is on
+                // the tokio timer, not the injected clock: waiting here must not move a test's
+                // manual time.
+                Some(()) => {
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = tokio::time::sleep(SHARE_RECHECK) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn enter_as(
+        self: &Arc<Self>,
+        op: Operation,
+        demand: Option<Demand>,
+    ) -> Result<Pass, ProviderError> {
+        let background = demand.is_none();
+        let mut demand = demand;
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -237,18 +360,22 @@ impl Gate {
                 let now = self.clock.instant();
                 let mut probe = false;
                 if let Some(p) = &s.pause {
-                    if now < p.next_probe || s.probe_out {
+                    if background || now < p.next_probe || s.probe_out {
                         return Err(self.refused(op, p));
                     }
                     probe = true;
                 }
-                if probe || s.inflight < s.allowed {
+                // Slots promised to background callers within their share are not a
+                // foreground call's to take.
+                let reserved = if background { 0 } else { s.bg_ready };
+                if probe || s.inflight + reserved < s.allowed {
                     s.inflight += 1;
                     s.probe_out |= probe;
                     return Ok(Pass {
                         gate: self.clone(),
                         probe,
                         turn: None,
+                        demand: demand.take(),
                     });
                 }
             }
@@ -393,6 +520,13 @@ impl Gate {
         }
     }
 
+    /// Counts a call's start for the background share.
+    fn note_start(&self, at: Millis, background: bool) {
+        let mut s = self.state.lock().unwrap();
+        prune_starts(&mut s.starts, self.clock.instant());
+        s.starts.push_back((at, background));
+    }
+
     /// Tells the gate how a call ended.
     fn observe(&self, turn: Turn, probe: bool, answer: Result<(), &ProviderError>) {
         let now = self.clock.instant();
@@ -525,12 +659,25 @@ impl Gate {
     }
 }
 
+/// Drops starts older than [`SHARE_WINDOW`].
+fn prune_starts(starts: &mut VecDeque<(Millis, bool)>, now: Millis) {
+    while let Some((t, _)) = starts.front() {
+        if now.since(*t) > SHARE_WINDOW {
+            starts.pop_front();
+        } else {
+            break;
+        }
+    }
+}
+
 impl Pass {
     /// Takes this pass's next start time now (waiting for it), so that a caller can check
     /// something right before its call goes out (the executor's legal-hold recheck).
     pub async fn ready(&mut self, op: Operation) -> Result<(), ProviderError> {
         if self.turn.is_none() {
-            self.turn = Some(self.gate.turn(op, self.probe).await?);
+            let turn = self.gate.turn(op, self.probe).await?;
+            self.gate.note_start(turn.started, self.demand.is_none());
+            self.turn = Some(turn);
         }
         Ok(())
     }
@@ -549,7 +696,11 @@ impl Pass {
     ) -> Result<T, ProviderError> {
         let turn = match self.turn.take() {
             Some(t) => t,
-            None => self.gate.turn(op, self.probe).await?,
+            None => {
+                let turn = self.gate.turn(op, self.probe).await?;
+                self.gate.note_start(turn.started, self.demand.is_none());
+                turn
+            }
         };
         let result = call.await.map_err(|e| e.capped(self.gate.max_retry_after));
         self.gate
@@ -617,6 +768,61 @@ mod tests {
             "a listing waits out a delete's Retry-After"
         );
         assert_eq!(g.view().allowed, 5, "a success adds one back");
+    }
+
+    #[tokio::test]
+    async fn background_calls_take_at_most_their_share_while_foreground_calls_want_the_provider() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let c = ManualClock::new(0);
+        let g = gate(2, Some(10.0), &c);
+        let done = Arc::new(AtomicBool::new(false));
+        let bg = {
+            let (g, done) = (g.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut n = 0u32;
+                loop {
+                    let mut p = g.enter_background(Operation::Read, 0.2).await.unwrap();
+                    if done.load(SeqCst) {
+                        return n;
+                    }
+                    p.call(Operation::Read, async { Ok(()) }).await.unwrap();
+                    n += 1;
+                }
+            })
+        };
+        let mut fg = Vec::new();
+        for _ in 0..2 {
+            let g = g.clone();
+            fg.push(tokio::spawn(async move {
+                for _ in 0..60 {
+                    answer(&g, None).await.unwrap();
+                }
+            }));
+        }
+        for f in fg {
+            f.await.unwrap();
+        }
+        done.store(true, SeqCst);
+        let n = bg.await.unwrap();
+        let share = f64::from(n) / f64::from(n + 120);
+        assert!(
+            share <= 0.21,
+            "background took {n} of {} calls ({share:.2}) with a share of 0.2",
+            n + 120
+        );
+        assert!(n >= 20, "background was starved: {n} calls beside 120");
+        // Nothing else wants the provider: background calls go at the gate's own pace (10/s).
+        let start = c.now_ms();
+        for _ in 0..10 {
+            let mut p = g.enter_background(Operation::Read, 0.2).await.unwrap();
+            p.call(Operation::Read, async { Ok(()) }).await.unwrap();
+        }
+        assert!(c.now_ms() - start <= 1_100, "{} ms", c.now_ms() - start);
+        // And a background call is never a paused provider's probe.
+        let _ = answer(&g, Some(Action::Pause("x".into()))).await;
+        c.advance(FIRST_PROBE);
+        assert!(g.enter_background(Operation::Read, 0.2).await.is_err());
+        assert!(g.enter(Operation::Delete).await.unwrap().is_probe());
     }
 
     #[tokio::test]

@@ -84,6 +84,9 @@ pub enum Operation {
     Delete,
     /// A listing: discovery, retention, or the lookup of one chat.
     List,
+    /// Reading one chat back by its ID (Convai's details call, KooSearch's one-chat GET), for
+    /// verification: a 400/404 there means "no such chat", never a pause.
+    Read,
     /// Fetching an auth token (KooSearch's IAM).
     Token,
 }
@@ -93,6 +96,7 @@ impl Operation {
         match self {
             Self::Delete => "delete",
             Self::List => "list",
+            Self::Read => "read",
             Self::Token => "IAM token",
         }
     }
@@ -155,6 +159,20 @@ impl ProviderError {
             source: None,
         }
     }
+    /// The same failure again, for another chat that one failed call answered for (a listing
+    /// read back for many chats): same action and summary, without the source.
+    pub fn repeated(&self) -> Self {
+        Self {
+            provider: self.provider,
+            operation: self.operation,
+            action: self.action.clone(),
+            status: self.status,
+            code: self.code.clone(),
+            summary: self.summary.clone(),
+            source: None,
+        }
+    }
+
     pub fn with_status(mut self, status: u16) -> Self {
         self.status = Some(status);
         self
@@ -232,6 +250,55 @@ impl Finder {
     }
 }
 
+/// One deleted chat to read back ([`Provider::read_back`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadBackChat {
+    pub session_id: String,
+    pub repo_id: Option<String>,
+}
+
+/// What one read call said about one chat, combined by [`read_verdict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sighting {
+    /// The chat's content came back: it is there.
+    Seen,
+    /// A well-formed listing of the chat's scope (or of its ID) omits it: the proof of absence.
+    Omitted,
+    /// The call answered and showed nothing (a 404 or empty answer to a one-chat read): not a
+    /// proof of absence by itself, but no sign of the chat either.
+    Nothing,
+}
+
+/// Combines what a chat's read calls said: present if any saw it; absent only when a listing
+/// omitted it and no call failed or saw it; otherwise the first failure (undecided).
+pub fn read_verdict(
+    kind: ProviderKind,
+    sightings: impl IntoIterator<Item = Result<Sighting, ProviderError>>,
+) -> Result<Presence, ProviderError> {
+    let mut omitted = false;
+    let mut failure = None;
+    for s in sightings {
+        match s {
+            Ok(Sighting::Seen) => return Ok(Presence::Present),
+            Ok(Sighting::Omitted) => omitted = true,
+            Ok(Sighting::Nothing) => {}
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None if omitted => Ok(Presence::Absent),
+        None => Err(ProviderError::new(
+            kind,
+            Operation::Read,
+            Action::Retry,
+            "no listing answered for this chat: absence is not proven",
+        )),
+    }
+}
+
 /// A sink for listed chats, so listing streams instead of building a list in memory.
 pub type ChatSink<'a> = &'a mut (dyn FnMut(ListedChat) + Send);
 
@@ -276,6 +343,16 @@ pub trait Provider: Send + Sync + 'static {
         repo_id: Option<&str>,
         session_id: &str,
     ) -> Result<Presence, ProviderError>;
+    /// Reads deleted chats of one scope back (verification, [`crate::verify`]), one answer per
+    /// chat in order: `Absent` only when a well-formed listing omits it and no read shows it;
+    /// `Present` when any read shows it; an error when the reads could not decide. Every call
+    /// takes a background pass ([`Gate::enter_background`] with `share`).
+    async fn read_back(
+        &self,
+        scope: &str,
+        chats: &[ReadBackChat],
+        share: f64,
+    ) -> Vec<Result<Presence, ProviderError>>;
     /// How many auth tokens this client fetched (metrics); providers without tokens say 0.
     fn token_refreshes(&self) -> u64 {
         0

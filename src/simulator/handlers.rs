@@ -54,6 +54,26 @@ impl Fault {
     }
 }
 
+impl SimState {
+    /// Whether a delete of this ID is confirmed but not kept (the `resurrect` fault): uses one.
+    fn resurrects(&self, id: &str) -> bool {
+        let mut f = self.faults.lock().unwrap();
+        match f.resurrect.get_mut(id) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a one-chat read fails with a 503 (the `read_error_rate` fault).
+    fn read_fails(&self) -> bool {
+        let rate = self.faults.lock().unwrap().read_error_rate;
+        rate > 0.0 && self.rng.lock().unwrap().random_bool(rate.min(1.0))
+    }
+}
+
 impl super::Inner {
     fn note_deleted(&mut self, provider: ProviderKind, scope: &str, ids: Vec<String>, now: i64) {
         self.deleted.extend(
@@ -290,6 +310,7 @@ pub(crate) fn convai_router(state: Arc<SimState>) -> Router {
     Router::new()
         .route("/character/chatHistory/delete", post(convai_delete))
         .route("/character/chatHistory/list", post(convai_list))
+        .route("/character/chatHistory/details", post(convai_details))
         .with_state(state)
 }
 
@@ -423,6 +444,9 @@ async fn convai_delete(State(st): St, headers: HeaderMap, body: Bytes) -> Respon
         let mut removed = Vec::new();
         if let Some(chats) = inner.convai.get_mut(&scope) {
             for id in &ids {
+                if chats.contains_key(id) && st.resurrects(id) {
+                    continue; // confirmed below, but not kept
+                }
                 if chats.remove(id).is_some() {
                     removed.push(id.clone());
                 }
@@ -497,6 +521,58 @@ async fn convai_list(State(st): St, headers: HeaderMap, body: Bytes) -> Response
     axum::Json(list).into_response()
 }
 
+/// One session's turns: an array of turns while it exists, `[]` once it is gone (what the real
+/// service answers for a deleted session is not documented; the client reads both `[]` and 404
+/// as "nothing").
+async fn convai_details(State(st): St, headers: HeaderMap, body: Bytes) -> Response {
+    let p = ProviderKind::CONVAI;
+    let v = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
+    let scope = v["charID"].as_str().unwrap_or("").to_string();
+    let sid = v["sessionID"].as_str().unwrap_or("").to_string();
+    let _slot = match st.admit(p) {
+        Ok(s) => s,
+        Err(why) => {
+            st.record(p, "read", &scope, vec![sid], 429, why);
+            return limited(
+                &st,
+                json!({"ERROR": "API rate limit exceeded. Please try again later."}),
+            );
+        }
+    };
+    st.latency().await;
+    if !convai_key_ok(&st, &headers) {
+        st.record(p, "read", &scope, vec![sid], 401, "auth");
+        return convai_error(StatusCode::UNAUTHORIZED, "Invalid API key provided.");
+    }
+    if let Some(status) = st.refusal(p) {
+        st.record(p, "read", &scope, vec![sid], status, "refused");
+        return convai_refused(status);
+    }
+    if scope.is_empty() || sid.is_empty() {
+        st.record(p, "read", &scope, vec![sid], 400, "bad_request");
+        return convai_error(StatusCode::BAD_REQUEST, "charID and sessionID are required");
+    }
+    if st.read_fails() {
+        st.record(p, "read", &scope, vec![sid], 503, "error");
+        return convai_error(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable");
+    }
+    let there = st
+        .inner
+        .lock()
+        .unwrap()
+        .convai
+        .get(&scope)
+        .is_some_and(|m| m.contains_key(&sid));
+    st.record(p, "read", &scope, vec![sid], 200, "ok");
+    if there {
+        axum::Json(json!([{"timestamp": "2024-09-25 19:54:59.124733",
+            "interaction": [{"speaker": "User", "message": "hello"}, {"speaker": "Character", "message": "hi"}]}]))
+        .into_response()
+    } else {
+        axum::Json(json!([])).into_response()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // KooSearch
 
@@ -509,6 +585,10 @@ pub(crate) fn koosearch_router(state: Arc<SimState>) -> Router {
         .route(
             "/v1/{project}/applications/{app}/uni-search/chat-history",
             get(koo_list),
+        )
+        .route(
+            "/v1/{project}/applications/{app}/uni-search/chat-history/{chat_id}",
+            get(koo_one),
         )
         .with_state(state)
 }
@@ -685,6 +765,7 @@ fn koo_apply_delete(st: &SimState, app: &str, ids: &[String], partial: bool) -> 
     let now = st.clock.now_ms();
     let mut inner = st.inner.lock().unwrap();
     let mut removed = Vec::new();
+    let mut unkept = 0;
     if let Some(chats) = inner.koo.get_mut(app) {
         for (n, id) in ids.iter().enumerate() {
             if partial && n % 2 == 1 {
@@ -693,12 +774,16 @@ fn koo_apply_delete(st: &SimState, app: &str, ids: &[String], partial: bool) -> 
             if let Some(c) = chats.get_mut(id)
                 && !c.is_del
             {
+                if st.resurrects(id) {
+                    unkept += 1; // counted as deleted, but not kept
+                    continue;
+                }
                 c.is_del = true;
                 removed.push(id.clone());
             }
         }
     }
-    let deleted = removed.len() as u64;
+    let deleted = removed.len() as u64 + unkept;
     inner.note_deleted(ProviderKind::KOOSEARCH, app, removed, now);
     deleted
 }
@@ -773,6 +858,82 @@ async fn koo_list(
         })
         .collect();
     axum::Json(json!({"total": total, "size": records.len(), "pages": pages, "current": page_num, "records": records})).into_response()
+}
+
+/// `GET .../chat-history/{chat_id}?repo_id=`: the chat's question and answer while it exists;
+/// 404 once deleted (undocumented: the client reads 404, `is_del` and `{}` alike as "nothing").
+async fn koo_one(
+    State(st): St,
+    Path((project, app, chat_id)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let p = ProviderKind::KOOSEARCH;
+    let _slot = match st.admit(p) {
+        Ok(s) => s,
+        Err(why) => {
+            st.record(p, "read", &app, vec![chat_id], 429, why);
+            return limited(
+                &st,
+                json!({"error_code": "APIG.0308", "error_msg": "The throttling threshold has been reached"}),
+            );
+        }
+    };
+    st.latency().await;
+    if !koo_token_ok(&st, &headers) {
+        st.record(p, "read", &app, vec![chat_id], 401, "auth");
+        return koo_error(
+            StatusCode::UNAUTHORIZED,
+            "APIG.0301",
+            "Incorrect IAM authentication information: token expires",
+        );
+    }
+    if let Some(status) = st.refusal(p) {
+        st.record(p, "read", &app, vec![chat_id], status, "refused");
+        return koo_refused(status);
+    }
+    if project != PROJECT_ID {
+        return koo_error(StatusCode::NOT_FOUND, "APIG.0101", "The API does not exist");
+    }
+    if st.read_fails() {
+        st.record(p, "read", &app, vec![chat_id], 503, "error");
+        return koo_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "KOS.00060002",
+            "database failure",
+        );
+    }
+    let found = st
+        .inner
+        .lock()
+        .unwrap()
+        .koo
+        .get(&app)
+        .and_then(|m| m.get(&chat_id))
+        .filter(|c| !c.is_del)
+        .filter(|c| {
+            q.get("repo_id")
+                .is_none_or(|r| c.repo_id.as_deref() == Some(r.as_str()))
+        })
+        .cloned();
+    st.record(
+        p,
+        "read",
+        &app,
+        vec![chat_id.clone()],
+        if found.is_some() { 200 } else { 404 },
+        "ok",
+    );
+    match found {
+        Some(c) => axum::Json(json!({"chat_id": chat_id, "knowledge_repo_id": c.repo_id,
+            "question": "what is forgetd?", "answer": "a tool that erases chats"}))
+        .into_response(),
+        None => koo_error(
+            StatusCode::NOT_FOUND,
+            "KOS.00010404",
+            "the chat history does not exist",
+        ),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -104,6 +104,11 @@ pub struct Faults {
     pub limit_retry_after: Option<Duration>,
     /// Server-side limit: concurrent requests per provider before 429.
     pub concurrency_limit: Option<usize>,
+    /// Chats whose deletion the provider confirms but does not keep: each delete of one of these
+    /// IDs answers success and leaves the chat in place, this many times (then it is deleted).
+    pub resurrect: std::collections::HashMap<String, u32>,
+    /// 503 answers to one-chat reads (Convai's details call, KooSearch's one-chat GET).
+    pub read_error_rate: f64,
 }
 
 impl Default for Faults {
@@ -127,6 +132,8 @@ impl Default for Faults {
             rate_limit: None,
             limit_retry_after: Some(Duration::from_secs(1)),
             concurrency_limit: None,
+            resurrect: std::collections::HashMap::new(),
+            read_error_rate: 0.0,
         }
     }
 }

@@ -5,7 +5,7 @@
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{Result, Store};
-use crate::audit::{BrokenLink, GENESIS, RequestClosed, Verification, link_hash};
+use crate::audit::{BrokenLink, GENESIS, RequestClosed, RequestVerified, Verification, link_hash};
 
 /// Appends one event; returns its hash.
 pub fn append(
@@ -34,6 +34,14 @@ pub struct ClosingEvent {
     pub seq: i64,
     pub hash: String,
     pub closed: RequestClosed,
+}
+
+/// A request's `request.verified` event: its sequence number, hash and content.
+#[derive(Debug, Clone)]
+pub struct VerifiedEvent {
+    pub seq: i64,
+    pub hash: String,
+    pub verified: RequestVerified,
 }
 
 /// The triggers that make the audit table append-only (the schema's).
@@ -85,6 +93,34 @@ impl Store {
             ))
         })?;
         Ok(Some(ClosingEvent { seq, hash, closed }))
+    }
+
+    /// The request's `request.verified` event recorded after event `since` (its closing event):
+    /// a verification of an earlier completion does not speak for a later one.
+    pub fn verified_event(&self, request_id: i64, since: i64) -> Result<Option<VerifiedEvent>> {
+        let row: Option<(i64, String, String)> = self
+            .conn
+            .query_row(
+                "SELECT seq, hash, data FROM audit_log WHERE request_id = ?1
+                   AND kind = 'request.verified' AND seq > ?2
+                 ORDER BY seq DESC LIMIT 1",
+                params![request_id, since],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((seq, hash, data)) = row else {
+            return Ok(None);
+        };
+        let verified = serde_json::from_str(&data).map_err(|e| {
+            super::StoreError::Invalid(format!(
+                "audit event {seq} (a request's verification) does not read as one: {e}"
+            ))
+        })?;
+        Ok(Some(VerifiedEvent {
+            seq,
+            hash,
+            verified,
+        }))
     }
 
     /// The last event's sequence number and hash, if any.

@@ -29,7 +29,8 @@
 //!
 //! Submodules: [`queue`] (work-item state machine and batch claims), [`requests`] (erasure
 //! requests), [`resolution`] (requests and rule runs into work items, and `plan`), [`inventory`]
-//! (sessions and import), [`holds`], [`rules`], [`lock`] (the daemon lock), [`status`].
+//! (sessions and import), [`holds`], [`rules`], [`lock`] (the daemon lock), [`status`],
+//! [`verification`] (reading deleted chats back: what is due, what was seen).
 
 pub mod audit;
 pub mod holds;
@@ -40,6 +41,7 @@ pub mod requests;
 pub mod resolution;
 pub mod rules;
 pub mod status;
+pub mod verification;
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -53,6 +55,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/002_feeder_life.sql")).foreign_key_check(),
     M::up(include_str!("migrations/003_provider_registry.sql")).foreign_key_check(),
     M::up(include_str!("migrations/004_provider_gate.sql")),
+    M::up(include_str!("migrations/005_verification.sql")),
 ];
 
 fn provider_keys(conn: &Connection) -> rusqlite::Result<Vec<String>> {

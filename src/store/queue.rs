@@ -9,7 +9,13 @@
 //!   │  └─────────────────────┘
 //!   │ hold      unhold
 //!   └──────▶ held ──▶ pending
+//!
+//!  deleted ──reappear──▶ pending      deleted ──unkept──▶ dead
 //! ```
+//!
+//! The last two are read-after-delete verification's ([`crate::verify`]): a chat read back
+//! present after its deletion was confirmed is deleted again, and after
+//! `[verify] max_reappearances` such rounds it goes dead (the provider does not keep the deletion).
 //!
 //! [`transition`] is the pure definition; the SQL trigger
 //! `work_items_state_transition_must_be_legal` lists the same pairs, and the per-state CHECKs
@@ -89,6 +95,10 @@ pub enum ItemEvent {
     Unhold,
     /// An operator asked for another round (`requests retry`).
     Revive,
+    /// Read back present after a confirmed deletion: delete it again.
+    Reappear,
+    /// Read back present once more than `[verify] max_reappearances` allows: given up.
+    Unkept,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -111,6 +121,8 @@ pub fn transition(from: ItemState, event: ItemEvent) -> Result<ItemState, Illega
         (InFlight, GiveUp) => Ok(Dead),
         (Held, Unhold) => Ok(Pending),
         (Dead, Revive) => Ok(Pending),
+        (Deleted, Reappear) => Ok(Pending),
+        (Deleted, Unkept) => Ok(Dead),
         _ => Err(IllegalTransition { from, event }),
     }
 }
@@ -560,7 +572,7 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::{BTreeMap, BTreeSet};
 
-    const EVENTS: [ItemEvent; 9] = [
+    const EVENTS: [ItemEvent; 11] = [
         ItemEvent::Claim,
         ItemEvent::Confirm,
         ItemEvent::Retry,
@@ -570,6 +582,8 @@ mod tests {
         ItemEvent::Hold,
         ItemEvent::Unhold,
         ItemEvent::Revive,
+        ItemEvent::Reappear,
+        ItemEvent::Unkept,
     ];
 
     fn add_item(s: &Store, provider: &str, scope: &str, sid: &str, due: i64) -> i64 {

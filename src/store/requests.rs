@@ -39,6 +39,8 @@ pub struct RequestSummary {
     pub due_at: i64,
     pub resolved_at: Option<i64>,
     pub completed_at: Option<i64>,
+    /// When every deleted chat was read back absent (read-after-delete verification).
+    pub verified_at: Option<i64>,
     pub items: ItemCounts,
 }
 
@@ -109,6 +111,14 @@ pub struct RequestItem {
     pub last_error: Option<String>,
     pub hold_id: Option<i64>,
     pub hold_reason: Option<String>,
+    /// Read-after-delete verification of a deleted chat: `verified_absent`, `unverified`,
+    /// `not_checked`, or null (not read back yet).
+    pub verify_state: Option<String>,
+    pub verified_at: Option<i64>,
+    /// Why reading back could not decide, when it could not.
+    pub verify_error: Option<String>,
+    /// Times it was read back present after a confirmed deletion.
+    pub reappeared: u32,
 }
 
 /// One request with its chats. In JSON the summary's fields come first, its per-state counts as
@@ -124,7 +134,7 @@ impl Serialize for RequestDetail {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let r = &self.summary;
-        let mut m = s.serialize_map(Some(9))?;
+        let mut m = s.serialize_map(Some(10))?;
         m.serialize_entry("id", &r.id)?;
         m.serialize_entry("external_ref", &r.external_ref)?;
         m.serialize_entry("state", &r.state)?;
@@ -132,13 +142,14 @@ impl Serialize for RequestDetail {
         m.serialize_entry("due_at", &r.due_at)?;
         m.serialize_entry("resolved_at", &r.resolved_at)?;
         m.serialize_entry("completed_at", &r.completed_at)?;
+        m.serialize_entry("verified_at", &r.verified_at)?;
         m.serialize_entry("counts", &r.items)?;
         m.serialize_entry("items", &self.items)?;
         m.end()
     }
 }
 
-const SUMMARY_COLUMNS: &str = "r.id, r.external_ref, r.state, r.received_at, r.due_at, r.resolved_at, r.completed_at,
+const SUMMARY_COLUMNS: &str = "r.id, r.external_ref, r.state, r.received_at, r.due_at, r.resolved_at, r.completed_at, r.verified_at,
     (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = r.id AND w.state = 'pending'),
     (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = r.id AND w.state = 'in_flight'),
     (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = r.id AND w.state = 'deleted'),
@@ -158,12 +169,13 @@ fn summary_row(r: &rusqlite::Row<'_>, deadline_secs: i64) -> rusqlite::Result<Re
             .unwrap_or(received_at.saturating_add(deadline_secs)),
         resolved_at: r.get(5)?,
         completed_at: r.get(6)?,
+        verified_at: r.get(7)?,
         items: ItemCounts {
-            pending: r.get::<_, i64>(7)? as u64,
-            in_flight: r.get::<_, i64>(8)? as u64,
-            deleted: r.get::<_, i64>(9)? as u64,
-            held: r.get::<_, i64>(10)? as u64,
-            dead: r.get::<_, i64>(11)? as u64,
+            pending: r.get::<_, i64>(8)? as u64,
+            in_flight: r.get::<_, i64>(9)? as u64,
+            deleted: r.get::<_, i64>(10)? as u64,
+            held: r.get::<_, i64>(11)? as u64,
+            dead: r.get::<_, i64>(12)? as u64,
         },
     })
 }
@@ -238,7 +250,8 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("no erasure request with id {id}")))?;
         let mut stmt = self.conn.prepare(
             "SELECT w.provider, w.scope, w.session_id, w.state, w.attempts, w.outcome, w.finished_at,
-                    w.last_error, w.hold_id, h.reason
+                    w.last_error, w.hold_id, h.reason, w.verify_state, w.verified_at, w.verify_error,
+                    w.reappeared
              FROM request_items ri JOIN work_items w ON w.id = ri.item_id
              LEFT JOIN holds h ON h.id = w.hold_id
              WHERE ri.request_id = ?1
@@ -257,6 +270,10 @@ impl Store {
                     last_error: r.get(7)?,
                     hold_id: r.get(8)?,
                     hold_reason: r.get(9)?,
+                    verify_state: r.get(10)?,
+                    verified_at: r.get(11)?,
+                    verify_error: r.get(12)?,
+                    reappeared: r.get::<_, i64>(13)?.max(0) as u32,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -297,7 +314,7 @@ impl Store {
             }
             let n = tx.execute(
                 "UPDATE work_items SET state = 'pending', attempts = 0, first_attempt_ms = NULL,
-                        next_attempt_ms = 0, finished_at = NULL
+                        next_attempt_ms = 0, finished_at = NULL, reappeared = 0
                  WHERE state = 'dead' AND id IN (SELECT item_id FROM request_items WHERE request_id = ?1)",
                 [id],
             )?;
@@ -314,23 +331,28 @@ pub(crate) fn refresh_for_items(
     item_ids: &[i64],
     now: i64,
 ) -> Result<Vec<i64>> {
-    let mut requests = std::collections::BTreeSet::new();
-    {
-        let mut stmt =
-            tx.prepare_cached("SELECT request_id FROM request_items WHERE item_id = ?1")?;
-        for id in item_ids {
-            for r in stmt.query_map([id], |r| r.get::<_, i64>(0))? {
-                requests.insert(r?);
-            }
-        }
-    }
     let mut changed = Vec::new();
-    for r in requests {
+    for r in requests_of_items(tx, item_ids)? {
         if refresh_request(tx, r, now)?.is_some() {
             changed.push(r);
         }
     }
     Ok(changed)
+}
+
+/// The requests linked to any of `item_ids`, each once, in id order.
+pub(crate) fn requests_of_items(
+    tx: &Transaction<'_>,
+    item_ids: &[i64],
+) -> Result<std::collections::BTreeSet<i64>> {
+    let mut requests = std::collections::BTreeSet::new();
+    let mut stmt = tx.prepare_cached("SELECT request_id FROM request_items WHERE item_id = ?1")?;
+    for id in item_ids {
+        for r in stmt.query_map([id], |r| r.get::<_, i64>(0))? {
+            requests.insert(r?);
+        }
+    }
+    Ok(requests)
 }
 
 /// Recomputes one resolved request's state from its items. Returns the new state if it changed.
@@ -374,13 +396,21 @@ pub(crate) fn refresh_request(
         return Ok(None);
     }
     let completed_at = matches!(new, RequestState::Complete | RequestState::Failed).then_some(now);
+    // A request back at work (a chat reappeared, a hold lifted) is verified again when it
+    // completes again.
     tx.prepare_cached(
-        "UPDATE erasure_requests SET state = ?2, completed_at = ?3, updated_at = ?4 WHERE id = ?1",
+        "UPDATE erasure_requests SET state = ?2, completed_at = ?3, updated_at = ?4,
+                verified_at = CASE WHEN ?2 = 'complete' THEN verified_at END
+         WHERE id = ?1",
     )?
     .execute(params![id, new.as_str(), completed_at, now])?;
     if matches!(new, RequestState::Complete | RequestState::Failed) {
         record_outcome(tx, id, new, now)?;
         log_finished(tx, id, new, now)?;
+    }
+    if new == RequestState::Complete {
+        // Its chats may all have been read back absent already (another request's).
+        super::verification::mark_verified(tx, id, now)?;
     }
     if new == RequestState::Complete {
         minimize(tx, id)?;

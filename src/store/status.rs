@@ -27,6 +27,8 @@ pub struct Status {
     /// Each provider's gate as the executor last wrote it (none before its first run).
     pub gates: Vec<GateRow>,
     pub rules_awaiting_approval: Vec<String>,
+    /// Read-after-delete verification over every deleted chat.
+    pub verification: super::verification::VerificationCounts,
 }
 
 /// A copy of one provider's politeness gate ([`crate::providers::gate`]), kept for `status`.
@@ -70,7 +72,10 @@ pub const SOON_SECS: i64 = 7 * 86_400;
 
 impl Store {
     pub fn status(&self, now: i64, deadline_secs: i64) -> Result<Status> {
-        let mut st = Status::default();
+        let mut st = Status {
+            verification: self.verification_counts()?,
+            ..Status::default()
+        };
         let mut stmt = self
             .conn
             .prepare("SELECT provider, state, count(*) FROM work_items GROUP BY provider, state")?;

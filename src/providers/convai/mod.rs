@@ -8,6 +8,14 @@
 //!   `{"sessionID", "date": "DD-MM-YYYY", "time": "HH:MM:SS", ...}`, parsed as a stream (bounded
 //!   memory however long). No zone is documented: the date and time are read as UTC.
 //!
+//! - details: `/character/chatHistory/details` `{"charID", "sessionID"}` → an array of turns.
+//!   Read back only (verification): turns mean the chat is there; `[]`, 400 or 404 show nothing
+//!   (what Convai answers for a deleted session is not documented, so neither proves absence).
+//!
+//! Reading back a deleted chat ([`Provider::read_back`]) lists its character once for all of the
+//! batch (absence is proven only by a well-formed listing that omits the ID) and asks details of
+//! each chat (a listing could hide a session whose turns are still readable).
+//!
 //! Status mapping (providers.md): 401 → pause (the key is refused; Convai has no token to
 //! refresh); 403 or 404 on the delete path → pause, "delete API not enabled for this key" (never
 //! "already deleted"); 429 → retry after its Retry-After, or without one [`Action::Throttled`]
@@ -158,6 +166,8 @@ impl ConvaiClient {
         let message = truncate(&message, DETAIL_LEN);
         let code = status.as_u16();
         let action = match code {
+            // A one-chat read of a gone chat may well answer this: no chat, not a pause.
+            400 | 404 | 422 if operation == Operation::Read => Action::Rejected,
             401 => Action::Pause(format!(
                 "Convai refused the API key (HTTP 401: {message}); put a valid key where providers.convai.api_key points"
             )),
@@ -194,8 +204,19 @@ impl ConvaiClient {
         limit: &str,
         sink: ChatSink<'_>,
     ) -> Result<(), ProviderError> {
+        let pass = self.gate.enter(Operation::List).await?;
+        self.list_under(pass, scope, limit, sink).await
+    }
+
+    /// [`Self::list`] under a pass already taken (a background one when reading back).
+    async fn list_under(
+        &self,
+        mut pass: Pass,
+        scope: &str,
+        limit: &str,
+        sink: ChatSink<'_>,
+    ) -> Result<(), ProviderError> {
         let op = Operation::List;
-        let mut pass = self.gate.enter(op).await?;
         let resp = self
             .post(
                 &mut pass,
@@ -227,6 +248,41 @@ impl ConvaiClient {
                 ProviderError::new(KIND, op, Action::Retry, "list parser failed").with_source(join),
             ),
         }
+    }
+}
+
+impl ConvaiClient {
+    /// One session's turns (`/character/chatHistory/details`), under a background pass.
+    async fn details(
+        &self,
+        scope: &str,
+        session_id: &str,
+        share: f64,
+    ) -> Result<super::Sighting, ProviderError> {
+        let op = Operation::Read;
+        let mut pass = self.gate.enter_background(op, share).await?;
+        let body = serde_json::json!({"charID": scope, "sessionID": session_id});
+        match self
+            .post(&mut pass, op, "/character/chatHistory/details", &body)
+            .await
+        {
+            Ok(resp) => {
+                let body = http::read_body(KIND, op, resp, MAX_BODY).await?;
+                parse_details(&body).map_err(|why| http::unparseable(KIND, op, 200, &body, why))
+            }
+            Err(e) if e.action == Action::Rejected => Ok(super::Sighting::Nothing),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Reads a details answer: an array with any turn means the session is there; `[]` shows
+/// nothing; anything else is unclear.
+pub fn parse_details(body: &[u8]) -> Result<super::Sighting, String> {
+    match serde_json::from_slice::<serde_json::Value>(body).map_err(|e| e.to_string())? {
+        serde_json::Value::Array(turns) if turns.is_empty() => Ok(super::Sighting::Nothing),
+        serde_json::Value::Array(_) => Ok(super::Sighting::Seen),
+        _ => Err("a details answer that is not an array".into()),
     }
 }
 
@@ -390,6 +446,45 @@ impl Provider for ConvaiClient {
         self.list(scope, "-1", &mut |c: ListedChat| finder.see(&c))
             .await?;
         Ok(finder.presence())
+    }
+
+    async fn read_back(
+        &self,
+        scope: &str,
+        chats: &[super::ReadBackChat],
+        share: f64,
+    ) -> Vec<Result<Presence, ProviderError>> {
+        let listed = async {
+            let pass = self.gate.enter_background(Operation::List, share).await?;
+            let wanted: std::collections::HashSet<&str> =
+                chats.iter().map(|c| c.session_id.as_str()).collect();
+            let mut seen = std::collections::HashSet::new();
+            self.list_under(pass, scope, "-1", &mut |c: ListedChat| {
+                if wanted.contains(c.session_id.as_str()) {
+                    seen.insert(c.session_id);
+                }
+            })
+            .await?;
+            Ok::<_, ProviderError>(seen)
+        }
+        .await;
+        let mut out = Vec::with_capacity(chats.len());
+        for c in chats {
+            let from_list = match &listed {
+                Ok(seen) if seen.contains(&c.session_id) => Ok(super::Sighting::Seen),
+                Ok(_) => Ok(super::Sighting::Omitted),
+                Err(e) => Err(e.repeated()),
+            };
+            // Seen in the listing decides it; otherwise the turns may still be readable.
+            // A failed listing leaves it undecided: no details call spent on it.
+            let from_details = match &from_list {
+                Ok(super::Sighting::Seen) => Ok(super::Sighting::Seen),
+                Err(e) => Err(e.repeated()),
+                Ok(_) => self.details(scope, &c.session_id, share).await,
+            };
+            out.push(super::read_verdict(KIND, [from_list, from_details]));
+        }
+        out
     }
 
     /// One listing of one session, for a character the inventory or a rule names: it proves the

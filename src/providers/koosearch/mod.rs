@@ -10,6 +10,12 @@
 //! - list: `GET .../chat-history?user_name=&repo_id=&chat_id=&page_num=&page_size=`, pages of
 //!   `{"total","pages","current","records": [{"chat_id","knowledge_repo_id","create_date_time"
 //!   (epoch ms, as a string),"is_del"}]}`. Records marked `is_del` are treated as absent.
+//! - one chat: `GET .../chat-history/{chat_id}?repo_id=` → the question and answer. Read back only
+//!   (verification): content means the chat is there; 400/404, `is_del` or an empty object show
+//!   nothing (the answer for a deleted chat is not documented, so neither proves absence).
+//!
+//! Reading back a deleted chat ([`Provider::read_back`]) asks both: the listing filtered by its
+//! `chat_id` (the proof of absence is a well-formed listing that omits it) and the one-chat GET.
 //!
 //! Errors: `{"error_code","error_msg"}`; codes are compared case-insensitively, messages never.
 //! 429 / `APIG.0308` → retry after its Retry-After, or without one [`Action::Throttled`] (the
@@ -279,6 +285,9 @@ impl KooSearchClient {
             http::retry_after(headers, now_ms)
                 .map(Action::RetryAfter)
                 .unwrap_or(Action::Retry)
+        } else if op == Operation::Read && (n == 400 || n == 404) {
+            // A one-chat read of a gone chat may well answer this: no chat, not a pause.
+            Action::Rejected
         } else if n == 403 {
             Action::Pause(format!(
                 "KooSearch denied permission (HTTP 403 {upper}); grant the IAM user access to KooSearch"
@@ -306,9 +315,21 @@ impl KooSearchClient {
         query: &[(&str, &str)],
         sink: ChatSink<'_>,
     ) -> Result<(), ProviderError> {
-        let op = Operation::List;
         // One concurrency slot for the whole walk; every page takes its own start time.
-        let mut pass = self.gate.enter(op).await?;
+        let pass = self.gate.enter(Operation::List).await?;
+        self.list_pages_under(pass, scope, query, sink).await
+    }
+}
+
+impl KooSearchClient {
+    /// [`Self::list_pages`] under a pass already taken (a background one when reading back).
+    async fn list_pages_under(
+        &self,
+        mut pass: Pass,
+        scope: &str,
+        query: &[(&str, &str)],
+        sink: ChatSink<'_>,
+    ) -> Result<(), ProviderError> {
         let mut page = 1u32;
         loop {
             let parsed = self
@@ -349,6 +370,69 @@ impl KooSearchClient {
             })
             .await?;
         parse_page(scope, &body).map_err(|e| http::unparseable(KIND, op, 200, &body, e))
+    }
+}
+
+impl KooSearchClient {
+    /// `GET .../chat-history/{chat_id}?repo_id=`, under a background pass.
+    async fn one_chat(
+        &self,
+        scope: &str,
+        chat: &super::ReadBackChat,
+        share: f64,
+    ) -> Result<super::Sighting, ProviderError> {
+        let op = Operation::Read;
+        let mut pass = self.gate.enter_background(op, share).await?;
+        let url = self.url(scope, &format!("/chat-history/{}", chat.session_id));
+        let answer = self
+            .send(&mut pass, op, || {
+                let req = self.http.get(url.clone());
+                match &chat.repo_id {
+                    Some(r) => req.query(&[("repo_id", r.as_str())]),
+                    None => req,
+                }
+            })
+            .await;
+        match answer {
+            Ok(body) => {
+                parse_one_chat(&body).map_err(|why| http::unparseable(KIND, op, 200, &body, why))
+            }
+            Err(e) if e.action == Action::Rejected => Ok(super::Sighting::Nothing),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl KooSearchClient {
+    /// One chat read back: the listing by its `chat_id`, then (unless that showed it) the
+    /// one-chat GET.
+    async fn read_one_back(
+        &self,
+        scope: &str,
+        c: &super::ReadBackChat,
+        share: f64,
+    ) -> Result<Presence, ProviderError> {
+        let listed = async {
+            let pass = self.gate.enter_background(Operation::List, share).await?;
+            let mut q = vec![("chat_id", c.session_id.as_str())];
+            if let Some(r) = &c.repo_id {
+                q.push(("repo_id", r.as_str()));
+            }
+            let mut finder = super::Finder::new(&c.session_id);
+            self.list_pages_under(pass, scope, &q, &mut |l: ListedChat| finder.see(&l))
+                .await?;
+            Ok::<_, ProviderError>(match finder.presence() {
+                Presence::Present => super::Sighting::Seen,
+                Presence::Absent => super::Sighting::Omitted,
+            })
+        }
+        .await;
+        let one = match &listed {
+            Ok(super::Sighting::Seen) => Ok(super::Sighting::Seen),
+            Err(e) => Err(e.repeated()),
+            Ok(_) => self.one_chat(scope, c, share).await,
+        };
+        super::read_verdict(KIND, [listed, one])
     }
 }
 
@@ -411,6 +495,45 @@ pub fn parse_page(scope: &str, body: &[u8]) -> Result<ListedPage, String> {
         records,
         pages: page.pages,
         total: page.total,
+    })
+}
+
+/// Reads a one-chat GET's 200 answer: an object with content (a question, an answer, its ID)
+/// and no `is_del` mark means the chat is there; `{}`, `null` or a record marked deleted show
+/// nothing; an `error_code` or a non-object is unclear.
+pub fn parse_one_chat(body: &[u8]) -> Result<super::Sighting, String> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let map = match value {
+        serde_json::Value::Null => return Ok(super::Sighting::Nothing),
+        serde_json::Value::Object(m) => m,
+        _ => return Err("a one-chat answer that is not an object".into()),
+    };
+    if let Some(code) = map.get("error_code").filter(|c| !c.is_null()) {
+        return Err(format!("error_code {code} in a 200 answer"));
+    }
+    let record = Record {
+        chat_id: None,
+        knowledge_repo_id: None,
+        create_date_time: None,
+        is_del: map.get("is_del").cloned(),
+    };
+    if record.deleted() {
+        return Ok(super::Sighting::Nothing);
+    }
+    let content = map.iter().any(|(k, v)| {
+        k != "is_del"
+            && match v {
+                serde_json::Value::Null => false,
+                serde_json::Value::String(s) => !s.is_empty(),
+                serde_json::Value::Array(a) => !a.is_empty(),
+                serde_json::Value::Object(o) => !o.is_empty(),
+                _ => true,
+            }
+    });
+    Ok(if content {
+        super::Sighting::Seen
+    } else {
+        super::Sighting::Nothing
     })
 }
 
@@ -519,6 +642,24 @@ impl Provider for KooSearchClient {
         self.list_pages(scope, &q, &mut |c: ListedChat| finder.see(&c))
             .await?;
         Ok(finder.presence())
+    }
+
+    async fn read_back(
+        &self,
+        scope: &str,
+        chats: &[super::ReadBackChat],
+        share: f64,
+    ) -> Vec<Result<Presence, ProviderError>> {
+        // Chats are read as many at once as the gate allows (each call takes its pass).
+        use futures_util::StreamExt;
+        let reads: Vec<_> = chats
+            .iter()
+            .map(|c| self.read_one_back(scope, c, share))
+            .collect();
+        futures_util::stream::iter(reads)
+            .buffered(self.gate.max_concurrency().max(1))
+            .collect()
+            .await
     }
 
     /// The IAM token (when IAM is configured), then one record of each configured application.

@@ -213,6 +213,30 @@ impl Provider for Ledger {
             })
             .await
     }
+    async fn read_back(
+        &self,
+        scope: &str,
+        chats: &[super::ReadBackChat],
+        share: f64,
+    ) -> Vec<Result<Presence, ProviderError>> {
+        let shelf = async {
+            let mut pass = self.gate.enter_background(Operation::List, share).await?;
+            pass.call(Operation::List, async {
+                let book = self.open(Operation::List)?;
+                Ok(book.chats.get(scope).cloned().unwrap_or_default())
+            })
+            .await
+        }
+        .await;
+        chats
+            .iter()
+            .map(|c| match &shelf {
+                Ok(s) if s.contains_key(&c.session_id) => Ok(Presence::Present),
+                Ok(_) => Ok(Presence::Absent),
+                Err(e) => Err(e.repeated()),
+            })
+            .collect()
+    }
     async fn doctor(&self, known: &[String]) -> super::probe::Checkup {
         let scope = known.first().cloned().unwrap_or_else(|| "shelf".into());
         let r = self.list_scope(&scope, &mut |_| {}).await;

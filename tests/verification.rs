@@ -1,0 +1,325 @@
+//! Read-after-delete verification against the simulator, on an injected clock: a chat whose
+//! deletion the provider confirms but does not keep is caught by reading it back and deleted
+//! again; one that keeps coming back goes dead with the reason; a read that cannot decide is
+//! reported unverified and never verified; the certificate says which. Decoys (another person's
+//! chats, the same ID under another character) are never named in a delete call and stay.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use forgetd::certificate::Certificate;
+use forgetd::clock::{ManualClock, SharedClock};
+use forgetd::config::Config;
+use forgetd::model::{ChatKey, ProviderKind};
+use forgetd::simulator::{Faults, Simulator};
+use forgetd::store::Store;
+use forgetd::store::inventory::NewSession;
+
+struct World {
+    sim: Simulator,
+    dir: tempfile::TempDir,
+    clock: ManualClock,
+    targeted: Vec<ChatKey>,
+    decoys: Vec<ChatKey>,
+    request: i64,
+}
+
+/// Alice (requested) and Bob (a decoy) each have 3 Convai and 3 KooSearch chats; Bob also has a
+/// Convai chat whose ID is the same as one of Alice's, under another character.
+async fn world(faults: Faults) -> World {
+    let clock = ManualClock::new(1_800_000_000_000);
+    let shared: SharedClock = Arc::new(clock.clone());
+    let sim = Simulator::start(shared, faults, 17).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("forgetd.db")).unwrap();
+    let (mut targeted, mut decoys) = (Vec::new(), Vec::new());
+    for person in ["alice", "bob"] {
+        for n in 0..3 {
+            let sid = format!("{person}-c{n}");
+            sim.add_convai_chat("char-a", &sid, 1_700_000_000);
+            store
+                .add_session(&NewSession {
+                    provider: "convai".into(),
+                    scope: "char-a".into(),
+                    session_id: sid.clone(),
+                    subject: Some(person.into()),
+                    ..Default::default()
+                })
+                .unwrap();
+            let kid = format!("{person}-k{n}");
+            sim.add_koosearch_chat("app-a", &kid, Some(person), None, 1_700_000_000);
+            let list = if person == "alice" {
+                &mut targeted
+            } else {
+                &mut decoys
+            };
+            list.push(ChatKey::new(ProviderKind::CONVAI, "char-a", &sid));
+            list.push(ChatKey::new(ProviderKind::KOOSEARCH, "app-a", &kid));
+        }
+    }
+    // Same ID as one of Alice's, another character, Bob's.
+    sim.add_convai_chat("char-z", "alice-c0", 1_700_000_000);
+    decoys.push(ChatKey::new(ProviderKind::CONVAI, "char-z", "alice-c0"));
+    let request = store
+        .file_request("alice", Some("ticket-1"), 1_800_000_000, 30 * 86_400)
+        .unwrap()
+        .id;
+    World {
+        sim,
+        dir,
+        clock,
+        targeted,
+        decoys,
+        request,
+    }
+}
+
+fn config(w: &World, verify: &str) -> Config {
+    let mut c = w.sim.config(w.dir.path(), &["app-a"]).unwrap();
+    let extra = Config::parse(verify, "test").unwrap();
+    c.verify = extra.verify;
+    c.database = w.dir.path().join("forgetd.db");
+    c.retry.max_delay = Duration::from_secs(60);
+    c
+}
+
+fn store(w: &World) -> Store {
+    Store::open(&w.dir.path().join("forgetd.db")).unwrap()
+}
+
+fn check_decoys(w: &World) {
+    let named: HashSet<ChatKey> = w.sim.named_in_deletes();
+    for d in &w.decoys {
+        assert!(w.sim.has(d), "decoy {d:?} was deleted");
+        assert!(!named.contains(d), "decoy {d:?} was named in a delete call");
+    }
+}
+
+fn deletes_naming(w: &World, id: &str) -> usize {
+    w.sim
+        .calls()
+        .iter()
+        .filter(|c| c.op == "delete" && c.status == 200 && c.ids.iter().any(|i| i == id))
+        .count()
+}
+
+fn audit_kinds(w: &World, kind: &str) -> usize {
+    let out = std::process::Command::new("sqlite3")
+        .arg(w.dir.path().join("forgetd.db"))
+        .arg(format!(
+            "SELECT count(*) FROM audit_log WHERE kind = '{kind}'"
+        ))
+        .output()
+        .expect("sqlite3 runs");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_that_reappears_after_a_confirmed_deletion_is_caught_and_deleted_again() {
+    let w = world(Faults {
+        resurrect: [("alice-c1".to_string(), 1), ("alice-k2".to_string(), 1)].into(),
+        ..Faults::default()
+    })
+    .await;
+    w.sim.set_record_ids(true);
+    let d = forgetd::daemon::Daemon::build(
+        config(&w, "[verify]\nafter = \"0s\"\n"),
+        Arc::new(w.clock.clone()),
+    )
+    .unwrap();
+    let report = d.run_once().await.unwrap();
+    assert!(report.clean(), "{:?}", report.problems);
+    for t in &w.targeted {
+        assert!(!w.sim.has(t), "{t:?} is still at the provider");
+    }
+    check_decoys(&w);
+    // The two unkept deletions were confirmed, read back present, and sent again: twice each.
+    assert_eq!(deletes_naming(&w, "alice-c1"), 2);
+    assert_eq!(deletes_naming(&w, "alice-k2"), 2);
+    assert_eq!(deletes_naming(&w, "alice-c0"), 1);
+    // Read back with the providers' read calls (listing and one-chat reads).
+    assert!(w.sim.calls().iter().any(|c| c.op == "read"
+        && c.provider == ProviderKind::KOOSEARCH
+        && c.ids.contains(&"alice-k0".to_string())));
+    assert!(w.sim.calls().iter().any(|c| c.op == "read"
+        && c.provider == ProviderKind::CONVAI
+        && c.ids.contains(&"alice-c0".to_string())));
+    let s = store(&w);
+    let detail = s.request_detail(w.request, 30 * 86_400).unwrap();
+    assert_eq!(detail.summary.state.as_str(), "complete");
+    assert!(
+        detail.summary.verified_at.is_some(),
+        "every deleted chat was read back absent"
+    );
+    for i in &detail.items {
+        assert_eq!(i.state, "deleted", "{i:?}");
+        assert_eq!(i.verify_state.as_deref(), Some("verified_absent"), "{i:?}");
+        let expect = u32::from(i.session_id == "alice-c1" || i.session_id == "alice-k2");
+        assert_eq!(i.reappeared, expect, "{i:?}");
+    }
+    assert_eq!(audit_kinds(&w, "chat.reappeared"), 2);
+    assert_eq!(audit_kinds(&w, "request.verified"), 1);
+    assert!(s.verify_audit().unwrap().broken.is_none());
+    // The certificate: verified, per chat, and the reappearances said.
+    let cert = Certificate::build(&s, w.request).unwrap();
+    assert!(cert.verified.is_some());
+    let text = cert.text();
+    assert!(text.contains("verified:    yes"), "{text}");
+    assert!(text.contains("reappeared 1 time(s)"), "{text}");
+    assert_eq!(
+        cert.deleted
+            .values()
+            .flatten()
+            .filter(|c| c.verification.status == "verified_absent")
+            .count(),
+        6
+    );
+    // The metric an alert rule watches.
+    let metrics = d
+        .executor
+        .metrics()
+        .render(
+            &d.store,
+            &d.executor.providers(),
+            1_800_000_000,
+            30 * 86_400,
+        )
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("forgetd_reappeared_total{provider=\"convai\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("forgetd_reappeared_total{provider=\"koosearch\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_that_keeps_coming_back_goes_dead_with_the_reason_after_its_bound() {
+    let w = world(Faults {
+        resurrect: [("alice-k1".to_string(), 100)].into(),
+        ..Faults::default()
+    })
+    .await;
+    w.sim.set_record_ids(true);
+    let d = forgetd::daemon::Daemon::build(
+        config(&w, "[verify]\nafter = \"0s\"\nmax_reappearances = 2\n"),
+        Arc::new(w.clock.clone()),
+    )
+    .unwrap();
+    let report = d.run_once().await.unwrap();
+    assert!(
+        !report.clean(),
+        "a chat the provider does not keep is a failure"
+    );
+    assert_eq!(report.dead, 1);
+    // Deleted, then twice again, then given up: three confirmed deletes, no fourth.
+    assert_eq!(deletes_naming(&w, "alice-k1"), 3);
+    check_decoys(&w);
+    let s = store(&w);
+    let detail = s.request_detail(w.request, 30 * 86_400).unwrap();
+    assert_eq!(detail.summary.state.as_str(), "failed");
+    assert!(detail.summary.verified_at.is_none());
+    let item = detail
+        .items
+        .iter()
+        .find(|i| i.session_id == "alice-k1")
+        .unwrap();
+    assert_eq!(item.state, "dead");
+    assert_eq!(item.reappeared, 3);
+    let why = item.last_error.as_deref().unwrap();
+    assert!(why.contains("does not keep this deletion"), "{why}");
+    assert!(why.contains("requests retry"), "{why}");
+    assert_eq!(audit_kinds(&w, "chat.reappeared"), 3);
+    assert!(s.verify_audit().unwrap().broken.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_cannot_decide_is_reported_unverified_and_never_verified() {
+    let w = world(Faults {
+        read_error_rate: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let d = forgetd::daemon::Daemon::build(
+        config(&w, "[verify]\nafter = \"0s\"\nmax_attempts = 3\n"),
+        Arc::new(w.clock.clone()),
+    )
+    .unwrap();
+    let report = d.run_once().await.unwrap();
+    assert!(report.clean(), "{:?}", report.problems);
+    // Each later run reads again what is due; the backoff is at most an hour.
+    for _ in 0..3 {
+        w.clock.advance(Duration::from_secs(2 * 3600));
+        d.run_once().await.unwrap();
+    }
+    let s = store(&w);
+    let detail = s.request_detail(w.request, 30 * 86_400).unwrap();
+    assert_eq!(detail.summary.state.as_str(), "complete");
+    assert!(detail.summary.verified_at.is_none(), "never verified");
+    for i in &detail.items {
+        assert_eq!(i.verify_state.as_deref(), Some("unverified"), "{i:?}");
+        let why = i.verify_error.as_deref().unwrap();
+        assert!(why.contains("503"), "{why}");
+    }
+    // Three reads per chat, no more: 6 chats, one-chat reads only (the listings answered).
+    let reads = w
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.op == "read" && c.status == 503)
+        .count();
+    assert_eq!(reads, 6 * 3);
+    assert_eq!(audit_kinds(&w, "request.verified"), 0);
+    let cert = Certificate::build(&s, w.request).unwrap();
+    assert!(cert.verified.is_none());
+    let text = cert.text();
+    assert!(
+        text.contains("UNVERIFIED: 3 read(s) could not decide"),
+        "{text}"
+    );
+    assert!(
+        text.contains("0 of 6 deleted chat(s) read back absent, 6 unverified"),
+        "{text}"
+    );
+    check_decoys(&w);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_back_waits_for_its_delay_and_can_be_turned_off() {
+    let w = world(Faults::default()).await;
+    let d = forgetd::daemon::Daemon::build(
+        config(&w, "[verify]\nafter = \"10m\"\n"),
+        Arc::new(w.clock.clone()),
+    )
+    .unwrap();
+    d.run_once().await.unwrap();
+    let reads = |w: &World| w.sim.calls().iter().filter(|c| c.op == "read").count();
+    assert_eq!(reads(&w), 0, "nothing is read back before its delay");
+    let s = store(&w);
+    assert_eq!(s.read_backs_waiting().unwrap(), 6);
+    w.clock.advance(Duration::from_secs(11 * 60));
+    d.run_once().await.unwrap();
+    assert_eq!(s.read_backs_waiting().unwrap(), 0);
+    assert!(s.request_verified_at(w.request).unwrap().is_some());
+
+    let w = world(Faults::default()).await;
+    let d = forgetd::daemon::Daemon::build(
+        config(&w, "[verify]\nafter = \"off\"\n"),
+        Arc::new(w.clock.clone()),
+    )
+    .unwrap();
+    d.run_once().await.unwrap();
+    w.clock.advance(Duration::from_secs(86_400));
+    d.run_once().await.unwrap();
+    assert_eq!(reads(&w), 0, "verification is off");
+    let cert = Certificate::build(&store(&w), w.request).unwrap();
+    assert!(
+        cert.text().contains("6 not read back yet"),
+        "{}",
+        cert.text()
+    );
+}
