@@ -48,6 +48,8 @@ pub struct Verifier {
     clock: SharedClock,
     config: VerifyConfig,
     metrics: Arc<Metrics>,
+    /// Told when deletions were recorded: an idle verifier looks again at once.
+    recorded: tokio::sync::Notify,
 }
 
 /// How one provider's verification ended (`run --once`).
@@ -70,7 +72,13 @@ impl Verifier {
             clock,
             config,
             metrics,
+            recorded: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Says that deletions were recorded (the executor calls it): idle verifiers look again.
+    pub fn deletions_recorded(&self) {
+        self.recorded.notify_waiters();
     }
 
     /// Whether verification is on (`[verify] after` is not "off").
@@ -132,10 +140,20 @@ impl Verifier {
             if read > 0 {
                 continue;
             }
-            let next = self
+            let recorded = self.recorded.notified();
+            tokio::pin!(recorded);
+            recorded.as_mut().enable();
+            let next = match self
                 .store
                 .call(move |s| s.next_read_back(kind, after))
-                .await?;
+                .await
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(provider = %kind, error = %e, "could not read when the next read-back is due; trying again shortly");
+                    None
+                }
+            };
             let wait = next
                 .map(|t| t.since(self.clock.instant()))
                 .unwrap_or(IDLE_RECHECK)
@@ -144,6 +162,7 @@ impl Verifier {
             // manual time (deletions land in the store and are picked up on the next look).
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
+                _ = &mut recorded => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }

@@ -377,3 +377,176 @@ async fn iam_password_auth_sends_the_documented_body_and_uses_the_subject_token(
     assert_eq!(k.token_refreshes(), 1, "the token is cached");
     assert!(!format!("{k:?}").contains("pa$$word"));
 }
+
+/// Reading deleted chats back (verification): a Convai session the list omits and whose details
+/// are `[]` or 404 is absent; a session with turns is present even when the list omits it; a 404
+/// on the details path is "no such session", never a pause; a listing that fails decides nothing.
+#[tokio::test]
+async fn convai_read_back_proves_absence_only_by_the_list_and_sees_turns_in_details() {
+    use forgetd::providers::{Presence, ReadBackChat};
+    let server = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    Mock::given(method("POST"))
+        .and(path("/character/chatHistory/list"))
+        .and(body_json(json!({"charID": "char-1", "limit": "-1"})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([
+            {"sessionID": "listed", "date": "25-09-2024", "time": "20:52:57"}
+        ])))
+        .mount(&server)
+        .await;
+    let details = |sid: &str, answer: ResponseTemplate| {
+        Mock::given(method("POST"))
+            .and(path("/character/chatHistory/details"))
+            .and(body_json(json!({"charID": "char-1", "sessionID": sid})))
+            .respond_with(answer)
+    };
+    details("empty", ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(&server)
+        .await;
+    details(
+        "not-found",
+        ResponseTemplate::new(404).set_body_json(json!({"ERROR": "Session not found"})),
+    )
+    .mount(&server)
+    .await;
+    details(
+        "turns",
+        ResponseTemplate::new(200).set_body_json(json!([
+            {"timestamp": "2024-09-25 19:54:59.124733", "interaction": [{"speaker": "User", "message": "hi"}]}
+        ])),
+    )
+    .mount(&server)
+    .await;
+    details(
+        "unclear",
+        ResponseTemplate::new(200).set_body_json(json!({"status": "ok"})),
+    )
+    .mount(&server)
+    .await;
+    let client = convai(&server, &dir);
+    let chats: Vec<ReadBackChat> = ["listed", "empty", "not-found", "turns", "unclear"]
+        .iter()
+        .map(|s| ReadBackChat {
+            session_id: s.to_string(),
+            repo_id: None,
+        })
+        .collect();
+    let got = client.read_back("char-1", &chats, 0.2).await;
+    assert_eq!(got[0].as_ref().ok(), Some(&Presence::Present));
+    assert_eq!(got[1].as_ref().ok(), Some(&Presence::Absent));
+    assert_eq!(got[2].as_ref().ok(), Some(&Presence::Absent));
+    assert_eq!(
+        got[3].as_ref().ok(),
+        Some(&Presence::Present),
+        "turns are readable"
+    );
+    assert!(
+        matches!(&got[4], Err(e) if e.action == Action::Retry),
+        "{:?}",
+        got[4]
+    );
+    assert!(
+        client.gate().paused().is_none(),
+        "a 404 on details is not a pause"
+    );
+
+    // The list fails: nothing is decided, and no details call is spent.
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/character/chatHistory/list"))
+        .respond_with(ResponseTemplate::new(503).set_body_json(json!({"ERROR": "unavailable"})))
+        .mount(&server)
+        .await;
+    let client = convai(&server, &dir);
+    let got = client.read_back("char-1", &chats[1..2], 0.2).await;
+    assert!(
+        matches!(&got[0], Err(e) if e.action == Action::Retry),
+        "{:?}",
+        got[0]
+    );
+    let requests = server.received_requests().await.unwrap();
+    assert!(
+        requests.iter().all(|r| r.url.path().ends_with("/list")),
+        "no details call after a failed list"
+    );
+}
+
+/// KooSearch: absent only when the listing by chat_id omits it (or marks it is_del) and the
+/// one-chat GET shows nothing (404, `{}`); content in the GET means present; a 404 there is not
+/// a pause.
+#[tokio::test]
+async fn koosearch_read_back_asks_the_listing_by_chat_id_and_the_one_chat_get() {
+    use forgetd::providers::{Presence, ReadBackChat};
+    let server = MockServer::start().await;
+    let list_path = format!("/v1/{PROJECT}/applications/{APP}/uni-search/chat-history");
+    let listing = |chat: &str, records: serde_json::Value| {
+        Mock::given(method("GET"))
+            .and(path(list_path.clone()))
+            .and(query_param("chat_id", chat))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "total": records.as_array().unwrap().len(), "size": 10, "pages": 1, "current": 1, "records": records
+            })))
+    };
+    listing(
+        "listed",
+        json!([{"chat_id": "listed", "create_date_time": "1731052459260", "is_del": false}]),
+    )
+    .mount(&server)
+    .await;
+    listing(
+        "soft-deleted",
+        json!([{"chat_id": "soft-deleted", "create_date_time": "1731052459260", "is_del": true}]),
+    )
+    .mount(&server)
+    .await;
+    for chat in ["gone", "readable"] {
+        listing(chat, json!([])).mount(&server).await;
+    }
+    let one = |chat: &str, answer: ResponseTemplate| {
+        Mock::given(method("GET"))
+            .and(path(format!("{list_path}/{chat}")))
+            .respond_with(answer)
+    };
+    one(
+        "soft-deleted",
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"chat_id": "soft-deleted", "is_del": true})),
+    )
+    .mount(&server)
+    .await;
+    one(
+        "gone",
+        ResponseTemplate::new(404)
+            .set_body_json(json!({"error_code": "KOS.00010404", "error_msg": "not found"})),
+    )
+    .mount(&server)
+    .await;
+    one(
+        "readable",
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"chat_id": "readable", "question": "q", "answer": "a"})),
+    )
+    .mount(&server)
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = koosearch(
+        &server,
+        KooSearchAuth::Token(secret_file(&dir, "t", "MIItoken")),
+    );
+    let chats: Vec<ReadBackChat> = ["listed", "soft-deleted", "gone", "readable"]
+        .iter()
+        .map(|s| ReadBackChat {
+            session_id: s.to_string(),
+            repo_id: None,
+        })
+        .collect();
+    let got = client.read_back(APP, &chats, 0.2).await;
+    assert_eq!(got[0].as_ref().ok(), Some(&Presence::Present));
+    assert_eq!(got[1].as_ref().ok(), Some(&Presence::Absent));
+    assert_eq!(got[2].as_ref().ok(), Some(&Presence::Absent));
+    assert_eq!(got[3].as_ref().ok(), Some(&Presence::Present));
+    assert!(
+        client.gate().paused().is_none(),
+        "a 404 on the one-chat GET is not a pause"
+    );
+}

@@ -323,3 +323,47 @@ async fn reading_back_waits_for_its_delay_and_can_be_turned_off() {
         cert.text()
     );
 }
+
+/// The daemon reads back beside its executor: a chat the provider does not keep is found and
+/// deleted again while the daemon runs, and the request ends verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_reads_deletions_back_while_it_runs_and_deletes_a_reappeared_chat_again() {
+    let w = world(Faults {
+        resurrect: [("alice-k0".to_string(), 1)].into(),
+        ..Faults::default()
+    })
+    .await;
+    w.sim.set_record_ids(true);
+    let d = forgetd::daemon::Daemon::build(
+        config(&w, "[verify]\nafter = \"0s\"\n"),
+        Arc::new(w.clock.clone()),
+    )
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let options = forgetd::daemon::RunOptions {
+        once: false,
+        config_path: None,
+        db_override: None,
+    };
+    let running = tokio::spawn(d.run_until(options, rx));
+    let s = store(&w);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while s.request_verified_at(w.request).unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request was not verified within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tx.send(forgetd::daemon::Control::Stop("test"))
+        .await
+        .unwrap();
+    running.await.unwrap().unwrap();
+    assert_eq!(deletes_naming(&w, "alice-k0"), 2);
+    for t in &w.targeted {
+        assert!(!w.sim.has(t), "{t:?} is still at the provider");
+    }
+    check_decoys(&w);
+    assert_eq!(audit_kinds(&w, "chat.reappeared"), 1);
+    assert!(s.verify_audit().unwrap().broken.is_none());
+}

@@ -441,6 +441,7 @@ impl Executor {
                 let m = me.mirror_gate(kind, &g, false).await;
                 b.fetch_sub(1, SeqCst);
                 me.wake.notify_waiters();
+                me.verifier.deletions_recorded();
                 r.and(m)
             }));
             if probing {
