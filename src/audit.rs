@@ -8,6 +8,16 @@
 //! - Appends happen inside the caller's IMMEDIATE transaction (read the last hash, insert), so the
 //!   daemon's and the CLI's appends are serialized by SQLite's write lock and an event is recorded
 //!   in the same commit as the change it describes.
+//! - The chain is **keyed** (schema 6): every link gets a *seal*, HMAC-SHA256 under the chain key
+//!   ([`ChainKey`], derived from the subject key, which only forgetd's user reads) over its
+//!   sequence number and hash, kept in the append-only `audit_seals` table. A process that holds
+//!   the key (the daemon, `run --once`, the CLI run by root or forgetd) seals each link in the
+//!   transaction that appends it. A CLI run by a feeder, without the key, appends unsealed links,
+//!   and the daemon seals them *late* (marked so) within a second; it never late-seals a
+//!   [`CERTIFYING_KINDS`] link, and a feeder's process never writes one (a request it completes,
+//!   by placing a hold, gets its closing event from the daemon). So a writer with the file but
+//!   not the key cannot append a certifying link that verifies, nor rewrite a sealed one. Links
+//!   from before schema 6 keep verifying: the daemon seals them late at its first start.
 //! - Subjects are never written in clear: events carry [`SubjectKey::hash`], an HMAC-SHA256 keyed
 //!   by `[audit] subject_key` or a generated key file beside the database (0600). That is
 //!   pseudonymous data: still personal data under GDPR, but it proves "this request's person"
@@ -83,6 +93,53 @@ pub struct ChatReappeared {
     pub deleting_again: bool,
 }
 
+/// Events that certify what was erased: written only by a process holding the chain key, and
+/// sealed in the transaction that appends them (never late).
+pub const CERTIFYING_KINDS: [&str; 5] = [
+    "batch.answered",
+    "request.completed",
+    "request.failed",
+    "request.verified",
+    "chat.reappeared",
+];
+
+/// Keys the audit chain's seals. Derived from the subject key (HMAC-SHA256 of a fixed label), so
+/// it lives where that key lives (0600, forgetd's) and needs no file of its own.
+pub struct ChainKey(SecretSlice<u8>);
+
+impl std::fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChainKey([redacted])")
+    }
+}
+
+impl ChainKey {
+    fn mac(&self, seq: i64, hash: &str, late: bool) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.expose_secret())
+            .expect("HMAC takes any key length");
+        for part in [
+            b"forgetd audit seal v1".as_slice(),
+            seq.to_string().as_bytes(),
+            hash.as_bytes(),
+            if late { b"late" } else { b"at append" },
+        ] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac
+    }
+
+    /// The seal of link `seq` with hash `hash`; `late`: sealed after it was appended.
+    pub fn seal(&self, seq: i64, hash: &str, late: bool) -> String {
+        hex::encode(self.mac(seq, hash, late).finalize().into_bytes())
+    }
+
+    /// Whether `seal` is this link's seal (compared in constant time).
+    pub fn check(&self, seq: i64, hash: &str, late: bool, seal: &str) -> bool {
+        hex::decode(seal).is_ok_and(|given| self.mac(seq, hash, late).verify_slice(&given).is_ok())
+    }
+}
+
 /// The hash before the first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -119,6 +176,19 @@ pub struct Verification {
     pub head: String,
     /// The first link that does not hold, if any.
     pub broken: Option<BrokenLink>,
+    /// The seals, when the verifier holds the chain key (`None`: not checked, only the hashes).
+    pub seals: Option<SealCheck>,
+}
+
+/// What the seals said ([`crate::store::Store::verify_audit`] with the chain key).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SealCheck {
+    /// Links with a valid seal.
+    pub sealed: u64,
+    /// Of those, sealed late by the daemon (appended by a process without the key).
+    pub late: u64,
+    /// Links not sealed yet (appended without the key; the daemon seals them within a second).
+    pub unsealed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -287,6 +357,49 @@ impl SubjectKey {
 
     pub fn from_bytes(bytes: &[u8]) -> Self {
         Self(SecretSlice::from(bytes.to_vec()))
+    }
+
+    /// The audit chain's key, derived from this one.
+    pub fn chain_key(&self) -> ChainKey {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.expose_secret())
+            .expect("HMAC takes any key length");
+        mac.update(b"forgetd audit chain key v1");
+        ChainKey(SecretSlice::from(mac.finalize().into_bytes().to_vec()))
+    }
+
+    /// The key when this process can read it, without creating it: a CLI run by a feeder has
+    /// none (the file is forgetd's, 0600) and works unkeyed; `None` too when the file does not
+    /// exist yet (the daemon creates it). A key that exists but is unsafe is an error.
+    pub fn load_existing(
+        configured: Option<&SecretRef>,
+        db: &Path,
+    ) -> Result<Option<Self>, KeyError> {
+        if let Some(r) = configured {
+            return match r.read_bytes() {
+                Ok(key) if key.expose_secret().len() >= MIN_KEY_LEN => Ok(Some(Self(key))),
+                Ok(key) => Err(KeyError::Short {
+                    what: r.to_string(),
+                    len: key.expose_secret().len(),
+                }),
+                Err(_) => Ok(None),
+            };
+        }
+        match read_key_file(&Self::key_path(db)) {
+            Ok(bytes) if bytes.len() >= MIN_KEY_LEN => Ok(Some(Self(SecretSlice::from(bytes)))),
+            Ok(bytes) => Err(KeyError::Short {
+                what: Self::key_path(db).display().to_string(),
+                len: bytes.len(),
+            }),
+            Err(KeyError::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// HMAC-SHA256 of the subject, hex.

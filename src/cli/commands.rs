@@ -340,6 +340,15 @@ fn audit(config: &Config, cmd: super::AuditCommand) -> Result<ExitCode> {
                 println!("{} event(s) before it verify", v.events);
             } else {
                 println!("audit trail intact: {} event(s), head {}", v.events, v.head);
+                match &v.seals {
+                    Some(c) => println!(
+                        "seals (keyed chain): {} valid ({} sealed late by the daemon), {} not sealed yet",
+                        c.sealed, c.late, c.unsealed
+                    ),
+                    None => println!(
+                        "seals not checked: this user cannot read the chain key (run as root or forgetd to check them)"
+                    ),
+                }
             }
             Ok(if v.broken.is_some() {
                 ExitCode::from(1)
@@ -446,9 +455,23 @@ fn sync_file_rules(config: &Config, store: &mut Store, now: i64) -> Result<()> {
     Ok(())
 }
 
+/// The queue, with the audit chain's key when this user can read it (root, forgetd): then what
+/// the command appends is sealed as it is written. A feeder's user cannot, and its appends are
+/// sealed by the daemon; certifying events it would cause are left to the daemon too.
 fn open(config: &Config) -> Result<Store> {
-    Store::open(&config.database)
-        .with_context(|| format!("opening the queue at {}", config.database.display()))
+    let mut store = Store::open(&config.database)
+        .with_context(|| format!("opening the queue at {}", config.database.display()))?;
+    match crate::audit::SubjectKey::load_existing(
+        config.audit.subject_key.as_ref(),
+        &config.database,
+    ) {
+        Ok(Some(key)) => store.set_chain_key(key.chain_key()),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "not using the audit key; this command's audit entries are left for the daemon to seal")
+        }
+    }
+    Ok(store)
 }
 
 fn print_json<T: Serialize>(value: &T) -> Result<()> {

@@ -1,7 +1,9 @@
 //! Intake: notices what feeders committed and resolves it. Every tick reads `PRAGMA
 //! data_version` (a cheap in-memory read that changes when another connection commits); when it
 //! changed, or when requests whose discovery failed are due another try, it resolves received
-//! requests, wakes the executor, and tells the scheduler the rules may have changed.
+//! requests, seals the audit links other processes appended without the chain key (and writes
+//! the closing events they left to the daemon), wakes the executor, and tells the scheduler the
+//! rules may have changed.
 
 use anyhow::Result;
 use tokio::sync::Notify;
@@ -45,6 +47,13 @@ impl Intake {
         }
         self.last_version = Some(version);
         self.last_retry_ms = now_ms;
+        let now = clock.now();
+        store
+            .call(move |s| {
+                s.seal_late()?;
+                s.close_deferred(now)
+            })
+            .await?;
         let (n, failures) = resolver.resolve_received(Patience::Brief).await?;
         self.unresolved = !failures.is_empty();
         if n > 0 {

@@ -89,6 +89,21 @@ impl Daemon {
             .with_context(|| format!("opening {}", config.database.display()))?;
         store.quick_check()?;
         let lock = DaemonLock::acquire(&config.database)?;
+        // The chain key first: every link this process appends is sealed as it is written.
+        let key = SubjectKey::load(config.audit.subject_key.as_ref(), &config.database)
+            .map_err(ConfigError::SubjectKey)?;
+        store.set_chain_key(key.chain_key());
+        // Links appended without the key since the last run (a feeder's CLI), and those of an
+        // unkeyed chain from before schema 6, get their seals; finished requests whose closing
+        // event was left to the daemon get it.
+        let sealed = store.seal_late()?;
+        if sealed.sealed > 0 {
+            tracing::info!(
+                links = sealed.sealed,
+                "sealed audit links appended without the chain key"
+            );
+        }
+        store.close_deferred(clock.now())?;
         let released = store.release_all_in_flight()?;
         if released > 0 {
             tracing::info!(
@@ -106,8 +121,6 @@ impl Daemon {
         None,
         &serde_json::json!({"source": config.source, "rules_changed": changed, "rules_removed": removed}),
     )?;
-        let key = SubjectKey::load(config.audit.subject_key.as_ref(), &config.database)
-            .map_err(ConfigError::SubjectKey)?;
         let providers = crate::providers::build(
             &config.providers,
             config.retry.max_retry_after,

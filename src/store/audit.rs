@@ -2,14 +2,18 @@
 //! chain, the head, and reading a request's closing event back as its typed form
 //! ([`crate::audit::RequestClosed`]). The chain's arithmetic and rules are [`crate::audit`]'s.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{OptionalExtension, params};
+
+use super::Tx;
 
 use super::{Result, Store};
-use crate::audit::{BrokenLink, GENESIS, RequestClosed, RequestVerified, Verification, link_hash};
+use crate::audit::{
+    BrokenLink, GENESIS, RequestClosed, RequestVerified, SealCheck, Verification, link_hash,
+};
 
-/// Appends one event; returns its hash.
+/// Appends one event, sealed when the transaction carries the chain key; returns its hash.
 pub fn append(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     at: i64,
     kind: &str,
     request_id: Option<i64>,
@@ -25,6 +29,10 @@ pub fn append(
     let hash = link_hash(&prev_hash, seq, at, kind, request_id, &data);
     tx.prepare_cached("INSERT INTO audit_log (seq, at, kind, request_id, data, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
         .execute(params![seq, at, kind, request_id, data, prev_hash, hash])?;
+    if let Some(key) = tx.chain_key() {
+        tx.prepare_cached("INSERT INTO audit_seals (seq, seal, late) VALUES (?1, ?2, 0)")?
+            .execute(params![seq, key.seal(seq, &hash, false)])?;
+    }
     Ok(hash)
 }
 
@@ -44,11 +52,22 @@ pub struct VerifiedEvent {
     pub verified: RequestVerified,
 }
 
-/// The triggers that make the audit table append-only (the schema's).
-pub const APPEND_ONLY_TRIGGERS: [&str; 2] = [
+/// The triggers that make the audit table and its seals append-only (the schema's).
+pub const APPEND_ONLY_TRIGGERS: [&str; 4] = [
     "audit_log_is_append_only_no_update",
     "audit_log_is_append_only_no_delete",
+    "audit_seals_are_append_only_no_update",
+    "audit_seals_are_append_only_no_delete",
 ];
+
+/// What late sealing did ([`Store::seal_late`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LateSeals {
+    pub sealed: u64,
+    /// Unsealed certifying links after the chain became keyed: written without the key (forged,
+    /// or by an old forgetd). Never sealed; `audit verify` reports them.
+    pub refused: Vec<i64>,
+}
 
 impl Store {
     /// The append-only triggers that are missing (someone dropped them to edit the trail).
@@ -135,6 +154,70 @@ impl Store {
             .optional()?)
     }
 
+    /// Seals the links other processes appended without the key (marked late), in order, each
+    /// checked against its content and its predecessor first; never a certifying link appended
+    /// after the chain became keyed. Stops at the first link that does not hold (`audit verify`
+    /// names it). Does nothing without the key.
+    pub fn seal_late(&mut self) -> Result<LateSeals> {
+        if !self.holds_chain_key() {
+            return Ok(LateSeals::default());
+        }
+        self.write(|tx| {
+            let key = tx.chain_key().expect("checked above");
+            let keyed_from = keyed_from(tx)?;
+            let mut stmt = tx.prepare_cached(
+                "SELECT a.seq, a.at, a.kind, a.request_id, a.data, a.prev_hash, a.hash,
+                        (SELECT p.hash FROM audit_log p WHERE p.seq = a.seq - 1)
+                 FROM audit_log a LEFT JOIN audit_seals s ON s.seq = a.seq
+                 WHERE s.seq IS NULL ORDER BY a.seq",
+            )?;
+            let rows: Vec<Unsealed> = stmt
+                .query_map([], |r| {
+                    Ok(Unsealed {
+                        seq: r.get(0)?,
+                        at: r.get(1)?,
+                        kind: r.get(2)?,
+                        request_id: r.get(3)?,
+                        data: r.get(4)?,
+                        prev_hash: r.get(5)?,
+                        hash: r.get(6)?,
+                        before: r.get(7)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            drop(stmt);
+            let mut out = LateSeals::default();
+            for u in rows {
+                let prev_ok = match &u.before {
+                    Some(h) => *h == u.prev_hash,
+                    None => u.seq == 1 && u.prev_hash == GENESIS,
+                };
+                let content_ok =
+                    link_hash(&u.prev_hash, u.seq, u.at, &u.kind, u.request_id, &u.data) == u.hash;
+                if !prev_ok || !content_ok {
+                    tracing::error!(
+                        seq = u.seq,
+                        "audit link does not hold; not sealing it or anything after it: run `forgetd audit verify`"
+                    );
+                    break;
+                }
+                if u.seq >= keyed_from && crate::audit::CERTIFYING_KINDS.contains(&u.kind.as_str()) {
+                    tracing::error!(
+                        seq = u.seq,
+                        kind = u.kind,
+                        "an unsealed certifying audit link: only a process with the chain key writes these, so it was forged or written by an old forgetd; not sealed (`forgetd audit verify` reports it)"
+                    );
+                    out.refused.push(u.seq);
+                    continue;
+                }
+                tx.prepare_cached("INSERT INTO audit_seals (seq, seal, late) VALUES (?1, ?2, 1)")?
+                    .execute(params![u.seq, key.seal(u.seq, &u.hash, true)])?;
+                out.sealed += 1;
+            }
+            Ok(out)
+        })
+    }
+
     /// Appends one event in its own transaction (for callers outside a larger write).
     pub fn audit(
         &mut self,
@@ -147,11 +230,39 @@ impl Store {
     }
 }
 
+struct Unsealed {
+    seq: i64,
+    at: i64,
+    kind: String,
+    request_id: Option<i64>,
+    data: String,
+    prev_hash: String,
+    hash: String,
+    /// The previous link's hash.
+    before: Option<String>,
+}
+
+/// The first link appended under the keyed schema.
+fn keyed_from(conn: &rusqlite::Connection) -> Result<i64> {
+    Ok(conn
+        .query_row(
+            "SELECT keyed_from_seq FROM audit_keying WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(1))
+}
+
 /// Walks the chain from the start.
 fn verify(store: &Store) -> Result<Verification> {
     let mut stmt = store.conn.prepare(
-        "SELECT seq, at, kind, request_id, data, prev_hash, hash FROM audit_log ORDER BY seq",
+        "SELECT a.seq, a.at, a.kind, a.request_id, a.data, a.prev_hash, a.hash, s.seal, s.late
+         FROM audit_log a LEFT JOIN audit_seals s ON s.seq = a.seq ORDER BY a.seq",
     )?;
+    let key = store.chain_key.as_deref();
+    let keyed_from = keyed_from(&store.conn)?;
+    let mut seals = key.map(|_| SealCheck::default());
     let mut rows = stmt.query([])?;
     let mut expected_prev = GENESIS.to_string();
     let mut expected_seq = 1i64;
@@ -164,10 +275,13 @@ fn verify(store: &Store) -> Result<Verification> {
         let data: String = r.get(4)?;
         let prev: String = r.get(5)?;
         let hash: String = r.get(6)?;
+        let seal: Option<String> = r.get(7)?;
+        let late: Option<bool> = r.get(8)?;
         let broken = |reason: String| Verification {
             events,
             head: expected_prev.clone(),
             broken: Some(BrokenLink { seq, reason }),
+            seals: None,
         };
         if seq != expected_seq {
             return Ok(broken(format!(
@@ -185,6 +299,31 @@ fn verify(store: &Store) -> Result<Verification> {
                 "event {seq} ({kind}) was altered: its hash does not match its content"
             )));
         }
+        if let (Some(key), Some(check)) = (key, seals.as_mut()) {
+            let certifying = crate::audit::CERTIFYING_KINDS.contains(&kind.as_str());
+            match (&seal, late) {
+                (Some(mac), Some(late)) => {
+                    if !key.check(seq, &hash, late, mac) {
+                        return Ok(broken(format!(
+                            "event {seq} ({kind}) has a seal that is not forgetd's: the link or its seal was forged"
+                        )));
+                    }
+                    if late && certifying && seq >= keyed_from {
+                        return Ok(broken(format!(
+                            "event {seq} ({kind}) is a certifying event sealed late; forgetd seals those only as it writes them"
+                        )));
+                    }
+                    check.sealed += 1;
+                    check.late += u64::from(late);
+                }
+                _ if certifying && seq >= keyed_from => {
+                    return Ok(broken(format!(
+                        "event {seq} ({kind}) is a certifying event without a seal: written without forgetd's chain key, so forged (or by a forgetd older than schema 6)"
+                    )));
+                }
+                _ => check.unsealed += 1,
+            }
+        }
         expected_prev = hash;
         expected_seq += 1;
         events += 1;
@@ -193,12 +332,50 @@ fn verify(store: &Store) -> Result<Verification> {
         events,
         head: expected_prev,
         broken: None,
+        seals,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use crate::store::testing::temp_store;
+
+    /// A chain written by a forgetd before schema 6 (no seals, certifying links included) keeps
+    /// verifying after the upgrade, and the daemon's first start seals it.
+    #[test]
+    fn an_unkeyed_chain_from_before_schema_6_keeps_verifying_and_is_sealed_late() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("forgetd.db");
+        {
+            let mut conn = rusqlite::Connection::open(&path).unwrap();
+            rusqlite_migration::Migrations::new(super::super::MIGRATIONS[..5].to_vec())
+                .to_latest(&mut conn)
+                .unwrap();
+            let tx = conn.transaction().unwrap();
+            let tx = super::Tx::new(tx, None);
+            for (i, kind) in ["config.loaded", "batch.answered", "request.completed"]
+                .iter()
+                .enumerate()
+            {
+                super::append(&tx, 100 + i as i64, kind, Some(1), &serde_json::json!({})).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let mut s = crate::store::Store::open(&path).unwrap();
+        s.set_chain_key(crate::audit::SubjectKey::from_bytes(&[3; 32]).chain_key());
+        let v = s.verify_audit().unwrap();
+        assert!(v.broken.is_none(), "{v:?}");
+        assert_eq!(v.seals.as_ref().unwrap().unsealed, 3);
+        let late = s.seal_late().unwrap();
+        assert_eq!((late.sealed, late.refused.len()), (3, 0));
+        // New links are sealed at append; the legacy ones stay verifiable, marked late.
+        s.audit(200, "batch.answered", None, &serde_json::json!({}))
+            .unwrap();
+        let v = s.verify_audit().unwrap();
+        assert!(v.broken.is_none(), "{v:?}");
+        let c = v.seals.unwrap();
+        assert_eq!((c.sealed, c.late, c.unsealed), (4, 3, 0));
+    }
 
     #[test]
     fn verify_passes_untouched_and_names_the_altered_link() {

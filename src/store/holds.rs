@@ -7,7 +7,9 @@
 //! by provider listing with no owner is not covered (hold the chat itself).
 //! Coverage is the `item_holds` view in the schema, so SQL and Rust cannot disagree on it.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{OptionalExtension, params};
+
+use super::Tx;
 use serde::Serialize;
 
 use super::{Result, Store, StoreError};
@@ -38,7 +40,7 @@ pub struct Hold {
 
 /// Marks pending items covered by an active hold as held. `only` limits the sweep to some items.
 /// Returns the ids of items that became held.
-pub(crate) fn apply_holds(tx: &Transaction<'_>, only: Option<&[i64]>) -> Result<Vec<i64>> {
+pub(crate) fn apply_holds(tx: &Tx<'_>, only: Option<&[i64]>) -> Result<Vec<i64>> {
     let sql = "UPDATE work_items
                SET state = 'held', hold_id = (SELECT min(hold_id) FROM item_holds c WHERE c.item_id = work_items.id)
                WHERE state = 'pending' AND id = ?1 AND EXISTS (SELECT 1 FROM item_holds c WHERE c.item_id = work_items.id)

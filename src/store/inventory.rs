@@ -11,7 +11,9 @@
 
 use std::io::{BufRead, Read};
 
-use rusqlite::{Transaction, params};
+use rusqlite::params;
+
+use super::Tx;
 use serde::Deserialize;
 
 use super::{Result, Store, StoreError};
@@ -140,7 +142,7 @@ pub const COLUMNS: [&str; 6] = [
     "created_at",
 ];
 
-fn insert(tx: &Transaction<'_>, s: &NewSession, discovered_at: Option<i64>) -> Result<bool> {
+fn insert(tx: &Tx<'_>, s: &NewSession, discovered_at: Option<i64>) -> Result<bool> {
     let n = tx
         .prepare_cached(
             "INSERT INTO sessions (provider, scope, session_id, subject, repo_id, created_at, discovered_at)
@@ -217,10 +219,7 @@ impl Store {
         let Some(json) = starts_with_brace(&mut reader)? else {
             return Ok(ImportReport::default());
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
+        let tx = self.begin().map_err(ImportError::from)?;
         let mut sink = Sink {
             tx: &tx,
             report: ImportReport::default(),
@@ -265,7 +264,7 @@ fn starts_with_brace(reader: &mut impl BufRead) -> Result<Option<bool>, ImportEr
 
 /// Where imported rows go: one transaction, the running counts, and the bad lines so far.
 struct Sink<'t> {
-    tx: &'t Transaction<'t>,
+    tx: &'t Tx<'t>,
     report: ImportReport,
     bad: Vec<BadLine>,
     /// Bad lines past the first [`REPORTED_LINES`].

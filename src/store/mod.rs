@@ -56,6 +56,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/003_provider_registry.sql")).foreign_key_check(),
     M::up(include_str!("migrations/004_provider_gate.sql")),
     M::up(include_str!("migrations/005_verification.sql")),
+    M::up(include_str!("migrations/006_keyed_chain.sql")),
 ];
 
 fn provider_keys(conn: &Connection) -> rusqlite::Result<Vec<String>> {
@@ -175,6 +176,42 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Store {
     pub(crate) conn: Connection,
     path: PathBuf,
+    /// Seals audit links as they are appended ([`crate::audit`]); `None`: this process cannot
+    /// read the key (a CLI run by a feeder) and appends unsealed links for the daemon to seal.
+    chain_key: Option<std::sync::Arc<crate::audit::ChainKey>>,
+}
+
+/// A write transaction, carrying the chain key when the store has one: every audit append in it
+/// is sealed ([`audit::append`]), and no caller can forget to pass the key.
+pub struct Tx<'a> {
+    inner: rusqlite::Transaction<'a>,
+    chain_key: Option<&'a crate::audit::ChainKey>,
+}
+
+impl<'a> Tx<'a> {
+    pub(crate) fn new(
+        inner: rusqlite::Transaction<'a>,
+        chain_key: Option<&'a crate::audit::ChainKey>,
+    ) -> Self {
+        Self { inner, chain_key }
+    }
+    /// The chain key, when this process holds it.
+    pub(crate) fn chain_key(&self) -> Option<&crate::audit::ChainKey> {
+        self.chain_key
+    }
+    pub(crate) fn commit(self) -> rusqlite::Result<()> {
+        self.inner.commit()
+    }
+    pub(crate) fn rollback(self) -> rusqlite::Result<()> {
+        self.inner.rollback()
+    }
+}
+
+impl<'a> std::ops::Deref for Tx<'a> {
+    type Target = rusqlite::Transaction<'a>;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -236,6 +273,7 @@ impl Store {
         Ok(Self {
             conn,
             path: path.to_path_buf(),
+            chain_key: None,
         })
     }
 
@@ -300,16 +338,29 @@ impl Store {
 
     /// Runs `f` in an IMMEDIATE transaction (takes the write lock up front, so two writers wait on
     /// the busy timeout instead of failing on upgrade).
-    pub fn write<T>(
-        &mut self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
-    ) -> Result<T> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    pub fn write<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        let tx = self.begin()?;
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// An IMMEDIATE transaction carrying this store's chain key.
+    pub(crate) fn begin(&mut self) -> Result<Tx<'_>> {
+        let inner = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        Ok(Tx::new(inner, self.chain_key.as_deref()))
+    }
+
+    /// Gives this store the audit chain's key: from now on it seals what it appends.
+    pub fn set_chain_key(&mut self, key: crate::audit::ChainKey) {
+        self.chain_key = Some(std::sync::Arc::new(key));
+    }
+
+    /// Whether this store seals what it appends.
+    pub fn holds_chain_key(&self) -> bool {
+        self.chain_key.is_some()
     }
 
     /// `PRAGMA data_version`: changes when another connection commits. The daemon polls this

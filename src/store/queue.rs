@@ -30,7 +30,9 @@
 
 use std::time::Duration;
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{OptionalExtension, params};
+
+use super::Tx;
 
 use super::{Result, Store, StoreError};
 use crate::clock::Millis;
@@ -442,7 +444,7 @@ impl Store {
 }
 
 fn claim_in(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     provider: ProviderKind,
     now_ms: Millis,
     lease: Duration,
@@ -511,7 +513,7 @@ fn claim_in(
 }
 
 fn apply_outcome(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     batch_id: i64,
     id: i64,
     now_ms: Millis,

@@ -6,7 +6,9 @@
 //! else `complete` (every item deleted or held). `failed` is therefore final until
 //! `requests retry` revives the dead items.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{OptionalExtension, params};
+
+use super::Tx;
 use serde::Serialize;
 
 use super::queue::ItemState;
@@ -326,11 +328,7 @@ impl Store {
 
 /// Recomputes the state of every resolved request linked to any of `item_ids`; returns the ids of
 /// requests whose state changed.
-pub(crate) fn refresh_for_items(
-    tx: &Transaction<'_>,
-    item_ids: &[i64],
-    now: i64,
-) -> Result<Vec<i64>> {
+pub(crate) fn refresh_for_items(tx: &Tx<'_>, item_ids: &[i64], now: i64) -> Result<Vec<i64>> {
     let mut changed = Vec::new();
     for r in requests_of_items(tx, item_ids)? {
         if refresh_request(tx, r, now)?.is_some() {
@@ -342,7 +340,7 @@ pub(crate) fn refresh_for_items(
 
 /// The requests linked to any of `item_ids`, each once, in id order.
 pub(crate) fn requests_of_items(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     item_ids: &[i64],
 ) -> Result<std::collections::BTreeSet<i64>> {
     let mut requests = std::collections::BTreeSet::new();
@@ -356,11 +354,7 @@ pub(crate) fn requests_of_items(
 }
 
 /// Recomputes one resolved request's state from its items. Returns the new state if it changed.
-pub(crate) fn refresh_request(
-    tx: &Transaction<'_>,
-    id: i64,
-    now: i64,
-) -> Result<Option<RequestState>> {
+pub(crate) fn refresh_request(tx: &Tx<'_>, id: i64, now: i64) -> Result<Option<RequestState>> {
     let row: Option<(String, i64, i64)> = tx
         .prepare_cached(
             "SELECT r.state,
@@ -400,17 +394,15 @@ pub(crate) fn refresh_request(
     // completes again.
     tx.prepare_cached(
         "UPDATE erasure_requests SET state = ?2, completed_at = ?3, updated_at = ?4,
-                verified_at = CASE WHEN ?2 = 'complete' THEN verified_at END
+                verified_at = CASE WHEN ?2 = 'complete' THEN verified_at END, closing_seq = NULL
          WHERE id = ?1",
     )?
     .execute(params![id, new.as_str(), completed_at, now])?;
-    if matches!(new, RequestState::Complete | RequestState::Failed) {
-        record_outcome(tx, id, new, now)?;
-        log_finished(tx, id, new, now)?;
-    }
-    if new == RequestState::Complete {
-        // Its chats may all have been read back absent already (another request's).
-        super::verification::mark_verified(tx, id, now)?;
+    // The closing event certifies what was erased: only a process holding the chain key writes
+    // it. Without the key (a feeder's `holds add` completed the request) the daemon writes it
+    // within a second ([`Store::close_deferred`]).
+    if matches!(new, RequestState::Complete | RequestState::Failed) && tx.chain_key().is_some() {
+        close(tx, id, new, now)?;
     }
     if new == RequestState::Complete {
         minimize(tx, id)?;
@@ -418,9 +410,45 @@ pub(crate) fn refresh_request(
     Ok(Some(new))
 }
 
+/// The closing event of a finished request, its journal line, and (complete, every chat read
+/// back absent already) its verification.
+fn close(tx: &Tx<'_>, id: i64, state: RequestState, now: i64) -> Result<()> {
+    record_outcome(tx, id, state, now)?;
+    log_finished(tx, id, state, now)?;
+    if state == RequestState::Complete {
+        // Its chats may all have been read back absent already (another request's).
+        super::verification::mark_verified(tx, id, now)?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Writes the closing events that processes without the chain key left to the daemon
+    /// (requests finished with `closing_seq` NULL); returns how many. Needs the key.
+    pub fn close_deferred(&mut self, now: i64) -> Result<usize> {
+        if !self.holds_chain_key() {
+            return Ok(0);
+        }
+        self.write(|tx| {
+            let open: Vec<(i64, String)> = tx
+                .prepare_cached(
+                    "SELECT id, state FROM erasure_requests
+                     WHERE state IN ('complete', 'failed') AND closing_seq IS NULL ORDER BY id",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (id, state) in &open {
+                let state = RequestState::parse(state).unwrap_or(RequestState::Failed);
+                close(tx, *id, state, now)?;
+            }
+            Ok(open.len())
+        })
+    }
+}
+
 /// One journal line per request that completed (info) or failed (warning): its ref, its counts and
 /// whether it was late. No subject: the ref leads to the person in the feeder's own records.
-fn log_finished(tx: &Transaction<'_>, id: i64, state: RequestState, now: i64) -> Result<()> {
+fn log_finished(tx: &Tx<'_>, id: i64, state: RequestState, now: i64) -> Result<()> {
     let (external_ref, due_at, deleted, held, dead): (Option<String>, Option<i64>, i64, i64, i64) = tx
         .prepare_cached(
             "SELECT r.external_ref, r.due_at,
@@ -457,7 +485,7 @@ fn log_finished(tx: &Transaction<'_>, id: i64, state: RequestState, now: i64) ->
 
 /// The audit event that closes a request: every chat with its outcome, confirmation time, hold
 /// reason or last error. The erasure certificate is built from this event.
-fn record_outcome(tx: &Transaction<'_>, id: i64, state: RequestState, now: i64) -> Result<()> {
+fn record_outcome(tx: &Tx<'_>, id: i64, state: RequestState, now: i64) -> Result<()> {
     let mut stmt = tx.prepare_cached(
         "SELECT w.provider, w.scope, w.session_id, w.state, w.outcome, w.finished_at, w.last_error, h.id, h.reason
          FROM request_items ri JOIN work_items w ON w.id = ri.item_id LEFT JOIN holds h ON h.id = w.hold_id
@@ -486,6 +514,10 @@ fn record_outcome(tx: &Transaction<'_>, id: i64, state: RequestState, now: i64) 
     };
     let event = serde_json::to_value(RequestClosed { items }).expect("plain data serializes");
     super::audit::append(tx, now, kind, Some(id), &event)?;
+    tx.prepare_cached(
+        "UPDATE erasure_requests SET closing_seq = (SELECT max(seq) FROM audit_log) WHERE id = ?1",
+    )?
+    .execute([id])?;
     Ok(())
 }
 
@@ -493,7 +525,7 @@ fn record_outcome(tx: &Transaction<'_>, id: i64, state: RequestState, now: i64) 
 /// chats need: the request's subject becomes its keyed hash and its deleted chats leave the
 /// inventory. Every other row of the person stays attributed (chats still held, chats recorded
 /// while the request ran): subject holds and the person's next request must keep seeing them.
-fn minimize(tx: &Transaction<'_>, id: i64) -> Result<()> {
+fn minimize(tx: &Tx<'_>, id: i64) -> Result<()> {
     let (subject, hash): (String, Option<String>) = tx.query_row(
         "SELECT subject, subject_hash FROM erasure_requests WHERE id = ?1",
         [id],

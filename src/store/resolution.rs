@@ -17,7 +17,9 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{OptionalExtension, params};
+
+use super::Tx;
 
 use super::inventory::NewSession;
 use super::{Result, Store, holds, requests};
@@ -80,7 +82,7 @@ impl Store {
 
 /// The body of [`Store::resolve_request`], shared with `plan` (which rolls it back).
 pub(crate) fn resolve_request_in(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     req: &Received,
     discovered: &[NewSession],
     subject_hash: &str,
@@ -170,7 +172,7 @@ pub(crate) fn resolve_request_in(
     }
 }
 
-fn insert_discovered(tx: &Transaction<'_>, d: &NewSession, now: i64) -> Result<bool> {
+fn insert_discovered(tx: &Tx<'_>, d: &NewSession, now: i64) -> Result<bool> {
     let n = tx
         .prepare_cached(
             "INSERT INTO sessions (provider, scope, session_id, subject, repo_id, created_at, discovered_at)
@@ -193,12 +195,7 @@ pub(crate) struct ItemChat<'a> {
 /// One work item per chat: created pending, or the existing one (its due date moved earlier if
 /// this demand is more urgent; revived if it had gone dead; its owner kept, or learnt if it had
 /// none). Returns its id.
-pub(crate) fn upsert_item(
-    tx: &Transaction<'_>,
-    chat: &ItemChat<'_>,
-    due_at: i64,
-    now: i64,
-) -> Result<i64> {
+pub(crate) fn upsert_item(tx: &Tx<'_>, chat: &ItemChat<'_>, due_at: i64, now: i64) -> Result<i64> {
     let id: i64 = tx
         .prepare_cached(
             "INSERT INTO work_items (provider, scope, session_id, repo_id, subject, due_at, created_at)
@@ -243,7 +240,7 @@ pub struct RuleRun {
 /// Runs a rule against the inventory in `tx`: the expired chats (into `temp.rule_matches`), their
 /// work items, holds, the guard rail and the rule's run state. Shared by the real run and `plan`.
 pub(crate) fn run_rule_in(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     rule: &crate::store::rules::RuleRow,
     discovered: &[NewSession],
     now: i64,
@@ -377,10 +374,8 @@ impl Store {
     }
 
     /// Runs `f` in a transaction and rolls it back: nothing it writes stays.
-    fn dry_run<T>(&mut self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    fn dry_run<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        let tx = self.begin()?;
         let out = f(&tx);
         tx.rollback()?;
         out
@@ -457,7 +452,7 @@ impl Store {
     }
 }
 
-fn planned(tx: &Transaction<'_>, sql: &str, p: impl rusqlite::Params) -> Result<Vec<PlannedChat>> {
+fn planned(tx: &Tx<'_>, sql: &str, p: impl rusqlite::Params) -> Result<Vec<PlannedChat>> {
     let mut stmt = tx.prepare(sql)?;
     let rows = stmt
         .query_map(p, |r| {

@@ -16,7 +16,9 @@
 
 use std::time::Duration;
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{OptionalExtension, params};
+
+use super::Tx;
 
 use super::{Result, Store};
 use crate::audit::{ChatReappeared, RequestVerified, VerifiedItem};
@@ -299,7 +301,7 @@ impl Store {
 /// A chat read back present after its deletion was confirmed. `Some(true)`: back to pending;
 /// `Some(false)`: dead (it came back too often); `None`: the item changed meanwhile.
 fn reappeared(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     provider: ProviderKind,
     id: i64,
     now: Millis,
@@ -360,7 +362,7 @@ fn reappeared(
 }
 
 /// Marks every complete request linked to `item_ids` verified when it now is; returns how many.
-fn verify_requests_of(tx: &Transaction<'_>, item_ids: &[i64], now: i64) -> Result<u64> {
+fn verify_requests_of(tx: &Tx<'_>, item_ids: &[i64], now: i64) -> Result<u64> {
     let mut n = 0;
     for r in super::requests::requests_of_items(tx, item_ids)? {
         if mark_verified(tx, r, now)? {
@@ -372,7 +374,7 @@ fn verify_requests_of(tx: &Transaction<'_>, item_ids: &[i64], now: i64) -> Resul
 
 /// Records a complete request as verified when every deleted chat of it (at least one) was read
 /// back absent and it is not recorded yet: `verified_at` and a `request.verified` event.
-pub(crate) fn mark_verified(tx: &Transaction<'_>, request_id: i64, now: i64) -> Result<bool> {
+pub(crate) fn mark_verified(tx: &Tx<'_>, request_id: i64, now: i64) -> Result<bool> {
     let row: Option<(String, Option<i64>, i64, i64)> = tx
         .prepare_cached(
             "SELECT r.state, r.verified_at,
