@@ -5,8 +5,15 @@
 
 /// The error and its causes on one line each, without repeating a cause already in the message.
 pub fn render(e: &anyhow::Error) -> String {
+    render_error(e.as_ref())
+}
+
+/// [`render`] for an error that is not in an [`anyhow::Error`] (one kept in an `Arc`).
+pub fn render_error(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
-    for cause in e.chain().skip(1) {
+    let mut next = e.source();
+    while let Some(cause) = next {
+        next = cause.source();
         // SQLite's bare result code ("Error code 275: constraint failed") sits under the message
         // SQLite gave with it, which is already shown: it adds a number and nothing to act on.
         if cause.is::<rusqlite::ffi::Error>() {

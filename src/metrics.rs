@@ -58,6 +58,10 @@ pub struct Metrics {
     pub heartbeat_ms: AtomicI64,
     /// The same, exported: an alert rule sees a stale heartbeat while the process still answers.
     heartbeat_seconds: Gauge,
+    /// How long the database has refused writes (0 when it takes them), and how many writes it
+    /// refused since start ([`crate::store::outage`]).
+    unwritable_seconds: Gauge,
+    write_failures: Counter,
     /// The audit chain's last sequence number (read at scrape time).
     audit_head_seq: Gauge,
     /// The last sequence number written to the journal as the chain's anchor (by the daemon's
@@ -111,6 +115,18 @@ impl Metrics {
         let gate_rate = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         let gate_concurrency = Family::<Labels, Gauge>::default();
         let heartbeat_seconds = Gauge::default();
+        let unwritable_seconds = Gauge::default();
+        let write_failures = Counter::default();
+        registry.register(
+            "database_unwritable_seconds",
+            "How long the database has refused the daemon's writes (disk full, read-only, locked); 0 while it takes them",
+            unwritable_seconds.clone(),
+        );
+        registry.register(
+            "database_write_failures",
+            "The daemon's writes the database refused for a while (each is tried again)",
+            write_failures.clone(),
+        );
         let audit_head_seq = Gauge::default();
         let audit_anchored_seq = Gauge::default();
         registry.register(
@@ -261,6 +277,8 @@ impl Metrics {
             gate_concurrency,
             heartbeat_ms: AtomicI64::new(0),
             heartbeat_seconds,
+            unwritable_seconds,
+            write_failures,
             audit_head_seq,
             audit_anchored_seq,
         }
@@ -473,6 +491,14 @@ impl Metrics {
         );
         self.overdue.set(st.overdue.len() as i64);
         self.due_soon.set(st.due_soon.len() as i64);
+        let outage = store.outage();
+        self.unwritable_seconds.set(
+            outage
+                .current()
+                .map_or(0, |o| o.lasted.as_secs().max(1) as i64),
+        );
+        self.write_failures
+            .inc_by(outage.failures().saturating_sub(self.write_failures.get()));
         for p in providers {
             self.observe_gate(&p.gate().view());
             let kind = p.kind().to_string();

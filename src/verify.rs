@@ -109,7 +109,7 @@ impl Verifier {
             if cancel.is_cancelled() {
                 return Ok(());
             }
-            let (sum, paused, read) = match self.round(&provider, after).await {
+            let (sum, paused, read) = match self.round(&provider, after, Some(&cancel)).await {
                 Ok(r) => r,
                 Err(e) => {
                     // The disk may be full or the file read-only for a while: say so and look
@@ -175,7 +175,7 @@ impl Verifier {
             return Ok(end);
         };
         loop {
-            let (sum, paused, read) = self.round(provider, after).await?;
+            let (sum, paused, read) = self.round(provider, after, None).await?;
             add(&mut end.summary, &sum);
             if paused {
                 end.paused = provider.gate().paused().map(|p| p.reason);
@@ -188,11 +188,13 @@ impl Verifier {
     }
 
     /// One round: the due chats, read back per scope, recorded. Returns what changed, whether
-    /// the provider is paused, and how many chats were read.
+    /// the provider is paused, and how many chats were read. With `patient` (the daemon), the
+    /// record waits out a database that cannot be written rather than read everything again.
     async fn round(
         &self,
         provider: &SharedProvider,
         after: Duration,
+        patient: Option<&CancellationToken>,
     ) -> Result<(ReadBackSummary, bool, usize), StoreError> {
         let kind = provider.kind();
         if provider.gate().paused().is_some() {
@@ -231,10 +233,16 @@ impl Verifier {
         let read = results.len();
         let limits = self.limits();
         let now = self.clock.instant();
-        let sum = self
-            .store
-            .call(move |s| s.record_read_backs(kind, &results, now, limits))
-            .await?;
+        let record =
+            move |s: &mut crate::store::Store| s.record_read_backs(kind, &results, now, limits);
+        let sum = match patient {
+            Some(cancel) => {
+                self.store
+                    .persist("recording read-backs", cancel, record)
+                    .await?
+            }
+            None => self.store.call(record).await?,
+        };
         self.metrics.observe_read_backs(kind, &sum);
         Ok((sum, paused, read))
     }

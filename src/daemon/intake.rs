@@ -4,6 +4,11 @@
 //! requests, seals the audit links other processes appended without the chain key (and writes
 //! the closing events they left to the daemon), wakes the executor, and tells the scheduler the
 //! rules may have changed.
+//!
+//! A tick that fails because the database cannot be written (disk full, read-only) is not the
+//! daemon's end: it is noted in the store's [`crate::store::outage::Outage`] (said once), and the
+//! next try waits [`OUTAGE_RETRY`] so a long outage does not repeat provider discovery calls
+//! four times a second. What was filed stays filed: it is looked at again when the try succeeds.
 
 use anyhow::Result;
 use tokio::sync::Notify;
@@ -11,12 +16,14 @@ use tokio::sync::Notify;
 use crate::clock::SharedClock;
 use crate::executor::Executor;
 use crate::resolve::{Patience, Resolver};
-use crate::store::AsyncStore;
+use crate::store::{AsyncStore, StoreError};
 
 /// How often intake looks.
 pub(super) const POLL: std::time::Duration = std::time::Duration::from_millis(250);
 /// How often requests whose discovery failed are tried again.
 const RESOLVE_RETRY_MS: i64 = 30_000;
+/// How long intake rests after the database refused a write.
+const OUTAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Default)]
 pub(super) struct Intake {
@@ -24,10 +31,49 @@ pub(super) struct Intake {
     /// Some received request could not be resolved (its discovery failed).
     unresolved: bool,
     last_retry_ms: i64,
+    /// While the database refuses writes: the next try is not before this (tokio time).
+    rest_until: Option<tokio::time::Instant>,
 }
 
 impl Intake {
+    /// One look; `Err` only for what waiting cannot cure.
     pub(super) async fn tick(
+        &mut self,
+        store: &AsyncStore,
+        resolver: &Resolver,
+        executor: &Executor,
+        clock: &SharedClock,
+        rules_changed: &Notify,
+    ) -> Result<()> {
+        // Ends an outage that has settled (and says so), though nothing else asks.
+        let _ = store.outage().current();
+        if self
+            .rest_until
+            .is_some_and(|t| tokio::time::Instant::now() < t)
+        {
+            return Ok(());
+        }
+        match self
+            .look(store, resolver, executor, clock, rules_changed)
+            .await
+        {
+            Ok(()) => {
+                self.rest_until = None;
+                Ok(())
+            }
+            Err(e) if transient(&e) => {
+                let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+                store
+                    .outage()
+                    .failed("resolving what feeders filed", e.into());
+                self.rest_until = Some(tokio::time::Instant::now() + OUTAGE_RETRY);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn look(
         &mut self,
         store: &AsyncStore,
         resolver: &Resolver,
@@ -45,7 +91,6 @@ impl Intake {
             // Another connection committed: rules may have changed (`forgetd rules add`).
             rules_changed.notify_one();
         }
-        self.last_version = Some(version);
         self.last_retry_ms = now_ms;
         let now = clock.now();
         store
@@ -55,10 +100,19 @@ impl Intake {
             })
             .await?;
         let (n, failures) = resolver.resolve_received(Patience::Brief).await?;
+        // Seen only once resolved: a look the disk refused is made again.
+        self.last_version = Some(version);
         self.unresolved = !failures.is_empty();
         if n > 0 {
             executor.wake();
         }
         Ok(())
     }
+}
+
+/// Whether `e` is a store error that waiting can cure (anywhere in its chain).
+pub(super) fn transient(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<StoreError>())
+        .any(|s| s.is_transient())
 }

@@ -237,7 +237,12 @@ impl Daemon {
                     }
                     metrics.heartbeat_ms.store(clock.now_ms(), Ordering::Relaxed);
                     intake.tick(&store, &resolver, &executor, &clock, &rules_changed).await?;
-                    reporter.tick(&store, &clock, deadline_secs.load(Ordering::Relaxed), &metrics).await?;
+                    if let Err(e) = reporter.tick(&store, &clock, deadline_secs.load(Ordering::Relaxed), &metrics).await {
+                        // The reporter only reads; a busy or unreadable moment is said by the outage.
+                        if !intake::transient(&e) {
+                            return Err(e);
+                        }
+                    }
                 }
             }
         }
@@ -353,9 +358,16 @@ impl Tasks {
                 }
             }
         };
-        let released = store.call(|s| s.release_all_in_flight()).await?;
-        if released > 0 {
-            tracing::info!(items = released, "returned unfinished items to pending");
+        match store.call(|s| s.release_all_in_flight()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(items = n, "returned unfinished items to pending"),
+            // Nothing is lost: the next start returns them (it holds the lock, so no one else
+            // can hold their leases). The executor's own error below says why it stopped.
+            Err(e) if e.is_transient() => tracing::warn!(
+                error = %e,
+                "could not return unfinished items to pending now; the next start does"
+            ),
+            Err(e) => return Err(e.into()),
         }
         match ended {
             Ok(Ok(_)) if unexpected => anyhow::bail!("the executor stopped unexpectedly"),

@@ -29,7 +29,7 @@
 
 pub mod retry;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,7 +48,7 @@ use crate::providers::{
 };
 use crate::store::queue::{ClaimedBatch, ClaimedItem, ItemOutcome};
 use crate::store::status::GateRow;
-use crate::store::{AsyncStore, StoreError};
+use crate::store::{AsyncStore, Store, StoreError};
 use retry::{Next, RetryPolicy};
 
 /// How long the loop waits for new work before looking again (feeder writes are also announced
@@ -98,6 +98,22 @@ pub struct Executor {
     /// Reads deleted chats back ([`crate::verify`]): beside the lanes in the daemon, after the
     /// drain in `run --once`.
     verifier: crate::verify::Verifier,
+    /// Batches this process has claimed and not yet recorded or released. The lease reaper
+    /// leaves them alone: their answer may be waiting for a full disk to take it, and reaping
+    /// them would send those chats again while their deletion is about to be recorded.
+    held: Arc<Mutex<HashSet<i64>>>,
+}
+
+/// This process holds a claimed batch while this lives (see [`Executor::held`]).
+struct Holding {
+    set: Arc<Mutex<HashSet<i64>>>,
+    batch_id: i64,
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.set.lock().unwrap().remove(&self.batch_id);
+    }
 }
 
 /// The gate's state as last written to the store.
@@ -136,6 +152,7 @@ impl Executor {
             providers,
             mirrored: Mutex::new(HashMap::new()),
             verifier,
+            held: Default::default(),
             clock,
             retry: RetryPolicy::new(&config.retry),
             lease: config.daemon.lease,
@@ -279,13 +296,20 @@ impl Executor {
                 _ = tokio::time::sleep(every) => {}
             }
             let now = self.clock.instant();
+            let mine: Vec<i64> = self.held.lock().unwrap().iter().copied().collect();
             match self
                 .store
-                .call(move |s| s.release_expired_leases(now))
+                .call(move |s| s.release_expired_leases(now, &mine))
                 .await
             {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(items = n, "leases expired; items returned to pending"),
+                Err(e) if e.is_transient() => {
+                    // Said once for the whole outage; the next round tries again.
+                    self.store
+                        .outage()
+                        .failed("returning expired leases", Arc::new(e));
+                }
                 Err(e) => tracing::error!(error = %e, "could not reap expired leases"),
             }
         }
@@ -366,15 +390,18 @@ impl Executor {
         let kind = provider.kind();
         let gate = provider.gate().clone();
         let (lease, max) = (self.lease, provider.max_batch());
-        let mut next: Option<ClaimedBatch> = None;
+        let mut next: Option<(ClaimedBatch, Holding)> = None;
         loop {
             if cancel.is_cancelled() {
                 return Ok(LaneEnd::Cancelled); // a claimed `next` is released with the rest
             }
             if let Some(p) = gate.paused() {
-                if let Some(b) = next.take() {
+                if let Some((b, _holding)) = next.take() {
                     let id = b.batch_id;
-                    self.store.call(move |s| s.release_batch(id)).await?;
+                    self.write("releasing a batch", mode, cancel, move |s| {
+                        s.release_batch(id)
+                    })
+                    .await?;
                 }
                 self.mirror_gate(kind, &gate, false).await?;
                 if mode == Mode::Once {
@@ -396,14 +423,9 @@ impl Executor {
             let Ok(pass) = pass else { continue };
             let batch = match next.take() {
                 Some(b) => Some(b),
-                None => {
-                    let now = self.clock.instant();
-                    self.store
-                        .call(move |s| s.claim_batch(kind, now, lease, max))
-                        .await?
-                }
+                None => self.claim(kind, lease, max, mode, cancel).await?,
             };
-            let Some(batch) = batch else {
+            let Some((batch, holding)) = batch else {
                 drop(pass);
                 if let Some(end) = self.idle(kind, mode, busy, wake.as_mut(), cancel).await? {
                     return Ok(end);
@@ -416,10 +438,7 @@ impl Executor {
                 if probing || cancel.is_cancelled() {
                     return Ok(None);
                 }
-                let now = self.clock.instant();
-                self.store
-                    .call(move |s| s.claim_batch(kind, now, lease, max))
-                    .await
+                self.claim(kind, lease, max, mode, cancel).await
             };
             let (sent, claimed) = tokio::join!(self.send_batch(provider, pass, &batch), claim_next);
             next = claimed?;
@@ -436,8 +455,10 @@ impl Executor {
             let me = self.clone();
             let b = busy.clone();
             let g = gate.clone();
+            let c = cancel.clone();
             *recording = Some(tokio::spawn(async move {
-                let r = me.record(kind, batch, outcomes, summary).await;
+                let r = me.record(kind, batch, outcomes, summary, mode, &c).await;
+                drop(holding);
                 let m = me.mirror_gate(kind, &g, false).await;
                 b.fetch_sub(1, SeqCst);
                 me.wake.notify_waiters();
@@ -451,6 +472,53 @@ impl Executor {
                 }
             }
         }
+    }
+
+    /// A store write a lane must not lose. In the daemon it waits out a database that cannot be
+    /// written for a while ([`crate::store::outage`]); in `run --once` it fails at once (the
+    /// next run sends again what was not recorded).
+    async fn write<R, F>(
+        &self,
+        what: &'static str,
+        mode: Mode,
+        cancel: &CancellationToken,
+        f: F,
+    ) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: Fn(&mut Store) -> Result<R, StoreError> + Send + Sync + 'static,
+    {
+        match mode {
+            Mode::Forever => self.store.persist(what, cancel, f).await,
+            Mode::Once => self.store.call(move |s| f(s)).await,
+        }
+    }
+
+    /// Claims `kind`'s most urgent due batch, and holds it in [`Executor::held`]. The lease
+    /// starts when the claim lands (the clock is read inside the write, which may have waited).
+    async fn claim(
+        &self,
+        kind: ProviderKind,
+        lease: Duration,
+        max: usize,
+        mode: Mode,
+        cancel: &CancellationToken,
+    ) -> Result<Option<(ClaimedBatch, Holding)>, StoreError> {
+        let clock = self.clock.clone();
+        let held = self.held.clone();
+        self.write("claiming a batch", mode, cancel, move |s| {
+            let batch = s.claim_batch(kind, clock.instant(), lease, max)?;
+            // Marked held on the store thread, before the reaper can see the claim.
+            Ok(batch.map(|b| {
+                held.lock().unwrap().insert(b.batch_id);
+                let holding = Holding {
+                    set: held.clone(),
+                    batch_id: b.batch_id,
+                };
+                (b, holding)
+            }))
+        })
+        .await
     }
 
     /// Writes the gate's state to the store when it changed: the pause (at once) and the
@@ -481,19 +549,33 @@ impl Executor {
             }
             (pause_changed, write)
         };
-        if pause_changed {
-            let reason = view.pause.as_ref().map(|p| p.reason.clone());
-            let at = now.secs();
-            self.store
-                .call(move |s| s.set_provider_paused(kind, reason.as_deref(), at))
-                .await?;
+        let written = async {
+            if pause_changed {
+                let reason = view.pause.as_ref().map(|p| p.reason.clone());
+                let at = now.secs();
+                self.store
+                    .call(move |s| s.set_provider_paused(kind, reason.as_deref(), at))
+                    .await?;
+            }
+            if write_row {
+                self.store
+                    .call(move |s| s.record_gate(kind, &row, now))
+                    .await?;
+            }
+            Ok::<(), StoreError>(())
+        };
+        match written.await {
+            Err(e) if e.is_transient() => {
+                // Only `status` reads this: forget what was mirrored, so the next look writes
+                // it again, and let the lane go on (the gate itself is in memory).
+                self.mirrored.lock().unwrap().remove(&kind);
+                self.store
+                    .outage()
+                    .failed("writing a provider's state for status", Arc::new(e));
+                Ok(())
+            }
+            r => r.map_err(ExecutorError::from),
         }
-        if write_row {
-            self.store
-                .call(move |s| s.record_gate(kind, &row, now))
-                .await?;
-        }
-        Ok(())
     }
 
     /// Nothing is due. Items in other workers' hands may come back; otherwise wait for the
@@ -577,13 +659,16 @@ impl Executor {
         Ok((outcomes, summary))
     }
 
-    /// Records a batch's answer: items, audit event, request states, counters.
+    /// Records a batch's answer: items, audit event, request states, counters. The answer's
+    /// time is when it came, however long the disk made it wait.
     async fn record(
         &self,
         kind: ProviderKind,
         batch: ClaimedBatch,
         outcomes: Vec<(i64, ItemOutcome)>,
         summary: Vec<String>,
+        mode: Mode,
+        cancel: &CancellationToken,
     ) -> Result<(), ExecutorError> {
         let now = self.clock.instant();
         let audit = batch_audit(&batch, &outcomes, &summary);
@@ -597,9 +682,10 @@ impl Executor {
             "batch answered"
         );
         let (bid, outs) = (batch.batch_id, outcomes.clone());
-        self.store
-            .call(move |s| s.finish_batch(bid, now, &outs, &answer, Some(&audit)))
-            .await?;
+        self.write("recording a batch's answer", mode, cancel, move |s| {
+            s.finish_batch(bid, now, &outs, &answer, Some(&audit))
+        })
+        .await?;
         for (_, o) in &outcomes {
             match o {
                 ItemOutcome::Deleted { .. } => self.metrics.deletion(kind, "deleted"),

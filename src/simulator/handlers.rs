@@ -438,13 +438,16 @@ async fn convai_delete(State(st): St, headers: HeaderMap, body: Bytes) -> Respon
     }
     st.wait_if_held().await;
     let apply = fault != Fault::Reset || st.coin();
+    // The resurrect fault is a confirmation the provider does not keep: it is used up only by
+    // an answer that confirms (a broken connection or a garbled body confirms nothing).
+    let confirms = !matches!(fault, Fault::Reset | Fault::Malformed);
     if apply {
         let now = st.clock.now_ms();
         let mut inner = st.inner.lock().unwrap();
         let mut removed = Vec::new();
         if let Some(chats) = inner.convai.get_mut(&scope) {
             for id in &ids {
-                if chats.contains_key(id) && st.resurrects(id) {
+                if confirms && chats.contains_key(id) && st.resurrects(id) {
                     continue; // confirmed below, but not kept
                 }
                 if chats.remove(id).is_some() {
@@ -700,7 +703,8 @@ async fn koo_batch(
     }
     st.wait_if_held().await;
     let deleted = if fault != Fault::Reset || st.coin() {
-        koo_apply_delete(&st, &app, &ids, fault == Fault::Partial)
+        let confirms = !matches!(fault, Fault::Reset | Fault::Malformed);
+        koo_apply_delete(&st, &app, &ids, fault == Fault::Partial, confirms)
     } else {
         0
     };
@@ -761,7 +765,14 @@ async fn koo_batch_refusal(st: &SimState, status: u16, faults: &super::Faults) -
 }
 
 /// Marks the batch's chats deleted (a partial batch keeps every other one); returns how many.
-fn koo_apply_delete(st: &SimState, app: &str, ids: &[String], partial: bool) -> u64 {
+/// With `confirms` (the answer will reach the client), a `resurrect` fault keeps its chat.
+fn koo_apply_delete(
+    st: &SimState,
+    app: &str,
+    ids: &[String],
+    partial: bool,
+    confirms: bool,
+) -> u64 {
     let now = st.clock.now_ms();
     let mut inner = st.inner.lock().unwrap();
     let mut removed = Vec::new();
@@ -774,7 +785,7 @@ fn koo_apply_delete(st: &SimState, app: &str, ids: &[String], partial: bool) -> 
             if let Some(c) = chats.get_mut(id)
                 && !c.is_del
             {
-                if st.resurrects(id) {
+                if confirms && st.resurrects(id) {
                     unkept += 1; // counted as deleted, but not kept
                     continue;
                 }

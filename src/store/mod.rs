@@ -11,9 +11,12 @@
 //! - The file is shared through a group: the directory forgetd creates is 0770, the database 0660,
 //!   and SQLite gives its -wal/-shm files the database's mode. World bits are never set; an
 //!   existing file that has them is tightened at open.
-//! - WAL mode (feeders write while the daemon reads), `synchronous = NORMAL` (WAL keeps that
-//!   durable across process crashes; the daemon re-sends in-flight work after power loss anyway),
-//!   a busy timeout so short feeder writes never surface as errors.
+//! - WAL mode (feeders write while the daemon reads), `synchronous = FULL`, a busy timeout so
+//!   short feeder writes never surface as errors. FULL, not NORMAL: a commit is on the disk
+//!   before forgetd goes on, so a provider's confirmation, once recorded, survives power loss or
+//!   a file system the kernel aborts. NORMAL lost the last recorded deletions when ext4 went
+//!   read-only under the daemon (tests/storage_faults.rs), and sending again cannot bring their
+//!   record back: the provider no longer has the chats, so discovery finds nothing to record.
 //! - Async code never touches a [`rusqlite::Connection`]: [`AsyncStore`] owns one connection on a
 //!   dedicated thread and runs closures there. One thread rather than `spawn_blocking` because a
 //!   single writer serializes the daemon's own writes (no SQLITE_BUSY between its own tasks) and
@@ -36,6 +39,7 @@ pub mod audit;
 pub mod holds;
 pub mod inventory;
 pub mod lock;
+pub mod outage;
 pub mod queue;
 pub mod requests;
 pub mod resolution;
@@ -124,8 +128,14 @@ pub enum StoreError {
     },
     #[error("the database is busy (another process holds a write lock); try again")]
     Busy(#[source] rusqlite::Error),
-    #[error("the database is read-only or its disk is full: {0}")]
+    #[error("the database cannot be written (read-only, its disk is full, or an I/O error): {0}")]
     Unwritable(#[source] rusqlite::Error),
+    #[error("gave up {what} at shutdown: the database still could not be written")]
+    Abandoned {
+        what: &'static str,
+        #[source]
+        source: outage::SharedError,
+    },
     #[error("the database file is damaged; stop forgetd and restore it from a backup")]
     Damaged(#[source] rusqlite::Error),
     #[error("refused: {message}")]
@@ -148,9 +158,12 @@ impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         match e.sqlite_error_code() {
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Self::Busy(e),
-            Some(ErrorCode::ReadOnly | ErrorCode::DiskFull | ErrorCode::CannotOpen) => {
-                Self::Unwritable(e)
-            }
+            Some(
+                ErrorCode::ReadOnly
+                | ErrorCode::DiskFull
+                | ErrorCode::CannotOpen
+                | ErrorCode::SystemIoFailure,
+            ) => Self::Unwritable(e),
             Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => Self::Damaged(e),
             Some(ErrorCode::ConstraintViolation) => Self::Refused {
                 message: constraint_message(&e),
@@ -245,7 +258,11 @@ impl Store {
         }
         // Foreign keys stay off while migrating: rebuilding a table (SQLite's "12 steps") drops
         // the parent that other tables reference. Each migration checks them before it commits.
-        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")
+        // The WAL is cut back to 16 MiB when it is rewound: a burst (an import, a reader that held
+        // it open) does not leave a large file behind for good.
+        conn.execute_batch(
+            "PRAGMA synchronous = FULL; PRAGMA journal_size_limit = 16777216; PRAGMA foreign_keys = OFF;",
+        )
             .map_err(open_err)?;
         let found: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -458,6 +475,7 @@ type Job = Box<dyn FnOnce(&mut Store) + Send>;
 #[derive(Clone)]
 pub struct AsyncStore {
     tx: std::sync::mpsc::Sender<Job>,
+    outage: std::sync::Arc<outage::Outage>,
 }
 
 impl std::fmt::Debug for AsyncStore {
@@ -477,7 +495,10 @@ impl AsyncStore {
                 }
             })
             .expect("spawn the store thread");
-        Self { tx }
+        Self {
+            tx,
+            outage: Default::default(),
+        }
     }
 
     /// Runs `f` on the store thread and waits for its result without blocking the runtime.

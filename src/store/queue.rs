@@ -310,13 +310,17 @@ impl Store {
         })
     }
 
-    /// Returns items whose lease ran out to pending (their batch never answered).
-    pub fn release_expired_leases(&mut self, now_ms: Millis) -> Result<usize> {
+    /// Returns items whose lease ran out to pending (their batch never answered), except those
+    /// of the batches in `spared`: the caller still holds them (their answer may be waiting to
+    /// be written).
+    pub fn release_expired_leases(&mut self, now_ms: Millis, spared: &[i64]) -> Result<usize> {
+        let spared = serde_json::to_string(spared).expect("a list of integers is JSON");
         self.write(|tx| {
             Ok(tx.execute(
                 "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL
-                 WHERE state = 'in_flight' AND lease_expires_ms <= ?1",
-                [now_ms],
+                 WHERE state = 'in_flight' AND lease_expires_ms <= ?1
+                   AND (batch_id IS NULL OR batch_id NOT IN (SELECT value FROM json_each(?2)))",
+                params![now_ms, spared],
             )?)
         })
     }
@@ -748,6 +752,41 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_lease_the_caller_still_holds_is_spared_and_the_others_are_reaped() {
+        let (_d, mut s) = temp_store();
+        add_item(&s, "convai", "c1", "x", 0);
+        add_item(&s, "convai", "c2", "y", 0);
+        let lease = Duration::from_millis(10);
+        let b1 = s
+            .claim_batch(ProviderKind::CONVAI, Millis(0), lease, 10)
+            .unwrap()
+            .unwrap();
+        let b2 = s
+            .claim_batch(ProviderKind::CONVAI, Millis(0), lease, 10)
+            .unwrap()
+            .unwrap();
+        assert_ne!(b1.batch_id, b2.batch_id, "one scope per batch");
+        assert_eq!(
+            s.release_expired_leases(Millis(10), &[b1.batch_id])
+                .unwrap(),
+            1
+        );
+        let state = |sid: &str| -> String {
+            s.conn
+                .query_row(
+                    "SELECT state FROM work_items WHERE session_id = ?1",
+                    [sid],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        let spared = &b1.items[0].session_id;
+        let reaped = &b2.items[0].session_id;
+        assert_eq!(state(spared), "in_flight");
+        assert_eq!(state(reaped), "pending");
+    }
+
+    #[test]
     fn an_answer_for_a_lost_lease_changes_nothing() {
         let (_d, mut s) = temp_store();
         let id = add_item(&s, "convai", "c", "x", 0);
@@ -760,7 +799,7 @@ mod tests {
             )
             .unwrap()
             .unwrap();
-        assert_eq!(s.release_expired_leases(Millis(10)).unwrap(), 1);
+        assert_eq!(s.release_expired_leases(Millis(10), &[]).unwrap(), 1);
         let b2 = s
             .claim_batch(
                 ProviderKind::CONVAI,
@@ -884,7 +923,7 @@ mod tests {
                     }
                     Op::Tick(ms) => {
                         now += ms as i64;
-                        s.release_expired_leases(Millis(now)).unwrap();
+                        s.release_expired_leases(Millis(now), &[]).unwrap();
                         for m in model.values_mut() {
                             if m.0 == ItemState::InFlight && m.2 <= now { *m = (ItemState::Pending, None, 0); }
                         }

@@ -89,6 +89,18 @@ async fn healthz_handler(State(s): State<HttpState>) -> Response {
         )
             .into_response();
     }
+    if let Some(o) = s.store.outage().current() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "database refuses writes for {} s (while {}): {}\n",
+                o.lasted.as_secs(),
+                o.what,
+                crate::errors::render_error(&*o.error)
+            ),
+        )
+            .into_response();
+    }
     match s.store.call(|st| st.data_version()).await {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")).into_response(),
