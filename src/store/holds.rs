@@ -179,3 +179,151 @@ impl Store {
         Ok(rows)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Millis;
+    use crate::model::ProviderKind;
+    use crate::store::testing::temp_store;
+    use std::time::Duration;
+
+    /// A pending work item; `subject` on the item itself (a request's) or NULL.
+    fn item(s: &Store, scope: &str, sid: &str, subject: Option<&str>) -> i64 {
+        s.conn
+            .execute(
+                "INSERT INTO work_items (provider, scope, session_id, subject, due_at, created_at) VALUES ('convai', ?1, ?2, ?3, 0, 0)",
+                params![scope, sid, subject],
+            )
+            .unwrap();
+        s.conn.last_insert_rowid()
+    }
+
+    fn state(s: &Store, id: i64) -> (String, Option<i64>) {
+        s.conn
+            .query_row(
+                "SELECT state, hold_id FROM work_items WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    }
+
+    fn chat(scope: &str, sid: &str) -> HoldTarget {
+        HoldTarget::Chat(ChatKey::new(ProviderKind::CONVAI, scope, sid))
+    }
+
+    #[test]
+    fn a_subject_hold_takes_exactly_that_subjects_pending_chats_and_says_which() {
+        let (_d, mut s) = temp_store();
+        // Alice's chats: one the request named, one only the inventory attributes to her.
+        let a1 = item(&s, "c", "a1", Some("alice"));
+        let a2 = item(&s, "c", "a2", None);
+        s.conn
+            .execute(
+                "INSERT INTO sessions (provider, scope, session_id, subject) VALUES ('convai', 'c', 'a2', 'alice')",
+                [],
+            )
+            .unwrap();
+        // Decoys: Bob's chat, and Bob's other chat under a chat hold placed first.
+        let b1 = item(&s, "c", "b1", Some("bob"));
+        let b2 = item(&s, "c", "b2", Some("bob"));
+        let (first, took) = s.add_hold(&chat("c", "b2"), "case B", 10).unwrap();
+        assert_eq!(took, vec![b2]);
+        let (id, mut took) = s
+            .add_hold(&HoldTarget::Subject("alice".into()), "case A", 11)
+            .unwrap();
+        took.sort();
+        assert_eq!(took, vec![a1, a2]);
+        let stored: i64 = s
+            .conn
+            .query_row("SELECT id FROM holds WHERE reason = 'case A'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(id, stored, "the id of the hold it placed");
+        assert_ne!(id, first);
+        assert_eq!(state(&s, a1), ("held".into(), Some(id)));
+        assert_eq!(state(&s, a2), ("held".into(), Some(id)));
+        assert_eq!(state(&s, b1), ("pending".into(), None));
+        assert_eq!(state(&s, b2), ("held".into(), Some(first)));
+    }
+
+    #[test]
+    fn a_chat_still_covered_by_another_hold_stays_held_when_one_is_lifted() {
+        let (_d, mut s) = temp_store();
+        let a = item(&s, "c", "a1", Some("alice"));
+        let other = item(&s, "c", "a9", Some("carol"));
+        let (by_subject, _) = s
+            .add_hold(&HoldTarget::Subject("alice".into()), "A", 1)
+            .unwrap();
+        let (by_chat, _) = s.add_hold(&chat("c", "a1"), "B", 2).unwrap();
+        assert_eq!(state(&s, a), ("held".into(), Some(by_subject)));
+        let freed = s.remove_hold(by_subject, 3).unwrap();
+        assert!(freed.is_empty(), "{freed:?}");
+        assert_eq!(state(&s, a), ("held".into(), Some(by_chat)));
+        let freed = s.remove_hold(by_chat, 4).unwrap();
+        assert_eq!(freed, vec![a]);
+        assert_eq!(state(&s, a), ("pending".into(), None));
+        assert_eq!(state(&s, other), ("pending".into(), None));
+        assert!(matches!(
+            s.remove_hold(by_chat, 5),
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn the_list_shows_standing_holds_with_what_each_keeps_and_covers() {
+        let (_d, mut s) = temp_store();
+        let a = item(&s, "c", "a1", Some("alice"));
+        for sid in ["a1", "a2"] {
+            s.conn
+                .execute(
+                    "INSERT INTO sessions (provider, scope, session_id, subject) VALUES ('convai', 'c', ?1, 'alice')",
+                    [sid],
+                )
+                .unwrap();
+        }
+        let (h, _) = s
+            .add_hold(&HoldTarget::Subject("alice".into()), "A", 7)
+            .unwrap();
+        let (lifted, _) = s.add_hold(&chat("c", "zz"), "gone", 8).unwrap();
+        s.remove_hold(lifted, 9).unwrap();
+        let list = s.list_holds().unwrap();
+        assert_eq!(list.len(), 1, "a lifted hold is not listed");
+        let l = &list[0];
+        assert_eq!(
+            (l.id, l.subject.as_deref(), l.reason.as_str(), l.created_at),
+            (h, Some("alice"), "A", 7)
+        );
+        assert_eq!((l.items_held, l.chats_covered), (1, 2));
+        assert_eq!(state(&s, a).1, Some(h));
+    }
+
+    #[test]
+    fn a_batch_on_the_wire_names_just_the_chats_a_new_hold_covers() {
+        let (_d, mut s) = temp_store();
+        let a = item(&s, "c", "a1", Some("alice"));
+        let b = item(&s, "c", "b1", Some("bob"));
+        let batch = s
+            .claim_batch(ProviderKind::CONVAI, Millis(0), Duration::from_secs(60), 10)
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.items.len(), 2);
+        assert!(
+            s.held_in_batch(batch.batch_id).unwrap().is_empty(),
+            "no hold"
+        );
+        s.add_hold(&chat("c", "elsewhere"), "unrelated", 1).unwrap();
+        assert!(
+            s.held_in_batch(batch.batch_id).unwrap().is_empty(),
+            "a hold that covers none of them"
+        );
+        s.add_hold(&HoldTarget::Subject("alice".into()), "A", 2)
+            .unwrap();
+        assert_eq!(s.held_in_batch(batch.batch_id).unwrap(), vec![a]);
+        // In flight, so not flipped to held by the hold itself: the executor drops it.
+        assert_eq!(state(&s, a).0, "in_flight");
+        assert_eq!(state(&s, b).0, "in_flight");
+    }
+}
