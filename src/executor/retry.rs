@@ -132,6 +132,20 @@ mod tests {
     }
 
     #[test]
+    fn delays_grow_with_the_attempt_and_are_not_zero() {
+        // Full jitter draws from [0, cap]: of 200 draws, some lie in the upper three quarters
+        // (all 200 below cap/4 has odds of 4^-200). A delay that is always zero is a retry storm.
+        let p = policy(100, Duration::from_secs(86400));
+        for (n, cap) in [(0u32, 1u64), (3, 8), (5, 32)] {
+            let quarter = Duration::from_millis(cap * 250);
+            assert!(
+                (0..200).any(|_| p.delay(n) > quarter),
+                "retry {n}: every delay at most {quarter:?}"
+            );
+        }
+    }
+
+    #[test]
     fn retry_after_takes_precedence_when_longer() {
         let p = policy(100, Duration::from_secs(86400));
         match p.next(0, Millis(0), Millis(1_000), Some(Duration::from_secs(30))) {
