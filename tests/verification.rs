@@ -84,6 +84,11 @@ fn config(w: &World, verify: &str) -> Config {
     c
 }
 
+/// A daemon on `w`'s database and simulator, with `verify` as its `[verify]` table.
+fn daemon(w: &World, verify: &str) -> forgetd::daemon::Daemon {
+    forgetd::daemon::Daemon::build(config(w, verify), Arc::new(w.clock.clone())).unwrap()
+}
+
 fn store(w: &World) -> Store {
     Store::open(&w.dir.path().join("forgetd.db")).unwrap()
 }
@@ -123,11 +128,7 @@ async fn a_chat_that_reappears_after_a_confirmed_deletion_is_caught_and_deleted_
     })
     .await;
     w.sim.set_record_ids(true);
-    let d = forgetd::daemon::Daemon::build(
-        config(&w, "[verify]\nafter = \"0s\"\n"),
-        Arc::new(w.clock.clone()),
-    )
-    .unwrap();
+    let d = daemon(&w, "[verify]\nafter = \"0s\"\n");
     let report = d.run_once().await.unwrap();
     assert!(report.clean(), "{:?}", report.problems);
     for t in &w.targeted {
@@ -205,11 +206,7 @@ async fn a_chat_that_keeps_coming_back_goes_dead_with_the_reason_after_its_bound
     })
     .await;
     w.sim.set_record_ids(true);
-    let d = forgetd::daemon::Daemon::build(
-        config(&w, "[verify]\nafter = \"0s\"\nmax_reappearances = 2\n"),
-        Arc::new(w.clock.clone()),
-    )
-    .unwrap();
+    let d = daemon(&w, "[verify]\nafter = \"0s\"\nmax_reappearances = 2\n");
     let report = d.run_once().await.unwrap();
     assert!(
         !report.clean(),
@@ -244,11 +241,7 @@ async fn a_read_that_cannot_decide_is_reported_unverified_and_never_verified() {
         ..Faults::default()
     })
     .await;
-    let d = forgetd::daemon::Daemon::build(
-        config(&w, "[verify]\nafter = \"0s\"\nmax_attempts = 3\n"),
-        Arc::new(w.clock.clone()),
-    )
-    .unwrap();
+    let d = daemon(&w, "[verify]\nafter = \"0s\"\nmax_attempts = 3\n");
     let report = d.run_once().await.unwrap();
     assert!(report.clean(), "{:?}", report.problems);
     // Each later run reads again what is due; the backoff is at most an hour.
@@ -291,11 +284,7 @@ async fn a_read_that_cannot_decide_is_reported_unverified_and_never_verified() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_back_waits_for_its_delay_and_can_be_turned_off() {
     let w = world(Faults::default()).await;
-    let d = forgetd::daemon::Daemon::build(
-        config(&w, "[verify]\nafter = \"10m\"\n"),
-        Arc::new(w.clock.clone()),
-    )
-    .unwrap();
+    let d = daemon(&w, "[verify]\nafter = \"10m\"\n");
     d.run_once().await.unwrap();
     let reads = |w: &World| w.sim.calls().iter().filter(|c| c.op == "read").count();
     assert_eq!(reads(&w), 0, "nothing is read back before its delay");
@@ -307,11 +296,7 @@ async fn reading_back_waits_for_its_delay_and_can_be_turned_off() {
     assert!(s.request_verified_at(w.request).unwrap().is_some());
 
     let w = world(Faults::default()).await;
-    let d = forgetd::daemon::Daemon::build(
-        config(&w, "[verify]\nafter = \"off\"\n"),
-        Arc::new(w.clock.clone()),
-    )
-    .unwrap();
+    let d = daemon(&w, "[verify]\nafter = \"off\"\n");
     d.run_once().await.unwrap();
     w.clock.advance(Duration::from_secs(86_400));
     d.run_once().await.unwrap();
@@ -334,11 +319,7 @@ async fn the_daemon_reads_deletions_back_while_it_runs_and_deletes_a_reappeared_
     })
     .await;
     w.sim.set_record_ids(true);
-    let d = forgetd::daemon::Daemon::build(
-        config(&w, "[verify]\nafter = \"0s\"\n"),
-        Arc::new(w.clock.clone()),
-    )
-    .unwrap();
+    let d = daemon(&w, "[verify]\nafter = \"0s\"\n");
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let options = forgetd::daemon::RunOptions {
         once: false,
