@@ -56,15 +56,35 @@ impl Fault {
 
 impl SimState {
     /// Whether a delete of this ID is confirmed but not kept (the `resurrect` fault): uses one.
-    fn resurrects(&self, id: &str) -> bool {
+    ///
+    /// A kept chat stays kept until its scope is read: a delete sent again because the client
+    /// never saw the first confirmation (a timeout, a broken connection) does not quietly finish
+    /// the job, so the reappearance is there for the read-back to find however the answer fared.
+    /// A delete whose answer confirms nothing (`confirms` false: a broken connection, a
+    /// garbled body) leaves such a chat in place without using the fault up, so the fault is
+    /// spent on the confirmation the client does see.
+    fn resurrects(&self, scope: &str, id: &str, confirms: bool) -> bool {
+        let key = (scope.to_string(), id.to_string());
+        let mut kept = self.kept_unread.lock().unwrap();
+        if kept.contains(&key) {
+            return true;
+        }
         let mut f = self.faults.lock().unwrap();
         match f.resurrect.get_mut(id) {
             Some(n) if *n > 0 => {
-                *n -= 1;
+                if confirms {
+                    *n -= 1;
+                    kept.insert(key);
+                }
                 true
             }
             _ => false,
         }
+    }
+
+    /// A read of `scope` got through: its kept chats have been shown and may now be deleted.
+    fn read_of(&self, scope: &str) {
+        self.kept_unread.lock().unwrap().retain(|(s, _)| s != scope);
     }
 
     /// Whether a one-chat read fails with a 503 (the `read_error_rate` fault).
@@ -447,7 +467,7 @@ async fn convai_delete(State(st): St, headers: HeaderMap, body: Bytes) -> Respon
         let mut removed = Vec::new();
         if let Some(chats) = inner.convai.get_mut(&scope) {
             for id in &ids {
-                if confirms && chats.contains_key(id) && st.resurrects(id) {
+                if chats.contains_key(id) && st.resurrects(&scope, id, confirms) {
                     continue; // confirmed below, but not kept
                 }
                 if chats.remove(id).is_some() {
@@ -480,6 +500,7 @@ async fn convai_list(State(st): St, headers: HeaderMap, body: Bytes) -> Response
         }
     };
     st.latency().await;
+    st.read_of(scope.as_deref().unwrap_or(""));
     if !convai_key_ok(&st, &headers) {
         st.record(
             p,
@@ -543,6 +564,7 @@ async fn convai_details(State(st): St, headers: HeaderMap, body: Bytes) -> Respo
         }
     };
     st.latency().await;
+    st.read_of(&scope);
     if !convai_key_ok(&st, &headers) {
         st.record(p, "read", &scope, vec![sid], 401, "auth");
         return convai_error(StatusCode::UNAUTHORIZED, "Invalid API key provided.");
@@ -785,7 +807,7 @@ fn koo_apply_delete(
             if let Some(c) = chats.get_mut(id)
                 && !c.is_del
             {
-                if confirms && st.resurrects(id) {
+                if st.resurrects(app, id, confirms) {
                     unkept += 1; // counted as deleted, but not kept
                     continue;
                 }
@@ -817,6 +839,7 @@ async fn koo_list(
         }
     };
     st.latency().await;
+    st.read_of(&app);
     if !koo_token_ok(&st, &headers) {
         st.record(p, "list", &app, vec![], 401, "auth");
         return koo_error(
@@ -891,6 +914,7 @@ async fn koo_one(
         }
     };
     st.latency().await;
+    st.read_of(&app);
     if !koo_token_ok(&st, &headers) {
         st.record(p, "read", &app, vec![chat_id], 401, "auth");
         return koo_error(

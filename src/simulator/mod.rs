@@ -184,6 +184,8 @@ pub(crate) struct SimState {
     pub shutdown: CancellationToken,
     /// Off for benchmarks: a million recorded IDs would weigh on the measuring process.
     pub record_ids: std::sync::atomic::AtomicBool,
+    /// (scope, id) of chats a `resurrect` delete kept and no read has shown since.
+    pub kept_unread: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// A running simulator. Dropping it stops the servers.
@@ -251,6 +253,7 @@ impl Simulator {
             hold_deletes: hold_tx,
             shutdown: CancellationToken::new(),
             record_ids: std::sync::atomic::AtomicBool::new(true),
+            kept_unread: Default::default(),
         });
         let convai = serve(
             handlers::convai_router(state.clone()),
