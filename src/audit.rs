@@ -270,22 +270,33 @@ pub fn read_or_create_key(path: &Path) -> Result<Vec<u8>, KeyError> {
         Err(KeyError::Io { source: e, .. }) if e.kind() == std::io::ErrorKind::NotFound => {
             let key: [u8; 32] = rand::random();
             use std::io::Write;
-            // create_new (O_EXCL) never follows a link planted at the path.
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
-            {
-                Ok(mut f) => {
-                    f.write_all(&key).map_err(io)?;
-                    f.sync_all().map_err(io)?;
+            // The key is written whole to a temporary file (O_EXCL, mode 0600, so never through a
+            // planted link) and only then linked into place without overwriting: a process that
+            // starts at the same moment (a feeder's CLI call beside the first daemon start) reads
+            // either no file or the whole key, never an empty one it would refuse as too short.
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let mut tmp = tempfile::Builder::new()
+                .prefix(".forgetd-key-")
+                .tempfile_in(dir)
+                .map_err(io)?;
+            tmp.write_all(&key).map_err(io)?;
+            tmp.as_file().sync_all().map_err(io)?;
+            match tmp.persist_noclobber(path) {
+                Ok(_) => {
+                    // The link itself must survive a power cut: subject hashes depend on it.
+                    std::fs::File::open(dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(io)?;
                     Ok(key.to_vec())
                 }
-                // Another process created it first: use theirs.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_or_create_key(path),
-                Err(e) => Err(io(e)),
+                // Another process linked its key first: it was whole before it was linked.
+                Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+                    read_or_create_key(path)
+                }
+                Err(e) => Err(io(e.error)),
             }
         }
         Err(e) => Err(e),
@@ -436,6 +447,159 @@ mod tests {
         assert!(matches!(
             read_or_create_key(&path),
             Err(KeyError::Foreign { owner: 54_321, .. })
+        ));
+    }
+
+    fn chown(path: &Path, uid: u32) -> bool {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string; chown has no other preconditions.
+        unsafe { libc::chown(c.as_ptr(), uid, uid) == 0 }
+    }
+
+    #[test]
+    fn a_key_owned_by_the_owner_of_its_directory_is_the_daemons_and_is_read() {
+        // forgetd's daemon made the directory and the key; root (an operator's CLI) reads it.
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("state");
+        std::fs::create_dir(&home).unwrap();
+        let path = home.join("forgetd.db.audit-key");
+        let made = read_or_create_key(&path).unwrap();
+        if !chown(&path, 54_321) || !chown(&home, 54_321) {
+            eprintln!("SKIP: not root, cannot give the files to another user");
+            return;
+        }
+        assert_eq!(read_or_create_key(&path).unwrap(), made);
+        // The same file in a directory the owner does not own is someone else's plant.
+        let elsewhere = dir.path().join("planted-key");
+        std::fs::rename(&path, &elsewhere).unwrap();
+        assert!(matches!(
+            read_or_create_key(&elsewhere),
+            Err(KeyError::Foreign { owner: 54_321, .. })
+        ));
+    }
+
+    #[test]
+    fn concurrent_first_uses_all_get_the_one_whole_key() {
+        for round in 0..200 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(format!("forgetd.db.audit-key-{round}"));
+            let start = std::sync::Barrier::new(4);
+            let keys: Vec<_> = std::thread::scope(|t| {
+                let runs: Vec<_> = (0..4)
+                    .map(|_| {
+                        t.spawn(|| {
+                            start.wait();
+                            read_or_create_key(&path)
+                        })
+                    })
+                    .collect();
+                runs.into_iter().map(|r| r.join().unwrap()).collect()
+            });
+            let first = keys[0]
+                .as_ref()
+                .expect("the first caller gets a key")
+                .clone();
+            assert_eq!(first.len(), 32);
+            for k in &keys {
+                assert_eq!(k.as_ref().expect("every caller gets a key"), &first);
+            }
+            // Nothing but the key is left behind.
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        }
+    }
+
+    #[test]
+    fn a_key_path_that_cannot_be_made_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // No such directory: creating fails too, and says so (it does not try forever).
+        let missing = dir.path().join("no-such-dir").join("key");
+        assert!(matches!(
+            read_or_create_key(&missing),
+            Err(KeyError::Io { path, .. }) if path == missing
+        ));
+        // A directory where the key should be: it reads as an I/O error, not as absent.
+        let taken = dir.path().join("key-dir");
+        std::fs::create_dir(&taken).unwrap();
+        std::fs::set_permissions(&taken, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        assert!(matches!(
+            read_or_create_key(&taken),
+            Err(KeyError::Io { path, .. }) if path == taken
+        ));
+        assert!(taken.is_dir(), "left as it was");
+    }
+
+    /// A key file of `len` bytes of `byte` in `dir`, as a `file:` reference.
+    fn key_of(dir: &Path, byte: u8, len: usize) -> SecretRef {
+        let f = dir.join(format!("key-{byte}-{len}"));
+        std::fs::write(&f, vec![byte; len]).unwrap();
+        SecretRef::File(f)
+    }
+
+    #[test]
+    fn a_configured_subject_key_needs_thirty_two_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("forgetd.db");
+        let with = |len: usize| SubjectKey::load(Some(&key_of(dir.path(), 7, len)), &db);
+        assert!(matches!(with(31), Err(KeyError::Short { len: 31, .. })));
+        for len in [32, 64] {
+            let k = with(len).unwrap();
+            assert_eq!(
+                k.hash("alice"),
+                SubjectKey::from_bytes(&vec![7u8; len]).hash("alice")
+            );
+        }
+        assert!(
+            !SubjectKey::key_path(&db).exists(),
+            "a configured key makes no key file"
+        );
+    }
+
+    #[test]
+    fn an_existing_key_is_read_without_making_one_and_a_short_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("forgetd.db");
+        let configured =
+            |len: usize| SubjectKey::load_existing(Some(&key_of(dir.path(), 9, len)), &db);
+        assert!(matches!(
+            configured(31),
+            Err(KeyError::Short { len: 31, .. })
+        ));
+        let k = configured(32).unwrap().expect("a readable configured key");
+        assert_eq!(
+            k.hash("bob"),
+            SubjectKey::from_bytes(&[9u8; 32]).hash("bob")
+        );
+        // A configured key this process cannot read: it works unkeyed.
+        let gone = SecretRef::File(dir.path().join("no-such-key"));
+        assert!(
+            SubjectKey::load_existing(Some(&gone), &db)
+                .unwrap()
+                .is_none()
+        );
+
+        // The file beside the database: absent is None and stays absent.
+        assert!(SubjectKey::load_existing(None, &db).unwrap().is_none());
+        let path = SubjectKey::key_path(&db);
+        assert!(!path.exists(), "load_existing never creates the key");
+        let made = SubjectKey::load(None, &db).unwrap();
+        let read = SubjectKey::load_existing(None, &db)
+            .unwrap()
+            .expect("now it exists");
+        assert_eq!(read.hash("bob"), made.hash("bob"));
+        std::fs::write(&path, [1u8; 31]).unwrap();
+        assert!(matches!(
+            SubjectKey::load_existing(None, &db),
+            Err(KeyError::Short { len: 31, .. })
+        ));
+        // A key that is there but cannot be read as a file is an error, not "no key yet".
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        assert!(matches!(
+            SubjectKey::load_existing(None, &db),
+            Err(KeyError::Io { .. })
         ));
     }
 

@@ -8,6 +8,7 @@
 //! Bounded in `cargo test` (`FORGETD_SOAK_SECS`, default 100). The long run, whose figures are
 //! in docs/BENCHMARKS.md:
 //! `FORGETD_SOAK_SECS=1800 cargo test --release --test soak -- --nocapture`.
+//! `FORGETD_SOAK_KILL_SECS` sets the mean time between SIGKILLs (0: never, one daemon life).
 
 mod common;
 use common::*;
@@ -303,9 +304,21 @@ async fn a_daemon_fed_continuously_through_faults_kills_and_reloads_keeps_every_
     let began = Instant::now();
     let deadline = began + Duration::from_secs(secs);
     // Kills: a few per run, so a long run also has long-lived processes to measure.
-    let kill_every = (secs / 4).clamp(20, 300) as f64;
-    let mut next_kill =
-        Instant::now() + Duration::from_secs_f64(kill_every * rng.random_range(0.5..1.5));
+    // `FORGETD_SOAK_KILL_SECS` sets the mean interval; 0 never kills, so the whole run is one
+    // daemon life (the memory question needs one long life, not several short ones).
+    let kill_every = std::env::var("FORGETD_SOAK_KILL_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or((secs / 4).clamp(20, 300)) as f64;
+    let never = Duration::from_secs(secs + 3600);
+    let until_kill = |rng: &mut rand::rngs::StdRng| {
+        if kill_every == 0.0 {
+            never
+        } else {
+            Duration::from_secs_f64(kill_every * rng.random_range(0.5..1.5))
+        }
+    };
+    let mut next_kill = Instant::now() + until_kill(&mut rng);
     let mut next_hup = Instant::now() + Duration::from_secs(rng.random_range(4..12));
     let mut next_phase = Instant::now() + Duration::from_secs(12);
     let mut phase_i = 0;
@@ -359,8 +372,7 @@ async fn a_daemon_fed_continuously_through_faults_kills_and_reloads_keeps_every_
                 started: Some(Instant::now()),
                 ..Default::default()
             });
-            next_kill =
-                Instant::now() + Duration::from_secs_f64(kill_every * rng.random_range(0.5..1.5));
+            next_kill = Instant::now() + until_kill(&mut rng);
         }
         if now >= next_hup {
             let pid = daemon.id().unwrap().to_string();
