@@ -123,6 +123,38 @@ async fn setup() -> (Scratch, Simulator, std::path::PathBuf) {
     (s, sim, cfg)
 }
 
+type Running = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// The daemon built and run in this process (no config file: a reload is refused), with the
+/// channel that tells it to reload or stop.
+fn in_process(
+    config: forgetd::config::Config,
+    clock: forgetd::clock::SharedClock,
+) -> (tokio::sync::mpsc::Sender<forgetd::daemon::Control>, Running) {
+    let daemon = forgetd::daemon::Daemon::build(config, clock).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let options = forgetd::daemon::RunOptions {
+        once: false,
+        config_path: None,
+        db_override: None,
+    };
+    (tx, tokio::spawn(daemon.run_until(options, rx)))
+}
+
+async fn stop_in_process(
+    tx: tokio::sync::mpsc::Sender<forgetd::daemon::Control>,
+    running: Running,
+) {
+    tx.send(forgetd::daemon::Control::Stop("test"))
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, running)
+        .await
+        .expect("stopped within the wait")
+        .unwrap()
+        .unwrap();
+}
+
 fn seed_inventory(s: &Scratch) {
     let o = s.forgetd(&["status"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -316,14 +348,7 @@ async fn the_daemon_built_in_process_drains_a_feeders_request_and_stops_when_tol
     seed_inventory(&s);
     let mut config = sim.config(s.dir.path(), &["app-1"]).unwrap();
     config.database = s.db();
-    let daemon = forgetd::daemon::Daemon::build(config, std::sync::Arc::new(SystemClock)).unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let options = forgetd::daemon::RunOptions {
-        once: false,
-        config_path: None,
-        db_override: None,
-    };
-    let running = tokio::spawn(daemon.run_until(options, rx));
+    let (tx, running) = in_process(config, std::sync::Arc::new(SystemClock));
     // No config file was given: the reload is refused and the daemon keeps working.
     tx.send(forgetd::daemon::Control::Reload).await.unwrap();
     let o =
@@ -368,16 +393,63 @@ async fn the_daemon_built_in_process_drains_a_feeders_request_and_stops_when_tol
     assert_eq!(runs.trim(), "old-chats");
     assert!(sim.exists(ProviderKind::CONVAI, "char-a", "bob-1"), "decoy");
     assert!(!running.is_finished(), "the daemon runs until told to stop");
-    tx.send(forgetd::daemon::Control::Stop("test"))
-        .await
-        .unwrap();
-    tokio::time::timeout(WAIT, running)
-        .await
-        .expect("stopped within the wait")
-        .unwrap()
-        .unwrap();
+    stop_in_process(tx, running).await;
     // The lock was released with the daemon: a second one can start.
     let o = s.sqlite3("SELECT count(*) FROM work_items WHERE state = 'in_flight'");
     assert_eq!(stdout(&o).trim(), "0", "{}", stderr(&o));
     assert!(forgetd::store::lock::DaemonLock::acquire(&s.db()).is_ok());
+}
+
+/// The lanes idle on the injected clock (up to a second between looks), so on a clock that never
+/// moves only intake's wake-up can start them: work filed while they idle is carried out because
+/// intake wakes them, not because time passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_clock_that_never_moves_intake_wakes_the_idle_lanes_for_new_work() {
+    let s = Scratch::new();
+    let sim = seeded_sim().await;
+    seed_inventory(&s);
+    let mut config = sim.config(s.dir.path(), &["app-1"]).unwrap();
+    config.database = s.db();
+    let frozen = forgetd::clock::ManualClock::stepped(1_800_000_000_000);
+    let (tx, running) = in_process(config, std::sync::Arc::new(frozen));
+    // Carol's chat is the decoy nobody asks about.
+    sim.add_convai_chat("char-c", "carol-1", 1_700_000_000);
+    let o = s.sqlite3(
+        "INSERT INTO sessions(provider, scope, session_id, subject) VALUES ('convai', 'char-c', 'carol-1', 'carol');",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // Alice's request first; once it is complete the lanes have nothing left and idle. Then Bob's.
+    for (who, reference) in [("alice", "DSR-7"), ("bob", "DSR-8")] {
+        let o = s.sqlite3(&format!(
+            "INSERT INTO erasure_requests(subject, external_ref) VALUES ('{who}', '{reference}');"
+        ));
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        eventually(&format!("{who}'s request complete"), || {
+            stdout(&s.sqlite3(&format!(
+                "SELECT state FROM erasure_requests WHERE external_ref = '{reference}'"
+            )))
+            .trim()
+                == "complete"
+        })
+        .await;
+    }
+    for (kind, scope, id) in [
+        (ProviderKind::CONVAI, "char-a", "alice-1"),
+        (ProviderKind::KOOSEARCH, "app-1", "alice-k1"),
+        (ProviderKind::CONVAI, "char-a", "bob-1"),
+        (ProviderKind::CONVAI, "char-b", "alice-1"),
+        (ProviderKind::KOOSEARCH, "app-1", "bob-k1"),
+    ] {
+        assert!(!sim.exists(kind, scope, id), "{scope}/{id} deleted");
+    }
+    assert!(
+        sim.exists(ProviderKind::CONVAI, "char-c", "carol-1"),
+        "decoy"
+    );
+    assert!(
+        !sim.named_in_deletes()
+            .contains(&ChatKey::new(ProviderKind::CONVAI, "char-c", "carol-1")),
+        "the decoy was never named"
+    );
+    stop_in_process(tx, running).await;
 }

@@ -180,6 +180,17 @@ async fn no_faults_deletes_exactly_the_targeted_chats() {
     check_all_deleted(&w, &o);
     // 2 people x 10 chats per provider, batches of at most 7, split by scope and knowledge base
     assert!(o.deletes <= 16, "{} delete calls", o.deletes);
+    // The report `run --once` prints counts what happened: each provider's deletions, no
+    // retries on a calm day, and at least every delete call among the calls.
+    let per = |kind: ProviderKind| w.targeted.iter().filter(|c| c.provider == kind).count() as u64;
+    let st = &o.report.stats;
+    assert_eq!(st.deleted.get("convai"), Some(&per(ProviderKind::CONVAI)));
+    assert_eq!(
+        st.deleted.get("koosearch"),
+        Some(&per(ProviderKind::KOOSEARCH))
+    );
+    assert!(st.retries.values().all(|c| c.values().all(|n| *n == 0)));
+    assert!(st.calls >= o.deletes as u64, "{} calls", st.calls);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -124,6 +124,45 @@ struct Mirrored {
     at: Millis,
 }
 
+impl Mirrored {
+    /// What to write for the gate as it is now: whether its pause changed (written at once:
+    /// operators act on it), and whether to write its row (a new state at once, a changed rate or
+    /// concurrency at most every [`GATE_ROW_EVERY`], anything when `force`). Remembers what it
+    /// said to write.
+    fn look(
+        &mut self,
+        pause: Option<String>,
+        row: &GateRow,
+        now: Millis,
+        force: bool,
+    ) -> (bool, bool) {
+        let pause_changed = pause != self.pause;
+        self.pause = pause;
+        let state_changed = self.row.as_ref().map(|r| &r.state) != Some(&row.state);
+        let due = now.since(self.at) >= GATE_ROW_EVERY && self.row.as_ref() != Some(row);
+        let write = force || state_changed || due;
+        if write {
+            self.row = Some(row.clone());
+            self.at = now;
+        }
+        (pause_changed, write)
+    }
+}
+
+/// How a lane ends when its workers end as they did: paused if any paused (the operator must
+/// act), else cancelled if any was, else drained.
+fn lane_end(ends: impl IntoIterator<Item = LaneEnd>) -> LaneEnd {
+    let mut end = LaneEnd::Drained;
+    for e in ends {
+        match e {
+            LaneEnd::Paused(r) => end = LaneEnd::Paused(r),
+            LaneEnd::Cancelled if end == LaneEnd::Drained => end = LaneEnd::Cancelled,
+            _ => {}
+        }
+    }
+    end
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
     #[error("store: {0}")]
@@ -189,14 +228,6 @@ impl Executor {
             }
         }
         st
-    }
-
-    /// A provider's gate.
-    pub fn gate(&self, kind: ProviderKind) -> Option<&Arc<Gate>> {
-        self.providers
-            .iter()
-            .find(|p| p.kind() == kind)
-            .map(|p| p.gate())
     }
 
     /// Runs every provider's lane until drained (`Once`) or cancelled, with read-after-delete
@@ -334,15 +365,11 @@ impl Executor {
             workers.spawn(async move { me.worker(p, mode, c, b).await });
         }
         let drain = async {
-            let mut end = LaneEnd::Drained;
+            let mut ends = Vec::new();
             while let Some(joined) = workers.join_next().await {
-                match joined.expect("a lane worker panicked")? {
-                    LaneEnd::Paused(r) => end = LaneEnd::Paused(r),
-                    LaneEnd::Cancelled if end == LaneEnd::Drained => end = LaneEnd::Cancelled,
-                    _ => {}
-                }
+                ends.push(joined.expect("a lane worker panicked")?);
             }
-            Ok::<LaneEnd, ExecutorError>(end)
+            Ok::<LaneEnd, ExecutorError>(lane_end(ends))
         };
         tokio::pin!(drain);
         // Shutdown: stop claiming at once; let batches on the wire finish within the timeout (the
@@ -535,19 +562,9 @@ impl Executor {
         let now = self.clock.instant();
         let row = gate_row(&view);
         let (pause_changed, write_row) = {
-            let mut m = self.mirrored.lock().unwrap();
-            let m = m.entry(kind).or_default();
             let pause = view.pause.as_ref().map(|p| p.reason.clone());
-            let pause_changed = pause != m.pause;
-            m.pause = pause;
-            let state_changed = m.row.as_ref().map(|r| &r.state) != Some(&row.state);
-            let due = now.since(m.at) >= GATE_ROW_EVERY && m.row.as_ref() != Some(&row);
-            let write = force || state_changed || due;
-            if write {
-                m.row = Some(row.clone());
-                m.at = now;
-            }
-            (pause_changed, write)
+            let mut m = self.mirrored.lock().unwrap();
+            m.entry(kind).or_default().look(pause, &row, now, force)
         };
         let written = async {
             if pause_changed {
@@ -1072,5 +1089,112 @@ fn gate_row(v: &GateView) -> GateRow {
         next_probe_ms: v.pause.as_ref().map(|p| p.next_probe.0),
         throttles: v.throttles,
         updated_ms: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lane_is_paused_if_any_worker_paused_else_cancelled_if_any_was() {
+        use LaneEnd::*;
+        let p = || Paused("401".into());
+        assert_eq!(lane_end([]), Drained);
+        assert_eq!(lane_end([Drained, Drained]), Drained);
+        assert_eq!(lane_end([Drained, Cancelled, Drained]), Cancelled);
+        assert_eq!(
+            lane_end([p(), Cancelled]),
+            p(),
+            "a later cancel keeps the pause"
+        );
+        assert_eq!(lane_end([Cancelled, p(), Drained]), p());
+    }
+
+    fn row(state: &str, rate: f64) -> GateRow {
+        GateRow {
+            provider: "convai".into(),
+            state: state.into(),
+            rate_per_s: Some(rate),
+            rate_learned: false,
+            concurrency: 2,
+            max_concurrency: 2,
+            resume_at_ms: None,
+            next_probe_ms: None,
+            throttles: 0,
+            updated_ms: None,
+        }
+    }
+
+    #[test]
+    fn the_gate_is_written_for_status_at_once_on_a_new_state_and_at_most_each_second_otherwise() {
+        let mut m = Mirrored::default();
+        let t0 = Millis(1_000_000);
+        let at = |ms: i64| Millis(t0.0 + ms);
+        assert_eq!(
+            m.look(None, &row("running", 10.0), t0, false),
+            (false, true),
+            "first look"
+        );
+        assert_eq!(
+            m.look(None, &row("running", 10.0), at(10), false),
+            (false, false)
+        );
+        // A new rate waits for the second to pass; the same row is never rewritten.
+        assert_eq!(
+            m.look(None, &row("running", 12.0), at(500), false),
+            (false, false)
+        );
+        assert_eq!(
+            m.look(None, &row("running", 12.0), at(1_000), false),
+            (false, true)
+        );
+        // A new state is written at once, and `force` writes whatever it is.
+        assert_eq!(
+            m.look(None, &row("throttled", 12.0), at(1_100), false),
+            (false, true)
+        );
+        assert_eq!(
+            m.look(None, &row("throttled", 12.0), at(1_200), true),
+            (false, true)
+        );
+        assert_eq!(
+            m.look(None, &row("throttled", 12.0), at(9_000), false),
+            (false, false)
+        );
+        // A pause is news once, and so is its end.
+        let paused = Some("401 from the provider".to_string());
+        assert_eq!(
+            m.look(paused.clone(), &row("paused", 0.0), at(9_030), false),
+            (true, true)
+        );
+        assert_eq!(
+            m.look(paused, &row("paused", 0.0), at(9_040), false),
+            (false, false)
+        );
+        assert_eq!(
+            m.look(None, &row("running", 1.0), at(9_050), false),
+            (true, true)
+        );
+    }
+
+    #[test]
+    fn a_batch_is_held_exactly_while_its_holding_lives() {
+        let set: Arc<Mutex<HashSet<i64>>> = Default::default();
+        set.lock().unwrap().extend([7, 8]);
+        let seven = Holding {
+            set: set.clone(),
+            batch_id: 7,
+        };
+        let eight = Holding {
+            set: set.clone(),
+            batch_id: 8,
+        };
+        drop(seven);
+        // A daemon claims a batch every few milliseconds for months: a holding that outlived its
+        // batch would grow this set without end, and spare that batch from the reaper.
+        assert_eq!(*set.lock().unwrap(), HashSet::from([8]));
+        drop(eight);
+        assert!(set.lock().unwrap().is_empty());
     }
 }
