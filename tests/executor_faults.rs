@@ -282,6 +282,14 @@ async fn a_bad_id_goes_dead_alone_and_its_batch_mates_are_deleted() {
     check_safe(&w);
     assert_eq!(o.report.dead, 2, "{:?}", o.report.problems);
     assert!(!o.report.clean());
+    // The counters agree: one dead chat at each provider, the rest of their batches deleted.
+    let st = &o.report.stats;
+    assert_eq!(st.dead.get("convai"), Some(&1));
+    assert_eq!(st.dead.get("koosearch"), Some(&1));
+    assert_eq!(
+        st.deleted.values().sum::<u64>() as usize,
+        w.targeted.len() - 2
+    );
     for t in &w.targeted {
         let bad = t.session_id == "alice-c2" || t.session_id == "carol-k3";
         assert_eq!(exists(&w, t), bad, "{t:?}");

@@ -649,12 +649,20 @@ async fn a_daemon_fed_continuously_through_faults_kills_and_reloads_keeps_every_
         let mean =
             |xs: &[(f64, u64, usize)]| xs.iter().map(|p| p.1 as f64).sum::<f64>() / xs.len() as f64;
         let (early, late) = (mean(&pts[..third]), mean(&pts[pts.len() - third..]));
+        // A leak grows at one rate all life long; caches filling (SQLite's page cache, the
+        // allocator's arenas) grow fast first and then flatten: the slope of each third tells.
+        let thirds: Vec<String> = rss
+            .chunks(third.max(1))
+            .take(3)
+            .map(|c| format!("{:+.0}", slope_per_min(c)))
+            .collect();
         report.push(format!(
-            "  daemon {i}: {:.0} s, RSS {:.1} -> {:.1} MiB (slope {:+.1} KiB/min), fds {fd_min}..{fd_max} (slope {:+.2}/min)",
+            "  daemon {i}: {:.0} s, RSS {:.1} -> {:.1} MiB (slope {:+.1} KiB/min; by thirds {} KiB/min), fds {fd_min}..{fd_max} (slope {:+.2}/min)",
             seg.span(),
             early / 1024.0,
             late / 1024.0,
             slope_per_min(&rss),
+            thirds.join(", "),
             slope_per_min(&fds)
         ));
         assert!(

@@ -149,6 +149,28 @@ impl Mirrored {
     }
 }
 
+/// What to do after a lookup (after a partial batch) failed for the `tries`-th time.
+#[derive(Debug, PartialEq, Eq)]
+enum LookupNext {
+    /// The gate is paused: nothing more is sent; the item waits for the probe.
+    Release,
+    /// Throttled: look again; the gate holds the next lookup back as long as it must.
+    Again,
+    /// A transient failure: look again after a short backoff.
+    AgainAfterBackoff,
+    /// [`LOOKUP_TRIES`] used up, or the lookup was refused: this round is one failed attempt.
+    GiveUp,
+}
+
+fn after_failed_lookup(action: &Action, tries: u32) -> LookupNext {
+    match action {
+        Action::Pause(_) => LookupNext::Release,
+        Action::RetryAfter(_) | Action::Throttled if tries < LOOKUP_TRIES => LookupNext::Again,
+        Action::Retry if tries < LOOKUP_TRIES => LookupNext::AgainAfterBackoff,
+        _ => LookupNext::GiveUp,
+    }
+}
+
 /// How a lane ends when its workers end as they did: paused if any paused (the operator must
 /// act), else cancelled if any was, else drained.
 fn lane_end(ends: impl IntoIterator<Item = LaneEnd>) -> LaneEnd {
@@ -908,17 +930,15 @@ impl Executor {
                 Err(e) => e,
             };
             tries += 1;
-            match &e.action {
-                // The gate is paused: nothing more is sent; the item waits for the probe.
-                Action::Pause(_) => return ItemOutcome::Release,
-                // Throttled: the gate holds the next lookup back as long as it must.
-                Action::RetryAfter(_) | Action::Throttled if tries < LOOKUP_TRIES => {}
-                Action::Retry if tries < LOOKUP_TRIES => {
+            match after_failed_lookup(&e.action, tries) {
+                LookupNext::Release => return ItemOutcome::Release,
+                LookupNext::Again => {}
+                LookupNext::AgainAfterBackoff => {
                     let step = (tries - 1).min(provider.gate().failures_in_row().saturating_sub(1));
                     let wait = self.retry.delay(step).min(LOOKUP_MAX_WAIT);
                     self.clock.sleep(wait).await;
                 }
-                _ => break e,
+                LookupNext::GiveUp => break e,
             }
         };
         // Still unknown after every try: this round of delete and lookups did not confirm the
@@ -1109,6 +1129,40 @@ mod tests {
             "a later cancel keeps the pause"
         );
         assert_eq!(lane_end([Cancelled, p(), Drained]), p());
+    }
+
+    #[test]
+    fn a_failed_lookup_is_tried_three_times_unless_the_provider_paused_or_refused() {
+        use LookupNext::*;
+        let throttled = [
+            Action::Throttled,
+            Action::RetryAfter(Duration::from_secs(2)),
+        ];
+        for tries in 1..LOOKUP_TRIES {
+            assert_eq!(
+                after_failed_lookup(&Action::Retry, tries),
+                AgainAfterBackoff
+            );
+            for a in &throttled {
+                assert_eq!(after_failed_lookup(a, tries), Again, "{a:?} at {tries}");
+            }
+        }
+        assert_eq!(LOOKUP_TRIES, 3);
+        assert_eq!(after_failed_lookup(&Action::Retry, 3), GiveUp);
+        for a in &throttled {
+            assert_eq!(after_failed_lookup(a, 3), GiveUp, "{a:?}");
+        }
+        assert_eq!(after_failed_lookup(&Action::Rejected, 1), GiveUp);
+        assert_eq!(
+            after_failed_lookup(&Action::RejectIds(vec!["k1".into()]), 1),
+            GiveUp
+        );
+        for tries in [1, 3, 9] {
+            assert_eq!(
+                after_failed_lookup(&Action::Pause("403".into()), tries),
+                Release
+            );
+        }
     }
 
     fn row(state: &str, rate: f64) -> GateRow {
