@@ -1001,14 +1001,6 @@ impl Executor {
                 let right = left.split_off(left.len() / 2);
                 return vec![left, right];
             }
-            Action::RejectIds(bad) => {
-                let (dead, rest): (Vec<_>, Vec<_>) =
-                    items.into_iter().partition(|i| bad.contains(&i.session_id));
-                outcomes.extend(dead.iter().map(|i| (i.id, refused())));
-                if !rest.is_empty() {
-                    return vec![rest];
-                }
-            }
             // The gate paused itself; the store hears of it when the batch is recorded.
             Action::Pause(_) => {
                 outcomes.extend(items.iter().map(|i| (i.id, ItemOutcome::Release)));
@@ -1153,10 +1145,6 @@ mod tests {
             assert_eq!(after_failed_lookup(a, 3), GiveUp, "{a:?}");
         }
         assert_eq!(after_failed_lookup(&Action::Rejected, 1), GiveUp);
-        assert_eq!(
-            after_failed_lookup(&Action::RejectIds(vec!["k1".into()]), 1),
-            GiveUp
-        );
         for tries in [1, 3, 9] {
             assert_eq!(
                 after_failed_lookup(&Action::Pause("403".into()), tries),

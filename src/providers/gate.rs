@@ -533,7 +533,7 @@ impl Gate {
         let mut s = self.state.lock().unwrap();
         let action = answer.err().map(|e| &e.action);
         match action {
-            None | Some(Action::Rejected | Action::RejectIds(_)) => {
+            None | Some(Action::Rejected) => {
                 // Admitted: the provider answered the call itself.
                 s.streak = 0;
                 s.failures = 0;

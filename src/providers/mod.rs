@@ -118,11 +118,9 @@ pub enum Action {
     /// Throttled without a wait named (no Retry-After): slow down; the gate learns how long to
     /// wait and how fast to go ([`gate`]).
     Throttled,
-    /// The provider refused the request's content (bad parameters) without naming an ID: split
-    /// the batch to isolate the bad IDs; a single refused ID is dead.
+    /// The provider refused the request's content (bad parameters; neither provider names the
+    /// bad IDs): split the batch to isolate them; a single refused ID is dead.
     Rejected,
-    /// The provider named these IDs as bad; the rest of the batch may be retried at once.
-    RejectIds(Vec<String>),
     /// Stop using this provider until an operator acts (credentials, permission, API not
     /// enabled, wrong endpoint). The reason says what to fix.
     Pause(String),
@@ -219,7 +217,7 @@ impl ProviderError {
             (Action::Retry, Some(s)) if s >= 500 => "server_error",
             (Action::Retry, Some(_)) => "bad_answer",
             (Action::Retry, None) => "transport",
-            (Action::Rejected | Action::RejectIds(_), _) => "rejected",
+            (Action::Rejected, _) => "rejected",
             (Action::Pause(_), _) => "paused",
         }
     }
