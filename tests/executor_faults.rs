@@ -353,6 +353,18 @@ async fn an_auth_failure_pauses_one_provider_while_the_other_finishes() {
         attempts, 0,
         "a paused provider's items keep their attempt counts"
     );
+    // The audit trail says the refused batch's chats were released, not retried or dead.
+    let released: i64 = store
+        .connection()
+        .query_row(
+            "SELECT coalesce(sum(json_extract(data, '$.released')), 0) FROM audit_log
+             WHERE kind = 'batch.answered' AND json_extract(data, '$.provider') = 'convai'
+               AND json_extract(data, '$.released') = json_extract(data, '$.sent')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(released >= 1, "no convai batch recorded as released");
     // After the operator fixes the key, the next run finishes the job.
     w.sim.update_faults(|f| f.auth_fail.clear());
     drop(store);
@@ -406,6 +418,20 @@ async fn a_permanently_failing_provider_goes_dead_after_max_attempts_not_forever
     );
     // 25 attempts per item, batches of at most 7 over 4 scopes per provider
     assert!(o.deletes <= 25 * 8 * 2, "{}", o.deletes);
+    // Each dead item says how many attempts it was given.
+    let store = Store::open(&w.dir.path().join("forgetd.db")).unwrap();
+    let errors: Vec<String> = store
+        .connection()
+        .prepare("SELECT last_error FROM work_items WHERE state = 'dead'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(errors.len(), w.targeted.len());
+    for e in &errors {
+        assert!(e.starts_with("gave up after 25 attempt(s)"), "{e}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
