@@ -112,6 +112,8 @@ async fn convai_delete_sends_the_seed_request_and_reads_success_in_any_language(
         .await
         .unwrap();
     assert_eq!(out, DeleteOutcome::AllDeleted);
+    // Convai has no tokens: it never reports a refresh.
+    assert_eq!(c.token_refreshes(), 0);
 }
 
 #[tokio::test]

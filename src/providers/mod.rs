@@ -430,3 +430,100 @@ pub fn build(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(status: Option<u16>, action: Action) -> ProviderError {
+        let e = ProviderError::new(ProviderKind::KOOSEARCH, Operation::Read, action, "x");
+        match status {
+            Some(s) => e.with_status(s),
+            None => e,
+        }
+    }
+
+    #[test]
+    fn absence_is_proven_only_by_a_listing_that_omits_the_chat() {
+        use Sighting::*;
+        let k = ProviderKind::KOOSEARCH;
+        let verdict = |s: Vec<Result<Sighting, ProviderError>>| read_verdict(k, s);
+        // A 404 or an empty answer alone proves nothing: it stays undecided, never "absent".
+        assert!(verdict(vec![Ok(Nothing)]).is_err());
+        assert!(verdict(vec![]).is_err());
+        assert_eq!(
+            verdict(vec![Ok(Omitted), Ok(Nothing)]).unwrap(),
+            Presence::Absent
+        );
+        assert_eq!(
+            verdict(vec![Ok(Nothing), Ok(Omitted)]).unwrap(),
+            Presence::Absent
+        );
+        // Seen anywhere is present, whatever else was said.
+        assert_eq!(
+            verdict(vec![Ok(Omitted), Ok(Seen)]).unwrap(),
+            Presence::Present
+        );
+        let e = failed(Some(503), Action::Retry);
+        assert_eq!(verdict(vec![Err(e), Ok(Seen)]).unwrap(), Presence::Present);
+        // A failed call leaves it undecided even beside an omission: the first failure is kept.
+        let (a, b) = (
+            failed(Some(503), Action::Retry),
+            failed(None, Action::Retry),
+        );
+        let kept = verdict(vec![Ok(Omitted), Err(a), Err(b)]).unwrap_err();
+        assert_eq!(kept.status, Some(503));
+    }
+
+    #[test]
+    fn a_retry_after_longer_than_the_cap_pauses_and_one_at_the_cap_is_waited_out() {
+        let cap = Duration::from_secs(600);
+        let at = |d: u64| failed(Some(429), Action::RetryAfter(Duration::from_secs(d))).capped(cap);
+        assert_eq!(at(600).action, Action::RetryAfter(cap));
+        assert_eq!(at(5).action, Action::RetryAfter(Duration::from_secs(5)));
+        assert!(matches!(at(601).action, Action::Pause(ref why) if why.contains("Retry-After")));
+        // Only a Retry-After is capped.
+        assert_eq!(
+            failed(Some(503), Action::Retry).capped(cap).action,
+            Action::Retry
+        );
+    }
+
+    #[test]
+    fn each_failure_has_its_metrics_cause() {
+        let cases = [
+            (failed(Some(429), Action::Throttled), "throttled"),
+            (
+                failed(Some(429), Action::RetryAfter(Duration::from_secs(1))),
+                "throttled",
+            ),
+            (failed(Some(500), Action::Retry), "server_error"),
+            (failed(Some(599), Action::Retry), "server_error"),
+            (failed(Some(200), Action::Retry), "bad_answer"),
+            (failed(Some(499), Action::Retry), "bad_answer"),
+            (failed(None, Action::Retry), "transport"),
+            (failed(Some(400), Action::Rejected), "rejected"),
+            (failed(Some(401), Action::Pause("key".into())), "paused"),
+        ];
+        for (e, label) in &cases {
+            assert_eq!(e.cause_label(), *label, "{:?} {:?}", e.action, e.status);
+            assert!(ProviderError::CAUSES.contains(label));
+        }
+    }
+
+    #[test]
+    fn operations_are_named_in_errors_as_in_the_metrics() {
+        let names: Vec<String> = [
+            Operation::Delete,
+            Operation::List,
+            Operation::Read,
+            Operation::Token,
+        ]
+        .iter()
+        .map(|o| o.to_string())
+        .collect();
+        assert_eq!(names, ["delete", "list", "read", "IAM token"]);
+        let e = failed(Some(503), Action::Retry);
+        assert_eq!(e.to_string(), "koosearch read: x");
+    }
+}
