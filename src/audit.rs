@@ -199,6 +199,13 @@ pub struct BrokenLink {
 
 use crate::secret::MIN_SUBJECT_KEY_LEN as MIN_KEY_LEN;
 
+/// The directory a key file is in (`.` for a bare file name).
+fn dir_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Reads the key file without following a link, refusing it when group or others may read it,
 /// or when someone else owns it: the database directory is group-writable (feeders share it), so
 /// a feeder could plant a key of their own there. The owner must be this process's user, root,
@@ -234,13 +241,7 @@ fn read_key_file(path: &Path) -> Result<Vec<u8>, KeyError> {
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    let dir_owner = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .metadata()
-        .map(|m| m.uid())
-        .ok();
+    let dir_owner = dir_of(path).metadata().map(|m| m.uid()).ok();
     let owner = meta.uid();
     if owner != me && owner != 0 && Some(owner) != dir_owner {
         return Err(KeyError::Foreign {
@@ -274,10 +275,7 @@ pub fn read_or_create_key(path: &Path) -> Result<Vec<u8>, KeyError> {
             // planted link) and only then linked into place without overwriting: a process that
             // starts at the same moment (a feeder's CLI call beside the first daemon start) reads
             // either no file or the whole key, never an empty one it would refuse as too short.
-            let dir = path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
+            let dir = dir_of(path);
             let mut tmp = tempfile::Builder::new()
                 .prefix(".forgetd-key-")
                 .tempfile_in(dir)
@@ -527,6 +525,26 @@ mod tests {
             Err(KeyError::Io { path, .. }) if path == taken
         ));
         assert!(taken.is_dir(), "left as it was");
+        // A key file that is there but short is refused, not replaced.
+        let short = dir.path().join("short-key");
+        std::fs::write(&short, [3u8; 31]).unwrap();
+        std::fs::set_permissions(&short, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        assert!(matches!(
+            read_or_create_key(&short),
+            Err(KeyError::Short { len: 31, .. })
+        ));
+        assert_eq!(std::fs::read(&short).unwrap(), [3u8; 31]);
+    }
+
+    #[test]
+    fn a_key_files_directory_is_its_parent_or_here() {
+        assert_eq!(
+            dir_of(Path::new("/var/lib/forgetd/k")),
+            Path::new("/var/lib/forgetd")
+        );
+        assert_eq!(dir_of(Path::new("state/k")), Path::new("state"));
+        assert_eq!(dir_of(Path::new("k")), Path::new("."));
     }
 
     /// A key file of `len` bytes of `byte` in `dir`, as a `file:` reference.
