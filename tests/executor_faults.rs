@@ -4,6 +4,8 @@
 //! or application), retries bounded, Retry-After honoured on the simulator's own timestamps, and
 //! dead items only where the fault was permanent.
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -667,4 +669,43 @@ async fn no_call_of_any_kind_reaches_a_provider_before_a_retry_after_it_gave() {
     assert!(koo.rate_learned, "{koo:?}");
     assert!(koo.rate_per_s.is_some_and(|r| r < 6.0), "{koo:?}");
     assert!(koo.throttles > 0, "{koo:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_requests_than_one_page_are_all_resolved_in_one_run() {
+    // Intake reads received requests 64 at a time: 70 people need a second page.
+    let clock = ManualClock::new(1_800_000_000_000);
+    let shared: SharedClock = Arc::new(clock.clone());
+    let sim = Simulator::start(shared, Faults::default(), 9)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("forgetd.db")).unwrap();
+    let (mut targeted, mut decoys) = (Vec::new(), Vec::new());
+    for n in 0..71 {
+        let (person, sid) = (format!("p{n:02}"), format!("p{n:02}-c"));
+        common::seed_convai_chat(&sim, &mut store, "char-a", &sid, &person);
+        let chat = Chat::new(ProviderKind::CONVAI, "char-a", &sid);
+        // The last one is nobody's request: the decoy.
+        if n == 70 {
+            decoys.push(chat);
+            continue;
+        }
+        store
+            .file_request(&person, Some(&format!("R{n}")), 1_800_000_000, 30 * 86_400)
+            .unwrap();
+        targeted.push(chat);
+    }
+    drop(store);
+    let w = World {
+        sim,
+        dir,
+        clock,
+        targeted,
+        decoys,
+    };
+    let o = drain(&w).await;
+    assert_eq!(o.report.resolved_requests, 70);
+    check_safe(&w);
+    check_all_deleted(&w, &o);
 }

@@ -4,6 +4,8 @@
 //! reported unverified and never verified; the certificate says which. Decoys (another person's
 //! chats, the same ID under another character) are never named in a delete call and stay.
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,6 @@ use forgetd::config::Config;
 use forgetd::model::{ChatKey, ProviderKind};
 use forgetd::simulator::{Faults, Simulator};
 use forgetd::store::Store;
-use forgetd::store::inventory::NewSession;
 
 struct World {
     sim: Simulator,
@@ -37,16 +38,7 @@ async fn world(faults: Faults) -> World {
     for person in ["alice", "bob"] {
         for n in 0..3 {
             let sid = format!("{person}-c{n}");
-            sim.add_convai_chat("char-a", &sid, 1_700_000_000);
-            store
-                .add_session(&NewSession {
-                    provider: "convai".into(),
-                    scope: "char-a".into(),
-                    session_id: sid.clone(),
-                    subject: Some(person.into()),
-                    ..Default::default()
-                })
-                .unwrap();
+            common::seed_convai_chat(&sim, &mut store, "char-a", &sid, person);
             let kid = format!("{person}-k{n}");
             sim.add_koosearch_chat("app-a", &kid, Some(person), None, 1_700_000_000);
             let list = if person == "alice" {

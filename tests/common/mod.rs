@@ -168,3 +168,23 @@ pub fn tool(name: &str) -> Option<String> {
     }
     found
 }
+
+/// A Convai chat of `subject` at the simulator and in the inventory.
+pub fn seed_convai_chat(
+    sim: &forgetd::simulator::Simulator,
+    store: &mut forgetd::store::Store,
+    scope: &str,
+    session_id: &str,
+    subject: &str,
+) {
+    sim.add_convai_chat(scope, session_id, 1_700_000_000);
+    store
+        .add_session(&forgetd::store::inventory::NewSession {
+            provider: "convai".into(),
+            scope: scope.into(),
+            session_id: session_id.into(),
+            subject: Some(subject.into()),
+            ..Default::default()
+        })
+        .unwrap();
+}
