@@ -46,7 +46,7 @@ async fn world_on(clock: ManualClock, faults: Faults, per_person: usize) -> Worl
         for n in 0..per_person {
             let ch = if n % 2 == 0 { "char-a" } else { "char-b" };
             let sid = format!("{person}-c{n}");
-            sim.add_convai_chat(ch, &sid, 1_700_000_000);
+            common::seed_convai_chat(&sim, &mut store, ch, &sid, person);
             let app = if n % 2 == 0 { "app-a" } else { "app-b" };
             let kid = format!("{person}-k{n}");
             sim.add_koosearch_chat(
@@ -56,15 +56,6 @@ async fn world_on(clock: ManualClock, faults: Faults, per_person: usize) -> Worl
                 if n % 3 == 0 { Some("kb-1") } else { None },
                 1_700_000_000,
             );
-            store
-                .add_session(&NewSession {
-                    provider: "convai".into(),
-                    scope: ch.into(),
-                    session_id: sid.clone(),
-                    subject: Some(person.to_string()),
-                    ..Default::default()
-                })
-                .unwrap();
             // KooSearch chats are found by discovery (user_name), not fed.
             let list = if requested {
                 &mut targeted
