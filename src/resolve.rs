@@ -7,7 +7,7 @@
 //!   pages); discovered chats join the inventory, marked discovered, owned by the subject.
 //! - If discovery fails (provider down, paused), the request stays `received` and is tried again:
 //!   resolving without it could call a request complete while chats remain.
-//! - Listings retry transient failures with backoff and Retry-After (capped by
+//! - Listings retry transient failures and throttles with backoff and Retry-After (capped by
 //!   `retry.max_retry_after`) on the injected clock; `Patience::Brief` keeps the daemon's intake
 //!   responsive, `Patience::Full` waits as long as the retry policy allows (`run --once`).
 //! - An ID a provider lists but its own rules refuse is skipped with a warning.
@@ -177,7 +177,9 @@ impl Resolver {
                 Err(e) => e.capped(self.retry.max_retry_after),
             };
             let wait = match &e.action {
-                crate::providers::Action::Retry => None,
+                // Throttled without a wait named (an unpublished limit): back off as for a 5xx;
+                // the gate has already slowed this provider's calls down.
+                crate::providers::Action::Retry | crate::providers::Action::Throttled => None,
                 crate::providers::Action::RetryAfter(d) => Some(*d),
                 _ => return Err(e),
             };

@@ -700,3 +700,50 @@ async fn more_requests_than_one_page_are_all_resolved_in_one_run() {
     check_safe(&w);
     check_all_deleted(&w, &o);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intake_gives_a_refused_listing_a_few_quick_tries_and_run_once_all_the_policy_allows() {
+    // Every listing is refused: a 429 with or without a Retry-After, or a 503. The daemon's intake
+    // (Brief) must stay responsive: three quick tries, or one when the provider names a wait
+    // over 5 s, and the request stays received for its next look. `run --once` (Full) tries as
+    // long as the retry policy allows (25 attempts here). Each request's discovery stops at its
+    // first failed application, so every try is one listing call per request.
+    use forgetd::resolve::Patience::{self, Brief, Full};
+    // (the 429's Retry-After in seconds, or None for none, or 503 for a 503 answer)
+    let cases: [(Option<u64>, Patience, usize); 8] = [
+        (Some(1), Brief, 3),
+        (Some(5), Brief, 3),
+        (Some(6), Brief, 1),
+        (None, Brief, 3),
+        (Some(503), Brief, 3),
+        (Some(1), Full, 25),
+        (None, Full, 25),
+        (Some(503), Full, 25),
+    ];
+    for (retry_after, patience, tries) in cases {
+        let faults = match retry_after {
+            Some(503) => Faults {
+                list_error_rate: 1.0,
+                ..Faults::default()
+            },
+            _ => Faults {
+                rate_limit: Some(0),
+                limit_retry_after: retry_after.map(Duration::from_secs),
+                ..Faults::default()
+            },
+        };
+        let w = world(faults, 1).await;
+        let d = forgetd::daemon::Daemon::build(config(&w), Arc::new(w.clock.clone())).unwrap();
+        let (done, failures) = d.resolver.resolve_received(patience).await.unwrap();
+        let case = format!("Retry-After {retry_after:?}, {patience:?}");
+        assert_eq!((done, failures.len()), (0, 2), "{case}");
+        let lists = w.sim.calls().iter().filter(|c| c.op == "list").count();
+        assert_eq!(lists, 2 * tries, "{case}: listing calls");
+        let received = Store::open(&w.dir.path().join("forgetd.db"))
+            .unwrap()
+            .received_requests(10)
+            .unwrap();
+        assert_eq!(received.len(), 2, "{case}: the requests stay received");
+        assert!(w.sim.calls().iter().all(|c| c.op != "delete"), "{case}");
+    }
+}

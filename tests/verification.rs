@@ -301,6 +301,33 @@ async fn reading_back_waits_for_its_delay_and_can_be_turned_off() {
     );
 }
 
+/// `run --once` asked to stop (SIGTERM) does not go on to read deletions back: the due read-backs
+/// stay due, untouched, for the next run, which then does them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_told_to_stop_leaves_due_read_backs_for_the_next_run() {
+    use forgetd::executor::Mode;
+    let w = world(Faults::default()).await;
+    let d = daemon(&w, "[verify]\nafter = \"10m\"\n");
+    d.run_once().await.unwrap();
+    w.clock.advance(Duration::from_secs(11 * 60));
+    let calls = |w: &World| w.sim.calls().len();
+    let before = calls(&w);
+    let s = store(&w);
+    assert_eq!(s.read_backs_waiting().unwrap(), 6);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    cancel.cancel();
+    d.executor.run(Mode::Once, cancel).await.unwrap();
+    assert_eq!(calls(&w), before, "a stopped run called a provider");
+    assert_eq!(s.read_backs_waiting().unwrap(), 6);
+    // The decoy check of this test: the same run, not stopped, does read them back.
+    d.executor
+        .run(Mode::Once, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(calls(&w) > before);
+    assert_eq!(s.read_backs_waiting().unwrap(), 0);
+}
+
 /// The daemon reads back beside its executor: a chat the provider does not keep is found and
 /// deleted again while the daemon runs, and the request ends verified.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

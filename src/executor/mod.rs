@@ -877,15 +877,9 @@ impl Executor {
         let step = attempts.min(provider.gate().failures_in_row());
         let wait = self.retry.delay(step);
         let now = self.clock.instant();
-        for (id, o) in settled {
-            let o = match (o, items.iter().find(|i| i.id == id)) {
-                (ItemOutcome::Retry { error, .. }, Some(item)) => {
-                    self.outcome_after(item, now, wait, &error)
-                }
-                (o, _) => o,
-            };
-            outcomes.push((id, o));
-        }
+        outcomes.extend(retried_by_own_attempts(settled, items, |item, error| {
+            self.outcome_after(item, now, wait, error)
+        }));
     }
 
     /// One lookup after a partial batch, tried up to [`LOOKUP_TRIES`] times (short waits, the gate
@@ -1048,6 +1042,23 @@ impl Executor {
     }
 }
 
+/// The lookups' outcomes after a partial batch, where each failed lookup (`Retry`) is decided
+/// again by `again` from its *own* item: its attempts and first try say whether it may have
+/// another or is given up on. An id that is not among `items` keeps the outcome it has.
+fn retried_by_own_attempts(
+    settled: Vec<(i64, ItemOutcome)>,
+    items: &[ClaimedItem],
+    mut again: impl FnMut(&ClaimedItem, &str) -> ItemOutcome,
+) -> impl Iterator<Item = (i64, ItemOutcome)> {
+    settled.into_iter().map(move |(id, o)| {
+        let o = match (o, items.iter().find(|i| i.id == id)) {
+            (ItemOutcome::Retry { error, .. }, Some(item)) => again(item, &error),
+            (o, _) => o,
+        };
+        (id, o)
+    })
+}
+
 /// An item given up on, keeping its last error and saying why.
 fn gave_up(attempts: u32, why: &str, error: &str) -> ItemOutcome {
     ItemOutcome::Dead {
@@ -1107,6 +1118,83 @@ fn gate_row(v: &GateView) -> GateRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_a_partial_batch_each_failed_lookup_is_judged_by_its_own_attempts() {
+        let item = |id, attempts| ClaimedItem {
+            id,
+            session_id: format!("s{id}"),
+            attempts,
+            first_attempt: Millis(0),
+        };
+        // The second and fourth items are one failure from giving up; the others are fresh.
+        let items = [item(1, 0), item(2, 24), item(3, 0), item(4, 24)];
+        let retry = |error: &str| ItemOutcome::Retry {
+            at: Millis(5),
+            error: error.into(),
+        };
+        let settled = vec![
+            (4, retry("lookup failed")),
+            (1, retry("lookup failed")),
+            (
+                3,
+                ItemOutcome::Deleted {
+                    already_absent: false,
+                },
+            ),
+            (2, retry("lookup failed")),
+            // Not in this batch (cannot happen, but must not borrow another item's count).
+            (9, retry("lookup failed")),
+        ];
+        let mut seen = Vec::new();
+        let out: Vec<_> = retried_by_own_attempts(settled, &items, |it, error| {
+            seen.push(it.id);
+            if it.attempts + 1 >= 25 {
+                gave_up(it.attempts + 1, "attempts used up", error)
+            } else {
+                ItemOutcome::Retry {
+                    at: Millis(i64::from(it.attempts) + 100),
+                    error: error.into(),
+                }
+            }
+        })
+        .collect();
+        let dead = |o: &ItemOutcome| matches!(o, ItemOutcome::Dead { error } if error.starts_with("gave up after 25 attempt(s)"));
+        assert_eq!(out.len(), 5);
+        assert_eq!(out[0].0, 4);
+        assert!(dead(&out[0].1), "{:?}", out[0]);
+        assert_eq!(
+            out[1],
+            (
+                1,
+                ItemOutcome::Retry {
+                    at: Millis(100),
+                    error: "lookup failed".into()
+                }
+            )
+        );
+        assert_eq!(
+            out[2],
+            (
+                3,
+                ItemOutcome::Deleted {
+                    already_absent: false
+                }
+            )
+        );
+        assert_eq!(out[3].0, 2);
+        assert!(dead(&out[3].1), "{:?}", out[3]);
+        assert_eq!(
+            out[4],
+            (9, retry("lookup failed")),
+            "an unknown id keeps its outcome"
+        );
+        assert_eq!(
+            seen,
+            [4, 1, 2],
+            "only failed lookups of this batch are judged again"
+        );
+    }
 
     #[test]
     fn a_lane_is_paused_if_any_worker_paused_else_cancelled_if_any_was() {

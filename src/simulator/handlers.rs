@@ -92,6 +92,12 @@ impl SimState {
         let rate = self.faults.lock().unwrap().read_error_rate;
         rate > 0.0 && self.rng.lock().unwrap().random_bool(rate.min(1.0))
     }
+
+    /// Whether a listing call fails with a 503 (the `list_error_rate` fault).
+    fn list_fails(&self) -> bool {
+        let rate = self.faults.lock().unwrap().list_error_rate;
+        rate > 0.0 && self.rng.lock().unwrap().random_bool(rate.min(1.0))
+    }
 }
 
 impl super::Inner {
@@ -526,6 +532,13 @@ async fn convai_list(State(st): St, headers: HeaderMap, body: Bytes) -> Response
     let Some(scope) = scope else {
         return convai_error(StatusCode::BAD_REQUEST, "charID is required");
     };
+    if st.list_fails() {
+        st.record(p, "list", &scope, vec![], 503, "error");
+        return convai_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service temporarily unavailable.",
+        );
+    }
     st.record(p, "list", &scope, vec![], 200, "ok");
     let inner = st.inner.lock().unwrap();
     let mut sessions: Vec<(String, i64)> = inner
@@ -863,6 +876,14 @@ async fn koo_list(
     };
     let page_num = num("page_num", 1);
     let page_size = num("page_size", 10);
+    if st.list_fails() {
+        st.record(p, "list", &app, vec![], 503, "error");
+        return koo_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "KOS.00060002",
+            "The service is busy",
+        );
+    }
     st.record(p, "list", &app, vec![], 200, "ok");
     let inner = st.inner.lock().unwrap();
     let matching: Vec<(&String, &super::KooChat)> = inner

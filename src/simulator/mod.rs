@@ -109,6 +109,8 @@ pub struct Faults {
     pub resurrect: std::collections::HashMap<String, u32>,
     /// 503 answers to one-chat reads (Convai's details call, KooSearch's one-chat GET).
     pub read_error_rate: f64,
+    /// 503 answers to listing calls (discovery, rules, read-back listings).
+    pub list_error_rate: f64,
 }
 
 impl Default for Faults {
@@ -134,6 +136,7 @@ impl Default for Faults {
             concurrency_limit: None,
             resurrect: std::collections::HashMap::new(),
             read_error_rate: 0.0,
+            list_error_rate: 0.0,
         }
     }
 }

@@ -624,6 +624,23 @@ mod tests {
         s.conn.execute(sql, [id])
     }
 
+    #[test]
+    fn a_long_error_is_cut_at_a_character_boundary_and_says_its_length() {
+        let at_limit = "x".repeat(MAX_ERROR_LEN);
+        assert_eq!(truncate_error(&at_limit), at_limit);
+        let ascii = "c".repeat(MAX_ERROR_LEN + 1);
+        assert_eq!(
+            truncate_error(&ascii),
+            format!("{}… (1001 bytes)", "c".repeat(MAX_ERROR_LEN))
+        );
+        // A two-byte character across the limit is left out whole, never split.
+        let long = format!("{}é{}", "a".repeat(MAX_ERROR_LEN - 1), "b".repeat(50));
+        assert_eq!(
+            truncate_error(&long),
+            format!("{}… ({} bytes)", "a".repeat(MAX_ERROR_LEN - 1), long.len())
+        );
+    }
+
     /// The SQL trigger allows exactly the transitions the Rust function produces.
     #[test]
     fn sql_trigger_mirrors_the_transition_function() {
@@ -699,6 +716,73 @@ mod tests {
             .unwrap()
             .is_none()
         );
+    }
+
+    #[test]
+    fn a_batch_answer_marks_only_the_items_it_names() {
+        let (_d, mut s) = temp_store();
+        let ids: Vec<i64> = (0..3)
+            .map(|n| add_item(&s, "convai", "c", &format!("s{n}"), 0))
+            .collect();
+        let decoy = add_item(&s, "convai", "other", "d", 0);
+        let b = s
+            .claim_batch(
+                ProviderKind::CONVAI,
+                Millis(0),
+                Duration::from_millis(60_000),
+                10,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.items.len(), 3);
+        let deleted = ItemOutcome::Deleted {
+            already_absent: false,
+        };
+        // Every outcome given says deleted, but the third item has none: it was not confirmed.
+        s.finish_batch(
+            b.batch_id,
+            Millis(1),
+            &[(ids[0], deleted.clone()), (ids[1], deleted)],
+            "ok",
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.item_state(ids[0]).unwrap(), ItemState::Deleted);
+        assert_eq!(s.item_state(ids[1]).unwrap(), ItemState::Deleted);
+        assert_eq!(s.item_state(ids[2]).unwrap(), ItemState::InFlight);
+        assert_eq!(s.item_state(decoy).unwrap(), ItemState::Pending);
+    }
+
+    #[test]
+    fn a_pause_and_its_end_are_each_audited_once() {
+        let (_d, mut s) = temp_store();
+        let events = |s: &Store| -> Vec<(String, String)> {
+            s.conn
+                .prepare("SELECT kind, data FROM audit_log ORDER BY seq")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let koo = ProviderKind::KOOSEARCH;
+        s.set_provider_paused(ProviderKind::CONVAI, None, 1)
+            .unwrap();
+        assert!(events(&s).is_empty(), "not paused, not resumed");
+        s.set_provider_paused(koo, Some("HTTP 401"), 2).unwrap();
+        s.set_provider_paused(koo, Some("HTTP 401"), 3).unwrap();
+        let e = events(&s);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, "provider.paused");
+        assert!(
+            e[0].1.contains("koosearch") && e[0].1.contains("HTTP 401"),
+            "{e:?}"
+        );
+        s.set_provider_paused(koo, None, 4).unwrap();
+        s.set_provider_paused(koo, None, 5).unwrap();
+        let e = events(&s);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[1].0, "provider.resumed");
     }
 
     #[test]
