@@ -747,3 +747,25 @@ async fn intake_gives_a_refused_listing_a_few_quick_tries_and_run_once_all_the_p
         assert!(w.sim.calls().iter().all(|c| c.op != "delete"), "{case}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_koosearch_id_outside_its_alphabet_in_a_listing_is_skipped_and_never_sent() {
+    // KooSearch lists these as Alice's, but its chat_id rule (A-Z a-z 0-9 _ -, 1 to 64) refuses
+    // them: discovery skips them with a warning, and the rest of her chats are deleted as usual.
+    let w = world(Faults::default(), 2).await;
+    let long = "k".repeat(65);
+    let bad = ["alice.k9", "alice k9", "ä-k9", long.as_str()];
+    for id in bad {
+        w.sim
+            .add_koosearch_chat("app-a", id, Some("alice"), None, 1_700_000_000);
+    }
+    let o = drain(&w).await;
+    check_safe(&w);
+    check_all_deleted(&w, &o);
+    let named = w.sim.named_in_deletes();
+    for id in bad {
+        let chat = Chat::new(ProviderKind::KOOSEARCH, "app-a", id);
+        assert!(exists(&w, &chat), "{id:?} was deleted");
+        assert!(!named.contains(&chat), "{id:?} was named in a delete call");
+    }
+}

@@ -603,18 +603,18 @@ impl Executor {
             }
             Ok::<(), StoreError>(())
         };
-        match written.await {
-            Err(e) if e.is_transient() => {
-                // Only `status` reads this: forget what was mirrored, so the next look writes
-                // it again, and let the lane go on (the gate itself is in memory).
-                self.mirrored.lock().unwrap().remove(&kind);
-                self.store
-                    .outage()
-                    .failed("writing a provider's state for status", Arc::new(e));
-                Ok(())
-            }
-            r => r.map_err(ExecutorError::from),
+        let Err(e) = written.await else {
+            return Ok(());
+        };
+        if status_write_stops_the_lane(&e) {
+            return Err(e.into());
         }
+        // Forget what was mirrored, so the next look writes it again.
+        self.mirrored.lock().unwrap().remove(&kind);
+        self.store
+            .outage()
+            .failed("writing a provider's state for status", Arc::new(e));
+        Ok(())
     }
 
     /// Nothing is due. Items in other workers' hands may come back; otherwise wait for the
@@ -1042,6 +1042,13 @@ impl Executor {
     }
 }
 
+/// Whether a failed write of a provider's state for `status` stops the lane. Only `status` reads
+/// that row, and the gate itself is in memory, so a transient store failure (busy, a full disk, a
+/// read-only file) is an outage the lane goes on through; anything else stops it.
+fn status_write_stops_the_lane(e: &StoreError) -> bool {
+    !e.is_transient()
+}
+
 /// The lookups' outcomes after a partial batch, where each failed lookup (`Retry`) is decided
 /// again by `again` from its *own* item: its attempts and first try say whether it may have
 /// another or is given up on. An id that is not among `items` keeps the outcome it has.
@@ -1118,6 +1125,24 @@ fn gate_row(v: &GateView) -> GateRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_write_stops_the_lane_only_when_the_store_failure_is_not_transient() {
+        use rusqlite::ffi;
+        let sqlite = |code| rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
+        assert!(!status_write_stops_the_lane(&StoreError::Busy(sqlite(
+            ffi::SQLITE_BUSY
+        ))));
+        assert!(!status_write_stops_the_lane(&StoreError::Unwritable(
+            sqlite(ffi::SQLITE_FULL)
+        )));
+        assert!(status_write_stops_the_lane(&StoreError::Invalid(
+            "unknown item state".into()
+        )));
+        assert!(status_write_stops_the_lane(&StoreError::NotFound(
+            "no work item 7".into()
+        )));
+    }
 
     #[test]
     fn after_a_partial_batch_each_failed_lookup_is_judged_by_its_own_attempts() {

@@ -521,6 +521,62 @@ impl Provider for ConvaiClient {
 mod tests {
     use super::*;
 
+    /// Every refusal says what to do next, and which one it is depends on the call: a delete
+    /// refused is the delete API not enabled, a listing refused is a missing permission, a gone
+    /// chat's read is no chat at all.
+    #[test]
+    fn each_refusal_is_classified_by_status_and_call_and_names_its_fix() {
+        use Operation::{Delete, List, Read};
+        let classify = |op, status: u16| {
+            let status = StatusCode::from_u16(status).unwrap();
+            let body = br#"{"ERROR": "nope"}"#;
+            ConvaiClient::classify(0, op, status, &reqwest::header::HeaderMap::new(), body)
+        };
+        let pause = |op, status, says: &str| {
+            let e = classify(op, status);
+            match &e.action {
+                Action::Pause(why) => assert!(
+                    why.contains(says) && why.contains("nope"),
+                    "{op} {status}: {why}"
+                ),
+                other => panic!("{op} {status}: {other:?}"),
+            }
+            assert_eq!(e.status, Some(status));
+        };
+        for op in [Delete, List, Read] {
+            pause(
+                op,
+                401,
+                "put a valid key where providers.convai.api_key points",
+            );
+            pause(op, 418, "check providers.convai.base_url");
+        }
+        pause(Delete, 403, "delete API is not enabled for this key");
+        pause(Delete, 404, "delete API is not enabled for this key");
+        pause(
+            List,
+            403,
+            "ask Convai to grant this key the chat-history API",
+        );
+        pause(
+            Read,
+            403,
+            "ask Convai to grant this key the chat-history API",
+        );
+        pause(List, 404, "check providers.convai.base_url; if it is right");
+        for status in [400, 404, 422] {
+            assert_eq!(classify(Read, status).action, Action::Rejected, "{status}");
+        }
+        for op in [Delete, List] {
+            assert_eq!(classify(op, 400).action, Action::Rejected);
+            assert_eq!(classify(op, 422).action, Action::Rejected);
+            assert_eq!(classify(op, 429).action, Action::Throttled);
+            for status in [408, 500, 503, 599] {
+                assert_eq!(classify(op, status).action, Action::Retry, "{status}");
+            }
+        }
+    }
+
     #[test]
     fn list_parses_as_a_stream_and_reads_dates_as_utc() {
         let body = r#"[{"sessionID":"a1","date":"25-09-2024","time":"20:52:57","is_added_to_memory":true},

@@ -718,6 +718,100 @@ impl Provider for KooSearchClient {
 mod tests {
     use super::*;
 
+    /// An ID outside KooSearch's rule is never sent: its alphabet is A-Z a-z 0-9 _ -, 1 to 64 long.
+    #[test]
+    fn a_chat_id_is_one_to_sixty_four_of_the_documented_characters() {
+        let longest = "a".repeat(64);
+        for ok in ["a", "Z", "7", "_", "-", "chat_01-AbZ", longest.as_str()] {
+            assert!(is_id(ok), "{ok:?} is a KooSearch ID");
+        }
+        let too_long = "a".repeat(65);
+        for bad in [
+            "",
+            too_long.as_str(),
+            "a b",
+            "a/b",
+            "a.b",
+            "a*",
+            "../x",
+            "ä",
+            "a\n",
+            "a,b",
+        ] {
+            assert!(!is_id(bad), "{bad:?} is not a KooSearch ID");
+        }
+    }
+
+    /// KooSearch's answers by status, error code and call: the gateway's throttling code and
+    /// KooSearch's "busy" code count whatever the status, codes are read in any case, a gone
+    /// chat's read is no chat, and every pause names its fix.
+    #[test]
+    fn each_answer_is_classified_by_status_code_and_call_and_names_its_fix() {
+        use Operation::{Delete, List, Read};
+        let classify_with = |op, status: u16, code: &str, retry_after: Option<&str>| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            if let Some(v) = retry_after {
+                headers.insert(reqwest::header::RETRY_AFTER, v.parse().unwrap());
+            }
+            let body = format!(r#"{{"error_code": "{code}", "error_msg": "nope"}}"#);
+            KooSearchClient::classify(
+                0,
+                op,
+                StatusCode::from_u16(status).unwrap(),
+                &headers,
+                body.as_bytes(),
+            )
+        };
+        let classify = |op, status, code| classify_with(op, status, code, None);
+        let action = |op, status, code| classify(op, status, code).action;
+        let pause = |op, status, code, says: &str| match action(op, status, code) {
+            Action::Pause(why) => assert!(why.contains(says), "{op} {status} {code}: {why}"),
+            other => panic!("{op} {status} {code}: {other:?}"),
+        };
+        for op in [Delete, List, Read] {
+            assert_eq!(action(op, 429, ""), Action::Throttled, "{op}");
+            assert_eq!(action(op, 400, "APIG.0308"), Action::Throttled, "{op}");
+            assert_eq!(action(op, 403, "apig.0308"), Action::Throttled, "{op}");
+            assert_eq!(action(op, 400, "KOS.00060002"), Action::Retry, "{op}");
+            for status in [408, 500, 503, 599] {
+                assert_eq!(action(op, status, ""), Action::Retry, "{op} {status}");
+            }
+            assert_eq!(
+                classify_with(op, 429, "", Some("7")).action,
+                Action::RetryAfter(std::time::Duration::from_secs(7))
+            );
+            assert_eq!(
+                classify_with(op, 503, "", Some("3")).action,
+                Action::RetryAfter(std::time::Duration::from_secs(3))
+            );
+            pause(
+                op,
+                403,
+                "APIG.0302",
+                "grant the IAM user access to KooSearch",
+            );
+            pause(op, 418, "X", "check the configuration");
+            pause(op, 401, "APIG.0301", "check the configuration");
+        }
+        for op in [Delete, List] {
+            pause(
+                op,
+                404,
+                "APIG.0101",
+                "check providers.koosearch.endpoint and project_id",
+            );
+            assert_eq!(action(op, 400, ""), Action::Rejected, "{op}");
+            assert_eq!(action(op, 409, "KOS.00010003"), Action::Rejected, "{op}");
+            assert_eq!(action(op, 409, "kos.00010003"), Action::Rejected, "{op}");
+        }
+        assert_eq!(action(Read, 400, ""), Action::Rejected);
+        assert_eq!(action(Read, 404, "APIG.0101"), Action::Rejected);
+        let e = classify(Delete, 404, "APIG.0101");
+        assert_eq!(e.status, Some(404));
+        assert_eq!(e.code.as_deref(), Some("APIG.0101"));
+        assert!(e.summary.contains("nope"), "{}", e.summary);
+    }
+
     #[test]
     fn batch_answer_reads_both_casings() {
         assert_eq!(
@@ -780,6 +874,53 @@ mod tests {
             ..ListedPage::default()
         };
         assert!(short.is_last(1, 100));
+        // An empty page ends the listing whatever `total` says (else up to 65,535 empty pages).
+        let empty = ListedPage {
+            total: Some(500),
+            pages: Some(5),
+            ..ListedPage::default()
+        };
+        assert!(empty.is_last(2, 100));
+        // `pages` alone ends it at that page, with full pages and no total.
+        let of_three = ListedPage {
+            records: 100,
+            pages: Some(3),
+            ..ListedPage::default()
+        };
+        assert!(!of_three.is_last(2, 100));
+        assert!(of_three.is_last(3, 100));
+    }
+
+    /// A one-chat read is "seen" only when content came back; empty fields, `null`, `{}` and a
+    /// record marked deleted show nothing, and an error or a non-object is no answer at all.
+    #[test]
+    fn a_one_chat_answer_is_seen_only_with_content() {
+        use crate::providers::Sighting::{Nothing, Seen};
+        for (body, sighting) in [
+            (r#"{"question": "hi", "answer": "hello"}"#, Seen),
+            (r#"{"chat_id": "c1"}"#, Seen),
+            (r#"{"turns": [1]}"#, Seen),
+            (r#"{"meta": {"a": 1}}"#, Seen),
+            (r#"{"count": 3}"#, Seen),
+            (r#"{"error_code": null, "question": "q"}"#, Seen),
+            (r#"{"is_del": 0, "question": "q"}"#, Seen),
+            ("null", Nothing),
+            ("{}", Nothing),
+            (r#"{"question": null, "answer": null}"#, Nothing),
+            (r#"{"question": "", "turns": [], "meta": {}}"#, Nothing),
+            (r#"{"is_del": 1, "question": "q"}"#, Nothing),
+            (r#"{"is_del": false}"#, Nothing),
+        ] {
+            assert_eq!(parse_one_chat(body.as_bytes()), Ok(sighting), "{body}");
+        }
+        for unclear in [
+            r#"[{"question": "q"}]"#,
+            r#""x""#,
+            r#"{"error_code": "KOS.1"}"#,
+            "{",
+        ] {
+            assert!(parse_one_chat(unclear.as_bytes()).is_err(), "{unclear}");
+        }
     }
 
     #[test]
@@ -795,5 +936,26 @@ mod tests {
         )
         .unwrap();
         assert!(r.deleted());
+        // Every shape is_del has been seen in: a live chat read as deleted would never be
+        // erased; a deleted one read as live would be sent again and never read back absent.
+        for (is_del, deleted) in [
+            ("0", false),
+            ("1", true),
+            ("2", true),
+            ("true", true),
+            ("false", false),
+            ("\"1\"", true),
+            ("\"0\"", false),
+            ("\"TRUE\"", true),
+            ("\"yes\"", true),
+            ("\"no\"", false),
+            ("null", false),
+        ] {
+            let r: Record =
+                serde_json::from_str(&format!(r#"{{"chat_id":"a","is_del":{is_del}}}"#)).unwrap();
+            assert_eq!(r.deleted(), deleted, "is_del {is_del}");
+        }
+        let r: Record = serde_json::from_str(r#"{"chat_id":"a"}"#).unwrap();
+        assert!(!r.deleted(), "no is_del: live");
     }
 }
