@@ -14,11 +14,14 @@ suites=(executor_faults providers_wiremock providers_sim feeder_model feeder_lif
     verification keyed_chain certificates)
 args=()
 for s in "${suites[@]}"; do args+=(--cargo-arg="--test=$s"); done
+prev=
 for a in "$@"; do
-    case $a in
-        src/*) args+=(--file "$a") ;;
+    case $prev:$a in
+        --*:*) args+=("$a") ;;  # an option's value, e.g. a --re regex that starts with src/
+        *:src/*) args+=(--file "$a") ;;
         *) args+=("$a") ;;
     esac
+    prev=$a
 done
 cd "$(dirname "$0")/.."
 CARGO_PROFILE_DEV_DEBUG=0 exec cargo mutants -o "$out" --jobs 2 -E 'doctor|std::fmt::Debug' \
