@@ -378,6 +378,43 @@ mod tests {
     }
 
     #[test]
+    fn the_head_is_the_last_link_appended() {
+        let (_d, mut s) = temp_store();
+        assert_eq!(s.audit_head().unwrap(), None, "an empty trail has no head");
+        s.audit(100, "test", None, &serde_json::json!({"n": 1}))
+            .unwrap();
+        let second = s
+            .audit(101, "test", Some(7), &serde_json::json!({"n": 2}))
+            .unwrap();
+        assert_eq!(s.audit_head().unwrap(), Some((2, second)));
+    }
+
+    /// A first link whose `prev_hash` is not the genesis value was not made by forgetd, even if
+    /// its own hash is consistent with it: late sealing stops there and seals nothing.
+    #[test]
+    fn a_forged_first_link_is_never_sealed_late() {
+        let (_d, mut s) = temp_store();
+        let wrong_prev = "f".repeat(64);
+        let data = "{}";
+        let hash = crate::audit::link_hash(&wrong_prev, 1, 100, "config.loaded", None, data);
+        s.connection()
+            .execute(
+                "INSERT INTO audit_log (seq, at, kind, request_id, data, prev_hash, hash)
+                 VALUES (1, 100, 'config.loaded', NULL, ?1, ?2, ?3)",
+                rusqlite::params![data, wrong_prev, hash],
+            )
+            .unwrap();
+        s.set_chain_key(crate::audit::SubjectKey::from_bytes(&[3; 32]).chain_key());
+        let late = s.seal_late().unwrap();
+        assert_eq!((late.sealed, late.refused.len()), (0, 0), "{late:?}");
+        let seals: i64 = s
+            .connection()
+            .query_row("SELECT count(*) FROM audit_seals", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seals, 0);
+    }
+
+    #[test]
     fn verify_passes_untouched_and_names_the_altered_link() {
         let (_d, mut s) = temp_store();
         for i in 0..5 {
