@@ -602,6 +602,11 @@ mod tests {
         s.conn.last_insert_rowid()
     }
 
+    /// Claims a Convai batch at `now` with a one-minute lease and room for 10 items.
+    fn claim(s: &mut Store, now: Millis) -> Result<Option<ClaimedBatch>> {
+        s.claim_batch(ProviderKind::CONVAI, now, Duration::from_millis(60_000), 10)
+    }
+
     /// Moves an item to `to` with the columns that state requires, straight through SQL.
     fn force(s: &Store, id: i64, to: ItemState) -> rusqlite::Result<usize> {
         let sql = match to {
@@ -684,38 +689,13 @@ mod tests {
         let urgent = add_item(&s, "convai", "charB", "urgent", 100);
         add_item(&s, "convai", "charB", "also-b", 900);
         add_item(&s, "koosearch", "app", "other-provider", 1);
-        let b = s
-            .claim_batch(
-                ProviderKind::CONVAI,
-                Millis(0),
-                Duration::from_millis(60_000),
-                10,
-            )
-            .unwrap()
-            .unwrap();
+        let b = claim(&mut s, Millis(0)).unwrap().unwrap();
         assert_eq!(b.scope, "charB");
         assert_eq!(b.items.len(), 2);
         assert_eq!(b.items[0].id, urgent);
-        let b2 = s
-            .claim_batch(
-                ProviderKind::CONVAI,
-                Millis(0),
-                Duration::from_millis(60_000),
-                10,
-            )
-            .unwrap()
-            .unwrap();
+        let b2 = claim(&mut s, Millis(0)).unwrap().unwrap();
         assert_eq!(b2.scope, "charA");
-        assert!(
-            s.claim_batch(
-                ProviderKind::CONVAI,
-                Millis(0),
-                Duration::from_millis(60_000),
-                10
-            )
-            .unwrap()
-            .is_none()
-        );
+        assert!(claim(&mut s, Millis(0)).unwrap().is_none());
     }
 
     #[test]
@@ -725,15 +705,7 @@ mod tests {
             .map(|n| add_item(&s, "convai", "c", &format!("s{n}"), 0))
             .collect();
         let decoy = add_item(&s, "convai", "other", "d", 0);
-        let b = s
-            .claim_batch(
-                ProviderKind::CONVAI,
-                Millis(0),
-                Duration::from_millis(60_000),
-                10,
-            )
-            .unwrap()
-            .unwrap();
+        let b = claim(&mut s, Millis(0)).unwrap().unwrap();
         assert_eq!(b.items.len(), 3);
         let deleted = ItemOutcome::Deleted {
             already_absent: false,
@@ -789,15 +761,7 @@ mod tests {
     fn items_in_backoff_are_not_claimed_until_due() {
         let (_d, mut s) = temp_store();
         let id = add_item(&s, "convai", "c", "x", 0);
-        let b = s
-            .claim_batch(
-                ProviderKind::CONVAI,
-                Millis(1_000),
-                Duration::from_millis(60_000),
-                10,
-            )
-            .unwrap()
-            .unwrap();
+        let b = claim(&mut s, Millis(1_000)).unwrap().unwrap();
         s.finish_batch(
             b.batch_id,
             Millis(1_000),
@@ -812,25 +776,8 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!(
-            s.claim_batch(
-                ProviderKind::CONVAI,
-                Millis(4_999),
-                Duration::from_millis(60_000),
-                10
-            )
-            .unwrap()
-            .is_none()
-        );
-        let b = s
-            .claim_batch(
-                ProviderKind::CONVAI,
-                Millis(5_000),
-                Duration::from_millis(60_000),
-                10,
-            )
-            .unwrap()
-            .unwrap();
+        assert!(claim(&mut s, Millis(4_999)).unwrap().is_none());
+        let b = claim(&mut s, Millis(5_000)).unwrap().unwrap();
         assert_eq!(b.items[0].attempts, 1);
         assert_eq!(b.items[0].first_attempt, Millis(1_000));
     }
