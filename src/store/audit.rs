@@ -2,9 +2,11 @@
 //! chain, the head, and reading a request's closing event back as its typed form
 //! ([`crate::audit::RequestClosed`]). The chain's arithmetic and rules are [`crate::audit`]'s.
 
-use rusqlite::{OptionalExtension, params};
+use std::ops::ControlFlow;
 
 use super::Tx;
+use super::db::Sql;
+use crate::args;
 
 use super::{Result, Store};
 use crate::audit::{
@@ -20,18 +22,24 @@ pub fn append(
     data: &serde_json::Value,
 ) -> Result<String> {
     let (prev_seq, prev_hash): (i64, String) = tx
-        .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?
+        .row_opt(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            args![],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
         .unwrap_or((0, GENESIS.to_string()));
     let seq = prev_seq + 1;
     let data = data.to_string();
     let hash = link_hash(&prev_hash, seq, at, kind, request_id, &data);
-    tx.prepare_cached("INSERT INTO audit_log (seq, at, kind, request_id, data, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
-        .execute(params![seq, at, kind, request_id, data, prev_hash, hash])?;
+    tx.exec(
+        "INSERT INTO audit_log (seq, at, kind, request_id, data, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        args![seq, at, kind, request_id, data, prev_hash, hash],
+    )?;
     if let Some(key) = tx.chain_key() {
-        tx.prepare_cached("INSERT INTO audit_seals (seq, seal, late) VALUES (?1, ?2, 0)")?
-            .execute(params![seq, key.seal(seq, &hash, false)])?;
+        tx.exec(
+            "INSERT INTO audit_seals (seq, seal, late) VALUES (?1, ?2, 0)",
+            args![seq, key.seal(seq, &hash, false)],
+        )?;
     }
     Ok(hash)
 }
@@ -74,9 +82,9 @@ impl Store {
     pub fn missing_audit_triggers(&self) -> Result<Vec<&'static str>> {
         let mut missing = Vec::new();
         for name in APPEND_ONLY_TRIGGERS {
-            let n: i64 = self.conn.query_row(
+            let n: i64 = self.row(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
-                [name],
+                args![name],
                 |r| r.get(0),
             )?;
             if n == 0 {
@@ -93,16 +101,13 @@ impl Store {
 
     /// The last `request.completed` / `request.failed` event of a request, if it finished.
     pub fn closing_event(&self, request_id: i64) -> Result<Option<ClosingEvent>> {
-        let row: Option<(i64, String, String)> = self
-            .conn
-            .query_row(
-                "SELECT seq, hash, data FROM audit_log WHERE request_id = ?1
-                   AND kind IN ('request.completed', 'request.failed')
-                 ORDER BY seq DESC LIMIT 1",
-                [request_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
+        let row: Option<(i64, String, String)> = self.row_opt(
+            "SELECT seq, hash, data FROM audit_log WHERE request_id = ?1
+               AND kind IN ('request.completed', 'request.failed')
+             ORDER BY seq DESC LIMIT 1",
+            args![request_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
         let Some((seq, hash, data)) = row else {
             return Ok(None);
         };
@@ -117,16 +122,13 @@ impl Store {
     /// The request's `request.verified` event recorded after event `since` (its closing event):
     /// a verification of an earlier completion does not speak for a later one.
     pub fn verified_event(&self, request_id: i64, since: i64) -> Result<Option<VerifiedEvent>> {
-        let row: Option<(i64, String, String)> = self
-            .conn
-            .query_row(
-                "SELECT seq, hash, data FROM audit_log WHERE request_id = ?1
-                   AND kind = 'request.verified' AND seq > ?2
-                 ORDER BY seq DESC LIMIT 1",
-                params![request_id, since],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
+        let row: Option<(i64, String, String)> = self.row_opt(
+            "SELECT seq, hash, data FROM audit_log WHERE request_id = ?1
+               AND kind = 'request.verified' AND seq > ?2
+             ORDER BY seq DESC LIMIT 1",
+            args![request_id, since],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
         let Some((seq, hash, data)) = row else {
             return Ok(None);
         };
@@ -144,14 +146,11 @@ impl Store {
 
     /// The last event's sequence number and hash, if any.
     pub fn audit_head(&self) -> Result<Option<(i64, String)>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?)
+        self.row_opt(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            args![],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     /// Seals the links other processes appended without the key (marked late), in order, each
@@ -165,14 +164,13 @@ impl Store {
         self.write(|tx| {
             let key = tx.chain_key().expect("checked above");
             let keyed_from = keyed_from(tx)?;
-            let mut stmt = tx.prepare_cached(
+            let rows: Vec<Unsealed> = tx.rows(
                 "SELECT a.seq, a.at, a.kind, a.request_id, a.data, a.prev_hash, a.hash,
                         (SELECT p.hash FROM audit_log p WHERE p.seq = a.seq - 1)
                  FROM audit_log a LEFT JOIN audit_seals s ON s.seq = a.seq
                  WHERE s.seq IS NULL ORDER BY a.seq",
-            )?;
-            let rows: Vec<Unsealed> = stmt
-                .query_map([], |r| {
+                args![],
+                |r| {
                     Ok(Unsealed {
                         seq: r.get(0)?,
                         at: r.get(1)?,
@@ -183,9 +181,8 @@ impl Store {
                         hash: r.get(6)?,
                         before: r.get(7)?,
                     })
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            drop(stmt);
+                },
+            )?;
             let mut out = LateSeals::default();
             for u in rows {
                 let prev_ok = match &u.before {
@@ -210,8 +207,10 @@ impl Store {
                     out.refused.push(u.seq);
                     continue;
                 }
-                tx.prepare_cached("INSERT INTO audit_seals (seq, seal, late) VALUES (?1, ?2, 1)")?
-                    .execute(params![u.seq, key.seal(u.seq, &u.hash, true)])?;
+                tx.exec(
+                    "INSERT INTO audit_seals (seq, seal, late) VALUES (?1, ?2, 1)",
+                    args![u.seq, key.seal(u.seq, &u.hash, true)],
+                )?;
                 out.sealed += 1;
             }
             Ok(out)
@@ -243,31 +242,28 @@ struct Unsealed {
 }
 
 /// The first link appended under the keyed schema.
-fn keyed_from(conn: &rusqlite::Connection) -> Result<i64> {
-    Ok(conn
-        .query_row(
+fn keyed_from(db: &impl Sql) -> Result<i64> {
+    Ok(db
+        .row_opt(
             "SELECT keyed_from_seq FROM audit_keying WHERE id = 1",
-            [],
+            args![],
             |r| r.get(0),
-        )
-        .optional()?
+        )?
         .unwrap_or(1))
 }
 
 /// Walks the chain from the start.
 fn verify(store: &Store) -> Result<Verification> {
-    let mut stmt = store.conn.prepare(
-        "SELECT a.seq, a.at, a.kind, a.request_id, a.data, a.prev_hash, a.hash, s.seal, s.late
-         FROM audit_log a LEFT JOIN audit_seals s ON s.seq = a.seq ORDER BY a.seq",
-    )?;
     let key = store.chain_key.as_deref();
-    let keyed_from = keyed_from(&store.conn)?;
+    let keyed_from = keyed_from(store)?;
     let mut seals = key.map(|_| SealCheck::default());
-    let mut rows = stmt.query([])?;
     let mut expected_prev = GENESIS.to_string();
     let mut expected_seq = 1i64;
     let mut events = 0u64;
-    while let Some(r) = rows.next()? {
+    let sql =
+        "SELECT a.seq, a.at, a.kind, a.request_id, a.data, a.prev_hash, a.hash, s.seal, s.late
+         FROM audit_log a LEFT JOIN audit_seals s ON s.seq = a.seq ORDER BY a.seq";
+    let broke = store.scan(sql, args![], |r| {
         let seq: i64 = r.get(0)?;
         let at: i64 = r.get(1)?;
         let kind: String = r.get(2)?;
@@ -284,42 +280,42 @@ fn verify(store: &Store) -> Result<Verification> {
             seals: None,
         };
         if seq != expected_seq {
-            return Ok(broken(format!(
+            return Ok(ControlFlow::Break(broken(format!(
                 "event {expected_seq} is missing (next is {seq})"
-            )));
+            ))));
         }
         if prev != expected_prev {
-            return Ok(broken(format!(
+            return Ok(ControlFlow::Break(broken(format!(
                 "event {seq} does not link to event {}",
                 seq - 1
-            )));
+            ))));
         }
         if link_hash(&prev, seq, at, &kind, request_id, &data) != hash {
-            return Ok(broken(format!(
+            return Ok(ControlFlow::Break(broken(format!(
                 "event {seq} ({kind}) was altered: its hash does not match its content"
-            )));
+            ))));
         }
         if let (Some(key), Some(check)) = (key, seals.as_mut()) {
             let certifying = crate::audit::CERTIFYING_KINDS.contains(&kind.as_str());
             match (&seal, late) {
                 (Some(mac), Some(late)) => {
                     if !key.check(seq, &hash, late, mac) {
-                        return Ok(broken(format!(
+                        return Ok(ControlFlow::Break(broken(format!(
                             "event {seq} ({kind}) has a seal that is not forgetd's: the link or its seal was forged"
-                        )));
+                        ))));
                     }
                     if late && certifying && seq >= keyed_from {
-                        return Ok(broken(format!(
+                        return Ok(ControlFlow::Break(broken(format!(
                             "event {seq} ({kind}) is a certifying event sealed late; forgetd seals those only as it writes them"
-                        )));
+                        ))));
                     }
                     check.sealed += 1;
                     check.late += u64::from(late);
                 }
                 _ if certifying && seq >= keyed_from => {
-                    return Ok(broken(format!(
+                    return Ok(ControlFlow::Break(broken(format!(
                         "event {seq} ({kind}) is a certifying event without a seal: written without forgetd's chain key, so forged (or by a forgetd older than schema 6)"
-                    )));
+                    ))));
                 }
                 _ => check.unsealed += 1,
             }
@@ -327,6 +323,10 @@ fn verify(store: &Store) -> Result<Verification> {
         expected_prev = hash;
         expected_seq += 1;
         events += 1;
+        Ok(ControlFlow::Continue(()))
+    })?;
+    if let Some(broken) = broke {
+        return Ok(broken);
     }
     Ok(Verification {
         events,

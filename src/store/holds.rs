@@ -7,9 +7,9 @@
 //! by provider listing with no owner is not covered (hold the chat itself).
 //! Coverage is the `item_holds` view in the schema, so SQL and Rust cannot disagree on it.
 
-use rusqlite::{OptionalExtension, params};
-
 use super::Tx;
+use super::db::Sql;
+use crate::args;
 use serde::Serialize;
 
 use super::{Result, Store, StoreError};
@@ -48,23 +48,21 @@ pub(crate) fn apply_holds(tx: &Tx<'_>, only: Option<&[i64]>) -> Result<Vec<i64>>
     let mut held = Vec::new();
     match only {
         Some(ids) => {
-            let mut stmt = tx.prepare_cached(sql)?;
             for id in ids {
-                if let Some(h) = stmt.query_row([id], |r| r.get::<_, i64>(0)).optional()? {
+                if let Some(h) = tx.row_opt(sql, args![id], |r| r.get::<i64>(0))? {
                     held.push(h);
                 }
             }
         }
         None => {
-            let mut stmt = tx.prepare(
+            held = tx.rows(
                 "UPDATE work_items
                  SET state = 'held', hold_id = (SELECT min(hold_id) FROM item_holds c WHERE c.item_id = work_items.id)
                  WHERE state = 'pending' AND id IN (SELECT item_id FROM item_holds)
                  RETURNING id",
+                args![],
+                |r| r.get(0),
             )?;
-            for r in stmt.query_map([], |r| r.get::<_, i64>(0))? {
-                held.push(r?);
-            }
         }
     }
     Ok(held)
@@ -73,21 +71,20 @@ pub(crate) fn apply_holds(tx: &Tx<'_>, only: Option<&[i64]>) -> Result<Vec<i64>>
 impl Store {
     /// Items of an in-flight batch that an active hold now covers (checked right before sending).
     pub fn held_in_batch(&self, batch_id: i64) -> Result<Vec<i64>> {
-        let any: bool = self
-            .conn
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM holds WHERE removed_at IS NULL)")?
-            .query_row([], |r| r.get(0))?;
+        let any: bool = self.row(
+            "SELECT EXISTS (SELECT 1 FROM holds WHERE removed_at IS NULL)",
+            args![],
+            |r| r.get(0),
+        )?;
         if !any {
             return Ok(Vec::new());
         }
-        let mut stmt = self.conn.prepare_cached(
+        self.rows(
             "SELECT w.id FROM work_items w WHERE w.batch_id = ?1 AND w.state = 'in_flight'
                AND EXISTS (SELECT 1 FROM item_holds c WHERE c.item_id = w.id)",
-        )?;
-        let ids = stmt
-            .query_map([batch_id], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(ids)
+            args![batch_id],
+            |r| r.get(0),
+        )
     }
 
     /// Places a hold; returns its id and the items it took out of the queue.
@@ -98,17 +95,18 @@ impl Store {
         now: i64,
     ) -> Result<(i64, Vec<i64>)> {
         self.write(|tx| {
-            match target {
-                HoldTarget::Subject(s) => tx.execute(
-                    "INSERT INTO holds (subject, reason, created_at) VALUES (?1, ?2, ?3)",
-                    params![s, reason, now],
+            let id: i64 = match target {
+                HoldTarget::Subject(s) => tx.row(
+                    "INSERT INTO holds (subject, reason, created_at) VALUES (?1, ?2, ?3) RETURNING id",
+                    args![s, reason, now],
+                    |r| r.get(0),
                 )?,
-                HoldTarget::Chat(c) => tx.execute(
-                    "INSERT INTO holds (provider, scope, session_id, reason, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![c.provider.as_str(), c.scope, c.session_id, reason, now],
+                HoldTarget::Chat(c) => tx.row(
+                    "INSERT INTO holds (provider, scope, session_id, reason, created_at) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                    args![c.provider.as_str(), c.scope, c.session_id, reason, now],
+                    |r| r.get(0),
                 )?,
             };
-            let id = tx.last_insert_rowid();
             let held = apply_holds(tx, None)?;
             // The subject itself stays out of the audit trail; the hold's id leads to it.
             let target = match target {
@@ -124,21 +122,19 @@ impl Store {
     /// Lifts a hold; returns the items that went back to pending.
     pub fn remove_hold(&mut self, id: i64, now: i64) -> Result<Vec<i64>> {
         self.write(|tx| {
-            let n = tx.execute(
+            let n = tx.exec(
                 "UPDATE holds SET removed_at = ?2 WHERE id = ?1 AND removed_at IS NULL",
-                params![id, now],
+                args![id, now],
             )?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("no active hold with id {id}")));
             }
-            let mut stmt = tx.prepare(
+            let released: Vec<i64> = tx.rows(
                 "UPDATE work_items SET state = 'pending', hold_id = NULL, next_attempt_ms = 0
                  WHERE state = 'held' AND hold_id = ?1 RETURNING id",
+                args![id],
+                |r| r.get(0),
             )?;
-            let released: Vec<i64> = stmt
-                .query_map([id], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            drop(stmt);
             // Another hold may still cover some of them.
             let reheld = apply_holds(tx, Some(&released))?;
             let freed: Vec<i64> = released
@@ -151,7 +147,7 @@ impl Store {
     }
 
     pub fn list_holds(&self) -> Result<Vec<Hold>> {
-        let mut stmt = self.conn.prepare(
+        self.rows(
             "SELECT h.id, h.subject, h.provider, h.scope, h.session_id, h.reason, h.created_at,
                     (SELECT count(*) FROM work_items w WHERE w.hold_id = h.id AND w.state = 'held'),
                     CASE WHEN h.subject IS NOT NULL
@@ -160,9 +156,8 @@ impl Store {
                                  AND s.scope = h.scope AND s.session_id = h.session_id)
                     END
              FROM holds h WHERE h.removed_at IS NULL ORDER BY h.id",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
+            args![],
+            |r| {
                 Ok(Hold {
                     id: r.get(0)?,
                     subject: r.get(1)?,
@@ -171,12 +166,11 @@ impl Store {
                     session_id: r.get(4)?,
                     reason: r.get(5)?,
                     created_at: r.get(6)?,
-                    items_held: r.get::<_, i64>(7)? as u64,
-                    chats_covered: r.get::<_, i64>(8)? as u64,
+                    items_held: r.get(7)?,
+                    chats_covered: r.get(8)?,
                 })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+            },
+        )
     }
 }
 
@@ -186,6 +180,7 @@ mod tests {
     use crate::clock::Millis;
     use crate::model::ProviderKind;
     use crate::store::testing::temp_store;
+    use rusqlite::params;
     use std::time::Duration;
 
     /// A pending work item; `subject` on the item itself (a request's) or NULL.

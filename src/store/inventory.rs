@@ -11,9 +11,9 @@
 
 use std::io::{BufRead, Read};
 
-use rusqlite::params;
-
 use super::Tx;
+use super::db::Sql;
+use crate::args;
 use serde::Deserialize;
 
 use super::{Result, Store, StoreError};
@@ -143,13 +143,11 @@ pub const COLUMNS: [&str; 6] = [
 ];
 
 fn insert(tx: &Tx<'_>, s: &NewSession, discovered_at: Option<i64>) -> Result<bool> {
-    let n = tx
-        .prepare_cached(
-            "INSERT INTO sessions (provider, scope, session_id, subject, repo_id, created_at, discovered_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, coalesce(?6, unixepoch()), ?7)
-             ON CONFLICT (provider, scope, session_id) DO NOTHING",
-        )?
-        .execute(params![
+    let n = tx.exec(
+        "INSERT INTO sessions (provider, scope, session_id, subject, repo_id, created_at, discovered_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, coalesce(?6, unixepoch()), ?7)
+         ON CONFLICT (provider, scope, session_id) DO NOTHING",
+        args![
             s.provider,
             s.scope,
             s.session_id,
@@ -157,7 +155,8 @@ fn insert(tx: &Tx<'_>, s: &NewSession, discovered_at: Option<i64>) -> Result<boo
             s.repo_id,
             s.created_at,
             discovered_at
-        ])?;
+        ],
+    )?;
     Ok(n == 1)
 }
 
@@ -172,20 +171,16 @@ impl Store {
     /// table to the provider's newest chat: one row when that provider's chats are recent, the
     /// whole table only when the provider has none.
     pub fn scopes_to_check(&self, provider: &str) -> Result<Vec<String>> {
-        let mut scopes: Vec<String> = self
-            .conn
-            .prepare_cached(
-                "SELECT scope FROM sessions WHERE provider = ?1 ORDER BY rowid DESC LIMIT 1",
-            )?
-            .query_map([provider], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        let rules: Vec<String> = self
-            .conn
-            .prepare_cached(
-                "SELECT DISTINCT scope FROM rules WHERE provider = ?1 AND scope <> '*' ORDER BY scope",
-            )?
-            .query_map([provider], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        let mut scopes: Vec<String> = self.rows(
+            "SELECT scope FROM sessions WHERE provider = ?1 ORDER BY rowid DESC LIMIT 1",
+            args![provider],
+            |r| r.get(0),
+        )?;
+        let rules: Vec<String> = self.rows(
+            "SELECT DISTINCT scope FROM rules WHERE provider = ?1 AND scope <> '*' ORDER BY scope",
+            args![provider],
+            |r| r.get(0),
+        )?;
         for s in rules {
             if !scopes.contains(&s) {
                 scopes.push(s);
@@ -239,7 +234,7 @@ impl Store {
             });
         }
         let report = sink.report;
-        tx.commit().map_err(StoreError::from)?;
+        tx.commit()?;
         Ok(report)
     }
 }

@@ -36,6 +36,7 @@
 //! [`verification`] (reading deleted chats back: what is due, what was seen).
 
 pub mod audit;
+pub mod db;
 pub mod holds;
 pub mod inventory;
 pub mod lock;
@@ -150,6 +151,10 @@ pub enum StoreError {
     Invalid(String),
     #[error("database error: {0}")]
     Sql(#[source] rusqlite::Error),
+    #[error("reading the database: {0}")]
+    Column(#[source] db::ColError),
+    #[error("the database returned no row where one was expected")]
+    NoRow,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -201,6 +206,18 @@ pub struct Tx<'a> {
     chain_key: Option<&'a crate::audit::ChainKey>,
 }
 
+impl db::Sql for Tx<'_> {
+    fn conn(&self) -> db::Conn<'_> {
+        db::Conn::Sqlite(&self.inner)
+    }
+}
+
+impl db::Sql for Store {
+    fn conn(&self) -> db::Conn<'_> {
+        db::Conn::Sqlite(&self.conn)
+    }
+}
+
 impl<'a> Tx<'a> {
     pub(crate) fn new(
         inner: rusqlite::Transaction<'a>,
@@ -212,18 +229,11 @@ impl<'a> Tx<'a> {
     pub(crate) fn chain_key(&self) -> Option<&crate::audit::ChainKey> {
         self.chain_key
     }
-    pub(crate) fn commit(self) -> rusqlite::Result<()> {
-        self.inner.commit()
+    pub(crate) fn commit(self) -> Result<()> {
+        Ok(self.inner.commit()?)
     }
-    pub(crate) fn rollback(self) -> rusqlite::Result<()> {
-        self.inner.rollback()
-    }
-}
-
-impl<'a> std::ops::Deref for Tx<'a> {
-    type Target = rusqlite::Transaction<'a>;
-    fn deref(&self) -> &Self::Target {
-        &self.inner
+    pub(crate) fn rollback(self) -> Result<()> {
+        Ok(self.inner.rollback()?)
     }
 }
 

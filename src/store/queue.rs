@@ -30,7 +30,8 @@
 
 use std::time::Duration;
 
-use rusqlite::{OptionalExtension, params};
+use super::db::Sql;
+use crate::args;
 
 use super::Tx;
 
@@ -204,13 +205,12 @@ impl Store {
     /// Items still to delete: pending or in flight (for `run --once`'s progress line). Each
     /// count walks only its partial index.
     pub fn items_left(&self) -> Result<u64> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT (SELECT count(*) FROM work_items WHERE state = 'pending')
-                  + (SELECT count(*) FROM work_items WHERE state = 'in_flight')",
-            )?
-            .query_row([], |r| r.get::<_, i64>(0))? as u64)
+        self.row(
+            "SELECT (SELECT count(*) FROM work_items WHERE state = 'pending')
+              + (SELECT count(*) FROM work_items WHERE state = 'in_flight')",
+            args![],
+            |r| r.get(0),
+        )
     }
 
     /// Claims up to `max` due pending items of `provider` for one delete call: the most urgent
@@ -229,13 +229,12 @@ impl Store {
     /// Returns a claimed batch that was never sent to pending (no attempt counted).
     pub fn release_batch(&mut self, batch_id: i64) -> Result<usize> {
         self.write(|tx| {
-            let ids: Vec<i64> = tx
-                .prepare_cached(
-                    "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL
-                     WHERE batch_id = ?1 AND state = 'in_flight' RETURNING id",
-                )?
-                .query_map([batch_id], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+            let ids: Vec<i64> = tx.rows(
+                "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL
+                 WHERE batch_id = ?1 AND state = 'in_flight' RETURNING id",
+                args![batch_id],
+                |r| r.get(0),
+            )?;
             super::holds::apply_holds(tx, Some(&ids))?;
             Ok(ids.len())
         })
@@ -255,33 +254,32 @@ impl Store {
         self.write(|tx| {
             let now = now_ms.secs();
             // The requests this batch serves, read while its items still carry the batch id.
-            let requests: Vec<i64> = tx
-                .prepare_cached(
-                    "SELECT DISTINCT ri.request_id FROM work_items w JOIN request_items ri ON ri.item_id = w.id
-                     WHERE w.batch_id = ?1 AND w.state = 'in_flight'",
-                )?
-                .query_map([batch_id], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+            let requests: Vec<i64> = tx.rows(
+                "SELECT DISTINCT ri.request_id FROM work_items w JOIN request_items ri ON ri.item_id = w.id
+                 WHERE w.batch_id = ?1 AND w.state = 'in_flight' ORDER BY ri.request_id",
+                args![batch_id],
+                |r| r.get(0),
+            )?;
             let all_deleted = !outcomes.is_empty()
                 && outcomes.iter().all(|(_, o)| {
                     *o == ItemOutcome::Deleted {
                         already_absent: false,
                     }
                 });
-            let in_flight: i64 = tx
-                .prepare_cached(
-                    "SELECT count(*) FROM work_items WHERE batch_id = ?1 AND state = 'in_flight'",
-                )?
-                .query_row([batch_id], |r| r.get(0))?;
+            let in_flight: i64 = tx.row(
+                "SELECT count(*) FROM work_items WHERE batch_id = ?1 AND state = 'in_flight'",
+                args![batch_id],
+                |r| r.get(0),
+            )?;
             let mut returned = Vec::new();
             if all_deleted && in_flight as usize == outcomes.len() {
                 // The common case, in one statement: the provider confirmed the whole batch.
-                tx.prepare_cached(
+                tx.exec(
                     "UPDATE work_items SET state = 'deleted', outcome = 'deleted', finished_at = ?2,
                      lease_expires_ms = NULL, batch_id = NULL, subject = NULL
                      WHERE batch_id = ?1 AND state = 'in_flight'",
-                )?
-                .execute(params![batch_id, now])?;
+                    args![batch_id, now],
+                )?;
             } else {
                 for (id, outcome) in outcomes {
                     apply_outcome(tx, batch_id, *id, now_ms, outcome)?;
@@ -298,8 +296,10 @@ impl Store {
             if let Some(data) = audit {
                 super::audit::append(tx, now, "batch.answered", None, data)?;
             }
-            tx.prepare_cached("UPDATE batches SET answered_ms = ?2, outcome = ?3 WHERE id = ?1")?
-                .execute(params![batch_id, now_ms, truncate_error(answer)])?;
+            tx.exec(
+                "UPDATE batches SET answered_ms = ?2, outcome = ?3 WHERE id = ?1",
+                args![batch_id, now_ms, truncate_error(answer)],
+            )?;
             let mut changed = Vec::new();
             for r in requests {
                 if super::requests::refresh_request(tx, r, now)?.is_some() {
@@ -314,14 +314,13 @@ impl Store {
     /// of the batches in `spared`: the caller still holds them (their answer may be waiting to
     /// be written).
     pub fn release_expired_leases(&mut self, now_ms: Millis, spared: &[i64]) -> Result<usize> {
-        let spared = serde_json::to_string(spared).expect("a list of integers is JSON");
         self.write(|tx| {
-            Ok(tx.execute(
+            tx.exec(
                 "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL
                  WHERE state = 'in_flight' AND lease_expires_ms <= ?1
                    AND (batch_id IS NULL OR batch_id NOT IN (SELECT value FROM json_each(?2)))",
-                params![now_ms, spared],
-            )?)
+                args![now_ms, spared],
+            )
         })
     }
 
@@ -329,11 +328,11 @@ impl Store {
     /// proves no other worker holds a lease.
     pub fn release_all_in_flight(&mut self) -> Result<usize> {
         self.write(|tx| {
-            Ok(tx.execute(
+            tx.exec(
                 "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL
                  WHERE state = 'in_flight'",
-                [],
-            )?)
+                args![],
+            )
         })
     }
 
@@ -346,14 +345,13 @@ impl Store {
     ) -> Result<()> {
         self.write(|tx| {
             let was: Option<String> = tx
-                .query_row("SELECT paused_reason FROM provider_state WHERE provider = ?1", [provider.as_str()], |r| r.get(0))
-                .optional()?
+                .row_opt("SELECT paused_reason FROM provider_state WHERE provider = ?1", args![provider.as_str()], |r| r.get(0))?
                 .flatten();
-            tx.execute(
+            tx.exec(
                 "INSERT INTO provider_state (provider, paused_reason, paused_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (provider) DO UPDATE SET paused_reason = excluded.paused_reason,
                    paused_at = CASE WHEN excluded.paused_reason IS NULL THEN NULL ELSE coalesce(provider_state.paused_at, excluded.paused_at) END",
-                params![provider.as_str(), reason, now],
+                args![provider.as_str(), reason, now],
             )?;
             match (was.is_some(), reason) {
                 (false, Some(r)) => {
@@ -376,7 +374,7 @@ impl Store {
         now: Millis,
     ) -> Result<()> {
         self.write(|tx| {
-            tx.prepare_cached(
+            tx.exec(
                 "INSERT INTO provider_state (provider, gate_state, rate_per_s, rate_learned, concurrency,
                    max_concurrency, resume_at_ms, next_probe_ms, throttles, gate_updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
@@ -385,8 +383,7 @@ impl Store {
                    concurrency = excluded.concurrency, max_concurrency = excluded.max_concurrency,
                    resume_at_ms = excluded.resume_at_ms, next_probe_ms = excluded.next_probe_ms,
                    throttles = excluded.throttles, gate_updated_ms = excluded.gate_updated_ms",
-            )?
-            .execute(params![
+                args![
                 provider.as_str(),
                 gate.state,
                 gate.rate_per_s,
@@ -397,18 +394,19 @@ impl Store {
                 gate.next_probe_ms,
                 gate.throttles as i64,
                 now
-            ])?;
+                ],
+            )?;
             Ok(())
         })
     }
 
     /// Earliest next-attempt time among pending items of `provider`.
     pub fn next_pending(&self, provider: ProviderKind) -> Result<Option<Millis>> {
-        Ok(self.conn.query_row(
+        self.row(
             "SELECT min(next_attempt_ms) FROM work_items WHERE provider = ?1 AND state = 'pending'",
-            [provider.as_str()],
+            args![provider.as_str()],
             |r| r.get(0),
-        )?)
+        )
     }
 
     /// Number of items per state (all providers).
@@ -416,32 +414,32 @@ impl Store {
     /// (which measure the executor, not resolution).
     pub fn queue_synthetic_items(&mut self, n: u64) -> Result<()> {
         self.write(|tx| {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO work_items (provider, scope, session_id, due_at, created_at)
                  WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x < ?1 - 1)
                  SELECT 'convai', 'char-' || (x % 10), printf('s%09d', x), x / 1000, 0 FROM c",
-                [n as i64],
+                args![n],
             )?;
             Ok(())
         })
     }
 
     pub fn count_items(&self, state: ItemState) -> Result<u64> {
-        Ok(self.conn.query_row(
+        self.row(
             "SELECT count(*) FROM work_items WHERE state = ?1",
-            [state.as_str()],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+            args![state.as_str()],
+            |r| r.get(0),
+        )
     }
 
     /// The state of one item.
     pub fn item_state(&self, id: i64) -> Result<ItemState> {
         let s: String = self
-            .conn
-            .query_row("SELECT state FROM work_items WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?
+            .row_opt(
+                "SELECT state FROM work_items WHERE id = ?1",
+                args![id],
+                |r| r.get(0),
+            )?
             .ok_or_else(|| StoreError::NotFound(format!("no work item {id}")))?;
         ItemState::parse(&s).ok_or_else(|| StoreError::Invalid(format!("unknown item state {s}")))
     }
@@ -454,25 +452,22 @@ fn claim_in(
     lease: Duration,
     max: usize,
 ) -> Result<Option<ClaimedBatch>> {
-    let head: Option<(String, Option<String>)> = tx
-        .prepare_cached(
-            "SELECT scope, repo_id FROM work_items
-             WHERE provider = ?1 AND state = 'pending' AND next_attempt_ms <= ?2
-             ORDER BY due_at, id LIMIT 1",
-        )?
-        .query_row(params![provider.as_str(), now_ms], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?;
+    let head: Option<(String, Option<String>)> = tx.row_opt(
+        "SELECT scope, repo_id FROM work_items
+         WHERE provider = ?1 AND state = 'pending' AND next_attempt_ms <= ?2
+         ORDER BY due_at, id LIMIT 1",
+        args![provider.as_str(), now_ms],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let Some((scope, repo_id)) = head else {
         return Ok(None);
     };
-    tx.prepare_cached(
-        "INSERT INTO batches (provider, scope, size, claimed_ms) VALUES (?1, ?2, 0, ?3)",
-    )?
-    .execute(params![provider.as_str(), scope, now_ms])?;
-    let batch_id = tx.last_insert_rowid();
-    let mut stmt = tx.prepare_cached(
+    let batch_id: i64 = tx.row(
+        "INSERT INTO batches (provider, scope, size, claimed_ms) VALUES (?1, ?2, 0, ?3) RETURNING id",
+        args![provider.as_str(), scope, now_ms],
+        |r| r.get(0),
+    )?;
+    let mut items: Vec<ClaimedItem> = tx.rows(
         "UPDATE work_items
          SET state = 'in_flight', lease_expires_ms = ?5, batch_id = ?6,
              first_attempt_ms = coalesce(first_attempt_ms, ?4)
@@ -481,31 +476,29 @@ fn claim_in(
                         AND state = 'pending' AND next_attempt_ms <= ?4
                       ORDER BY due_at, id LIMIT ?7)
          RETURNING id, session_id, attempts, first_attempt_ms",
+        args![
+            provider.as_str(),
+            scope,
+            repo_id,
+            now_ms,
+            now_ms.after(lease),
+            batch_id,
+            max
+        ],
+        |r| {
+            Ok(ClaimedItem {
+                id: r.get(0)?,
+                session_id: r.get(1)?,
+                attempts: r.get(2)?,
+                first_attempt: r.get(3)?,
+            })
+        },
     )?;
-    let mut items: Vec<ClaimedItem> = stmt
-        .query_map(
-            params![
-                provider.as_str(),
-                scope,
-                repo_id,
-                now_ms,
-                now_ms.after(lease),
-                batch_id,
-                max as i64
-            ],
-            |r| {
-                Ok(ClaimedItem {
-                    id: r.get(0)?,
-                    session_id: r.get(1)?,
-                    attempts: r.get::<_, i64>(2)? as u32,
-                    first_attempt: r.get(3)?,
-                })
-            },
-        )?
-        .collect::<rusqlite::Result<_>>()?;
     items.sort_by_key(|i| i.id);
-    tx.prepare_cached("UPDATE batches SET size = ?2 WHERE id = ?1")?
-        .execute(params![batch_id, items.len() as i64])?;
+    tx.exec(
+        "UPDATE batches SET size = ?2 WHERE id = ?1",
+        args![batch_id, items.len()],
+    )?;
     Ok(Some(ClaimedBatch {
         batch_id,
         provider,
@@ -532,40 +525,50 @@ fn apply_outcome(
             } else {
                 "deleted"
             };
-            tx.prepare_cached(&format!(
-                "UPDATE work_items SET state = 'deleted', outcome = ?3, finished_at = ?4,
-                 lease_expires_ms = NULL, batch_id = NULL, subject = NULL {guard}"
-            ))?
-            .execute(params![id, batch_id, kind, now])?;
+            tx.exec(
+                &format!(
+                    "UPDATE work_items SET state = 'deleted', outcome = ?3, finished_at = ?4,
+                     lease_expires_ms = NULL, batch_id = NULL, subject = NULL {guard}"
+                ),
+                args![id, batch_id, kind, now],
+            )?;
         }
         ItemOutcome::Retry { at: at_ms, error } => {
-            tx.prepare_cached(&format!(
-                "UPDATE work_items SET state = 'pending', attempts = attempts + 1,
-                 next_attempt_ms = ?3, last_error = ?4, lease_expires_ms = NULL, batch_id = NULL {guard}"
-            ))?
-            .execute(params![id, batch_id, at_ms, truncate_error(error)])?;
+            tx.exec(
+                &format!(
+                    "UPDATE work_items SET state = 'pending', attempts = attempts + 1,
+                     next_attempt_ms = ?3, last_error = ?4, lease_expires_ms = NULL, batch_id = NULL {guard}"
+                ),
+                args![id, batch_id, at_ms, truncate_error(error)],
+            )?;
         }
         ItemOutcome::Defer { at: at_ms, error } => {
-            tx.prepare_cached(&format!(
-                "UPDATE work_items SET state = 'pending', next_attempt_ms = ?3, last_error = ?4,
-                 lease_expires_ms = NULL, batch_id = NULL {guard}"
-            ))?
-            .execute(params![id, batch_id, at_ms, truncate_error(error)])?;
+            tx.exec(
+                &format!(
+                    "UPDATE work_items SET state = 'pending', next_attempt_ms = ?3, last_error = ?4,
+                     lease_expires_ms = NULL, batch_id = NULL {guard}"
+                ),
+                args![id, batch_id, at_ms, truncate_error(error)],
+            )?;
         }
         ItemOutcome::Dead { error } => {
-            tx.prepare_cached(&format!(
-                "UPDATE work_items SET state = 'dead', attempts = attempts + 1, last_error = ?3,
-                 finished_at = ?4, lease_expires_ms = NULL, batch_id = NULL {guard}"
-            ))?
-            .execute(params![id, batch_id, truncate_error(error), now])?;
+            tx.exec(
+                &format!(
+                    "UPDATE work_items SET state = 'dead', attempts = attempts + 1, last_error = ?3,
+                     finished_at = ?4, lease_expires_ms = NULL, batch_id = NULL {guard}"
+                ),
+                args![id, batch_id, truncate_error(error), now],
+            )?;
             // An operator watching the journal must see every chat forgetd gave up on.
             tracing::warn!(item = id, reason = %error, "gave up deleting a chat; `forgetd requests retry` revives it");
         }
         ItemOutcome::Release => {
-            tx.prepare_cached(&format!(
-                "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL {guard}"
-            ))?
-            .execute(params![id, batch_id])?;
+            tx.exec(
+                &format!(
+                    "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL {guard}"
+                ),
+                args![id, batch_id],
+            )?;
         }
     }
     Ok(())
@@ -576,6 +579,7 @@ mod tests {
     use super::*;
     use crate::store::testing::temp_store;
     use proptest::prelude::*;
+    use rusqlite::params;
     use std::collections::{BTreeMap, BTreeSet};
 
     const EVENTS: [ItemEvent; 11] = [

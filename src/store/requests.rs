@@ -6,7 +6,8 @@
 //! else `complete` (every item deleted or held). `failed` is therefore final until
 //! `requests retry` revives the dead items.
 
-use rusqlite::{OptionalExtension, params};
+use super::db::{Row, Sql};
+use crate::args;
 
 use super::Tx;
 use serde::Serialize;
@@ -158,7 +159,7 @@ const SUMMARY_COLUMNS: &str = "r.id, r.external_ref, r.state, r.received_at, r.d
     (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = r.id AND w.state = 'held'),
     (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = r.id AND w.state = 'dead')";
 
-fn summary_row(r: &rusqlite::Row<'_>, deadline_secs: i64) -> rusqlite::Result<RequestSummary> {
+fn summary_row(r: &Row<'_>, deadline_secs: i64) -> Result<RequestSummary> {
     let state: String = r.get(2)?;
     let received_at: i64 = r.get(3)?;
     Ok(RequestSummary {
@@ -167,17 +168,17 @@ fn summary_row(r: &rusqlite::Row<'_>, deadline_secs: i64) -> rusqlite::Result<Re
         state: RequestState::parse(&state).unwrap_or(RequestState::Received),
         received_at,
         due_at: r
-            .get::<_, Option<i64>>(4)?
+            .get::<Option<i64>>(4)?
             .unwrap_or(received_at.saturating_add(deadline_secs)),
         resolved_at: r.get(5)?,
         completed_at: r.get(6)?,
         verified_at: r.get(7)?,
         items: ItemCounts {
-            pending: r.get::<_, i64>(8)? as u64,
-            in_flight: r.get::<_, i64>(9)? as u64,
-            deleted: r.get::<_, i64>(10)? as u64,
-            held: r.get::<_, i64>(11)? as u64,
-            dead: r.get::<_, i64>(12)? as u64,
+            pending: r.get(8)?,
+            in_flight: r.get(9)?,
+            deleted: r.get(10)?,
+            held: r.get(11)?,
+            dead: r.get(12)?,
         },
     })
 }
@@ -193,16 +194,14 @@ impl Store {
         deadline_secs: i64,
     ) -> Result<FiledRequest> {
         self.write(|tx| {
-            let inserted: Option<(i64, String)> = tx
-                .query_row(
-                    "INSERT INTO erasure_requests (subject, external_ref, received_at, due_at)
-                     VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (external_ref) DO NOTHING
-                     RETURNING id, state",
-                    params![subject, external_ref, received_at, received_at.saturating_add(deadline_secs)],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
+            let inserted: Option<(i64, String)> = tx.row_opt(
+                "INSERT INTO erasure_requests (subject, external_ref, received_at, due_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (external_ref) DO NOTHING
+                 RETURNING id, state",
+                args![subject, external_ref, received_at, received_at.saturating_add(deadline_secs)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             if let Some((id, state)) = inserted {
                 return Ok(FiledRequest {
                     id,
@@ -213,9 +212,9 @@ impl Store {
                     subject_differs: false,
                 });
             }
-            let (id, state, existing_subject, subject_hash): (i64, String, String, Option<String>) = tx.query_row(
+            let (id, state, existing_subject, subject_hash): (i64, String, String, Option<String>) = tx.row(
                 "SELECT id, state, subject, subject_hash FROM erasure_requests WHERE external_ref = ?1",
-                [external_ref],
+                args![external_ref],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )?;
             Ok(FiledRequest {
@@ -231,26 +230,22 @@ impl Store {
     }
 
     pub fn list_requests(&self, deadline_secs: i64) -> Result<Vec<RequestSummary>> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {SUMMARY_COLUMNS} FROM erasure_requests r ORDER BY r.id"
-        ))?;
-        let rows = stmt
-            .query_map([], |r| summary_row(r, deadline_secs))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        self.rows(
+            &format!("SELECT {SUMMARY_COLUMNS} FROM erasure_requests r ORDER BY r.id"),
+            args![],
+            |r| summary_row(r, deadline_secs),
+        )
     }
 
     pub fn request_detail(&self, id: i64, deadline_secs: i64) -> Result<RequestDetail> {
         let summary = self
-            .conn
-            .query_row(
+            .row_opt(
                 &format!("SELECT {SUMMARY_COLUMNS} FROM erasure_requests r WHERE r.id = ?1"),
-                [id],
+                args![id],
                 |r| summary_row(r, deadline_secs),
-            )
-            .optional()?
+            )?
             .ok_or_else(|| StoreError::NotFound(format!("no erasure request with id {id}")))?;
-        let mut stmt = self.conn.prepare(
+        let items = self.rows(
             "SELECT w.provider, w.scope, w.session_id, w.state, w.attempts, w.outcome, w.finished_at,
                     w.last_error, w.hold_id, h.reason, w.verify_state, w.verified_at, w.verify_error,
                     w.reappeared
@@ -258,15 +253,14 @@ impl Store {
              LEFT JOIN holds h ON h.id = w.hold_id
              WHERE ri.request_id = ?1
              ORDER BY w.provider, w.scope, w.session_id",
-        )?;
-        let items = stmt
-            .query_map([id], |r| {
+            args![id],
+            |r| {
                 Ok(RequestItem {
                     provider: r.get(0)?,
                     scope: r.get(1)?,
                     session_id: r.get(2)?,
                     state: r.get(3)?,
-                    attempts: r.get::<_, i64>(4)? as u32,
+                    attempts: r.get(4)?,
                     outcome: r.get(5)?,
                     finished_at: r.get(6)?,
                     last_error: r.get(7)?,
@@ -275,50 +269,50 @@ impl Store {
                     verify_state: r.get(10)?,
                     verified_at: r.get(11)?,
                     verify_error: r.get(12)?,
-                    reappeared: r.get::<_, i64>(13)?.max(0) as u32,
+                    reappeared: r.get::<i64>(13)?.max(0) as u32,
                 })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+            },
+        )?;
         Ok(RequestDetail { summary, items })
     }
 
     /// The request's own columns, as the certificate states them.
     pub fn request_record(&self, id: i64) -> Result<RequestRecord> {
-        self.conn
-            .query_row(
-                "SELECT external_ref, subject_hash, state, received_at, due_at, completed_at
+        self.row_opt(
+            "SELECT external_ref, subject_hash, state, received_at, due_at, completed_at
                  FROM erasure_requests WHERE id = ?1",
-                [id],
-                |r| {
-                    Ok(RequestRecord {
-                        external_ref: r.get(0)?,
-                        subject_hash: r.get(1)?,
-                        state: r.get(2)?,
-                        received_at: r.get(3)?,
-                        due_at: r.get(4)?,
-                        completed_at: r.get(5)?,
-                    })
-                },
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound(format!("no erasure request with id {id}")))
+            args![id],
+            |r| {
+                Ok(RequestRecord {
+                    external_ref: r.get(0)?,
+                    subject_hash: r.get(1)?,
+                    state: r.get(2)?,
+                    received_at: r.get(3)?,
+                    due_at: r.get(4)?,
+                    completed_at: r.get(5)?,
+                })
+            },
+        )?
+        .ok_or_else(|| StoreError::NotFound(format!("no erasure request with id {id}")))
     }
 
     /// Gives a request's dead items another round: back to pending with fresh attempt counts.
     /// Returns how many items were revived.
     pub fn retry_request(&mut self, id: i64, now: i64) -> Result<usize> {
         self.write(|tx| {
-            let exists: Option<i64> = tx
-                .query_row("SELECT id FROM erasure_requests WHERE id = ?1", [id], |r| r.get(0))
-                .optional()?;
+            let exists: Option<i64> = tx.row_opt(
+                "SELECT id FROM erasure_requests WHERE id = ?1",
+                args![id],
+                |r| r.get(0),
+            )?;
             if exists.is_none() {
                 return Err(StoreError::NotFound(format!("no erasure request with id {id}")));
             }
-            let n = tx.execute(
+            let n = tx.exec(
                 "UPDATE work_items SET state = 'pending', attempts = 0, first_attempt_ms = NULL,
                         next_attempt_ms = 0, finished_at = NULL, reappeared = 0
                  WHERE state = 'dead' AND id IN (SELECT item_id FROM request_items WHERE request_id = ?1)",
-                [id],
+                args![id],
             )?;
             refresh_request(tx, id, now)?;
             Ok(n)
@@ -344,10 +338,13 @@ pub(crate) fn requests_of_items(
     item_ids: &[i64],
 ) -> Result<std::collections::BTreeSet<i64>> {
     let mut requests = std::collections::BTreeSet::new();
-    let mut stmt = tx.prepare_cached("SELECT request_id FROM request_items WHERE item_id = ?1")?;
     for id in item_ids {
-        for r in stmt.query_map([id], |r| r.get::<_, i64>(0))? {
-            requests.insert(r?);
+        for r in tx.rows(
+            "SELECT request_id FROM request_items WHERE item_id = ?1",
+            args![id],
+            |r| r.get::<i64>(0),
+        )? {
+            requests.insert(r);
         }
     }
     Ok(requests)
@@ -355,17 +352,16 @@ pub(crate) fn requests_of_items(
 
 /// Recomputes one resolved request's state from its items. Returns the new state if it changed.
 pub(crate) fn refresh_request(tx: &Tx<'_>, id: i64, now: i64) -> Result<Option<RequestState>> {
-    let row: Option<(String, i64, i64)> = tx
-        .prepare_cached(
-            "SELECT r.state,
+    let row: Option<(String, i64, i64)> = tx.row_opt(
+        "SELECT r.state,
             (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id
              WHERE ri.request_id = r.id AND w.state IN ('pending', 'in_flight')),
             (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id
              WHERE ri.request_id = r.id AND w.state = 'dead')
          FROM erasure_requests r WHERE r.id = ?1",
-        )?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
+        args![id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
     let Some((state, open, dead)) = row else {
         // The schema refuses a DELETE of a request; a row removed anyway (an old schema, a
         // dropped trigger) leaves its items to other requests and rules, never stops the worker.
@@ -392,12 +388,12 @@ pub(crate) fn refresh_request(tx: &Tx<'_>, id: i64, now: i64) -> Result<Option<R
     let completed_at = matches!(new, RequestState::Complete | RequestState::Failed).then_some(now);
     // A request back at work (a chat reappeared, a hold lifted) is verified again when it
     // completes again.
-    tx.prepare_cached(
+    tx.exec(
         "UPDATE erasure_requests SET state = ?2, completed_at = ?3, updated_at = ?4,
                 verified_at = CASE WHEN ?2 = 'complete' THEN verified_at END, closing_seq = NULL
          WHERE id = ?1",
-    )?
-    .execute(params![id, new.as_str(), completed_at, now])?;
+        args![id, new.as_str(), completed_at, now],
+    )?;
     // The closing event certifies what was erased: only a process holding the chain key writes
     // it. Without the key (a feeder's `holds add` completed the request) the daemon writes it
     // within a second ([`Store::close_deferred`]).
@@ -430,13 +426,12 @@ impl Store {
             return Ok(0);
         }
         self.write(|tx| {
-            let open: Vec<(i64, String)> = tx
-                .prepare_cached(
-                    "SELECT id, state FROM erasure_requests
-                     WHERE state IN ('complete', 'failed') AND closing_seq IS NULL ORDER BY id",
-                )?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
+            let open: Vec<(i64, String)> = tx.rows(
+                "SELECT id, state FROM erasure_requests
+                 WHERE state IN ('complete', 'failed') AND closing_seq IS NULL ORDER BY id",
+                args![],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             for (id, state) in &open {
                 let state = RequestState::parse(state).unwrap_or(RequestState::Failed);
                 close(tx, *id, state, now)?;
@@ -449,15 +444,15 @@ impl Store {
 /// One journal line per request that completed (info) or failed (warning): its ref, its counts and
 /// whether it was late. No subject: the ref leads to the person in the feeder's own records.
 fn log_finished(tx: &Tx<'_>, id: i64, state: RequestState, now: i64) -> Result<()> {
-    let (external_ref, due_at, deleted, held, dead): (Option<String>, Option<i64>, i64, i64, i64) = tx
-        .prepare_cached(
+    let (external_ref, due_at, deleted, held, dead): (Option<String>, Option<i64>, i64, i64, i64) = tx.row(
             "SELECT r.external_ref, r.due_at,
                 (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = r.id AND w.state = 'deleted'),
                 (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = r.id AND w.state = 'held'),
                 (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = r.id AND w.state = 'dead')
              FROM erasure_requests r WHERE r.id = ?1",
-        )?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
+            args![id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?;
     let overdue = due_at.is_some_and(|d| now > d);
     let external_ref = external_ref.unwrap_or_default();
     if state == RequestState::Failed {
@@ -486,13 +481,12 @@ fn log_finished(tx: &Tx<'_>, id: i64, state: RequestState, now: i64) -> Result<(
 /// The audit event that closes a request: every chat with its outcome, confirmation time, hold
 /// reason or last error. The erasure certificate is built from this event.
 fn record_outcome(tx: &Tx<'_>, id: i64, state: RequestState, now: i64) -> Result<()> {
-    let mut stmt = tx.prepare_cached(
+    let items: Vec<ClosedItem> = tx.rows(
         "SELECT w.provider, w.scope, w.session_id, w.state, w.outcome, w.finished_at, w.last_error, h.id, h.reason
          FROM request_items ri JOIN work_items w ON w.id = ri.item_id LEFT JOIN holds h ON h.id = w.hold_id
          WHERE ri.request_id = ?1 ORDER BY w.provider, w.scope, w.session_id",
-    )?;
-    let items: Vec<ClosedItem> = stmt
-        .query_map([id], |r| {
+        args![id],
+        |r| {
             Ok(ClosedItem {
                 provider: r.get(0)?,
                 scope: r.get(1)?,
@@ -504,9 +498,8 @@ fn record_outcome(tx: &Tx<'_>, id: i64, state: RequestState, now: i64) -> Result
                 hold_id: r.get(7)?,
                 hold_reason: r.get(8)?,
             })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    drop(stmt);
+        },
+    )?;
     let kind = if state == RequestState::Complete {
         "request.completed"
     } else {
@@ -514,10 +507,10 @@ fn record_outcome(tx: &Tx<'_>, id: i64, state: RequestState, now: i64) -> Result
     };
     let event = serde_json::to_value(RequestClosed { items }).expect("plain data serializes");
     super::audit::append(tx, now, kind, Some(id), &event)?;
-    tx.prepare_cached(
+    tx.exec(
         "UPDATE erasure_requests SET closing_seq = (SELECT max(seq) FROM audit_log) WHERE id = ?1",
-    )?
-    .execute([id])?;
+        args![id],
+    )?;
     Ok(())
 }
 
@@ -526,24 +519,24 @@ fn record_outcome(tx: &Tx<'_>, id: i64, state: RequestState, now: i64) -> Result
 /// inventory. Every other row of the person stays attributed (chats still held, chats recorded
 /// while the request ran): subject holds and the person's next request must keep seeing them.
 fn minimize(tx: &Tx<'_>, id: i64) -> Result<()> {
-    let (subject, hash): (String, Option<String>) = tx.query_row(
+    let (subject, hash): (String, Option<String>) = tx.row(
         "SELECT subject, subject_hash FROM erasure_requests WHERE id = ?1",
-        [id],
+        args![id],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let Some(hash) = hash else { return Ok(()) };
     if subject == hash {
         return Ok(());
     }
-    tx.execute(
+    tx.exec(
         "DELETE FROM sessions WHERE subject = ?1 AND (provider, scope, session_id) IN
            (SELECT w.provider, w.scope, w.session_id FROM request_items ri JOIN work_items w ON w.id = ri.item_id
             WHERE ri.request_id = ?2 AND w.state = 'deleted')",
-        params![subject, id],
+        args![subject, id],
     )?;
-    tx.execute(
+    tx.exec(
         "UPDATE erasure_requests SET subject = ?2 WHERE id = ?1",
-        params![id, hash],
+        args![id, hash],
     )?;
     Ok(())
 }

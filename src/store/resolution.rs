@@ -17,9 +17,9 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{OptionalExtension, params};
-
 use super::Tx;
+use super::db::{Sql, Value};
+use crate::args;
 
 use super::inventory::NewSession;
 use super::{Result, Store, holds, requests};
@@ -47,12 +47,11 @@ pub struct Resolution {
 impl Store {
     /// Requests feeders or the CLI filed that are not resolved yet, oldest first.
     pub fn received_requests(&self, limit: usize) -> Result<Vec<Received>> {
-        let mut stmt = self.conn.prepare_cached(
+        self.rows(
             "SELECT id, subject, external_ref, received_at, due_at FROM erasure_requests
              WHERE state = 'received' ORDER BY received_at, id LIMIT ?1",
-        )?;
-        let rows = stmt
-            .query_map([limit as i64], |r| {
+            args![limit],
+            |r| {
                 Ok(Received {
                     id: r.get(0)?,
                     subject: r.get(1)?,
@@ -60,9 +59,8 @@ impl Store {
                     received_at: r.get(3)?,
                     due_at: r.get(4)?,
                 })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+            },
+        )
     }
 
     /// Stores a request's resolution: discovered chats into the inventory, one work item per
@@ -91,13 +89,11 @@ pub(crate) fn resolve_request_in(
 ) -> Result<Resolution> {
     {
         {
-            let state: Option<String> = tx
-                .query_row(
-                    "SELECT state FROM erasure_requests WHERE id = ?1",
-                    [req.id],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let state: Option<String> = tx.row_opt(
+                "SELECT state FROM erasure_requests WHERE id = ?1",
+                args![req.id],
+                |r| r.get(0),
+            )?;
             if state.as_deref() != Some("received") {
                 return Ok(Resolution::default()); // resolved meanwhile (or gone)
             }
@@ -120,19 +116,19 @@ pub(crate) fn resolve_request_in(
             }
             let mut ids = Vec::new();
             {
-                let mut chats = tx.prepare_cached(
+                let rows = tx.rows(
                     "SELECT provider, scope, session_id, repo_id FROM sessions WHERE subject = ?1 ORDER BY id",
+                    args![req.subject],
+                    |r| {
+                        Ok((
+                            r.get::<String>(0)?,
+                            r.get::<String>(1)?,
+                            r.get::<String>(2)?,
+                            r.get::<Option<String>>(3)?,
+                        ))
+                    },
                 )?;
-                let rows = chats.query_map([&req.subject], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                    ))
-                })?;
-                for row in rows {
-                    let (provider, scope, sid, repo) = row?;
+                for (provider, scope, sid, repo) in rows {
                     let chat = ItemChat {
                         provider: &provider,
                         scope: &scope,
@@ -141,23 +137,25 @@ pub(crate) fn resolve_request_in(
                         subject: Some(&req.subject),
                     };
                     let id = upsert_item(tx, &chat, due_at, now)?;
-                    tx.prepare_cached("INSERT INTO request_items (request_id, item_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
-                        .execute(params![req.id, id])?;
+                    tx.exec(
+                        "INSERT INTO request_items (request_id, item_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                        args![req.id, id],
+                    )?;
                     *res.per_provider.entry(provider).or_default() += 1;
                     ids.push(id);
                 }
             }
             res.items = ids.len() as u64;
             res.held = holds::apply_holds(tx, Some(&ids))?.len() as u64;
-            let held_now: u64 = tx.query_row(
+            let held_now: u64 = tx.row(
                 "SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = ?1 AND w.state = 'held'",
-                [req.id],
-                |r| r.get::<_, i64>(0),
-            )? as u64;
+                args![req.id],
+                |r| r.get(0),
+            )?;
             res.held = res.held.max(held_now);
-            tx.execute(
+            tx.exec(
                 "UPDATE erasure_requests SET state = 'in_progress', resolved_at = ?2, due_at = ?3, subject_hash = ?4, updated_at = ?2 WHERE id = ?1",
-                params![req.id, now, due_at, subject_hash],
+                args![req.id, now, due_at, subject_hash],
             )?;
             super::audit::append(
                 tx,
@@ -173,13 +171,12 @@ pub(crate) fn resolve_request_in(
 }
 
 fn insert_discovered(tx: &Tx<'_>, d: &NewSession, now: i64) -> Result<bool> {
-    let n = tx
-        .prepare_cached(
-            "INSERT INTO sessions (provider, scope, session_id, subject, repo_id, created_at, discovered_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, coalesce(?6, ?7), ?7)
-             ON CONFLICT (provider, scope, session_id) DO UPDATE SET subject = coalesce(sessions.subject, excluded.subject)",
-        )?
-        .execute(params![d.provider, d.scope, d.session_id, d.subject, d.repo_id, d.created_at, now])?;
+    let n = tx.exec(
+        "INSERT INTO sessions (provider, scope, session_id, subject, repo_id, created_at, discovered_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, coalesce(?6, ?7), ?7)
+         ON CONFLICT (provider, scope, session_id) DO UPDATE SET subject = coalesce(sessions.subject, excluded.subject)",
+        args![d.provider, d.scope, d.session_id, d.subject, d.repo_id, d.created_at, now],
+    )?;
     Ok(n == 1)
 }
 
@@ -196,25 +193,32 @@ pub(crate) struct ItemChat<'a> {
 /// this demand is more urgent; revived if it had gone dead; its owner kept, or learnt if it had
 /// none). Returns its id.
 pub(crate) fn upsert_item(tx: &Tx<'_>, chat: &ItemChat<'_>, due_at: i64, now: i64) -> Result<i64> {
-    let id: i64 = tx
-        .prepare_cached(
-            "INSERT INTO work_items (provider, scope, session_id, repo_id, subject, due_at, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (provider, scope, session_id) DO UPDATE SET
-                 due_at = min(work_items.due_at, excluded.due_at),
-                 subject = CASE WHEN work_items.state = 'deleted' THEN NULL
-                                ELSE coalesce(work_items.subject, excluded.subject) END
-             RETURNING id",
-        )?
-        .query_row(
-            params![chat.provider, chat.scope, chat.session_id, chat.repo_id, chat.subject, due_at, now],
-            |r| r.get(0),
-        )?;
-    tx.prepare_cached(
+    // The earlier due date as a CASE: a two-argument min() is SQLite's alone.
+    let id: i64 = tx.row(
+        "INSERT INTO work_items (provider, scope, session_id, repo_id, subject, due_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (provider, scope, session_id) DO UPDATE SET
+             due_at = CASE WHEN excluded.due_at < work_items.due_at THEN excluded.due_at
+                           ELSE work_items.due_at END,
+             subject = CASE WHEN work_items.state = 'deleted' THEN NULL
+                            ELSE coalesce(work_items.subject, excluded.subject) END
+         RETURNING id",
+        args![
+            chat.provider,
+            chat.scope,
+            chat.session_id,
+            chat.repo_id,
+            chat.subject,
+            due_at,
+            now
+        ],
+        |r| r.get(0),
+    )?;
+    tx.exec(
         "UPDATE work_items SET state = 'pending', attempts = 0, first_attempt_ms = NULL, next_attempt_ms = 0, finished_at = NULL
          WHERE id = ?1 AND state = 'dead'",
-    )?
-    .execute([id])?;
+        args![id],
+    )?;
     Ok(id)
 }
 
@@ -237,7 +241,7 @@ pub struct RuleRun {
     pub awaiting_approval: bool,
 }
 
-/// Runs a rule against the inventory in `tx`: the expired chats (into `temp.rule_matches`), their
+/// Runs a rule against the inventory in `tx`: the expired chats (into `rule_matches`), their
 /// work items, holds, the guard rail and the rule's run state. Shared by the real run and `plan`.
 pub(crate) fn run_rule_in(
     tx: &Tx<'_>,
@@ -256,19 +260,20 @@ pub(crate) fn run_rule_in(
             run.discovered += 1;
         }
     }
-    tx.execute_batch(
+    // A temporary table, found before any table of that name in both engines' search order.
+    tx.exec_batch(
         "CREATE TEMP TABLE IF NOT EXISTS rule_matches (provider TEXT, scope TEXT, session_id TEXT, repo_id TEXT, subject TEXT);
-         DELETE FROM temp.rule_matches;",
+         DELETE FROM rule_matches;",
     )?;
     // Expired: created_at <= now - max_age (exactly max_age old is expired). Chats already
     // deleted are not matched again.
-    run.matched = tx.execute(
-        "INSERT INTO temp.rule_matches (provider, scope, session_id, repo_id, subject)
+    run.matched = tx.exec(
+        "INSERT INTO rule_matches (provider, scope, session_id, repo_id, subject)
          SELECT s.provider, s.scope, s.session_id, s.repo_id, s.subject FROM sessions s
          WHERE s.provider = ?1 AND (?2 = '*' OR s.scope = ?2) AND s.created_at <= ?3
            AND NOT EXISTS (SELECT 1 FROM work_items w WHERE w.provider = s.provider AND w.scope = s.scope
                            AND w.session_id = s.session_id AND w.state = 'deleted')",
-        params![rule.provider.as_str(), rule.scope, run.cutoff],
+        args![rule.provider.as_str(), rule.scope, run.cutoff],
     )? as u64;
     // An approval releases the run that was shown, up to the count shown: a run that now
     // matches more is a different run and waits again.
@@ -277,12 +282,12 @@ pub(crate) fn run_rule_in(
         && rule.approved_up_to.is_some_and(|n| run.matched <= n);
     if run.matched > rule.max_deletions && !approved {
         run.awaiting_approval = true;
-        tx.execute(
+        tx.exec(
             "INSERT INTO rule_state (rule_name, awaiting_approval, awaiting_matched, last_run_at) VALUES (?1, ?2, ?3, ?2)
              ON CONFLICT (rule_name) DO UPDATE SET awaiting_approval = excluded.awaiting_approval,
                  awaiting_matched = excluded.awaiting_matched, last_run_at = excluded.last_run_at,
                  approved = 0, approved_up_to = NULL",
-            params![rule.name, now, run.matched as i64],
+            args![rule.name, now, run.matched],
         )?;
         super::audit::append(
             tx,
@@ -295,38 +300,37 @@ pub(crate) fn run_rule_in(
         return Ok(run);
     }
     let due = now.saturating_add(deadline_secs);
-    tx.execute(
+    tx.exec(
         "INSERT INTO work_items (provider, scope, session_id, repo_id, subject, due_at, created_at)
-         SELECT provider, scope, session_id, repo_id, subject, ?1, ?2 FROM temp.rule_matches WHERE true
+         SELECT provider, scope, session_id, repo_id, subject, ?1, ?2 FROM rule_matches WHERE true
          ON CONFLICT (provider, scope, session_id) DO UPDATE SET
-             due_at = min(work_items.due_at, excluded.due_at),
+             due_at = CASE WHEN excluded.due_at < work_items.due_at THEN excluded.due_at
+                           ELSE work_items.due_at END,
              subject = CASE WHEN work_items.state = 'deleted' THEN NULL
                             ELSE coalesce(work_items.subject, excluded.subject) END",
-        params![due, now],
+        args![due, now],
     )?;
-    tx.execute(
+    tx.exec(
         "UPDATE work_items SET state = 'pending', attempts = 0, first_attempt_ms = NULL, next_attempt_ms = 0, finished_at = NULL
-         WHERE state = 'dead' AND (provider, scope, session_id) IN (SELECT provider, scope, session_id FROM temp.rule_matches)",
-        [],
+         WHERE state = 'dead' AND (provider, scope, session_id) IN (SELECT provider, scope, session_id FROM rule_matches)",
+        args![],
     )?;
     holds::apply_holds(tx, None)?;
-    let (pending, held): (i64, i64) = tx.query_row(
-        "SELECT coalesce(sum(w.state IN ('pending', 'in_flight')), 0), coalesce(sum(w.state = 'held'), 0)
-         FROM temp.rule_matches m JOIN work_items w ON w.provider = m.provider AND w.scope = m.scope AND w.session_id = m.session_id",
-        [],
+    (run.enqueued, run.held) = tx.row(
+        "SELECT count(*) FILTER (WHERE w.state IN ('pending', 'in_flight')), count(*) FILTER (WHERE w.state = 'held')
+         FROM rule_matches m JOIN work_items w ON w.provider = m.provider AND w.scope = m.scope AND w.session_id = m.session_id",
+        args![],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    run.enqueued = pending as u64;
-    run.held = held as u64;
-    tx.execute(
+    tx.exec(
         "INSERT INTO rule_state (rule_name, last_run_at) VALUES (?1, ?2)
          ON CONFLICT (rule_name) DO UPDATE SET last_run_at = excluded.last_run_at, awaiting_approval = NULL,
              awaiting_matched = NULL, approved = 0, approved_up_to = NULL",
-        params![rule.name, now],
+        args![rule.name, now],
     )?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO rule_runs (rule_name, started_at, finished_at, matched, enqueued, held, outcome) VALUES (?1, ?2, ?2, ?3, ?4, ?5, 'queued')",
-        params![rule.name, now, run.matched as i64, run.enqueued as i64, run.held as i64],
+        args![rule.name, now, run.matched, run.enqueued, run.held],
     )?;
     super::audit::append(
         tx,
@@ -392,9 +396,9 @@ impl Store {
             let run = run_rule_in(tx, rule, discovered, now, deadline_secs)?;
             let mut chats = Vec::new();
             if !run.awaiting_approval {
-                chats = planned(tx, "SELECT w.provider, w.scope, w.session_id, w.state, h.reason FROM temp.rule_matches m
+                chats = planned(tx, "SELECT w.provider, w.scope, w.session_id, w.state, h.reason FROM rule_matches m
                      JOIN work_items w ON w.provider = m.provider AND w.scope = m.scope AND w.session_id = m.session_id
-                     LEFT JOIN holds h ON h.id = w.hold_id ORDER BY 1, 2, 3", [])?;
+                     LEFT JOIN holds h ON h.id = w.hold_id ORDER BY 1, 2, 3", args![])?;
             }
             let mut notes = Vec::new();
             if run.awaiting_approval {
@@ -422,9 +426,13 @@ impl Store {
         deadline_secs: i64,
     ) -> Result<Plan> {
         self.dry_run(|tx| {
-            tx.execute("INSERT INTO erasure_requests (subject, received_at) VALUES (?1, ?2)", params![subject, now])?;
+            let id: i64 = tx.row(
+                "INSERT INTO erasure_requests (subject, received_at) VALUES (?1, ?2) RETURNING id",
+                args![subject, now],
+                |r| r.get(0),
+            )?;
             let req = Received {
-                id: tx.last_insert_rowid(),
+                id,
                 subject: subject.to_string(),
                 external_ref: None,
                 received_at: now,
@@ -436,7 +444,7 @@ impl Store {
                 "SELECT w.provider, w.scope, w.session_id, w.state, h.reason FROM request_items ri
                  JOIN work_items w ON w.id = ri.item_id LEFT JOIN holds h ON h.id = w.hold_id
                  WHERE ri.request_id = ?1 ORDER BY 1, 2, 3",
-                [req.id],
+                args![req.id],
             )?;
             Ok(Plan {
                 target: format!("subject {subject}"),
@@ -452,39 +460,33 @@ impl Store {
     }
 }
 
-fn planned(tx: &Tx<'_>, sql: &str, p: impl rusqlite::Params) -> Result<Vec<PlannedChat>> {
-    let mut stmt = tx.prepare(sql)?;
-    let rows = stmt
-        .query_map(p, |r| {
-            let state: String = r.get(3)?;
-            Ok(PlannedChat {
-                provider: r.get(0)?,
-                scope: r.get(1)?,
-                session_id: r.get(2)?,
-                action: match state.as_str() {
-                    "pending" | "in_flight" => "delete",
-                    "held" => "held",
-                    "deleted" => "already deleted",
-                    _ => "dead",
-                }
-                .to_string(),
-                hold_reason: r.get(4)?,
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(rows)
+fn planned(tx: &Tx<'_>, sql: &str, args: &[Value<'_>]) -> Result<Vec<PlannedChat>> {
+    tx.rows(sql, args, |r| {
+        let state: String = r.get(3)?;
+        Ok(PlannedChat {
+            provider: r.get(0)?,
+            scope: r.get(1)?,
+            session_id: r.get(2)?,
+            action: match state.as_str() {
+                "pending" | "in_flight" => "delete",
+                "held" => "held",
+                "deleted" => "already deleted",
+                _ => "dead",
+            }
+            .to_string(),
+            hold_reason: r.get(4)?,
+        })
+    })
 }
 
 impl Store {
     /// Scopes the inventory knows for a provider (for `scope = "*"` discovery).
     pub fn known_scopes(&self, provider: ProviderKind) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT DISTINCT scope FROM sessions WHERE provider = ?1 ORDER BY scope")?;
-        let rows = stmt
-            .query_map([provider.as_str()], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        self.rows(
+            "SELECT DISTINCT scope FROM sessions WHERE provider = ?1 ORDER BY scope",
+            args![provider.as_str()],
+            |r| r.get(0),
+        )
     }
 }
 

@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use rusqlite::{OptionalExtension, params};
+use super::Tx;
+use super::db::Sql;
+use crate::args;
 use serde::Serialize;
 
 use super::{Result, Store, StoreError};
@@ -74,20 +76,13 @@ impl RuleRow {
 /// provider, scope, max_age_secs, schedule, timezone, discover, max_deletions, origin
 type RuleColumns = (String, String, i64, String, String, i64, i64, String);
 
-fn upsert(
-    tx: &rusqlite::Transaction<'_>,
-    r: &RuleSpec,
-    origin: RuleOrigin,
-    now: i64,
-) -> Result<bool> {
+fn upsert(tx: &Tx<'_>, r: &RuleSpec, origin: RuleOrigin, now: i64) -> Result<bool> {
     // Returns true when the rule is new or changed.
-    let existing: Option<RuleColumns> = tx
-        .query_row(
-            "SELECT provider, scope, max_age_secs, schedule, timezone, discover, max_deletions, origin FROM rules WHERE name = ?1",
-            [&r.name],
-            |x| Ok((x.get(0)?, x.get(1)?, x.get(2)?, x.get(3)?, x.get(4)?, x.get(5)?, x.get(6)?, x.get(7)?)),
-        )
-        .optional()?;
+    let existing: Option<RuleColumns> = tx.row_opt(
+        "SELECT provider, scope, max_age_secs, schedule, timezone, discover, max_deletions, origin FROM rules WHERE name = ?1",
+        args![r.name],
+        |x| Ok((x.get(0)?, x.get(1)?, x.get(2)?, x.get(3)?, x.get(4)?, x.get(5)?, x.get(6)?, x.get(7)?)),
+    )?;
     let new = (
         r.provider.as_str().to_string(),
         r.scope.clone(),
@@ -101,25 +96,25 @@ fn upsert(
     if existing.as_ref() == Some(&new) {
         return Ok(false);
     }
-    tx.execute(
+    tx.exec(
         "INSERT INTO rules (name, provider, scope, max_age_secs, schedule, timezone, discover, max_deletions, origin, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)
          ON CONFLICT (name) DO UPDATE SET provider = excluded.provider, scope = excluded.scope,
              max_age_secs = excluded.max_age_secs, schedule = excluded.schedule, timezone = excluded.timezone,
              discover = excluded.discover, max_deletions = excluded.max_deletions, origin = excluded.origin,
              updated_at = excluded.updated_at",
-        params![r.name, new.0, new.1, new.2, new.3, new.4, new.5, new.6, new.7, now],
+        args![r.name, new.0, new.1, new.2, new.3, new.4, new.5, new.6, new.7, now],
     )?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO rule_state (rule_name) VALUES (?1) ON CONFLICT DO NOTHING",
-        [&r.name],
+        args![r.name],
     )?;
     if existing.is_some() {
         // A changed rule is the operator acting: a held run is released to be recomputed.
-        tx.execute(
+        tx.exec(
             "UPDATE rule_state SET awaiting_approval = NULL, awaiting_matched = NULL, approved = 0,
                  approved_up_to = NULL WHERE rule_name = ?1",
-            [&r.name],
+            args![r.name],
         )?;
     }
     Ok(true)
@@ -127,14 +122,13 @@ fn upsert(
 
 impl Store {
     pub fn list_rules(&self) -> Result<Vec<RuleRow>> {
-        let mut stmt = self.conn.prepare(
+        self.rows(
             "SELECT r.name, r.provider, r.scope, r.max_age_secs, r.schedule, r.timezone, r.discover,
                     r.max_deletions, r.origin, s.last_run_at, s.awaiting_approval, coalesce(s.approved, 0), r.created_at,
                     s.awaiting_matched, s.approved_up_to
              FROM rules r LEFT JOIN rule_state s ON s.rule_name = r.name ORDER BY r.name",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
+            args![],
+            |r| {
                 let secs: i64 = r.get(3)?;
                 let origin: String = r.get(8)?;
                 Ok(RuleRow {
@@ -147,8 +141,8 @@ impl Store {
                     max_age_secs: secs,
                     schedule: r.get(4)?,
                     timezone: r.get(5)?,
-                    discover: r.get::<_, i64>(6)? != 0,
-                    max_deletions: r.get::<_, i64>(7)? as u64,
+                    discover: r.get(6)?,
+                    max_deletions: r.get(7)?,
                     origin: if origin == "config" {
                         RuleOrigin::Config
                     } else {
@@ -156,14 +150,13 @@ impl Store {
                     },
                     last_run_at: r.get(9)?,
                     awaiting_approval: r.get(10)?,
-                    approved: r.get::<_, i64>(11)? != 0,
+                    approved: r.get(11)?,
                     created_at: r.get(12)?,
-                    awaiting_matched: r.get::<_, Option<i64>>(13)?.map(|n| n.max(0) as u64),
-                    approved_up_to: r.get::<_, Option<i64>>(14)?.map(|n| n.max(0) as u64),
+                    awaiting_matched: r.get::<Option<i64>>(13)?.map(|n| n.max(0) as u64),
+                    approved_up_to: r.get::<Option<i64>>(14)?.map(|n| n.max(0) as u64),
                 })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+            },
+        )
     }
 
     pub fn get_rule(&self, name: &str) -> Result<RuleRow> {
@@ -176,11 +169,11 @@ impl Store {
     /// Adds a CLI-owned rule. A name taken by a config rule is refused.
     pub fn add_rule(&mut self, r: &RuleSpec, now: i64) -> Result<()> {
         self.write(|tx| {
-            let origin: Option<String> = tx
-                .query_row("SELECT origin FROM rules WHERE name = ?1", [&r.name], |x| {
-                    x.get(0)
-                })
-                .optional()?;
+            let origin: Option<String> = tx.row_opt(
+                "SELECT origin FROM rules WHERE name = ?1",
+                args![&r.name],
+                |x| x.get(0),
+            )?;
             if origin.is_some() {
                 return Err(StoreError::Invalid(format!(
                     "a rule named \"{}\" exists already (remove it first, or pick another name)",
@@ -195,19 +188,19 @@ impl Store {
     /// Removes a CLI-owned rule.
     pub fn remove_rule(&mut self, name: &str) -> Result<()> {
         self.write(|tx| {
-            let origin: Option<String> = tx
-                .query_row("SELECT origin FROM rules WHERE name = ?1", [name], |x| {
-                    x.get(0)
-                })
-                .optional()?;
+            let origin: Option<String> = tx.row_opt(
+                "SELECT origin FROM rules WHERE name = ?1",
+                args![name],
+                |x| x.get(0),
+            )?;
             match origin.as_deref() {
                 None => Err(StoreError::NotFound(format!("no rule named \"{name}\""))),
                 Some("config") => Err(StoreError::Invalid(format!(
                     "rule \"{name}\" comes from the config file: remove it there and reload"
                 ))),
                 Some(_) => {
-                    tx.execute("DELETE FROM rules WHERE name = ?1", [name])?;
-                    tx.execute("DELETE FROM rule_state WHERE rule_name = ?1", [name])?;
+                    tx.exec("DELETE FROM rules WHERE name = ?1", args![name])?;
+                    tx.exec("DELETE FROM rule_state WHERE rule_name = ?1", args![name])?;
                     Ok(())
                 }
             }
@@ -216,22 +209,20 @@ impl Store {
 
     /// Every recorded rule run, oldest first: (rule, started_at).
     pub fn rule_runs(&self) -> Result<Vec<(String, i64)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT rule_name, started_at FROM rule_runs ORDER BY id")?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        self.rows(
+            "SELECT rule_name, started_at FROM rule_runs ORDER BY id",
+            args![],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     /// Records a failed run attempt as the rule's last run, so it waits for its next schedule.
     pub fn mark_rule_attempt(&mut self, name: &str, now: i64) -> Result<()> {
         self.write(|tx| {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO rule_state (rule_name, last_run_at) VALUES (?1, ?2)
                  ON CONFLICT (rule_name) DO UPDATE SET last_run_at = excluded.last_run_at",
-                params![name, now],
+                args![name, now],
             )?;
             Ok(())
         })
@@ -241,22 +232,20 @@ impl Store {
     /// that is no more than the held run showed; a bigger run waits for approval again.
     pub fn approve_rule(&mut self, name: &str) -> Result<()> {
         self.write(|tx| {
-            let waiting: Option<Option<i64>> = tx
-                .query_row(
-                    "SELECT s.awaiting_approval FROM rules r LEFT JOIN rule_state s ON s.rule_name = r.name WHERE r.name = ?1",
-                    [name],
-                    |x| x.get(0),
-                )
-                .optional()?;
+            let waiting: Option<Option<i64>> = tx.row_opt(
+                "SELECT s.awaiting_approval FROM rules r LEFT JOIN rule_state s ON s.rule_name = r.name WHERE r.name = ?1",
+                args![name],
+                |x| x.get(0),
+            )?;
             match waiting {
                 None => Err(StoreError::NotFound(format!("no rule named \"{name}\""))),
                 Some(None) => Err(StoreError::Invalid(format!(
                     "rule \"{name}\" has no run waiting for approval"
                 ))),
                 Some(Some(_)) => {
-                    tx.execute(
+                    tx.exec(
                         "UPDATE rule_state SET approved = 1, approved_up_to = awaiting_matched WHERE rule_name = ?1",
-                        [name],
+                        args![name],
                     )?;
                     Ok(())
                 }
@@ -279,15 +268,15 @@ impl Store {
                     changed.push(r.name.clone());
                 }
             }
-            let mut stmt = tx.prepare("SELECT name FROM rules WHERE origin = 'config'")?;
-            let existing: Vec<String> = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            drop(stmt);
+            let existing: Vec<String> = tx.rows(
+                "SELECT name FROM rules WHERE origin = 'config'",
+                args![],
+                |r| r.get(0),
+            )?;
             let mut removed = Vec::new();
             for name in existing {
                 if !rules.iter().any(|r| r.name == name) {
-                    tx.execute("DELETE FROM rules WHERE name = ?1", [&name])?;
+                    tx.exec("DELETE FROM rules WHERE name = ?1", args![name])?;
                     removed.push(name);
                 }
             }

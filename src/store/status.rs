@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::db::Sql;
 use super::queue::ItemState;
 use super::requests::ItemCounts;
 use super::{Result, Store};
+use crate::args;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Status {
@@ -76,17 +78,12 @@ impl Store {
             verification: self.verification_counts()?,
             ..Status::default()
         };
-        let mut stmt = self
-            .conn
-            .prepare("SELECT provider, state, count(*) FROM work_items GROUP BY provider, state")?;
-        for row in stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })? {
-            let (p, s, n) = row?;
+        let counts = self.rows(
+            "SELECT provider, state, count(*) FROM work_items GROUP BY provider, state",
+            args![],
+            |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?, r.get::<i64>(2)?)),
+        )?;
+        for (p, s, n) in counts {
             let state = ItemState::parse(&s)
                 .ok_or_else(|| super::StoreError::Invalid(format!("unknown item state {s}")))?;
             if state == ItemState::Dead {
@@ -94,77 +91,76 @@ impl Store {
             }
             st.items.entry(p).or_default().add(state, n as u64);
         }
-        let mut stmt = self
-            .conn
-            .prepare("SELECT state, count(*) FROM erasure_requests GROUP BY state")?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-            let (s, n) = row?;
-            st.requests.insert(s, n as u64);
-        }
-        let mut stmt = self.conn.prepare(
+        st.requests = self
+            .rows(
+                "SELECT state, count(*) FROM erasure_requests GROUP BY state",
+                args![],
+                |r| Ok((r.get::<String>(0)?, r.get::<u64>(1)?)),
+            )?
+            .into_iter()
+            .collect();
+        let due = self.rows(
             "SELECT id, external_ref, coalesce(due_at, received_at + ?1), state FROM erasure_requests
              WHERE state IN ('received', 'in_progress', 'failed') AND coalesce(due_at, received_at + ?1) <= ?2 + ?3
              ORDER BY 3",
+            args![deadline_secs, now, SOON_SECS],
+            |r| {
+                Ok(DueRequest {
+                    id: r.get(0)?,
+                    external_ref: r.get(1)?,
+                    due_at: r.get(2)?,
+                    state: r.get(3)?,
+                })
+            },
         )?;
-        for row in stmt.query_map(rusqlite::params![deadline_secs, now, SOON_SECS], |r| {
-            Ok(DueRequest {
-                id: r.get(0)?,
-                external_ref: r.get(1)?,
-                due_at: r.get(2)?,
-                state: r.get(3)?,
-            })
-        })? {
-            let d = row?;
+        for d in due {
             if d.due_at <= now {
                 st.overdue.push(d);
             } else {
                 st.due_soon.push(d);
             }
         }
-        st.oldest_pending_age_secs = self.conn.query_row(
+        st.oldest_pending_age_secs = self.row(
             "SELECT ?1 - min(created_at) FROM work_items WHERE state = 'pending'",
-            [now],
+            args![now],
             |r| r.get(0),
         )?;
-        let mut stmt = self.conn.prepare(
+        st.paused_providers = self.rows(
             "SELECT provider, paused_reason, paused_at FROM provider_state WHERE paused_reason IS NOT NULL ORDER BY provider",
+            args![],
+            |r| {
+                Ok(PausedProvider {
+                    provider: r.get(0)?,
+                    reason: r.get(1)?,
+                    paused_at: r.get(2)?,
+                })
+            },
         )?;
-        for row in stmt.query_map([], |r| {
-            Ok(PausedProvider {
-                provider: r.get(0)?,
-                reason: r.get(1)?,
-                paused_at: r.get(2)?,
-            })
-        })? {
-            st.paused_providers.push(row?);
-        }
-        let mut stmt = self.conn.prepare(
+        st.gates = self.rows(
             "SELECT provider, gate_state, rate_per_s, rate_learned, concurrency, max_concurrency,
                     resume_at_ms, next_probe_ms, throttles, gate_updated_ms
              FROM provider_state WHERE gate_state IS NOT NULL ORDER BY provider",
+            args![],
+            |r| {
+                Ok(GateRow {
+                    provider: r.get(0)?,
+                    state: r.get(1)?,
+                    rate_per_s: r.get(2)?,
+                    rate_learned: r.get(3)?,
+                    concurrency: r.get(4)?,
+                    max_concurrency: r.get(5)?,
+                    resume_at_ms: r.get(6)?,
+                    next_probe_ms: r.get(7)?,
+                    throttles: r.get::<i64>(8)?.max(0) as u64,
+                    updated_ms: r.get(9)?,
+                })
+            },
         )?;
-        for row in stmt.query_map([], |r| {
-            Ok(GateRow {
-                provider: r.get(0)?,
-                state: r.get(1)?,
-                rate_per_s: r.get(2)?,
-                rate_learned: r.get(3)?,
-                concurrency: r.get(4)?,
-                max_concurrency: r.get(5)?,
-                resume_at_ms: r.get(6)?,
-                next_probe_ms: r.get(7)?,
-                throttles: r.get::<_, i64>(8)?.max(0) as u64,
-                updated_ms: r.get(9)?,
-            })
-        })? {
-            st.gates.push(row?);
-        }
-        let mut stmt = self
-            .conn
-            .prepare("SELECT rule_name FROM rule_state WHERE awaiting_approval IS NOT NULL AND approved = 0 ORDER BY rule_name")?;
-        for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            st.rules_awaiting_approval.push(row?);
-        }
+        st.rules_awaiting_approval = self.rows(
+            "SELECT rule_name FROM rule_state WHERE awaiting_approval IS NOT NULL AND approved = 0 ORDER BY rule_name",
+            args![],
+            |r| r.get(0),
+        )?;
         Ok(st)
     }
 }
@@ -224,12 +220,12 @@ impl Store {
     /// The status page's read model.
     pub fn overview(&self, now: i64, deadline_secs: i64) -> Result<Overview> {
         let status = self.status(now, deadline_secs)?;
-        let open_total: i64 = self.conn.query_row(
+        let open_total: i64 = self.row(
             "SELECT count(*) FROM erasure_requests WHERE state IN ('received', 'in_progress', 'failed')",
-            [],
+            args![],
             |r| r.get(0),
         )?;
-        let mut stmt = self.conn.prepare_cached(
+        let open_requests = self.rows(
             "SELECT r.id, r.external_ref, r.state, coalesce(r.due_at, r.received_at + ?1),
                     count(w.id), count(w.id) FILTER (WHERE w.state IN ('pending', 'in_flight'))
              FROM erasure_requests r
@@ -237,23 +233,19 @@ impl Store {
              LEFT JOIN work_items w ON w.id = ri.item_id
              WHERE r.state IN ('received', 'in_progress', 'failed')
              GROUP BY r.id ORDER BY 4, r.id LIMIT ?2",
+            args![deadline_secs, OVERVIEW_REQUESTS],
+            |r| {
+                Ok(OpenRequest {
+                    id: r.get(0)?,
+                    external_ref: r.get(1)?,
+                    state: r.get(2)?,
+                    due_at: r.get(3)?,
+                    items: r.get(4)?,
+                    items_left: r.get(5)?,
+                })
+            },
         )?;
-        let open_requests = stmt
-            .query_map(
-                rusqlite::params![deadline_secs, OVERVIEW_REQUESTS as i64],
-                |r| {
-                    Ok(OpenRequest {
-                        id: r.get(0)?,
-                        external_ref: r.get(1)?,
-                        state: r.get(2)?,
-                        due_at: r.get(3)?,
-                        items: r.get::<_, i64>(4)? as u64,
-                        items_left: r.get::<_, i64>(5)? as u64,
-                    })
-                },
-            )?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut stmt = self.conn.prepare_cached(
+        let failures = self.rows(
             // Dead items first, the latest first; then items waiting to retry, the next due first.
             "SELECT provider, state, attempts, last_error,
                     coalesce(finished_at, next_attempt_ms / 1000) AS at
@@ -261,9 +253,8 @@ impl Store {
              ORDER BY state = 'dead' DESC,
                       CASE WHEN state = 'dead' THEN -finished_at ELSE next_attempt_ms END, id DESC
              LIMIT ?1",
-        )?;
-        let failures = stmt
-            .query_map([OVERVIEW_FAILURES as i64], |r| {
+            args![OVERVIEW_FAILURES],
+            |r| {
                 Ok(Failure {
                     provider: r.get(0)?,
                     state: r.get(1)?,
@@ -271,31 +262,33 @@ impl Store {
                     error: r.get(3)?,
                     at: r.get(4)?,
                 })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        let active_holds: i64 = self.conn.query_row(
+            },
+        )?;
+        let active_holds: i64 = self.row(
             "SELECT count(*) FROM holds WHERE removed_at IS NULL",
-            [],
+            args![],
             |r| r.get(0),
         )?;
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT rule_name, started_at, matched, enqueued, held, outcome FROM rule_runs
-             WHERE id IN (SELECT max(id) FROM rule_runs GROUP BY rule_name)",
-        )?;
-        let last_runs = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    LastRun {
-                        started_at: r.get(1)?,
-                        matched: r.get::<_, i64>(2)? as u64,
-                        enqueued: r.get::<_, i64>(3)? as u64,
-                        held: r.get::<_, i64>(4)? as u64,
-                        outcome: r.get(5)?,
-                    },
-                ))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+        let last_runs = self
+            .rows(
+                "SELECT rule_name, started_at, matched, enqueued, held, outcome FROM rule_runs
+                 WHERE id IN (SELECT max(id) FROM rule_runs GROUP BY rule_name)",
+                args![],
+                |r| {
+                    Ok((
+                        r.get::<String>(0)?,
+                        LastRun {
+                            started_at: r.get(1)?,
+                            matched: r.get(2)?,
+                            enqueued: r.get(3)?,
+                            held: r.get(4)?,
+                            outcome: r.get(5)?,
+                        },
+                    ))
+                },
+            )?
+            .into_iter()
+            .collect();
         Ok(Overview {
             status,
             open_requests,
@@ -311,16 +304,14 @@ impl Store {
     /// Every chat in `state` as "provider/scope/session_id: why" (the hold's reason for held
     /// chats, the last error for dead ones), sorted: the demo's and the report's listing.
     pub fn item_lines(&self, state: ItemState) -> Result<Vec<String>> {
-        let mut stmt = self.conn.prepare(
+        self.rows(
             "SELECT w.provider || '/' || w.scope || '/' || w.session_id || ': ' ||
                     coalesce(CASE WHEN w.state = 'held' THEN h.reason ELSE w.last_error END, '')
              FROM work_items w LEFT JOIN holds h ON h.id = w.hold_id
              WHERE w.state = ?1 ORDER BY 1",
-        )?;
-        let rows = stmt
-            .query_map([state.as_str()], |x| x.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+            args![state.as_str()],
+            |x| x.get(0),
+        )
     }
 }
 

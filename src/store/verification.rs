@@ -16,9 +16,9 @@
 
 use std::time::Duration;
 
-use rusqlite::{OptionalExtension, params};
-
 use super::Tx;
+use super::db::Sql;
+use crate::args;
 
 use super::{Result, Store};
 use crate::audit::{ChatReappeared, RequestVerified, VerifiedItem};
@@ -110,25 +110,22 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<DueReadBack>> {
         let confirmed_by = now.secs() - after.as_secs() as i64;
-        let mut stmt = self.conn.prepare_cached(
+        self.rows(
             "SELECT id, scope, repo_id, session_id, verify_attempts FROM work_items
              WHERE provider = ?1 AND state = 'deleted' AND verify_state IS NULL
                AND finished_at <= ?2 AND verify_next_ms <= ?3
              ORDER BY finished_at, id LIMIT ?4",
-        )?;
-        let rows = stmt.query_map(
-            params![provider.as_str(), confirmed_by, now, limit as i64],
+            args![provider.as_str(), confirmed_by, now, limit],
             |r| {
                 Ok(DueReadBack {
                     id: r.get(0)?,
                     scope: r.get(1)?,
                     repo_id: r.get(2)?,
                     session_id: r.get(3)?,
-                    attempts: r.get::<_, i64>(4)?.max(0) as u32,
+                    attempts: r.get::<i64>(4)?.max(0) as u32,
                 })
             },
-        )?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        )
     }
 
     /// When the next read-back of `provider` is due (`None`: nothing waits to be read back).
@@ -138,10 +135,12 @@ impl Store {
         after: Duration,
     ) -> Result<Option<Millis>> {
         let after_ms = after.as_millis().min(i64::MAX as u128) as i64;
-        let t: Option<i64> = self.conn.query_row(
-            "SELECT min(max(finished_at * 1000 + ?2, verify_next_ms)) FROM work_items
-             WHERE provider = ?1 AND state = 'deleted' AND verify_state IS NULL",
-            params![provider.as_str(), after_ms],
+        // The later of the two times as a CASE: a two-argument max() is SQLite's alone.
+        let t: Option<i64> = self.row(
+            "SELECT min(CASE WHEN finished_at * 1000 + ?2 > verify_next_ms THEN finished_at * 1000 + ?2
+                             ELSE verify_next_ms END)
+             FROM work_items WHERE provider = ?1 AND state = 'deleted' AND verify_state IS NULL",
+            args![provider.as_str(), after_ms],
             |r| r.get(0),
         )?;
         Ok(t.map(Millis))
@@ -149,35 +148,35 @@ impl Store {
 
     /// Deleted chats still waiting to be read back, over every provider (status, metrics).
     pub fn read_backs_waiting(&self) -> Result<u64> {
-        let n: i64 = self.conn.query_row(
+        self.row(
             "SELECT count(*) FROM work_items WHERE state = 'deleted' AND verify_state IS NULL",
-            [],
+            args![],
             |r| r.get(0),
-        )?;
-        Ok(n as u64)
+        )
     }
 
     /// Read-back counts over every deleted chat.
     pub fn verification_counts(&self) -> Result<VerificationCounts> {
-        Ok(self.conn.query_row(
+        // count(*) FILTER and a cast sum: the same integers from both engines.
+        self.row(
             "SELECT
-                coalesce(sum(state = 'deleted' AND verify_state = 'verified_absent'), 0),
-                coalesce(sum(state = 'deleted' AND verify_state IS NULL), 0),
-                coalesce(sum(state = 'deleted' AND verify_state = 'unverified'), 0),
-                coalesce(sum(state = 'deleted' AND verify_state = 'not_checked'), 0),
-                coalesce(sum(reappeared), 0)
+                count(*) FILTER (WHERE state = 'deleted' AND verify_state = 'verified_absent'),
+                count(*) FILTER (WHERE state = 'deleted' AND verify_state IS NULL),
+                count(*) FILTER (WHERE state = 'deleted' AND verify_state = 'unverified'),
+                count(*) FILTER (WHERE state = 'deleted' AND verify_state = 'not_checked'),
+                CAST(coalesce(sum(reappeared), 0) AS BIGINT)
              FROM work_items",
-            [],
+            args![],
             |r| {
                 Ok(VerificationCounts {
-                    verified_absent: r.get::<_, i64>(0)? as u64,
-                    waiting: r.get::<_, i64>(1)? as u64,
-                    unverified: r.get::<_, i64>(2)? as u64,
-                    not_checked: r.get::<_, i64>(3)? as u64,
-                    reappeared: r.get::<_, i64>(4)? as u64,
+                    verified_absent: r.get(0)?,
+                    waiting: r.get(1)?,
+                    unverified: r.get(2)?,
+                    not_checked: r.get(3)?,
+                    reappeared: r.get(4)?,
                 })
             },
-        )?)
+        )
     }
 
     /// Records what reading chats back saw (see the module's rules), in one transaction.
@@ -196,30 +195,26 @@ impl Store {
             for (id, seen) in results {
                 match seen {
                     ReadBack::Absent => {
-                        let n = tx
-                            .prepare_cached(
-                                "UPDATE work_items SET verify_state = 'verified_absent', verified_at = ?2,
-                                        verify_error = NULL
-                                 WHERE id = ?1 AND state = 'deleted' AND verify_state IS NULL",
-                            )?
-                            .execute(params![id, now.secs()])?;
+                        let n = tx.exec(
+                            "UPDATE work_items SET verify_state = 'verified_absent', verified_at = ?2,
+                                    verify_error = NULL
+                             WHERE id = ?1 AND state = 'deleted' AND verify_state IS NULL",
+                            args![id, now.secs()],
+                        )?;
                         if n > 0 {
                             sum.absent += 1;
                             settled.push(*id);
                         }
                     }
                     ReadBack::Undecided { why, retry_at } => {
-                        let state: Option<Option<String>> = tx
-                            .prepare_cached(
+                        let state: Option<Option<String>> = tx.row_opt(
                                 "UPDATE work_items SET verify_attempts = verify_attempts + 1,
                                         verify_error = ?2, verify_next_ms = ?3,
                                         verify_state = CASE WHEN verify_attempts + 1 >= ?4 THEN 'unverified' END,
                                         verified_at = CASE WHEN verify_attempts + 1 >= ?4 THEN ?5 END
                                  WHERE id = ?1 AND state = 'deleted' AND verify_state IS NULL
                                  RETURNING verify_state",
-                            )?
-                            .query_row(
-                                params![
+                                args![
                                     id,
                                     super::queue::truncate_error(why),
                                     retry_at,
@@ -227,8 +222,7 @@ impl Store {
                                     now.secs()
                                 ],
                                 |r| r.get(0),
-                            )
-                            .optional()?;
+                            )?;
                         match state {
                             Some(Some(_)) => {
                                 sum.unverified += 1;
@@ -262,38 +256,36 @@ impl Store {
 
     /// Each chat of a request with its verification, for the certificate and `requests show`.
     pub fn request_verification(&self, request_id: i64) -> Result<Vec<ItemVerification>> {
-        let mut stmt = self.conn.prepare_cached(
+        self.rows(
             "SELECT w.provider, w.scope, w.session_id, w.state, w.verify_state, w.verified_at,
                     w.verify_attempts, w.verify_error, w.reappeared
              FROM request_items ri JOIN work_items w ON w.id = ri.item_id
              WHERE ri.request_id = ?1 ORDER BY w.provider, w.scope, w.session_id",
-        )?;
-        let rows = stmt.query_map([request_id], |r| {
-            Ok(ItemVerification {
-                provider: r.get(0)?,
-                scope: r.get(1)?,
-                session_id: r.get(2)?,
-                state: r.get(3)?,
-                verify_state: r.get(4)?,
-                verified_at: r.get(5)?,
-                verify_attempts: r.get::<_, i64>(6)?.max(0) as u32,
-                verify_error: r.get(7)?,
-                reappeared: r.get::<_, i64>(8)?.max(0) as u32,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+            args![request_id],
+            |r| {
+                Ok(ItemVerification {
+                    provider: r.get(0)?,
+                    scope: r.get(1)?,
+                    session_id: r.get(2)?,
+                    state: r.get(3)?,
+                    verify_state: r.get(4)?,
+                    verified_at: r.get(5)?,
+                    verify_attempts: r.get::<i64>(6)?.max(0) as u32,
+                    verify_error: r.get(7)?,
+                    reappeared: r.get::<i64>(8)?.max(0) as u32,
+                })
+            },
+        )
     }
 
     /// A request's `verified_at`, if every deleted chat of it was read back absent.
     pub fn request_verified_at(&self, request_id: i64) -> Result<Option<i64>> {
         Ok(self
-            .conn
-            .query_row(
+            .row_opt(
                 "SELECT verified_at FROM erasure_requests WHERE id = ?1",
-                [request_id],
+                args![request_id],
                 |r| r.get(0),
-            )
-            .optional()?
+            )?
             .flatten())
     }
 }
@@ -307,13 +299,12 @@ fn reappeared(
     now: Millis,
     limits: ReadBackLimits,
 ) -> Result<Option<bool>> {
-    let row: Option<(i64, Option<i64>, String, String)> = tx
-        .prepare_cached(
-            "SELECT reappeared, finished_at, scope, session_id FROM work_items
-             WHERE id = ?1 AND state = 'deleted' AND verify_state IS NULL",
-        )?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .optional()?;
+    let row: Option<(i64, Option<i64>, String, String)> = tx.row_opt(
+        "SELECT reappeared, finished_at, scope, session_id FROM work_items
+         WHERE id = ?1 AND state = 'deleted' AND verify_state IS NULL",
+        args![id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
     let Some((before, confirmed_at, scope, session_id)) = row else {
         return Ok(None);
     };
@@ -327,24 +318,24 @@ fn reappeared(
             "read back present at {at} after its deletion was confirmed (time {times} of at most {}); deleting it again",
             limits.max_reappearances
         );
-        tx.prepare_cached(
+        tx.exec(
             "UPDATE work_items SET state = 'pending', outcome = NULL, finished_at = NULL, attempts = 0,
                     first_attempt_ms = NULL, next_attempt_ms = 0, reappeared = ?2, last_error = ?3,
                     verify_attempts = 0, verify_next_ms = 0, verify_error = NULL
              WHERE id = ?1",
-        )?
-        .execute(params![id, times, why])?;
+            args![id, times, why],
+        )?;
         tracing::error!(item = id, provider = %provider, scope, session_id, times, "a deleted chat reappeared at the provider; deleting it again");
     } else {
         let why = format!(
             "read back present {times} times after confirmed deletions (last at {at}): {provider} does not keep this deletion; raise it with {provider}, then `forgetd requests retry`"
         );
-        tx.prepare_cached(
+        tx.exec(
             "UPDATE work_items SET state = 'dead', outcome = NULL, finished_at = ?2, reappeared = ?3,
                     last_error = ?4, verify_error = NULL
              WHERE id = ?1",
-        )?
-        .execute(params![id, now.secs(), times, why])?;
+            args![id, now.secs(), times, why],
+        )?;
         tracing::error!(item = id, provider = %provider, scope, session_id, times, "a deleted chat keeps reappearing at the provider; gave up on it");
     }
     let event = ChatReappeared {
@@ -375,46 +366,41 @@ fn verify_requests_of(tx: &Tx<'_>, item_ids: &[i64], now: i64) -> Result<u64> {
 /// Records a complete request as verified when every deleted chat of it (at least one) was read
 /// back absent and it is not recorded yet: `verified_at` and a `request.verified` event.
 pub(crate) fn mark_verified(tx: &Tx<'_>, request_id: i64, now: i64) -> Result<bool> {
-    let row: Option<(String, Option<i64>, i64, i64)> = tx
-        .prepare_cached(
-            "SELECT r.state, r.verified_at,
+    let row: Option<(String, Option<i64>, i64, i64)> = tx.row_opt(
+        "SELECT r.state, r.verified_at,
                 (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id
                  WHERE ri.request_id = r.id AND w.state = 'deleted'),
                 (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id
                  WHERE ri.request_id = r.id AND w.state = 'deleted'
                    AND (w.verify_state IS NULL OR w.verify_state <> 'verified_absent'))
              FROM erasure_requests r WHERE r.id = ?1",
-        )?
-        .query_row([request_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })
-        .optional()?;
+        args![request_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
     let Some((state, verified_at, deleted, open)) = row else {
         return Ok(false);
     };
     if state != "complete" || verified_at.is_some() || deleted == 0 || open > 0 {
         return Ok(false);
     }
-    tx.prepare_cached(
+    tx.exec(
         "UPDATE erasure_requests SET verified_at = ?2, updated_at = ?2 WHERE id = ?1",
-    )?
-    .execute(params![request_id, now])?;
-    let mut stmt = tx.prepare_cached(
+        args![request_id, now],
+    )?;
+    let items: Vec<VerifiedItem> = tx.rows(
         "SELECT w.provider, w.scope, w.session_id, w.verified_at
          FROM request_items ri JOIN work_items w ON w.id = ri.item_id
          WHERE ri.request_id = ?1 AND w.state = 'deleted' ORDER BY w.provider, w.scope, w.session_id",
-    )?;
-    let items: Vec<VerifiedItem> = stmt
-        .query_map([request_id], |r| {
+        args![request_id],
+        |r| {
             Ok(VerifiedItem {
                 provider: r.get(0)?,
                 scope: r.get(1)?,
                 session_id: r.get(2)?,
-                verified_at: r.get::<_, Option<i64>>(3)?.unwrap_or(now),
+                verified_at: r.get::<Option<i64>>(3)?.unwrap_or(now),
             })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    drop(stmt);
+        },
+    )?;
     let data = serde_json::to_value(RequestVerified { items }).expect("plain data serializes");
     super::audit::append(tx, now, "request.verified", Some(request_id), &data)?;
     tracing::info!(
