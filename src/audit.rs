@@ -314,6 +314,10 @@ impl std::fmt::Debug for SubjectKey {
 pub enum KeyError {
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error(
+        "a PostgreSQL queue has no database file to keep the {setting} beside: set [audit] {setting} to a secret reference, the same for every instance"
+    )]
+    NotConfigured { setting: &'static str },
     #[error("key file {path}: {source}")]
     Io {
         path: PathBuf,
@@ -339,7 +343,7 @@ pub enum KeyError {
 impl SubjectKey {
     /// `[audit] subject_key` when configured, or the key file beside the database `db` (created
     /// on first use).
-    pub fn load(configured: Option<&SecretRef>, db: &Path) -> Result<Self, KeyError> {
+    pub fn load(configured: Option<&SecretRef>, db: Option<&Path>) -> Result<Self, KeyError> {
         if let Some(r) = configured {
             let key = r.read_bytes()?;
             let len = key.expose_secret().len();
@@ -351,6 +355,9 @@ impl SubjectKey {
             }
             return Ok(Self(key));
         }
+        let db = db.ok_or(KeyError::NotConfigured {
+            setting: "subject_key",
+        })?;
         Self::from_file(&Self::key_path(db))
     }
 
@@ -381,7 +388,7 @@ impl SubjectKey {
     /// exist yet (the daemon creates it). A key that exists but is unsafe is an error.
     pub fn load_existing(
         configured: Option<&SecretRef>,
-        db: &Path,
+        db: Option<&Path>,
     ) -> Result<Option<Self>, KeyError> {
         if let Some(r) = configured {
             return match r.read_bytes() {
@@ -393,6 +400,9 @@ impl SubjectKey {
                 Err(_) => Ok(None),
             };
         }
+        let Some(db) = db else {
+            return Ok(None);
+        };
         match read_key_file(&Self::key_path(db)) {
             Ok(bytes) if bytes.len() >= MIN_KEY_LEN => Ok(Some(Self(SecretSlice::from(bytes)))),
             Ok(bytes) => Err(KeyError::Short {
@@ -558,7 +568,7 @@ mod tests {
     fn a_configured_subject_key_needs_thirty_two_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("forgetd.db");
-        let with = |len: usize| SubjectKey::load(Some(&key_of(dir.path(), 7, len)), &db);
+        let with = |len: usize| SubjectKey::load(Some(&key_of(dir.path(), 7, len)), Some(&db));
         assert!(matches!(with(31), Err(KeyError::Short { len: 31, .. })));
         for len in [32, 64] {
             let k = with(len).unwrap();
@@ -578,7 +588,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("forgetd.db");
         let configured =
-            |len: usize| SubjectKey::load_existing(Some(&key_of(dir.path(), 9, len)), &db);
+            |len: usize| SubjectKey::load_existing(Some(&key_of(dir.path(), 9, len)), Some(&db));
         assert!(matches!(
             configured(31),
             Err(KeyError::Short { len: 31, .. })
@@ -591,23 +601,27 @@ mod tests {
         // A configured key this process cannot read: it works unkeyed.
         let gone = SecretRef::File(dir.path().join("no-such-key"));
         assert!(
-            SubjectKey::load_existing(Some(&gone), &db)
+            SubjectKey::load_existing(Some(&gone), Some(&db))
                 .unwrap()
                 .is_none()
         );
 
         // The file beside the database: absent is None and stays absent.
-        assert!(SubjectKey::load_existing(None, &db).unwrap().is_none());
+        assert!(
+            SubjectKey::load_existing(None, Some(&db))
+                .unwrap()
+                .is_none()
+        );
         let path = SubjectKey::key_path(&db);
         assert!(!path.exists(), "load_existing never creates the key");
-        let made = SubjectKey::load(None, &db).unwrap();
-        let read = SubjectKey::load_existing(None, &db)
+        let made = SubjectKey::load(None, Some(&db)).unwrap();
+        let read = SubjectKey::load_existing(None, Some(&db))
             .unwrap()
             .expect("now it exists");
         assert_eq!(read.hash("bob"), made.hash("bob"));
         std::fs::write(&path, [1u8; 31]).unwrap();
         assert!(matches!(
-            SubjectKey::load_existing(None, &db),
+            SubjectKey::load_existing(None, Some(&db)),
             Err(KeyError::Short { len: 31, .. })
         ));
         // A key that is there but cannot be read as a file is an error, not "no key yet".
@@ -616,7 +630,7 @@ mod tests {
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .unwrap();
         assert!(matches!(
-            SubjectKey::load_existing(None, &db),
+            SubjectKey::load_existing(None, Some(&db)),
             Err(KeyError::Io { .. })
         ));
     }

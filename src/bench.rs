@@ -550,8 +550,8 @@ pub async fn run(opts: BenchOptions) -> Result<ExitCode> {
 }
 
 /// The child side of the retention benchmark: one real run of a rule, no discovery.
-pub fn sweep_child(db: &Path, rule: &str) -> Result<ExitCode> {
-    let mut store = Store::open(db)?;
+pub fn sweep_child(db: &crate::config::Database, rule: &str) -> Result<ExitCode> {
+    let mut store = Store::connect(db)?;
     let row = store.get_rule(rule)?;
     let now = crate::clock::Clock::now(&SystemClock);
     let run = store.run_rule(&row, &[], now, 30 * 86_400)?;

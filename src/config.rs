@@ -12,6 +12,7 @@
 //! - No config file at all means defaults and no providers (fine for the CLI; `run` refuses it).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,12 +26,110 @@ use crate::providers::registry::{self, REGISTRY};
 use crate::providers::{Configured, Settings};
 use crate::schedule::Schedule;
 
+/// Where the queue is: a SQLite file (the default, and the embedded choice) or a PostgreSQL
+/// database shared by several instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    Postgres(PgTarget),
+}
+
+impl Database {
+    /// `--db`'s value: a `postgres://` URL, or a SQLite file's path. A URL is checked by
+    /// [`Database::check`], not here: the command line's parser would echo a refused value, and
+    /// a URL may carry a password.
+    pub fn from_arg(text: &std::ffi::OsStr) -> Self {
+        match text.to_str() {
+            Some(t) if PgTarget::is_url(t) => Self::Postgres(PgTarget {
+                url: t.to_string(),
+                password: None,
+            }),
+            _ => Self::Sqlite(PathBuf::from(text)),
+        }
+    }
+
+    /// What `--db` could not check: a PostgreSQL URL must not carry a password.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Self::Postgres(t) => check_pg_url(&t.url).map_err(|e| format!("--db: {e}")),
+            Self::Sqlite(_) => Ok(()),
+        }
+    }
+
+    /// The SQLite file, when the queue is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Self::Sqlite(p) => Some(p),
+            Self::Postgres(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(p) => write!(f, "{}", p.display()),
+            Self::Postgres(t) => write!(f, "{t}"),
+        }
+    }
+}
+
+/// A PostgreSQL URL forgetd accepts: no password in it (the password is `[database] password`, a
+/// secret reference, so it never sits in a config file or a process list).
+fn check_pg_url(text: &str) -> Result<(), String> {
+    let u = url::Url::parse(text).map_err(|e| format!("not a PostgreSQL URL ({e})"))?;
+    if u.password().is_some() {
+        return Err("a password in the database URL is not accepted (it is not shown); give it as [database] password = \"env:NAME\", \"file:/path\" or \"credential:NAME\"".into());
+    }
+    if u.query_pairs().any(|(k, _)| k == "password") {
+        return Err("a password in the database URL is not accepted (it is not shown); give it as [database] password = a secret reference".into());
+    }
+    Ok(())
+}
+
+/// Where to connect: a libpq connection string or `postgres://` URL, and the password's
+/// reference. Printing it never shows a password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgTarget {
+    pub url: String,
+    pub password: Option<crate::secret::SecretRef>,
+}
+
+impl fmt::Display for PgTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A URL with a password is refused when the config is read; this is only a second guard.
+        match url::Url::parse(&self.url) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("redacted"));
+                write!(f, "{u}")
+            }
+            _ => f.write_str(&self.url),
+        }
+    }
+}
+
+impl fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgTarget")
+            .field("url", &self.to_string())
+            .field("password", &self.password)
+            .finish()
+    }
+}
+
+impl PgTarget {
+    /// Whether `text` names a PostgreSQL database rather than a SQLite file.
+    pub fn is_url(text: &str) -> bool {
+        text.starts_with("postgres://") || text.starts_with("postgresql://")
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where the file came from (`None`: built-in defaults).
     pub source: Option<PathBuf>,
-    pub database: PathBuf,
+    pub database: Database,
     pub daemon: DaemonConfig,
     pub retry: RetryConfig,
     pub http: Option<HttpConfig>,
@@ -169,6 +268,10 @@ struct RawConfig {
 #[derive(Debug, Deserialize)]
 struct RawDatabase {
     path: Option<PathBuf>,
+    /// PostgreSQL instead of a file: `postgres://user@host/db?sslmode=...`, no password.
+    url: Option<String>,
+    /// The PostgreSQL password, as a secret reference.
+    password: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -239,6 +342,45 @@ pub mod defaults {
     pub const VERIFY_MAX_REAPPEARANCES: u32 = 3;
 }
 
+fn validate_database(raw: Option<RawDatabase>, p: &mut Vec<String>) -> Database {
+    let Some(raw) = raw else {
+        return Database::Sqlite(default_database_path());
+    };
+    match (raw.path, raw.url) {
+        (Some(_), Some(_)) => {
+            p.push(
+                "[database]: give `path` (a SQLite file) or `url` (PostgreSQL), not both".into(),
+            );
+            Database::Sqlite(default_database_path())
+        }
+        (path, None) => {
+            if raw.password.is_some() {
+                p.push(
+                    "[database] password is for a PostgreSQL `url`; a SQLite file has none".into(),
+                );
+            }
+            Database::Sqlite(path.unwrap_or_else(default_database_path))
+        }
+        (None, Some(url)) => {
+            if !PgTarget::is_url(&url) {
+                p.push("[database] url: must start with postgres:// or postgresql:// (a SQLite file is `path`)".into());
+            } else if let Err(e) = check_pg_url(&url) {
+                p.push(format!("[database] url: {e}"));
+            }
+            let password = raw
+                .password
+                .and_then(|v| match crate::secret::SecretRef::parse(&v) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        p.push(format!("[database] password: {e}"));
+                        None
+                    }
+                });
+            Database::Postgres(PgTarget { url, password })
+        }
+    }
+}
+
 /// The default database path: `$STATE_DIRECTORY/forgetd.db` under systemd, else `./forgetd.db`.
 pub fn default_database_path() -> PathBuf {
     match std::env::var_os("STATE_DIRECTORY") {
@@ -261,7 +403,7 @@ impl Config {
     pub fn defaults() -> Self {
         Self {
             source: None,
-            database: default_database_path(),
+            database: Database::Sqlite(default_database_path()),
             daemon: DaemonConfig {
                 deadline: defaults::DEADLINE,
                 lease: defaults::LEASE,
@@ -452,9 +594,7 @@ fn validate(raw: RawConfig, p: &mut Vec<String>) -> Config {
     ) -> Option<T> {
         fields::table(t?, at, p)
     }
-    let database = section::<RawDatabase>(raw.database, "database", p)
-        .and_then(|d| d.path)
-        .unwrap_or_else(default_database_path);
+    let database = validate_database(section::<RawDatabase>(raw.database, "database", p), p);
     let daemon = validate_daemon(section(raw.daemon, "daemon", p).unwrap_or_default(), p);
     let retry = validate_retry(section(raw.retry, "retry", p).unwrap_or_default(), p);
     let http = section(raw.http, "http", p).map(|h| validate_http(h, p));

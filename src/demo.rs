@@ -88,7 +88,7 @@ pub async fn run(opts: DemoOptions) -> Result<ExitCode> {
     // Secrets go through files, as in production: the config only names them.
     let secrets = tempfile::tempdir()?;
     let mut config = sim.config(secrets.path(), &APPLICATIONS)?;
-    config.database = opts.db.clone();
+    config.database = crate::config::Database::Sqlite(opts.db.clone());
     config.retry.base_delay = Duration::from_millis(100);
     config.retry.max_delay = Duration::from_secs(2);
     config.rules = vec![retention_rule()];

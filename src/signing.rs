@@ -44,13 +44,16 @@ pub enum SigningError {
 
 impl CertSigner {
     /// `[audit] signing_key` when configured, or the key file beside the database `db`.
-    pub fn load(configured: Option<&SecretRef>, db: &Path) -> Result<Self, SigningError> {
+    pub fn load(configured: Option<&SecretRef>, db: Option<&Path>) -> Result<Self, SigningError> {
         let (what, bytes) = match configured {
             Some(r) => {
                 let b = r.read_bytes().map_err(KeyError::from)?;
                 (r.to_string(), b.expose_secret().to_vec())
             }
             None => {
+                let db = db.ok_or(KeyError::NotConfigured {
+                    setting: "signing_key",
+                })?;
                 let path = Self::key_path(db);
                 let b = crate::audit::read_or_create_key(&path)?;
                 (path.display().to_string(), b)

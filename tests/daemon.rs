@@ -347,7 +347,7 @@ async fn the_daemon_built_in_process_drains_a_feeders_request_and_stops_when_tol
     let sim = seeded_sim().await;
     seed_inventory(&s);
     let mut config = sim.config(s.dir.path(), &["app-1"]).unwrap();
-    config.database = s.db();
+    config.database = forgetd::config::Database::Sqlite(s.db());
     let (tx, running) = in_process(config, std::sync::Arc::new(SystemClock));
     // No config file was given: the reload is refused and the daemon keeps working.
     tx.send(forgetd::daemon::Control::Reload).await.unwrap();
@@ -409,7 +409,7 @@ async fn on_a_clock_that_never_moves_intake_wakes_the_idle_lanes_for_new_work() 
     let sim = seeded_sim().await;
     seed_inventory(&s);
     let mut config = sim.config(s.dir.path(), &["app-1"]).unwrap();
-    config.database = s.db();
+    config.database = forgetd::config::Database::Sqlite(s.db());
     let frozen = forgetd::clock::ManualClock::stepped(1_800_000_000_000);
     let (tx, running) = in_process(config, std::sync::Arc::new(frozen));
     // Carol's chat is the decoy nobody asks about.

@@ -96,7 +96,7 @@ async fn world_on(clock: ManualClock, faults: Faults, per_person: usize) -> Worl
 
 fn config(w: &World) -> Config {
     let mut c = w.sim.config(w.dir.path(), &["app-a", "app-b"]).unwrap();
-    c.database = w.dir.path().join("forgetd.db");
+    c.database = forgetd::config::Database::Sqlite(w.dir.path().join("forgetd.db"));
     c.retry.base_delay = Duration::from_secs(1);
     c.retry.max_delay = Duration::from_secs(60);
     c.retry.max_attempts = 25;

@@ -204,7 +204,7 @@ fn id(c: Chat) -> String {
 fn config(w: &World) -> Config {
     let mut c = w.sim.config(w._dir.path(), &[]).unwrap();
     c.remove_provider(ProviderKind::KOOSEARCH);
-    c.database = w.db.clone();
+    c.database = forgetd::config::Database::Sqlite(w.db.clone());
     c.retry.base_delay = Duration::from_millis(100);
     let limits = &mut c.provider_mut(ProviderKind::CONVAI).unwrap().limits;
     limits.batch_size = 3;

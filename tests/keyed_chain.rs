@@ -32,7 +32,7 @@ impl World {
     /// created beside the database).
     fn keyed(&self) -> Store {
         let mut s = Store::open(&self.db()).unwrap();
-        let key = SubjectKey::load(None, &self.db()).unwrap();
+        let key = SubjectKey::load(None, Some(&self.db())).unwrap();
         s.set_chain_key(key.chain_key());
         s
     }
@@ -42,7 +42,7 @@ impl World {
     }
     fn config(&self) -> Config {
         let mut c = self.sim.config(self.dir.path(), &["app-a"]).unwrap();
-        c.database = self.db();
+        c.database = forgetd::config::Database::Sqlite(self.db());
         c
     }
     /// `forgetd audit verify` (the binary, as root: it reads the key).

@@ -55,6 +55,20 @@ fn planned(
     (delete, held, v)
 }
 
+/// The id of the request filed last. Not always 1 for the first: on PostgreSQL a `plan` (a
+/// rolled-back filing) uses an id up, as sequences never go back.
+fn last_request(s: &Scratch) -> String {
+    let list: serde_json::Value =
+        serde_json::from_str(&stdout(&s.forgetd(&["requests", "list", "--json"]))).unwrap();
+    list.as_array().unwrap().last().unwrap()["id"].to_string()
+}
+
+/// `requests show --json` of the request filed last.
+fn last_request_shown(s: &Scratch) -> serde_json::Value {
+    let o = s.forgetd(&["requests", "show", &last_request(s), "--json"]);
+    serde_json::from_str(&stdout(&o)).unwrap()
+}
+
 /// `forgetd sessions add` for a Convai chat, with any further flags; it must succeed.
 fn add_convai(s: &Scratch, scope: &str, id: &str, more: &[&str]) {
     let mut args = vec![
@@ -163,14 +177,13 @@ async fn a_subject_resolves_at_both_providers_plan_matches_the_real_run_and_hold
 
     // The request is complete with the held chat listed; the certificate names exactly what the
     // simulator deleted.
-    let show: serde_json::Value =
-        serde_json::from_str(&stdout(&s.forgetd(&["requests", "show", "1", "--json"]))).unwrap();
+    let show = last_request_shown(&s);
     assert_eq!(show["state"], "complete");
     let cert: serde_json::Value = serde_json::from_str(&stdout(&s.forgetd(&[
         "audit",
         "export",
         "--request",
-        "1",
+        &last_request(&s),
         "--json",
     ])))
     .unwrap();
@@ -251,8 +264,7 @@ async fn a_subject_hold_keeps_every_known_chat_of_that_person() {
         sim.exists(ProviderKind::KOOSEARCH, "app-1", "xk"),
         "a discovered chat with the person as user_name is covered"
     );
-    let show: serde_json::Value =
-        serde_json::from_str(&stdout(&s.forgetd(&["requests", "show", "1", "--json"]))).unwrap();
+    let show = last_request_shown(&s);
     assert_eq!(show["state"], "complete");
     assert!(
         show["items"]

@@ -71,7 +71,7 @@ fn config(w: &World, verify: &str) -> Config {
     let mut c = w.sim.config(w.dir.path(), &["app-a"]).unwrap();
     let extra = Config::parse(verify, "test").unwrap();
     c.verify = extra.verify;
-    c.database = w.dir.path().join("forgetd.db");
+    c.database = forgetd::config::Database::Sqlite(w.dir.path().join("forgetd.db"));
     c.retry.max_delay = Duration::from_secs(60);
     c
 }

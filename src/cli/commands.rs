@@ -33,7 +33,15 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 chats,
                 faults: !no_faults,
                 json,
-                db: cli.db.clone().unwrap_or_else(|| "forgetd-demo.db".into()),
+                db: match &cli.db {
+                    None => "forgetd-demo.db".into(),
+                    Some(crate::config::Database::Sqlite(p)) => p.clone(),
+                    Some(crate::config::Database::Postgres(_)) => {
+                        anyhow::bail!(
+                            "`forgetd demo` runs on a local SQLite file; give --db a file path"
+                        )
+                    }
+                },
             }))
         }
         Command::Bench {
@@ -168,7 +176,7 @@ fn run(
     config: Config,
     once: bool,
     config_path: Option<std::path::PathBuf>,
-    db_override: Option<std::path::PathBuf>,
+    db_override: Option<crate::config::Database>,
 ) -> Result<ExitCode> {
     let rt = runtime()?;
     rt.block_on(async move {
@@ -317,7 +325,7 @@ fn resolver_for(
     clock: crate::clock::SharedClock,
 ) -> Result<crate::resolve::Resolver> {
     // A second connection for the resolver's store thread (the plan's own stays for the dry run).
-    let conn = Store::open(store.path())?;
+    let conn = Store::connect(store.database())?;
     Ok(crate::resolve::Resolver {
         store: crate::store::AsyncStore::spawn(conn),
         providers,
@@ -378,7 +386,7 @@ fn audit(config: &Config, cmd: super::AuditCommand) -> Result<ExitCode> {
             let signer = || {
                 crate::signing::CertSigner::load(
                     config.audit.signing_key.as_ref(),
-                    &config.database,
+                    config.database.sqlite_path(),
                 )
                 .context("loading the certificate signing key")
             };
@@ -396,7 +404,7 @@ fn audit(config: &Config, cmd: super::AuditCommand) -> Result<ExitCode> {
         super::AuditCommand::PublicKey => {
             let signer = crate::signing::CertSigner::load(
                 config.audit.signing_key.as_ref(),
-                &config.database,
+                config.database.sqlite_path(),
             )
             .context("loading the certificate signing key")?;
             println!("{}", signer.public_key_hex());
@@ -459,11 +467,11 @@ fn sync_file_rules(config: &Config, store: &mut Store, now: i64) -> Result<()> {
 /// the command appends is sealed as it is written. A feeder's user cannot, and its appends are
 /// sealed by the daemon; certifying events it would cause are left to the daemon too.
 fn open(config: &Config) -> Result<Store> {
-    let mut store = Store::open(&config.database)
-        .with_context(|| format!("opening the queue at {}", config.database.display()))?;
+    let mut store = Store::connect(&config.database)
+        .with_context(|| format!("opening the queue at {}", config.database))?;
     match crate::audit::SubjectKey::load_existing(
         config.audit.subject_key.as_ref(),
-        &config.database,
+        config.database.sqlite_path(),
     ) {
         Ok(Some(key)) => store.set_chain_key(key.chain_key()),
         Ok(None) => {}
@@ -494,7 +502,7 @@ fn check_config(config: &Config) -> Result<ExitCode> {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "no file (defaults)".into());
     println!("config OK: {source}");
-    println!("  database: {}", config.database.display());
+    println!("  database: {}", config.database);
     for c in &config.providers {
         println!("  {}: {}", c.kind(), c.settings.describe());
     }
@@ -827,8 +835,8 @@ async fn simulator(
 /// `forgetd backup FILE`: SQLite's online backup (consistent while the daemon and feeders write),
 /// then `quick_check` and the audit chain on the copy.
 fn backup(config: &Config, file: &std::path::Path) -> Result<ExitCode> {
-    let store = Store::open(&config.database)
-        .with_context(|| format!("opening {}", config.database.display()))?;
+    let store =
+        Store::connect(&config.database).with_context(|| format!("opening {}", config.database))?;
     let pages = store
         .backup_to(file)
         .with_context(|| format!("backing up to {}", file.display()))?;

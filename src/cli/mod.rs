@@ -43,9 +43,9 @@ pub struct Cli {
     /// Config file (TOML). Without one, forgetd runs on defaults with no providers.
     #[arg(long, global = true, env = "FORGETD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Database file; overrides `[database] path`.
-    #[arg(long, global = true, value_name = "FILE")]
-    pub db: Option<PathBuf>,
+    /// Database: a SQLite file, or a postgres:// URL (no password in it); overrides `[database]`.
+    #[arg(long, global = true, value_name = "FILE|URL", value_parser = parse_db)]
+    pub db: Option<crate::config::Database>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -449,7 +449,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.is::<UsageError>() || cause.is::<InvalidArgument>() {
             return 2;
         }
-        if let Some(LockError::Held { .. }) = cause.downcast_ref::<LockError>() {
+        if let Some(LockError::Held { .. } | LockError::HeldPg { .. }) =
+            cause.downcast_ref::<LockError>()
+        {
             return 75;
         }
         if let Some(StoreError::Busy(_)) = cause.downcast_ref::<StoreError>() {
@@ -459,6 +461,12 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     1
 }
 
+fn parse_db(text: &str) -> Result<crate::config::Database, std::convert::Infallible> {
+    Ok(crate::config::Database::from_arg(std::ffi::OsStr::new(
+        text,
+    )))
+}
+
 /// Loads the configuration the flags name (defaults without `--config`), with `--db` applied.
 pub fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
     let mut config = match &cli.config {
@@ -466,6 +474,7 @@ pub fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
         None => Config::defaults(),
     };
     if let Some(db) = &cli.db {
+        db.check().map_err(ConfigError::Other)?;
         config.database = db.clone();
     }
     Ok(config)

@@ -55,7 +55,7 @@ pub struct RunOptions {
     pub once: bool,
     /// The config file to re-read on SIGHUP (with `db_override` applied again).
     pub config_path: Option<PathBuf>,
-    pub db_override: Option<PathBuf>,
+    pub db_override: Option<crate::config::Database>,
 }
 
 /// A daemon ready to work: the checks of the module doc passed, the lock is held.
@@ -65,7 +65,7 @@ pub struct Daemon {
     pub executor: Arc<Executor>,
     pub resolver: Arc<Resolver>,
     clock: SharedClock,
-    _lock: DaemonLock,
+    _lock: Option<DaemonLock>,
 }
 
 impl Daemon {
@@ -85,13 +85,28 @@ impl Daemon {
         .into());
         }
         config.verify_secrets()?;
-        let mut store = Store::open(&config.database)
-            .with_context(|| format!("opening {}", config.database.display()))?;
+        let mut store = Store::connect(&config.database)
+            .with_context(|| format!("opening {}", config.database))?;
         store.quick_check()?;
-        let lock = DaemonLock::acquire(&config.database)?;
+        // One daemon per SQLite file; PostgreSQL takes several instances (their claims lock rows).
+        let lock = match config.database.sqlite_path() {
+            Some(path) => Some(DaemonLock::acquire(path)?),
+            None => {
+                if !store.take_pg_daemon_lock()? {
+                    return Err(crate::store::lock::LockError::HeldPg {
+                        db: config.database.to_string(),
+                    }
+                    .into());
+                }
+                None
+            }
+        };
         // The chain key first: every link this process appends is sealed as it is written.
-        let key = SubjectKey::load(config.audit.subject_key.as_ref(), &config.database)
-            .map_err(ConfigError::SubjectKey)?;
+        let key = SubjectKey::load(
+            config.audit.subject_key.as_ref(),
+            config.database.sqlite_path(),
+        )
+        .map_err(ConfigError::SubjectKey)?;
         store.set_chain_key(key.chain_key());
         // Links appended without the key since the last run (a feeder's CLI), and those of an
         // unkeyed chain from before schema 6, get their seals; finished requests whose closing
@@ -104,6 +119,7 @@ impl Daemon {
             );
         }
         store.close_deferred(clock.now())?;
+        // The lock (a file's, or the server's advisory lock) proves no other worker holds a lease.
         let released = store.release_all_in_flight()?;
         if released > 0 {
             tracing::info!(
@@ -196,7 +212,7 @@ impl Daemon {
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status("ready"),
         ]);
-        tracing::info!(database = %config.database.display(), providers = ?config.kinds(), "forgetd is running");
+        tracing::info!(database = %config.database, providers = ?config.kinds(), "forgetd is running");
 
         let mut watchdog_usec = 0u64;
         let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);

@@ -1129,7 +1129,7 @@ mod tests {
     #[test]
     fn a_status_write_stops_the_lane_only_when_the_store_failure_is_not_transient() {
         use rusqlite::ffi;
-        let sqlite = |code| rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
+        let sqlite = |code| rusqlite::Error::SqliteFailure(ffi::Error::new(code), None).into();
         assert!(!status_write_stops_the_lane(&StoreError::Busy(sqlite(
             ffi::SQLITE_BUSY
         ))));

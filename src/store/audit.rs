@@ -5,7 +5,7 @@
 use std::ops::ControlFlow;
 
 use super::Tx;
-use super::db::Sql;
+use super::db::{Engine, Sql};
 use crate::args;
 
 use super::{Result, Store};
@@ -82,11 +82,16 @@ impl Store {
     pub fn missing_audit_triggers(&self) -> Result<Vec<&'static str>> {
         let mut missing = Vec::new();
         for name in APPEND_ONLY_TRIGGERS {
-            let n: i64 = self.row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
-                args![name],
-                |r| r.get(0),
-            )?;
+            // On PostgreSQL a trigger can also be disabled, its quiet way to stop one.
+            let sql = match self.engine() {
+                Engine::Sqlite => {
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name = ?1"
+                }
+                Engine::Postgres => {
+                    "SELECT count(*) FROM pg_trigger WHERE tgname = ?1 AND NOT tgisinternal AND tgenabled <> 'D'"
+                }
+            };
+            let n: i64 = self.row(sql, args![name], |r| r.get(0))?;
             if n == 0 {
                 missing.push(name);
             }
@@ -352,7 +357,7 @@ mod tests {
                 .to_latest(&mut conn)
                 .unwrap();
             let tx = conn.transaction().unwrap();
-            let tx = super::Tx::new(tx, None);
+            let tx = super::Tx::from_sqlite(tx, None);
             for (i, kind) in ["config.loaded", "batch.answered", "request.completed"]
                 .iter()
                 .enumerate()

@@ -21,6 +21,7 @@ use super::{Result, StoreError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
     Sqlite,
+    Postgres,
 }
 
 /// One bound argument.
@@ -286,6 +287,7 @@ pub struct Row<'r> {
 
 enum RowRef<'r> {
     Sqlite(&'r rusqlite::Row<'r>),
+    Pg(&'r postgres::Row),
 }
 
 impl Row<'_> {
@@ -293,6 +295,7 @@ impl Row<'_> {
     pub fn get<T: FromCol>(&self, index: usize) -> Result<T> {
         let col = match &self.inner {
             RowRef::Sqlite(r) => sqlite_col(r.get_ref(index)?)?,
+            RowRef::Pg(r) => super::pg::col(r, index)?,
         };
         T::from_col(col).map_err(|m| {
             StoreError::Column(ColError {
@@ -338,6 +341,7 @@ impl rusqlite::ToSql for Value<'_> {
 /// A connection or a transaction on one, as [`Sql`] sees it.
 pub enum Conn<'c> {
     Sqlite(&'c rusqlite::Connection),
+    Pg(&'c std::cell::RefCell<super::pg::PgConn>),
 }
 
 /// Running statements: implemented by [`super::Store`] (each statement on its own) and
@@ -349,6 +353,7 @@ pub trait Sql {
     fn engine(&self) -> Engine {
         match self.conn() {
             Conn::Sqlite(_) => Engine::Sqlite,
+            Conn::Pg(_) => Engine::Postgres,
         }
     }
 
@@ -358,6 +363,7 @@ pub trait Sql {
             Conn::Sqlite(c) => Ok(c
                 .prepare_cached(sql)?
                 .execute(rusqlite::params_from_iter(args))?),
+            Conn::Pg(c) => Ok(c.borrow_mut().exec(sql, args)? as usize),
         }
     }
 
@@ -365,6 +371,7 @@ pub trait Sql {
     fn exec_batch(&self, sql: &str) -> Result<()> {
         match self.conn() {
             Conn::Sqlite(c) => Ok(c.execute_batch(sql)?),
+            Conn::Pg(c) => c.borrow_mut().batch(sql),
         }
     }
 
@@ -392,6 +399,15 @@ pub trait Sql {
                 match rows.next()? {
                     Some(r) => Ok(Some(f(&Row {
                         inner: RowRef::Sqlite(r),
+                    })?)),
+                    None => Ok(None),
+                }
+            }
+            Conn::Pg(c) => {
+                let rows = c.borrow_mut().query(sql, args)?;
+                match rows.first() {
+                    Some(r) => Ok(Some(f(&Row {
+                        inner: RowRef::Pg(r),
                     })?)),
                     None => Ok(None),
                 }
@@ -429,6 +445,18 @@ pub trait Sql {
                 while let Some(r) = rows.next()? {
                     if let ControlFlow::Break(b) = f(&Row {
                         inner: RowRef::Sqlite(r),
+                    })? {
+                        return Ok(Some(b));
+                    }
+                }
+                Ok(None)
+            }
+            Conn::Pg(c) => {
+                // The rows arrive whole; the walk of the audit chain is the largest reader.
+                let rows = c.borrow_mut().query(sql, args)?;
+                for r in &rows {
+                    if let ControlFlow::Break(b) = f(&Row {
+                        inner: RowRef::Pg(r),
                     })? {
                         return Ok(Some(b));
                     }

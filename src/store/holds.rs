@@ -185,17 +185,17 @@ mod tests {
 
     /// A pending work item; `subject` on the item itself (a request's) or NULL.
     fn item(s: &Store, scope: &str, sid: &str, subject: Option<&str>) -> i64 {
-        s.conn
+        s.sqlite()
             .execute(
                 "INSERT INTO work_items (provider, scope, session_id, subject, due_at, created_at) VALUES ('convai', ?1, ?2, ?3, 0, 0)",
                 params![scope, sid, subject],
             )
             .unwrap();
-        s.conn.last_insert_rowid()
+        s.sqlite().last_insert_rowid()
     }
 
     fn state(s: &Store, id: i64) -> (String, Option<i64>) {
-        s.conn
+        s.sqlite()
             .query_row(
                 "SELECT state, hold_id FROM work_items WHERE id = ?1",
                 [id],
@@ -214,7 +214,7 @@ mod tests {
         // Alice's chats: one the request named, one only the inventory attributes to her.
         let a1 = item(&s, "c", "a1", Some("alice"));
         let a2 = item(&s, "c", "a2", None);
-        s.conn
+        s.sqlite()
             .execute(
                 "INSERT INTO sessions (provider, scope, session_id, subject) VALUES ('convai', 'c', 'a2', 'alice')",
                 [],
@@ -231,7 +231,7 @@ mod tests {
         took.sort();
         assert_eq!(took, vec![a1, a2]);
         let stored: i64 = s
-            .conn
+            .sqlite()
             .query_row("SELECT id FROM holds WHERE reason = 'case A'", [], |r| {
                 r.get(0)
             })
@@ -272,7 +272,7 @@ mod tests {
         let (_d, mut s) = temp_store();
         let a = item(&s, "c", "a1", Some("alice"));
         for sid in ["a1", "a2"] {
-            s.conn
+            s.sqlite()
                 .execute(
                     "INSERT INTO sessions (provider, scope, session_id, subject) VALUES ('convai', 'c', ?1, 'alice')",
                     [sid],

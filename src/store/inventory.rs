@@ -172,7 +172,7 @@ impl Store {
     /// whole table only when the provider has none.
     pub fn scopes_to_check(&self, provider: &str) -> Result<Vec<String>> {
         let mut scopes: Vec<String> = self.rows(
-            "SELECT scope FROM sessions WHERE provider = ?1 ORDER BY rowid DESC LIMIT 1",
+            "SELECT scope FROM sessions WHERE provider = ?1 ORDER BY id DESC LIMIT 1",
             args![provider],
             |r| r.get(0),
         )?;
@@ -440,7 +440,7 @@ mod tests {
     use crate::store::testing::temp_store;
 
     fn count(s: &Store) -> i64 {
-        s.conn
+        s.sqlite()
             .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
             .unwrap()
     }
@@ -458,7 +458,7 @@ mod tests {
             }
         );
         let subject: Option<String> = s
-            .conn
+            .sqlite()
             .query_row(
                 "SELECT subject FROM sessions WHERE session_id='s2'",
                 [],

@@ -41,6 +41,7 @@ pub mod holds;
 pub mod inventory;
 pub mod lock;
 pub mod outage;
+pub mod pg;
 pub mod queue;
 pub mod requests;
 pub mod resolution;
@@ -53,6 +54,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use crate::args;
+pub use crate::config::{Database, PgTarget};
 use rusqlite_migration::{M, Migrations};
 
 const MIGRATIONS: &[M<'static>] = &[
@@ -64,28 +68,25 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/006_keyed_chain.sql")),
 ];
 
-fn provider_keys(conn: &Connection) -> rusqlite::Result<Vec<String>> {
-    let mut stmt = conn.prepare("SELECT key FROM providers ORDER BY key")?;
-    stmt.query_map([], |r| r.get(0))?.collect()
-}
-
 /// Keeps the `providers` table equal to the registry, so the schema accepts exactly the
 /// providers this binary serves. Writes only when they differ (a CLI open stays read-only).
-fn sync_providers(conn: &mut Connection) -> rusqlite::Result<()> {
+fn sync_providers(store: &mut Store) -> Result<()> {
+    use db::Sql;
     let mut wanted: Vec<String> = crate::providers::registry::REGISTRY
         .iter()
         .map(|r| r.kind.as_str().to_string())
         .collect();
     wanted.sort();
-    if provider_keys(conn)? == wanted {
+    if store.provider_keys()? == wanted {
         return Ok(());
     }
-    let tx = conn.transaction()?;
-    tx.execute("DELETE FROM providers", [])?;
-    for key in &wanted {
-        tx.execute("INSERT INTO providers (key) VALUES (?1)", [key])?;
-    }
-    tx.commit()
+    store.write(|tx| {
+        tx.exec("DELETE FROM providers", args![])?;
+        for key in &wanted {
+            tx.exec("INSERT INTO providers (key) VALUES (?1)", args![key])?;
+        }
+        Ok(())
+    })
 }
 
 /// The schema version this binary writes.
@@ -127,10 +128,16 @@ pub enum StoreError {
         #[source]
         source: rusqlite_migration::Error,
     },
+    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    PgOpen {
+        target: String,
+        #[source]
+        source: postgres::Error,
+    },
     #[error("the database is busy (another process holds a write lock); try again")]
-    Busy(#[source] rusqlite::Error),
+    Busy(#[source] DbError),
     #[error("the database cannot be written (read-only, its disk is full, or an I/O error): {0}")]
-    Unwritable(#[source] rusqlite::Error),
+    Unwritable(#[source] DbError),
     #[error("gave up {what} at shutdown: the database still could not be written")]
     Abandoned {
         what: &'static str,
@@ -138,23 +145,96 @@ pub enum StoreError {
         source: outage::SharedError,
     },
     #[error("the database file is damaged; stop forgetd and restore it from a backup")]
-    Damaged(#[source] rusqlite::Error),
+    Damaged(#[source] DbError),
     #[error("refused: {message}")]
     Refused {
         message: String,
         #[source]
-        source: rusqlite::Error,
+        source: DbError,
     },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
     #[error("database error: {0}")]
-    Sql(#[source] rusqlite::Error),
+    Sql(#[source] DbError),
+    #[error("PostgreSQL: {0}")]
+    Pg(#[source] postgres::Error),
+    #[error("the PostgreSQL connection was lost {0}; the next operation reconnects")]
+    ConnectionLost(&'static str),
     #[error("reading the database: {0}")]
     Column(#[source] db::ColError),
     #[error("the database returned no row where one was expected")]
     NoRow,
+}
+
+/// An engine's own error, kept whole as the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Pg(#[from] postgres::Error),
+}
+
+impl From<postgres::Error> for StoreError {
+    /// Sorts PostgreSQL's errors as SQLite's are sorted, by SQLSTATE: busy (a lock wait timed
+    /// out, a deadlock, a serialization failure: try again), unwritable (the connection, the
+    /// disk, a read-only server after a failover), refused (a constraint or a trigger said no,
+    /// worded as SQLite words it), or anything else.
+    fn from(e: postgres::Error) -> Self {
+        use postgres::error::SqlState;
+        let Some(code) = e.code().cloned() else {
+            // No SQLSTATE: the connection itself failed (closed, I/O).
+            return Self::Unwritable(e.into());
+        };
+        let class = &code.code()[..2];
+        if code == SqlState::T_R_SERIALIZATION_FAILURE
+            || code == SqlState::T_R_DEADLOCK_DETECTED
+            || code == SqlState::LOCK_NOT_AVAILABLE
+        {
+            Self::Busy(e.into())
+        } else if class == "08"
+            || class == "57"
+            || class == "53"
+            || code == SqlState::READ_ONLY_SQL_TRANSACTION
+            || code == SqlState::IO_ERROR
+        {
+            Self::Unwritable(e.into())
+        } else if code == SqlState::DATA_CORRUPTED || code == SqlState::INDEX_CORRUPTED {
+            Self::Damaged(e.into())
+        } else if class == "23" || code == SqlState::RAISE_EXCEPTION {
+            Self::Refused {
+                message: pg_constraint_message(&e),
+                source: e.into(),
+            }
+        } else {
+            Self::Sql(e.into())
+        }
+    }
+}
+
+/// A PostgreSQL refusal in SQLite's words, so feeders and operators read the same on both:
+/// "CHECK constraint failed: `<name>`", "UNIQUE constraint failed: `<name>`", or a trigger's text.
+pub fn pg_constraint_message(e: &postgres::Error) -> String {
+    use postgres::error::SqlState;
+    let Some(db) = e.as_db_error() else {
+        return e.to_string();
+    };
+    match (db.code(), db.constraint()) {
+        (c, Some(name)) if *c == SqlState::CHECK_VIOLATION => {
+            format!("CHECK constraint failed: {name}")
+        }
+        (c, Some(name)) if *c == SqlState::UNIQUE_VIOLATION => {
+            format!("UNIQUE constraint failed: {name}")
+        }
+        (c, _) if *c == SqlState::NOT_NULL_VIOLATION => format!(
+            "NOT NULL constraint failed: {}.{}",
+            db.table().unwrap_or("?"),
+            db.column().unwrap_or("?")
+        ),
+        _ => db.message().to_string(),
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -162,19 +242,19 @@ impl From<rusqlite::Error> for StoreError {
     /// permissions), refused (a constraint said no, with its message), or anything else.
     fn from(e: rusqlite::Error) -> Self {
         match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Self::Busy(e),
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Self::Busy(e.into()),
             Some(
                 ErrorCode::ReadOnly
                 | ErrorCode::DiskFull
                 | ErrorCode::CannotOpen
                 | ErrorCode::SystemIoFailure,
-            ) => Self::Unwritable(e),
-            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => Self::Damaged(e),
+            ) => Self::Unwritable(e.into()),
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => Self::Damaged(e.into()),
             Some(ErrorCode::ConstraintViolation) => Self::Refused {
                 message: constraint_message(&e),
-                source: e,
+                source: e.into(),
             },
-            _ => Self::Sql(e),
+            _ => Self::Sql(e.into()),
         }
     }
 }
@@ -190,56 +270,110 @@ pub fn constraint_message(e: &rusqlite::Error) -> String {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// The engine under a [`Store`].
+pub(crate) enum Backend {
+    Sqlite(Connection),
+    /// In a cell because statements take `&self` ([`db::Sql`]) and the client needs `&mut`;
+    /// one store is used by one thread at a time.
+    Pg(Box<std::cell::RefCell<pg::PgConn>>),
+}
+
 /// One connection to the database, for synchronous use (CLI commands, the store thread).
 pub struct Store {
-    pub(crate) conn: Connection,
-    path: PathBuf,
+    pub(crate) backend: Backend,
+    database: Database,
     /// Seals audit links as they are appended ([`crate::audit`]); `None`: this process cannot
     /// read the key (a CLI run by a feeder) and appends unsealed links for the daemon to seal.
     chain_key: Option<std::sync::Arc<crate::audit::ChainKey>>,
+    /// PostgreSQL: counts other connections' commits, from LISTEN ([`Store::data_version`]).
+    listener: Option<pg::listen::Listener>,
 }
 
 /// A write transaction, carrying the chain key when the store has one: every audit append in it
-/// is sealed ([`audit::append`]), and no caller can forget to pass the key.
+/// is sealed ([`audit::append`]), and no caller can forget to pass the key. Dropped without
+/// [`Tx::commit`], it rolls back, on either engine.
 pub struct Tx<'a> {
-    inner: rusqlite::Transaction<'a>,
+    inner: Option<TxInner<'a>>,
     chain_key: Option<&'a crate::audit::ChainKey>,
+}
+
+enum TxInner<'a> {
+    Sqlite(rusqlite::Transaction<'a>),
+    /// `BEGIN` was sent on this connection; `COMMIT` or `ROLLBACK` ends it.
+    Pg(&'a std::cell::RefCell<pg::PgConn>),
 }
 
 impl db::Sql for Tx<'_> {
     fn conn(&self) -> db::Conn<'_> {
-        db::Conn::Sqlite(&self.inner)
+        match self
+            .inner
+            .as_ref()
+            .expect("a transaction is open until it ends")
+        {
+            TxInner::Sqlite(t) => db::Conn::Sqlite(t),
+            TxInner::Pg(c) => db::Conn::Pg(c),
+        }
     }
 }
 
 impl db::Sql for Store {
     fn conn(&self) -> db::Conn<'_> {
-        db::Conn::Sqlite(&self.conn)
+        match &self.backend {
+            Backend::Sqlite(c) => db::Conn::Sqlite(c),
+            Backend::Pg(c) => db::Conn::Pg(c),
+        }
     }
 }
 
 impl<'a> Tx<'a> {
-    pub(crate) fn new(
-        inner: rusqlite::Transaction<'a>,
-        chain_key: Option<&'a crate::audit::ChainKey>,
-    ) -> Self {
-        Self { inner, chain_key }
-    }
     /// The chain key, when this process holds it.
     pub(crate) fn chain_key(&self) -> Option<&crate::audit::ChainKey> {
         self.chain_key
     }
-    pub(crate) fn commit(self) -> Result<()> {
-        Ok(self.inner.commit()?)
+    pub(crate) fn commit(mut self) -> Result<()> {
+        match self.inner.take() {
+            Some(TxInner::Sqlite(t)) => Ok(t.commit()?),
+            Some(TxInner::Pg(c)) => c.borrow_mut().end(true),
+            None => Ok(()),
+        }
     }
-    pub(crate) fn rollback(self) -> Result<()> {
-        Ok(self.inner.rollback()?)
+    pub(crate) fn rollback(mut self) -> Result<()> {
+        match self.inner.take() {
+            Some(TxInner::Sqlite(t)) => Ok(t.rollback()?),
+            Some(TxInner::Pg(c)) => c.borrow_mut().end(false),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+impl<'a> Tx<'a> {
+    /// A transaction of a connection opened by hand (a test's old schema).
+    pub(crate) fn from_sqlite(
+        inner: rusqlite::Transaction<'a>,
+        chain_key: Option<&'a crate::audit::ChainKey>,
+    ) -> Self {
+        Self {
+            inner: Some(TxInner::Sqlite(inner)),
+            chain_key,
+        }
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        // SQLite's transaction rolls itself back when dropped; PostgreSQL's is told to.
+        if let Some(TxInner::Pg(c)) = self.inner.take() {
+            let _ = c.borrow_mut().end(false);
+        }
     }
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store")
+            .field("database", &self.database)
+            .finish()
     }
 }
 
@@ -294,28 +428,80 @@ impl Store {
         }
         conn.execute_batch("PRAGMA foreign_keys = ON;")
             .map_err(open_err)?;
-        sync_providers(&mut conn).map_err(open_err)?;
         tighten_sidecars(path);
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Self {
-            conn,
-            path: path.to_path_buf(),
+        let mut store = Self {
+            backend: Backend::Sqlite(conn),
+            database: Database::Sqlite(path.to_path_buf()),
             chain_key: None,
-        })
+            listener: None,
+        };
+        sync_providers(&mut store)?;
+        Ok(store)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Opens the database `config` names: a SQLite file ([`Store::open`]) or a PostgreSQL
+    /// database, migrated to this binary's schema either way.
+    pub fn connect(database: &Database) -> Result<Self> {
+        match database {
+            Database::Sqlite(path) => Self::open(path),
+            Database::Postgres(target) => {
+                let conn = pg::PgConn::open(target)?;
+                let mut store = Self {
+                    backend: Backend::Pg(Box::new(std::cell::RefCell::new(conn))),
+                    database: database.clone(),
+                    chain_key: None,
+                    listener: None,
+                };
+                sync_providers(&mut store)?;
+                Ok(store)
+            }
+        }
+    }
+
+    /// The database this store is connected to.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// The SQLite file, when the queue is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match &self.database {
+            Database::Sqlite(p) => Some(p),
+            Database::Postgres(_) => None,
+        }
+    }
+
+    /// PostgreSQL: takes the daemon's session advisory lock, or says another daemon holds it
+    /// (`false`). Held by this connection until it closes; a reconnect takes it again.
+    pub fn take_pg_daemon_lock(&mut self) -> Result<bool> {
+        match &mut self.backend {
+            Backend::Sqlite(_) => Ok(true),
+            Backend::Pg(c) => c.get_mut().take_daemon_lock(),
+        }
     }
 
     /// The keys of the `providers` table: what the schema accepts in `sessions.provider`.
     pub fn provider_keys(&self) -> Result<Vec<String>> {
-        Ok(provider_keys(&self.conn)?)
+        use db::Sql;
+        self.rows("SELECT key FROM providers ORDER BY key", args![], |r| {
+            r.get(0)
+        })
     }
 
-    /// Direct access for tests and tools; forgetd's own code goes through the typed methods.
+    /// Direct access to the SQLite connection, for tests and tools; forgetd's own code goes
+    /// through the typed methods. Panics on PostgreSQL: a test that needs it is SQLite's alone.
     pub fn connection(&self) -> &Connection {
-        &self.conn
+        match &self.backend {
+            Backend::Sqlite(c) => c,
+            Backend::Pg(_) => panic!("connection() is SQLite's; this store is on PostgreSQL"),
+        }
+    }
+
+    /// The same, under the name unit tests use.
+    #[cfg(test)]
+    pub(crate) fn sqlite(&self) -> &Connection {
+        self.connection()
     }
 
     /// Copies the database to `file` with SQLite's online backup API: a consistent snapshot
@@ -323,6 +509,11 @@ impl Store {
     /// recent commits live in `-wal`). The copy is mode 0600, never written over an existing file
     /// or through a link. Returns the pages copied.
     pub fn backup_to(&self, file: &Path) -> Result<u64> {
+        let Backend::Sqlite(conn) = &self.backend else {
+            return Err(StoreError::Invalid(
+                "`forgetd backup` copies a SQLite file; back a PostgreSQL queue up with pg_dump (or the server's own backups)".into(),
+            ));
+        };
         let io = |source| StoreError::Io {
             path: file.to_path_buf(),
             source,
@@ -339,7 +530,7 @@ impl Store {
             source,
         })?;
         let pages = {
-            let backup = rusqlite::backup::Backup::new(&self.conn, &mut dst)?;
+            let backup = rusqlite::backup::Backup::new(conn, &mut dst)?;
             // Small steps with short pauses, so writers are never held up for long.
             backup.run_to_completion(256, Duration::from_millis(5), None)?;
             backup.progress().pagecount.max(0) as u64
@@ -348,8 +539,13 @@ impl Store {
     }
 
     /// `PRAGMA quick_check`: run by the daemon at start so a damaged file is found before work.
+    /// On PostgreSQL the server keeps its own files; the check is that the append-only triggers
+    /// stand ([`Store::missing_audit_triggers`] reports which do not).
     pub fn quick_check(&self) -> Result<()> {
-        let mut stmt = self.conn.prepare("PRAGMA quick_check")?;
+        let Backend::Sqlite(conn) = &self.backend else {
+            return Ok(());
+        };
+        let mut stmt = conn.prepare("PRAGMA quick_check")?;
         let rows: Vec<String> = stmt
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
@@ -357,7 +553,7 @@ impl Store {
             Ok(())
         } else {
             Err(StoreError::Corrupt {
-                path: self.path.clone(),
+                path: self.database.to_string().into(),
                 detail: rows.into_iter().take(5).collect::<Vec<_>>().join("; "),
             })
         }
@@ -372,12 +568,23 @@ impl Store {
         Ok(out)
     }
 
-    /// An IMMEDIATE transaction carrying this store's chain key.
+    /// A write transaction carrying this store's chain key: IMMEDIATE on SQLite; on
+    /// PostgreSQL READ COMMITTED, with the row and advisory locks each operation takes itself.
     pub(crate) fn begin(&mut self) -> Result<Tx<'_>> {
-        let inner = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        Ok(Tx::new(inner, self.chain_key.as_deref()))
+        let chain_key = self.chain_key.as_deref();
+        let inner = match &mut self.backend {
+            Backend::Sqlite(c) => TxInner::Sqlite(
+                c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?,
+            ),
+            Backend::Pg(c) => {
+                c.get_mut().begin()?;
+                TxInner::Pg(c)
+            }
+        };
+        Ok(Tx {
+            inner: Some(inner),
+            chain_key,
+        })
     }
 
     /// Gives this store the audit chain's key: from now on it seals what it appends.
@@ -390,12 +597,24 @@ impl Store {
         self.chain_key.is_some()
     }
 
-    /// `PRAGMA data_version`: changes when another connection commits. The daemon polls this
-    /// (a cheap in-memory read) to notice feeder writes without re-querying tables.
-    pub fn data_version(&self) -> Result<i64> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    /// Changes when another connection commits something forgetd must act on. The daemon polls
+    /// this (a cheap in-memory read) to notice feeder writes without re-querying tables: SQLite's
+    /// `PRAGMA data_version`; on PostgreSQL the count of notifications from other connections
+    /// (the schema's triggers send them), read from a listening thread started on first use.
+    pub fn data_version(&mut self) -> Result<i64> {
+        match &self.backend {
+            Backend::Sqlite(c) => Ok(c.query_row("PRAGMA data_version", [], |r| r.get(0))?),
+            Backend::Pg(c) => {
+                if self.listener.is_none() {
+                    let Database::Postgres(target) = &self.database else {
+                        unreachable!("a PostgreSQL backend has a PostgreSQL target")
+                    };
+                    let own = c.borrow().backend_pid;
+                    self.listener = Some(pg::listen::Listener::start(target, own)?);
+                }
+                Ok(self.listener.as_ref().map_or(0, |l| l.version()))
+            }
+        }
     }
 }
 
@@ -557,11 +776,11 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o660);
         let v: i64 = s
-            .conn
+            .sqlite()
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v as usize, SCHEMA_VERSION);
-        s.conn
+        s.sqlite()
             .execute(
                 "INSERT INTO sessions(provider, scope, session_id) VALUES ('convai','c','s')",
                 [],
@@ -575,7 +794,9 @@ mod tests {
     #[test]
     fn newer_schema_is_refused() {
         let (dir, s) = temp_store();
-        s.conn.execute_batch("PRAGMA user_version = 99").unwrap();
+        s.sqlite()
+            .execute_batch("PRAGMA user_version = 99")
+            .unwrap();
         drop(s);
         let err = Store::open(&dir.path().join("forgetd.db")).unwrap_err();
         assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
@@ -606,7 +827,11 @@ mod tests {
         let (_d, s) = temp_store();
         let a = AsyncStore::spawn(s);
         let n: i64 = a
-            .call(|s| s.conn.query_row("SELECT 40 + 2", [], |r| r.get(0)).unwrap())
+            .call(|s| {
+                s.sqlite()
+                    .query_row("SELECT 40 + 2", [], |r| r.get(0))
+                    .unwrap()
+            })
             .await;
         assert_eq!(n, 42);
     }

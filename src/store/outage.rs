@@ -160,7 +160,10 @@ impl StoreError {
     /// Whether waiting can cure it: the disk may get space, the file system may be made
     /// writable, the lock may be released. Refusals, damage and bugs cannot.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Busy(_) | Self::Unwritable(_))
+        matches!(
+            self,
+            Self::Busy(_) | Self::Unwritable(_) | Self::ConnectionLost(_)
+        )
     }
 }
 
@@ -212,10 +215,13 @@ mod tests {
     use crate::store::testing::temp_store;
 
     fn busy() -> StoreError {
-        StoreError::Busy(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
-            None,
-        ))
+        StoreError::Busy(
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                None,
+            )
+            .into(),
+        )
     }
 
     #[tokio::test(start_paused = true)]

@@ -30,7 +30,7 @@
 
 use std::time::Duration;
 
-use super::db::Sql;
+use super::db::{Engine, Sql};
 use crate::args;
 
 use super::Tx;
@@ -314,14 +314,20 @@ impl Store {
     /// of the batches in `spared`: the caller still holds them (their answer may be waiting to
     /// be written).
     pub fn release_expired_leases(&mut self, now_ms: Millis, spared: &[i64]) -> Result<usize> {
-        self.write(|tx| {
-            tx.exec(
+        // The spared list is JSON text to SQLite, an array to PostgreSQL.
+        let sql = match self.engine() {
+            Engine::Sqlite => {
                 "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL
                  WHERE state = 'in_flight' AND lease_expires_ms <= ?1
-                   AND (batch_id IS NULL OR batch_id NOT IN (SELECT value FROM json_each(?2)))",
-                args![now_ms, spared],
-            )
-        })
+                   AND (batch_id IS NULL OR batch_id NOT IN (SELECT value FROM json_each(?2)))"
+            }
+            Engine::Postgres => {
+                "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL
+                 WHERE state = 'in_flight' AND lease_expires_ms <= ?1
+                   AND (batch_id IS NULL OR batch_id <> ALL (?2))"
+            }
+        };
+        self.write(|tx| tx.exec(sql, args![now_ms, spared]))
     }
 
     /// Returns every in-flight item to pending. Only safe while holding the daemon lock: that
@@ -413,13 +419,20 @@ impl Store {
     /// Queues `n` pending Convai items over 10 characters in one statement, for the benchmarks
     /// (which measure the executor, not resolution).
     pub fn queue_synthetic_items(&mut self, n: u64) -> Result<()> {
-        self.write(|tx| {
-            tx.exec(
+        let sql = match self.engine() {
+            Engine::Sqlite => {
                 "INSERT INTO work_items (provider, scope, session_id, due_at, created_at)
                  WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x < ?1 - 1)
-                 SELECT 'convai', 'char-' || (x % 10), printf('s%09d', x), x / 1000, 0 FROM c",
-                args![n],
-            )?;
+                 SELECT 'convai', 'char-' || (x % 10), printf('s%09d', x), x / 1000, 0 FROM c"
+            }
+            Engine::Postgres => {
+                "INSERT INTO work_items (provider, scope, session_id, due_at, created_at)
+                 SELECT 'convai', 'char-' || (x % 10), 's' || lpad(x::text, 9, '0'), x / 1000, 0
+                 FROM generate_series(0, CAST(?1 AS BIGINT) - 1) AS x"
+            }
+        };
+        self.write(|tx| {
+            tx.exec(sql, args![n])?;
             Ok(())
         })
     }
@@ -472,7 +485,7 @@ fn claim_in(
          SET state = 'in_flight', lease_expires_ms = ?5, batch_id = ?6,
              first_attempt_ms = coalesce(first_attempt_ms, ?4)
          WHERE id IN (SELECT id FROM work_items
-                      WHERE provider = ?1 AND scope = ?2 AND repo_id IS ?3
+                      WHERE provider = ?1 AND scope = ?2 AND repo_id IS NOT DISTINCT FROM ?3
                         AND state = 'pending' AND next_attempt_ms <= ?4
                       ORDER BY due_at, id LIMIT ?7)
          RETURNING id, session_id, attempts, first_attempt_ms",
@@ -597,13 +610,13 @@ mod tests {
     ];
 
     fn add_item(s: &Store, provider: &str, scope: &str, sid: &str, due: i64) -> i64 {
-        s.conn
+        s.sqlite()
             .execute(
                 "INSERT INTO work_items (provider, scope, session_id, due_at, created_at) VALUES (?1, ?2, ?3, ?4, 0)",
                 params![provider, scope, sid, due],
             )
             .unwrap();
-        s.conn.last_insert_rowid()
+        s.sqlite().last_insert_rowid()
     }
 
     /// Claims a Convai batch at `now` with a one-minute lease and room for 10 items.
@@ -630,7 +643,7 @@ mod tests {
                 "UPDATE work_items SET state='dead', lease_expires_ms=NULL, batch_id=NULL, outcome=NULL, hold_id=NULL, last_error='x', finished_at=1 WHERE id=?1"
             }
         };
-        s.conn.execute(sql, [id])
+        s.sqlite().execute(sql, [id])
     }
 
     #[test]
@@ -733,7 +746,7 @@ mod tests {
     fn a_pause_and_its_end_are_each_audited_once() {
         let (_d, mut s) = temp_store();
         let events = |s: &Store| -> Vec<(String, String)> {
-            s.conn
+            s.sqlite()
                 .prepare("SELECT kind, data FROM audit_log ORDER BY seq")
                 .unwrap()
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -807,7 +820,7 @@ mod tests {
             1
         );
         let state = |sid: &str| -> String {
-            s.conn
+            s.sqlite()
                 .query_row(
                     "SELECT state FROM work_items WHERE session_id = ?1",
                     [sid],
@@ -917,7 +930,7 @@ mod tests {
                     Op::Add(scope, i) => {
                         let sid = format!("s{i}");
                         let scope = format!("c{scope}");
-                        let exists = s.conn.query_row("SELECT count(*) FROM work_items WHERE scope=?1 AND session_id=?2", params![scope, sid], |r| r.get::<_, i64>(0)).unwrap();
+                        let exists = s.sqlite().query_row("SELECT count(*) FROM work_items WHERE scope=?1 AND session_id=?2", params![scope, sid], |r| r.get::<_, i64>(0)).unwrap();
                         if exists == 0 {
                             let id = add_item(&s, "convai", &scope, &sid, i as i64);
                             ids.push(id);
@@ -1014,7 +1027,7 @@ mod throughput_probe {
     #[ignore]
     fn claim_finish_rate() {
         let (_d, mut s) = temp_store();
-        s.conn
+        s.sqlite()
             .execute_batch(
                 "INSERT INTO work_items (provider, scope, session_id, due_at, created_at)
              WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x < 200000 - 1)
@@ -1022,7 +1035,7 @@ mod throughput_probe {
             )
             .unwrap();
         if let Ok(sql) = std::env::var("PROBE_SQL") {
-            s.conn.execute_batch(&sql).unwrap();
+            s.sqlite().execute_batch(&sql).unwrap();
         }
         let t = std::time::Instant::now();
         let mut n = 0;

@@ -173,7 +173,7 @@ pub(crate) fn resolve_request_in(
 fn insert_discovered(tx: &Tx<'_>, d: &NewSession, now: i64) -> Result<bool> {
     let n = tx.exec(
         "INSERT INTO sessions (provider, scope, session_id, subject, repo_id, created_at, discovered_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, coalesce(?6, ?7), ?7)
+         VALUES (?1, ?2, ?3, ?4, ?5, coalesce(CAST(?6 AS BIGINT), ?7), ?7)
          ON CONFLICT (provider, scope, session_id) DO UPDATE SET subject = coalesce(sessions.subject, excluded.subject)",
         args![d.provider, d.scope, d.session_id, d.subject, d.repo_id, d.created_at, now],
     )?;

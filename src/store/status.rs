@@ -101,7 +101,7 @@ impl Store {
             .collect();
         let due = self.rows(
             "SELECT id, external_ref, coalesce(due_at, received_at + ?1), state FROM erasure_requests
-             WHERE state IN ('received', 'in_progress', 'failed') AND coalesce(due_at, received_at + ?1) <= ?2 + ?3
+             WHERE state IN ('received', 'in_progress', 'failed') AND coalesce(due_at, received_at + ?1) <= CAST(?2 AS BIGINT) + ?3
              ORDER BY 3",
             args![deadline_secs, now, SOON_SECS],
             |r| {

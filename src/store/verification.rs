@@ -211,7 +211,7 @@ impl Store {
                                 "UPDATE work_items SET verify_attempts = verify_attempts + 1,
                                         verify_error = ?2, verify_next_ms = ?3,
                                         verify_state = CASE WHEN verify_attempts + 1 >= ?4 THEN 'unverified' END,
-                                        verified_at = CASE WHEN verify_attempts + 1 >= ?4 THEN ?5 END
+                                        verified_at = CASE WHEN verify_attempts + 1 >= ?4 THEN CAST(?5 AS BIGINT) END
                                  WHERE id = ?1 AND state = 'deleted' AND verify_state IS NULL
                                  RETURNING verify_state",
                                 args![

@@ -6,19 +6,52 @@ use std::process::{Command, Output};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_forgetd");
 
-/// A temporary directory with a database path in it.
+/// A temporary directory with a database in it: a SQLite file, or with
+/// `FORGETD_TEST_ENGINE=postgres` a fresh PostgreSQL database (see [`pg`]).
 pub struct Scratch {
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL database of this test, dropped with it.
+    pub pg: Option<pg::TestDb>,
 }
 
 impl Scratch {
     pub fn new() -> Self {
         Self {
             dir: tempfile::tempdir().unwrap(),
+            pg: pg::engine_is_postgres().then(pg::TestDb::create),
         }
     }
+    /// The SQLite file (the default engine's database, and the path tests that are SQLite's
+    /// alone use).
     pub fn db(&self) -> PathBuf {
         self.dir.path().join("forgetd.db")
+    }
+    /// What `--db` takes for this test's database: the file, or the PostgreSQL URL.
+    pub fn db_arg(&self) -> std::ffi::OsString {
+        match &self.pg {
+            Some(pg) => pg.url.clone().into(),
+            None => self.db().into(),
+        }
+    }
+    /// This test's database, as a config names it.
+    pub fn database(&self) -> forgetd::config::Database {
+        forgetd::config::Database::from_arg(&self.db_arg())
+    }
+    /// The `[database]` table (and on PostgreSQL the `[audit]` keys it needs) of a config.
+    pub fn database_toml(&self) -> String {
+        match &self.pg {
+            None => format!("[database]\npath = \"{}\"\n", self.db().display()),
+            Some(pg) => {
+                let subject = self.write("subject.key", &"s".repeat(32));
+                let signing = self.write("signing.key", &"k".repeat(32));
+                format!(
+                    "[database]\nurl = \"{}\"\n\n[audit]\nsubject_key = \"file:{}\"\nsigning_key = \"file:{}\"\n",
+                    pg.url,
+                    subject.display(),
+                    signing.display()
+                )
+            }
+        }
     }
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -32,7 +65,7 @@ impl Scratch {
     pub fn forgetd(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .arg("--db")
-            .arg(self.db())
+            .arg(self.db_arg())
             .args(args)
             .env_remove("FORGETD_CONFIG")
             .current_dir(self.dir.path())
@@ -55,9 +88,17 @@ impl Scratch {
         ]);
         assert_eq!(code(&o), 0, "{}", stderr(&o));
     }
-    /// Runs SQL through Debian's sqlite3 (the feeders' client), foreign keys off as its default.
+    /// Runs SQL as a feeder does: through Debian's sqlite3 (foreign keys off, its default), or
+    /// on PostgreSQL through psql (`|`-separated, unaligned, stopping at the first error).
     pub fn sqlite3(&self, sql: &str) -> Output {
-        sqlite3(&self.db(), sql)
+        match &self.pg {
+            Some(pg) => pg.psql(sql),
+            None => sqlite3(&self.db(), sql),
+        }
+    }
+    /// Whether this test runs on PostgreSQL.
+    pub fn on_pg(&self) -> bool {
+        self.pg.is_some()
     }
 }
 
@@ -99,8 +140,8 @@ pub fn sim_config(
         )
         .unwrap();
     let text = format!(
-        "[database]\npath = \"{db}\"\n\n[retry]\nbase_delay = \"20ms\"\nmax_delay = \"200ms\"\n\n[daemon]\nshutdown_timeout = \"5s\"\n\n{providers}\n{extra}\n",
-        db = s.db().display(),
+        "{db}\n[retry]\nbase_delay = \"20ms\"\nmax_delay = \"200ms\"\n\n[daemon]\nshutdown_timeout = \"5s\"\n\n{providers}\n{extra}\n",
+        db = s.database_toml(),
     );
     s.write("forgetd.toml", &text)
 }
@@ -187,4 +228,115 @@ pub fn seed_convai_chat(
             ..Default::default()
         })
         .unwrap();
+}
+
+/// PostgreSQL for the integration tests: `FORGETD_TEST_ENGINE=postgres` runs a suite on it, and
+/// `FORGETD_TEST_PG` names the server (a libpq connection string, e.g. `host=/tmp/pg
+/// user=postgres`; `.ci/run` starts a throwaway cluster and sets it). Each test gets a database
+/// of its own, dropped when the test ends.
+pub mod pg {
+    use std::process::{Command, Output};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    pub fn engine_is_postgres() -> bool {
+        std::env::var("FORGETD_TEST_ENGINE").is_ok_and(|v| v == "postgres")
+    }
+
+    /// The server's connection string, or `None` after saying SKIP; with `FORGETD_PG_REQUIRED=1`
+    /// (as in `.ci/run`) a missing server fails the test.
+    pub fn server() -> Option<String> {
+        let found = std::env::var("FORGETD_TEST_PG")
+            .ok()
+            .filter(|v| !v.is_empty());
+        if found.is_none() {
+            let required = std::env::var("FORGETD_PG_REQUIRED").is_ok_and(|v| v == "1");
+            assert!(
+                !required,
+                "PostgreSQL is required here (FORGETD_PG_REQUIRED=1) but FORGETD_TEST_PG is not set"
+            );
+            eprintln!(
+                "SKIP: no PostgreSQL server (set FORGETD_TEST_PG, e.g. host=/tmp/pg user=postgres)"
+            );
+        }
+        found
+    }
+
+    fn field<'a>(conn: &'a str, key: &str) -> Option<&'a str> {
+        conn.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    /// One test's database.
+    pub struct TestDb {
+        pub name: String,
+        pub url: String,
+        server: String,
+    }
+
+    impl TestDb {
+        pub fn create() -> Self {
+            let server = server().expect("FORGETD_TEST_ENGINE=postgres needs FORGETD_TEST_PG");
+            static N: AtomicU32 = AtomicU32::new(0);
+            let name = format!(
+                "forgetd_t_{}_{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            );
+            let host = field(&server, "host").unwrap_or("/var/run/postgresql");
+            let user = field(&server, "user").unwrap_or("postgres");
+            let url = format!("postgresql://{user}@{}/{name}", host.replace('/', "%2F"));
+            let db = Self { name, url, server };
+            let o = db.admin(&format!("CREATE DATABASE {}", db.name));
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            db
+        }
+
+        fn admin(&self, sql: &str) -> Output {
+            Command::new("psql")
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+                .arg(format!("{} dbname=postgres", self.server))
+                .args(["-c", sql])
+                .output()
+                .expect("psql must be installed (.ci/run installs postgresql)")
+        }
+
+        /// psql as a feeder runs it, on this database: the statements one by one (each its own
+        /// transaction, as sqlite3 runs them), stopping at the first error.
+        pub fn psql(&self, sql: &str) -> Output {
+            use std::io::Write;
+            let mut child = Command::new("psql")
+                .args([
+                    "-X",
+                    "-q",
+                    "-A",
+                    "-t",
+                    "-F",
+                    "|",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-d",
+                ])
+                .arg(format!("{} dbname={}", self.server, self.name))
+                .args(["-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("psql must be installed (.ci/run installs postgresql)");
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(sql.as_bytes()).unwrap();
+            stdin.write_all(b";\n").unwrap();
+            drop(stdin);
+            child.wait_with_output().unwrap()
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let _ = self.admin(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
 }

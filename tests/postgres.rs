@@ -1,0 +1,336 @@
+//! The queue on PostgreSQL, through the real binary and psql as a feeder runs it: the feeder
+//! contract with SQLite's constraint names and trigger messages, the append-only audit tables
+//! (TRUNCATE included), pickup by notification in a running daemon, one daemon per database,
+//! and a URL that carries a password refused without echoing it.
+//!
+//! Needs a server: `FORGETD_TEST_PG` (see tests/common `pg`); without one each test says SKIP,
+//! and with `FORGETD_PG_REQUIRED=1` (`.ci/run`) it fails instead. These run whatever
+//! `FORGETD_TEST_ENGINE` says; the suites that run on both engines are listed in `.ci/run`.
+
+mod common;
+use common::*;
+
+use std::sync::Arc;
+
+use forgetd::clock::SystemClock;
+use forgetd::model::ProviderKind;
+use forgetd::simulator::{Faults, Simulator};
+
+/// A scratch directory with a PostgreSQL database, or `None` (SKIP) without a server.
+fn pg_scratch() -> Option<Scratch> {
+    pg::server()?;
+    Some(Scratch {
+        dir: tempfile::tempdir().unwrap(),
+        pg: Some(pg::TestDb::create()),
+    })
+}
+
+fn psql_ok(s: &Scratch, sql: &str) -> String {
+    let o = s.sqlite3(sql);
+    assert_eq!(code(&o), 0, "{sql}: {}", stderr(&o));
+    stdout(&o).trim().to_string()
+}
+
+#[test]
+fn the_feeder_contract_holds_on_postgresql_with_sqlites_names_and_messages() {
+    let Some(s) = pg_scratch() else { return };
+    let o = s.forgetd(&["status"]);
+    assert_eq!(code(&o), 0, "the first open migrates: {}", stderr(&o));
+    // The contract's plain inserts, as a feeder writes them.
+    psql_ok(
+        &s,
+        "INSERT INTO sessions(provider, scope, session_id, subject) VALUES ('convai', 'char-1', 'abc123', 'alice');
+         INSERT INTO sessions(provider, scope, session_id, subject, repo_id, created_at) VALUES ('koosearch', 'app-1', 'chat_1-x', 'alice', 'kb-1', 1700000000);
+         INSERT INTO erasure_requests(subject, external_ref) VALUES ('alice', 'DSR-1');
+         INSERT INTO erasure_requests(subject, external_ref) VALUES ('alice', 'DSR-1') ON CONFLICT (external_ref) DO NOTHING",
+    );
+    assert_eq!(
+        psql_ok(
+            &s,
+            "SELECT count(*), min(state), min(received_at) > 1700000000 FROM erasure_requests"
+        ),
+        "1|received|t"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout(&s.forgetd(&["requests", "list", "--json"]))).unwrap();
+    assert_eq!(v[0]["external_ref"], "DSR-1");
+    assert_eq!(v[0]["state"], "received");
+
+    // Each kind of bad row is refused, naming the rule as SQLite does.
+    let long_name = "sessions_repo_id_only_for_koosearch_1_to_64_of_A_Z_a_z_0_9_underscore_dash";
+    let cases = [
+        (
+            "INSERT INTO sessions(provider, scope, session_id) VALUES ('openai', 'c', 's')",
+            "sessions_provider_must_be_a_key_of_providers: SELECT key FROM providers",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id) VALUES ('convai', 'c', 'moved');
+             UPDATE sessions SET provider = 'openai' WHERE session_id = 'moved'",
+            "sessions_provider_must_be_a_key_of_providers",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id) VALUES ('convai', 'c', '')",
+            "sessions_session_id_must_be_1_to_64_chars",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id) VALUES ('convai', 'c', repeat('x', 65))",
+            "sessions_session_id_must_be_1_to_64_chars",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id) VALUES ('convai', '*', 's')",
+            "sessions_scope_must_be_1_to_64_chars_and_not_star",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id) VALUES ('koosearch', 'app', 'bad id')",
+            "sessions_koosearch_ids_must_be_A_Z_a_z_0_9_underscore_dash",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id, subject) VALUES ('convai', 'c', 's', '   ')",
+            "sessions_subject_must_be_null_or_not_blank",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id, repo_id) VALUES ('convai', 'c', 's', 'kb')",
+            long_name,
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id, repo_id) VALUES ('koosearch', 'app', 's', 'k b')",
+            long_name,
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id, created_at) VALUES ('convai', 'c', 's', -5)",
+            "sessions_created_at_must_be_unix_seconds",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id) VALUES ('convai', 'c', '-1')",
+            "sessions_convai_session_id_minus_1_means_new_session_not_a_chat",
+        ),
+        (
+            "INSERT INTO sessions(provider, scope, session_id) VALUES ('convai', E'\\\\x6162', 's')",
+            "sessions_scope_must_be_text",
+        ),
+        (
+            "INSERT INTO erasure_requests(subject) VALUES ('')",
+            "erasure_requests_subject_must_not_be_blank",
+        ),
+        (
+            "INSERT INTO erasure_requests(subject, state) VALUES ('a', 'complete')",
+            "state and progress columns are set by forgetd",
+        ),
+        (
+            // A type the column enforces: PostgreSQL's own words (a documented difference).
+            "INSERT INTO erasure_requests(subject, received_at) VALUES ('a', 'yesterday')",
+            "invalid input syntax for type bigint",
+        ),
+        (
+            "INSERT INTO erasure_requests(subject, external_ref) VALUES ('b', 'DSR-1')",
+            "erasure_requests_external_ref_key",
+        ),
+        (
+            "DELETE FROM erasure_requests",
+            "requests are records and cannot be deleted",
+        ),
+        (
+            // TRUNCATE skips row triggers; its own trigger refuses it.
+            "TRUNCATE erasure_requests CASCADE",
+            "requests are records and cannot be deleted",
+        ),
+        (
+            "INSERT INTO erasure_requests(id, subject) VALUES (99, 'a')",
+            "cannot insert a non-DEFAULT value into column \"id\"",
+        ),
+    ];
+    for (sql, message) in cases {
+        let o = s.sqlite3(sql);
+        assert_ne!(code(&o), 0, "accepted: {sql}");
+        assert!(
+            stderr(&o).contains(message),
+            "{sql}\n  expected: {message}\n  got: {}",
+            stderr(&o)
+        );
+    }
+    // Nothing refused got in; the valid row the UPDATE aimed at kept its provider.
+    assert_eq!(
+        psql_ok(
+            &s,
+            "SELECT (SELECT count(*) FROM sessions), (SELECT count(*) FROM erasure_requests),
+                    (SELECT provider FROM sessions WHERE session_id = 'moved')"
+        ),
+        "3|1|convai"
+    );
+
+    // forgetd's own refusals read as on SQLite.
+    let o = s.forgetd(&[
+        "sessions",
+        "add",
+        "--provider",
+        "koosearch",
+        "--scope",
+        "app",
+        "--id",
+        "bad id",
+    ]);
+    assert_ne!(code(&o), 0);
+    assert!(
+        stderr(&o).contains("sessions_koosearch_ids_must_be_A_Z_a_z_0_9_underscore_dash"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn the_audit_tables_are_append_only_on_postgresql_truncate_included() {
+    let Some(s) = pg_scratch() else { return };
+    let o = s.forgetd(&[
+        "holds",
+        "add",
+        "--subject",
+        "alice",
+        "--reason",
+        "litigation",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let before = psql_ok(&s, "SELECT count(*) FROM audit_log");
+    assert_eq!(before, "1", "placing a hold is audited");
+    for (sql, message) in [
+        (
+            "UPDATE audit_log SET data = '{}'",
+            "audit_log is append-only: rows cannot be changed",
+        ),
+        (
+            "DELETE FROM audit_log",
+            "audit_log is append-only: rows cannot be deleted",
+        ),
+        (
+            "TRUNCATE audit_log CASCADE",
+            "audit_log is append-only: rows cannot be deleted",
+        ),
+        (
+            "UPDATE audit_keying SET keyed_from_seq = 1000",
+            "audit_keying: fixed at migration",
+        ),
+    ] {
+        let o = s.sqlite3(sql);
+        assert_ne!(code(&o), 0, "accepted: {sql}");
+        assert!(stderr(&o).contains(message), "{sql}: {}", stderr(&o));
+    }
+    assert_eq!(psql_ok(&s, "SELECT count(*) FROM audit_log"), before);
+    let o = s.forgetd(&["audit", "verify"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("intact: 1 event"), "{}", stdout(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_daemon_picks_up_a_psql_filing_and_deletes_only_that_persons_chats() {
+    let Some(s) = pg_scratch() else { return };
+    let sim = Simulator::start(Arc::new(SystemClock), Faults::default(), 3)
+        .await
+        .unwrap();
+    let t = 1_700_000_000;
+    sim.add_convai_chat("char-a", "alice-1", t);
+    sim.add_convai_chat("char-b", "alice-2", t);
+    sim.add_convai_chat("char-a", "bob-1", t);
+    let cfg = sim_config(&s, &sim, &["app-1"], "");
+    psql_ok(
+        &s, "SELECT 1", // the database exists; the daemon's first open migrates it
+    );
+    let mut daemon = std::process::Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("the daemon migrated the schema", || {
+        s.sqlite3("SELECT count(*) FROM providers").status.success()
+    })
+    .await;
+    psql_ok(
+        &s,
+        "INSERT INTO sessions(provider, scope, session_id, subject) VALUES
+            ('convai', 'char-a', 'alice-1', 'alice'), ('convai', 'char-b', 'alice-2', 'alice'),
+            ('convai', 'char-a', 'bob-1', 'bob')",
+    );
+    psql_ok(
+        &s,
+        "INSERT INTO erasure_requests(subject, external_ref) VALUES ('alice', 'DSR-7')",
+    );
+    // No `run --once`, no restart: the filing's notification wakes the running daemon.
+    eventually("the request completed", || {
+        psql_ok(
+            &s,
+            "SELECT state FROM erasure_requests WHERE external_ref = 'DSR-7'",
+        ) == "complete"
+    })
+    .await;
+    // A second daemon on the same database is refused while this one runs (exit 75, as two on
+    // one SQLite file are), until several instances can share a queue.
+    let second = std::process::Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "run", "--once"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&second), 75, "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("advisory lock"),
+        "{}",
+        stderr(&second)
+    );
+    let _ = daemon.kill();
+    let out = daemon.wait_with_output().unwrap();
+    assert!(!sim.exists(ProviderKind::CONVAI, "char-a", "alice-1"));
+    assert!(!sim.exists(ProviderKind::CONVAI, "char-b", "alice-2"));
+    assert!(
+        sim.exists(ProviderKind::CONVAI, "char-a", "bob-1"),
+        "the decoy is untouched"
+    );
+    assert_eq!(
+        sim.named_in_deletes().len(),
+        2,
+        "only alice's chats were named"
+    );
+    let o = std::process::Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "audit", "verify"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        code(&o),
+        0,
+        "{}{}\ndaemon: {}",
+        stdout(&o),
+        stderr(&o),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_password_in_the_database_url_is_refused_without_being_shown() {
+    // No server needed: the URL is refused before any connection.
+    let s = Scratch {
+        dir: tempfile::tempdir().unwrap(),
+        pg: None,
+    };
+    let o = std::process::Command::new(BIN)
+        .args([
+            "--db",
+            "postgresql://forgetd:hunter2@127.0.0.1:9/forgetd",
+            "status",
+        ])
+        .current_dir(s.dir.path())
+        .output()
+        .unwrap();
+    assert_ne!(code(&o), 0);
+    let err = stderr(&o);
+    assert!(err.contains("password"), "{err}");
+    assert!(!err.contains("hunter2"), "the password is echoed: {err}");
+    let cfg = s.write(
+        "pg.toml",
+        "[database]\nurl = \"postgres://forgetd:hunter2@db.example/forgetd\"\n",
+    );
+    let o = std::process::Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "check-config"])
+        .current_dir(s.dir.path())
+        .output()
+        .unwrap();
+    assert_ne!(code(&o), 0);
+    assert!(!stderr(&o).contains("hunter2"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("[database] url"), "{}", stderr(&o));
+}
