@@ -149,6 +149,9 @@ pub struct DaemonConfig {
     pub lease: Duration,
     /// How long in-flight batches may take to finish after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// PostgreSQL: how often an instance says it is alive. One silent for five of these is
+    /// taken for dead, and its claims are returned to the queue.
+    pub heartbeat: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -279,6 +282,7 @@ struct RawDaemon {
     deadline: Option<String>,
     lease: Option<String>,
     shutdown_timeout: Option<String>,
+    heartbeat: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -329,6 +333,7 @@ pub mod defaults {
     pub const DEADLINE: Duration = Duration::from_secs(30 * 86_400);
     pub const LEASE: Duration = Duration::from_secs(5 * 60);
     pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const HEARTBEAT: Duration = Duration::from_secs(2);
     pub const BASE_DELAY: Duration = Duration::from_secs(1);
     pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
     pub const MAX_ATTEMPTS: u32 = 20;
@@ -408,6 +413,7 @@ impl Config {
                 deadline: defaults::DEADLINE,
                 lease: defaults::LEASE,
                 shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
+                heartbeat: defaults::HEARTBEAT,
             },
             retry: RetryConfig {
                 base_delay: defaults::BASE_DELAY,
@@ -637,6 +643,12 @@ fn validate_daemon(d: RawDaemon, p: &mut Vec<String>) -> DaemonConfig {
             "daemon.shutdown_timeout",
             d.shutdown_timeout.as_deref(),
             defaults::SHUTDOWN_TIMEOUT,
+        ),
+        heartbeat: duration(
+            p,
+            "daemon.heartbeat",
+            d.heartbeat.as_deref(),
+            defaults::HEARTBEAT,
         ),
     }
 }

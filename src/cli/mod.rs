@@ -449,9 +449,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.is::<UsageError>() || cause.is::<InvalidArgument>() {
             return 2;
         }
-        if let Some(LockError::Held { .. } | LockError::HeldPg { .. }) =
-            cause.downcast_ref::<LockError>()
-        {
+        if let Some(LockError::Held { .. }) = cause.downcast_ref::<LockError>() {
             return 75;
         }
         if let Some(StoreError::Busy(_)) = cause.downcast_ref::<StoreError>() {

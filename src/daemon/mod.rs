@@ -92,12 +92,9 @@ impl Daemon {
         let lock = match config.database.sqlite_path() {
             Some(path) => Some(DaemonLock::acquire(path)?),
             None => {
-                if !store.take_pg_daemon_lock()? {
-                    return Err(crate::store::lock::LockError::HeldPg {
-                        db: config.database.to_string(),
-                    }
-                    .into());
-                }
+                // An instance among others: its row, and the claims of any that died.
+                store.register_instance(instance_ttl(&config))?;
+                store.rescue_dead_instances()?;
                 None
             }
         };
@@ -119,7 +116,7 @@ impl Daemon {
             );
         }
         store.close_deferred(clock.now())?;
-        // The lock (a file's, or the server's advisory lock) proves no other worker holds a lease.
+        // SQLite's lock proves no other worker holds a lease (on PostgreSQL this does nothing).
         let released = store.release_all_in_flight()?;
         if released > 0 {
             tracing::info!(
@@ -173,6 +170,43 @@ impl Daemon {
     }
 }
 
+/// How long an instance counts as alive without a heartbeat: five of them.
+pub(crate) fn instance_ttl(config: &Config) -> std::time::Duration {
+    config.daemon.heartbeat * 5
+}
+
+/// The instance heartbeat (PostgreSQL), beside the daemon's work until `cancel`: renews this
+/// instance and rescues dead ones' claims. Ends with an error only when fenced (this instance was
+/// declared dead): the caller must stop. A store that cannot be reached is retried next beat.
+pub(crate) fn spawn_heartbeat(
+    store: AsyncStore,
+    executor: Arc<Executor>,
+    every: std::time::Duration,
+    ttl: std::time::Duration,
+    cancel: CancellationToken,
+    on_fence: CancellationToken,
+) -> tokio::task::JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            match store.call(move |s| s.instance_beat(ttl)).await {
+                Ok(beat) if beat.rescued_items > 0 => executor.wake(),
+                Ok(_) => {}
+                Err(e @ crate::store::StoreError::Fenced { .. }) => {
+                    on_fence.cancel();
+                    return Err(e.into());
+                }
+                Err(e) => tracing::warn!(error = %e, "instance heartbeat failed; trying again"),
+            }
+        }
+    })
+}
+
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
     // Without NOTIFY_SOCKET this is a no-op; an error only means systemd is not listening.
     let _ = sd_notify::notify(false, states);
@@ -207,6 +241,18 @@ impl Daemon {
         };
         let mut tasks =
             Tasks::spawn(&config, &store, &executor, &resolver, &clock, &signals).await?;
+        // PostgreSQL: this instance's heartbeat; a fence stops the daemon (see `spawn_heartbeat`).
+        let mut beat = config.database.sqlite_path().is_none().then(|| {
+            spawn_heartbeat(
+                store.clone(),
+                executor.clone(),
+                config.daemon.heartbeat,
+                instance_ttl(&config),
+                cancel.clone(),
+                CancellationToken::new(),
+            )
+        });
+        let mut fenced = None;
         let metrics = executor.metrics();
         notify(&[
             sd_notify::NotifyState::Ready,
@@ -225,6 +271,14 @@ impl Daemon {
         loop {
             tokio::select! {
                 ended = &mut tasks.exec => { exec_ended = Some(ended); break }
+                ended = async { beat.as_mut().expect("guarded").await }, if beat.is_some() => {
+                    beat = None;
+                    if let Ok(Err(e)) = ended {
+                        tracing::error!(error = %e, "stopping");
+                        fenced = Some(e);
+                        break;
+                    }
+                }
                 c = control.recv() => match c {
                     Some(Control::Stop(why)) => { tracing::info!("{why}: stopping"); break }
                     None => { tracing::info!("control channel closed: stopping"); break }
@@ -265,6 +319,13 @@ impl Daemon {
         tasks
             .stop(exec_ended, &signals.cancel, &store, shutdown_timeout)
             .await?;
+        if let Some(e) = fenced {
+            return Err(e);
+        }
+        // Hand this instance's claims over now rather than after five missed heartbeats.
+        if let Err(e) = store.call(|s| s.deregister_instance()).await {
+            tracing::warn!(error = %e, "could not leave the shared queue cleanly; the others take over when this instance's heartbeat expires");
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -95,7 +95,29 @@ pub(super) async fn run(p: &Daemon) -> Result<OnceReport> {
             }),
         }
     }
-    let ends = p.executor.run(Mode::Once, CancellationToken::new()).await?;
+    // PostgreSQL: the heartbeat runs beside the drain; a fence (this instance declared dead)
+    // stops the drain, since another instance now has its claims.
+    let fence = CancellationToken::new();
+    let stop_beat = CancellationToken::new();
+    let beat = p.config.database.sqlite_path().is_none().then(|| {
+        super::spawn_heartbeat(
+            p.store.clone(),
+            p.executor.clone(),
+            p.config.daemon.heartbeat,
+            super::instance_ttl(&p.config),
+            stop_beat.clone(),
+            fence.clone(),
+        )
+    });
+    let ends = p.executor.run(Mode::Once, fence.clone()).await;
+    stop_beat.cancel();
+    if let Some(beat) = beat {
+        if let Ok(Err(e)) = beat.await {
+            return Err(e);
+        }
+        p.store.call(|s| s.deregister_instance()).await?;
+    }
+    let ends = ends?;
     for (kind, end) in ends {
         if let LaneEnd::Paused(reason) = end {
             report.problems.push(OnceProblem::Paused {

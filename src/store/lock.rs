@@ -15,12 +15,6 @@ pub enum LockError {
         "another forgetd daemon is already working {db} (lock {lock} is held); stop it first, or point --db elsewhere"
     )]
     Held { db: PathBuf, lock: PathBuf },
-    /// PostgreSQL, until several instances share one queue (issue 16): one daemon per
-    /// database, proved by a session advisory lock the server drops when the connection goes.
-    #[error(
-        "another forgetd daemon is already working {db} (it holds the PostgreSQL advisory lock forgetd.daemon); stop it first, or point --db elsewhere"
-    )]
-    HeldPg { db: String },
     #[error(
         "lock file {lock} is a symbolic link; forgetd does not follow links for its lock (remove it)"
     )]

@@ -162,6 +162,10 @@ pub enum StoreError {
     Pg(#[source] postgres::Error),
     #[error("the PostgreSQL connection was lost {0}; the next operation reconnects")]
     ConnectionLost(&'static str),
+    #[error(
+        "this instance ({instance}) was declared dead by another (its heartbeat stopped for too long) and its claims were handed on; stopping so no chat is sent twice (systemd restarts it as a new instance)"
+    )]
+    Fenced { instance: String },
     #[error("reading the database: {0}")]
     Column(#[source] db::ColError),
     #[error("the database returned no row where one was expected")]
@@ -287,6 +291,9 @@ pub struct Store {
     chain_key: Option<std::sync::Arc<crate::audit::ChainKey>>,
     /// PostgreSQL: counts other connections' commits, from LISTEN ([`Store::data_version`]).
     listener: Option<pg::listen::Listener>,
+    /// PostgreSQL: this daemon's instance id once registered ([`pg::instances`]); its batches
+    /// carry it.
+    instance: Option<String>,
 }
 
 /// A write transaction, carrying the chain key when the store has one: every audit append in it
@@ -295,6 +302,8 @@ pub struct Store {
 pub struct Tx<'a> {
     inner: Option<TxInner<'a>>,
     chain_key: Option<&'a crate::audit::ChainKey>,
+    /// The instance claims are made for (PostgreSQL daemons).
+    instance: Option<&'a str>,
 }
 
 enum TxInner<'a> {
@@ -330,6 +339,10 @@ impl<'a> Tx<'a> {
     pub(crate) fn chain_key(&self) -> Option<&crate::audit::ChainKey> {
         self.chain_key
     }
+    /// The instance this transaction claims for, when it is a registered PostgreSQL daemon's.
+    pub(crate) fn instance(&self) -> Option<&str> {
+        self.instance
+    }
     pub(crate) fn commit(mut self) -> Result<()> {
         match self.inner.take() {
             Some(TxInner::Sqlite(t)) => Ok(t.commit()?),
@@ -356,6 +369,7 @@ impl<'a> Tx<'a> {
         Self {
             inner: Some(TxInner::Sqlite(inner)),
             chain_key,
+            instance: None,
         }
     }
 }
@@ -435,6 +449,7 @@ impl Store {
             database: Database::Sqlite(path.to_path_buf()),
             chain_key: None,
             listener: None,
+            instance: None,
         };
         sync_providers(&mut store)?;
         Ok(store)
@@ -452,6 +467,7 @@ impl Store {
                     database: database.clone(),
                     chain_key: None,
                     listener: None,
+                    instance: None,
                 };
                 sync_providers(&mut store)?;
                 Ok(store)
@@ -469,15 +485,6 @@ impl Store {
         match &self.database {
             Database::Sqlite(p) => Some(p),
             Database::Postgres(_) => None,
-        }
-    }
-
-    /// PostgreSQL: takes the daemon's session advisory lock, or says another daemon holds it
-    /// (`false`). Held by this connection until it closes; a reconnect takes it again.
-    pub fn take_pg_daemon_lock(&mut self) -> Result<bool> {
-        match &mut self.backend {
-            Backend::Sqlite(_) => Ok(true),
-            Backend::Pg(c) => c.get_mut().take_daemon_lock(),
         }
     }
 
@@ -572,6 +579,7 @@ impl Store {
     /// PostgreSQL READ COMMITTED, with the row and advisory locks each operation takes itself.
     pub(crate) fn begin(&mut self) -> Result<Tx<'_>> {
         let chain_key = self.chain_key.as_deref();
+        let instance = self.instance.as_deref();
         let inner = match &mut self.backend {
             Backend::Sqlite(c) => TxInner::Sqlite(
                 c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?,
@@ -584,6 +592,7 @@ impl Store {
         Ok(Tx {
             inner: Some(inner),
             chain_key,
+            instance,
         })
     }
 

@@ -30,7 +30,7 @@
 
 use std::time::Duration;
 
-use super::db::{Engine, Sql};
+use super::db::{Engine, Row, Sql};
 use crate::args;
 
 use super::Tx;
@@ -321,18 +321,30 @@ impl Store {
                  WHERE state = 'in_flight' AND lease_expires_ms <= ?1
                    AND (batch_id IS NULL OR batch_id NOT IN (SELECT value FROM json_each(?2)))"
             }
+            // Only this instance's own batches: a live peer's batch may outlive its lease while
+            // the peer waits for the answer; a dead peer's are the rescuer's.
             Engine::Postgres => {
                 "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL
                  WHERE state = 'in_flight' AND lease_expires_ms <= ?1
-                   AND (batch_id IS NULL OR batch_id <> ALL (?2))"
+                   AND batch_id <> ALL (?2)
+                   AND batch_id IN (SELECT id FROM batches
+                                    WHERE instance_id IS NOT DISTINCT FROM CAST(?3 AS TEXT))"
             }
         };
-        self.write(|tx| tx.exec(sql, args![now_ms, spared]))
+        let me = self.instance_id().map(str::to_string);
+        self.write(|tx| match tx.engine() {
+            Engine::Sqlite => tx.exec(sql, args![now_ms, spared]),
+            Engine::Postgres => tx.exec(sql, args![now_ms, spared, me]),
+        })
     }
 
     /// Returns every in-flight item to pending. Only safe while holding the daemon lock: that
-    /// proves no other worker holds a lease.
+    /// proves no other worker holds a lease. SQLite's alone: on PostgreSQL other instances may
+    /// hold leases, and a dead one's are the rescuer's ([`Store::rescue_dead_instances`]).
     pub fn release_all_in_flight(&mut self) -> Result<usize> {
+        if self.engine() == Engine::Postgres {
+            return Ok(0);
+        }
         self.write(|tx| {
             tx.exec(
                 "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL
@@ -465,6 +477,9 @@ fn claim_in(
     lease: Duration,
     max: usize,
 ) -> Result<Option<ClaimedBatch>> {
+    if tx.engine() == Engine::Postgres {
+        return claim_in_pg(tx, provider, now_ms, lease, max);
+    }
     let head: Option<(String, Option<String>)> = tx.row_opt(
         "SELECT scope, repo_id FROM work_items
          WHERE provider = ?1 AND state = 'pending' AND next_attempt_ms <= ?2
@@ -480,7 +495,7 @@ fn claim_in(
         args![provider.as_str(), scope, now_ms],
         |r| r.get(0),
     )?;
-    let mut items: Vec<ClaimedItem> = tx.rows(
+    let items: Vec<ClaimedItem> = tx.rows(
         "UPDATE work_items
          SET state = 'in_flight', lease_expires_ms = ?5, batch_id = ?6,
              first_attempt_ms = coalesce(first_attempt_ms, ?4)
@@ -498,15 +513,30 @@ fn claim_in(
             batch_id,
             max
         ],
-        |r| {
-            Ok(ClaimedItem {
-                id: r.get(0)?,
-                session_id: r.get(1)?,
-                attempts: r.get(2)?,
-                first_attempt: r.get(3)?,
-            })
-        },
+        claimed_item,
     )?;
+    sized_batch(tx, batch_id, provider, scope, repo_id, items)
+}
+
+/// A claim's row: `id, session_id, attempts, first_attempt_ms` first.
+fn claimed_item(r: &Row<'_>) -> Result<ClaimedItem> {
+    Ok(ClaimedItem {
+        id: r.get(0)?,
+        session_id: r.get(1)?,
+        attempts: r.get(2)?,
+        first_attempt: r.get(3)?,
+    })
+}
+
+/// A claimed batch, its items in id order and its size recorded.
+fn sized_batch(
+    tx: &Tx<'_>,
+    batch_id: i64,
+    provider: ProviderKind,
+    scope: String,
+    repo_id: Option<String>,
+    mut items: Vec<ClaimedItem>,
+) -> Result<Option<ClaimedBatch>> {
     items.sort_by_key(|i| i.id);
     tx.exec(
         "UPDATE batches SET size = ?2 WHERE id = ?1",
@@ -520,6 +550,60 @@ fn claim_in(
         items,
         claimed_at: std::time::Instant::now(),
     }))
+}
+
+/// PostgreSQL's claim, for several instances at once, in one statement: the most urgent pending
+/// item no other transaction holds picks the group (`FOR UPDATE SKIP LOCKED`), and the group's
+/// most urgent unlocked items fill the batch. Two instances claiming together get disjoint
+/// items; the same group may become two batches. The pick is a MATERIALIZED CTE so the planner
+/// cannot run the LIMITed lock in a loop that locks more rows than the batch takes (Oban's
+/// note on the same shape).
+fn claim_in_pg(
+    tx: &Tx<'_>,
+    provider: ProviderKind,
+    now_ms: Millis,
+    lease: Duration,
+    max: usize,
+) -> Result<Option<ClaimedBatch>> {
+    let rows: Vec<(ClaimedItem, i64, String, Option<String>)> = tx.rows(
+        "WITH head AS (
+             SELECT scope, repo_id FROM work_items
+             WHERE provider = ?1 AND state = 'pending' AND next_attempt_ms <= ?2
+             ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED),
+         b AS (
+             INSERT INTO batches (provider, scope, size, claimed_ms, instance_id)
+             SELECT ?1, scope, 0, CAST(?2 AS BIGINT), CAST(?5 AS TEXT) FROM head RETURNING id),
+         picked AS MATERIALIZED (
+             SELECT w.id FROM work_items w, head h
+             WHERE w.provider = ?1 AND w.scope = h.scope AND w.repo_id IS NOT DISTINCT FROM h.repo_id
+               AND w.state = 'pending' AND w.next_attempt_ms <= ?2
+             ORDER BY w.due_at, w.id LIMIT ?4 FOR UPDATE OF w SKIP LOCKED)
+         UPDATE work_items w
+         SET state = 'in_flight', lease_expires_ms = ?3, batch_id = b.id,
+             first_attempt_ms = coalesce(w.first_attempt_ms, ?2)
+         FROM picked, b WHERE w.id = picked.id
+         RETURNING w.id, w.session_id, w.attempts, w.first_attempt_ms, b.id, w.scope, w.repo_id",
+        args![
+            provider.as_str(),
+            now_ms,
+            now_ms.after(lease),
+            max,
+            tx.instance()
+        ],
+        |r| {
+            Ok((
+                claimed_item(r)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        },
+    )?;
+    let Some((_, batch_id, scope, repo_id)) = rows.first().cloned() else {
+        return Ok(None);
+    };
+    let items: Vec<ClaimedItem> = rows.into_iter().map(|(i, ..)| i).collect();
+    sized_batch(tx, batch_id, provider, scope, repo_id, items)
 }
 
 fn apply_outcome(

@@ -239,6 +239,10 @@ pub struct RuleRun {
     pub cutoff: i64,
     /// The run matched more than `max_deletions`: nothing was queued; waits for `rules approve`.
     pub awaiting_approval: bool,
+    /// Another instance ran this occurrence of the rule first (PostgreSQL): this run changed
+    /// nothing.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 /// Runs a rule against the inventory in `tx`: the expired chats (into `rule_matches`), their
@@ -255,6 +259,20 @@ pub(crate) fn run_rule_in(
         cutoff: now - rule.max_age_secs,
         ..RuleRun::default()
     };
+    // Exactly one run per occurrence, however many instances found the rule due: the caller
+    // decided on the rule's last run as it read it; if that moved since (another instance's run
+    // committed first; write transactions take turns), this occurrence is done.
+    let last: Option<i64> = tx
+        .row_opt(
+            "SELECT last_run_at FROM rule_state WHERE rule_name = ?1",
+            args![rule.name],
+            |r| r.get(0),
+        )?
+        .flatten();
+    if last != rule.last_run_at {
+        run.skipped = true;
+        return Ok(run);
+    }
     for d in discovered {
         if insert_discovered(tx, d, now)? {
             run.discovered += 1;

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod crash_world;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_forgetd");
 
 /// A temporary directory with a database in it: a SQLite file, or with
@@ -298,6 +300,11 @@ pub mod pg {
                 .args(["-c", sql])
                 .output()
                 .expect("psql must be installed (.ci/run installs postgresql)")
+        }
+
+        /// A libpq connection string for this database (psql, psycopg).
+        pub fn conninfo(&self) -> String {
+            format!("{} dbname={}", self.server, self.name)
         }
 
         /// psql as a feeder runs it, on this database: the statements one by one (each its own

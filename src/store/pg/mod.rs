@@ -14,6 +14,8 @@
 //! - The schema (`migrations/*.sql`) is applied at open in one transaction per file, under an
 //!   advisory lock, so instances that start together migrate once. A database from a newer
 //!   forgetd is refused, as on SQLite.
+//! - Write transactions take turns over every instance ([`PgConn::begin`]); claims still lock
+//!   rows `FOR UPDATE SKIP LOCKED`, so the claim stays right if that ever changes.
 //! - Durability: `synchronous_commit = on` for forgetd's session whatever the server's default,
 //!   for the reason SQLite runs `synchronous = FULL` (a recorded confirmation must survive).
 //! - The password never appears in a URL forgetd accepts; it comes from `[database] password`
@@ -25,18 +27,22 @@ use std::fmt;
 
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
+pub mod instances;
 pub mod listen;
 
 use super::db::{Col, Value};
 use super::{Result, StoreError};
 pub use crate::config::PgTarget;
 
-/// The PostgreSQL schema, in order; each entry is one version.
-const MIGRATIONS: &[(i64, &str)] = &[(6, include_str!("migrations/006_baseline.sql"))];
+/// The PostgreSQL schema, in order; each entry is one version. 006 is SQLite's version 6 written
+/// directly; 007 on are PostgreSQL's own (several instances).
+const MIGRATIONS: &[(i64, &str)] = &[
+    (6, include_str!("migrations/006_baseline.sql")),
+    (7, include_str!("migrations/007_instances.sql")),
+];
 
-/// The schema version this binary writes on PostgreSQL: SQLite's, so `migrate-to` and both
-/// engines' checks speak of one number.
-pub const SCHEMA_VERSION: i64 = 6;
+/// The schema version this binary writes on PostgreSQL.
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// One connection, with its cache of prepared statements.
 pub struct PgConn {
@@ -44,8 +50,6 @@ pub struct PgConn {
     client: Option<postgres::Client>,
     config: postgres::Config,
     stmts: HashMap<String, postgres::Statement>,
-    /// This connection holds the daemon's advisory lock (taken again after a reconnect).
-    daemon_lock: bool,
     /// `BEGIN` was sent and neither `COMMIT` nor `ROLLBACK` yet: a lost connection then fails
     /// the transaction instead of reconnecting under it.
     in_tx: bool,
@@ -105,7 +109,6 @@ impl PgConn {
             config,
             stmts: HashMap::new(),
             in_tx: false,
-            daemon_lock: false,
             backend_pid: 0,
         };
         conn.set_up_session()?;
@@ -147,28 +150,7 @@ impl PgConn {
         self.stmts.clear();
         self.set_up_session()?;
         tracing::info!("reconnected to PostgreSQL");
-        if self.daemon_lock && !self.take_daemon_lock()? {
-            // Another daemon started while this one was cut off: stop rather than work beside it.
-            tracing::error!(
-                "another forgetd daemon took this database's advisory lock while the connection was down; stopping"
-            );
-            std::process::exit(75);
-        }
         Ok(())
-    }
-
-    /// `pg_try_advisory_lock` on the daemon's key: `false` when another session holds it.
-    pub(crate) fn take_daemon_lock(&mut self) -> Result<bool> {
-        let got: bool = self
-            .call(|c| {
-                c.query_one(
-                    "SELECT pg_try_advisory_lock(hashtext('forgetd.daemon'))",
-                    &[],
-                )
-            })?
-            .get(0);
-        self.daemon_lock = got;
-        Ok(got)
     }
 
     fn migrate(&mut self, target: &PgTarget) -> Result<()> {
@@ -251,9 +233,14 @@ impl PgConn {
         self.call(|c| c.query(&stmt, &params))
     }
 
-    /// Opens a transaction (READ COMMITTED, the server's default).
+    /// Opens a write transaction: READ COMMITTED, then the writers' advisory lock, held until
+    /// it ends. One forgetd writer at a time over every instance, as SQLite's IMMEDIATE
+    /// transaction is: a read and the write it decides (the audit chain's head, whether a
+    /// request is still `received`, the count that completes a request) cannot interleave with
+    /// another instance's, and no order of row and chain locks can deadlock. Provider calls
+    /// happen outside transactions, so instances still work in parallel where the time goes.
     pub(crate) fn begin(&mut self) -> Result<()> {
-        self.batch("BEGIN")?;
+        self.batch("BEGIN; SELECT pg_advisory_xact_lock(hashtext('forgetd.writer'))")?;
         self.in_tx = true;
         Ok(())
     }
