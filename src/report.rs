@@ -84,6 +84,23 @@ pub fn status_text(st: &Status, now: i64) -> String {
     for g in &st.gates {
         let _ = writeln!(o, "  {}", gate_line(g, now));
     }
+    if !st.instances.is_empty() {
+        let _ = writeln!(o, "instances on this queue:");
+    }
+    for i in &st.instances {
+        let _ = writeln!(
+            o,
+            "  {} on {} (pid {}, {}): {}, heartbeat {} ms ago; {} chat(s) in flight in {} batch(es)",
+            i.id,
+            i.host,
+            i.pid,
+            i.version,
+            if i.alive { "alive" } else { "SILENT (to be rescued)" },
+            i.heartbeat_age_ms,
+            i.items_in_flight,
+            i.open_batches
+        );
+    }
     for r in &st.rules_awaiting_approval {
         let _ = writeln!(
             o,

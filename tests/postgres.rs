@@ -262,6 +262,14 @@ async fn a_running_daemon_picks_up_a_psql_filing_and_deletes_only_that_persons_c
         ) == "complete"
     })
     .await;
+    // `status` shows the instance working the queue.
+    let st: serde_json::Value =
+        serde_json::from_str(&stdout(&s.forgetd(&["status", "--json"]))).unwrap();
+    let instances = st["instances"].as_array().expect("status lists the instances");
+    assert_eq!(instances.len(), 1, "{st}");
+    assert_eq!(instances[0]["alive"], true);
+    assert_eq!(instances[0]["pid"], daemon.id());
+    assert_eq!(instances[0]["items_in_flight"], 0);
     // A second instance on the same database is welcome (on SQLite it would exit 75), and
     // finds nothing left to do; it leaves the instance table as it found it.
     let second = std::process::Command::new(BIN)

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::db::Sql;
+use super::db::{Engine, Sql};
 use super::queue::ItemState;
 use super::requests::ItemCounts;
 use super::{Result, Store};
@@ -31,6 +31,28 @@ pub struct Status {
     pub rules_awaiting_approval: Vec<String>,
     /// Read-after-delete verification over every deleted chat.
     pub verification: super::verification::VerificationCounts,
+    /// PostgreSQL: the instances working the queue and what each holds (none on SQLite: one
+    /// daemon per file).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceRow>,
+}
+
+/// One instance on a shared PostgreSQL queue, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceRow {
+    pub id: String,
+    pub host: String,
+    pub pid: i64,
+    pub version: String,
+    pub started_ms: i64,
+    /// Since its last heartbeat, on the server's clock.
+    pub heartbeat_age_ms: i64,
+    /// Its heartbeat has not expired: the others do not take it for dead.
+    pub alive: bool,
+    /// Batches it claimed that have no answer yet.
+    pub open_batches: u64,
+    /// Chats it has in flight.
+    pub items_in_flight: u64,
 }
 
 /// A copy of one provider's politeness gate ([`crate::providers::gate`]), kept for `status`.
@@ -156,6 +178,31 @@ impl Store {
                 })
             },
         )?;
+        if self.engine() == Engine::Postgres {
+            st.instances = self.rows(
+                "SELECT i.id, i.host, i.pid, i.version, i.started_ms,
+                        forgetd_now_ms() - i.heartbeat_ms, i.expires_ms >= forgetd_now_ms(),
+                        (SELECT count(*) FROM batches b
+                          WHERE b.instance_id = i.id AND b.answered_ms IS NULL),
+                        (SELECT count(*) FROM work_items w JOIN batches b ON b.id = w.batch_id
+                          WHERE b.instance_id = i.id AND w.state = 'in_flight')
+                 FROM forgetd_instances i ORDER BY i.started_ms, i.id",
+                args![],
+                |r| {
+                    Ok(InstanceRow {
+                        id: r.get(0)?,
+                        host: r.get(1)?,
+                        pid: r.get(2)?,
+                        version: r.get(3)?,
+                        started_ms: r.get(4)?,
+                        heartbeat_age_ms: r.get(5)?,
+                        alive: r.get(6)?,
+                        open_batches: r.get(7)?,
+                        items_in_flight: r.get(8)?,
+                    })
+                },
+            )?;
+        }
         st.rules_awaiting_approval = self.rows(
             "SELECT rule_name FROM rule_state WHERE awaiting_approval IS NOT NULL AND approved = 0 ORDER BY rule_name",
             args![],
