@@ -95,7 +95,11 @@ pub fn status_text(st: &Status, now: i64) -> String {
             i.host,
             i.pid,
             i.version,
-            if i.alive { "alive" } else { "SILENT (to be rescued)" },
+            if i.alive {
+                "alive"
+            } else {
+                "SILENT (to be rescued)"
+            },
             i.heartbeat_age_ms,
             i.items_in_flight,
             i.open_batches

@@ -449,3 +449,21 @@ fn import_names_every_bad_line_of_a_file() {
         "0"
     );
 }
+
+/// Keys are bytes: a signing key file of 32 random bytes (not UTF-8) is accepted by the check,
+/// as the signer reads it; one of the wrong length is refused where it is loaded.
+#[test]
+fn a_binary_signing_key_file_passes_the_secret_check() {
+    let s = Scratch::new();
+    let key = s.path("signing.key");
+    std::fs::write(&key, [0xffu8; 32]).unwrap();
+    let cfg = s.write(
+        "c.toml",
+        &format!("[audit]\nsigning_key = \"file:{}\"\n", key.display()),
+    );
+    let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "check-config"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "audit", "public-key"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim().len(), 64, "{}", stdout(&o));
+}

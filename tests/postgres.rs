@@ -265,7 +265,9 @@ async fn a_running_daemon_picks_up_a_psql_filing_and_deletes_only_that_persons_c
     // `status` shows the instance working the queue.
     let st: serde_json::Value =
         serde_json::from_str(&stdout(&s.forgetd(&["status", "--json"]))).unwrap();
-    let instances = st["instances"].as_array().expect("status lists the instances");
+    let instances = st["instances"]
+        .as_array()
+        .expect("status lists the instances");
     assert_eq!(instances.len(), 1, "{st}");
     assert_eq!(instances[0]["alive"], true);
     assert_eq!(instances[0]["pid"], daemon.id());

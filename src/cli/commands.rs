@@ -83,6 +83,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             database,
         )),
         Command::Backup { file } => backup(&config, &file),
+        Command::MigrateTo { url } => migrate_to(&config, &url),
         Command::Generate { dir } => {
             for path in super::generate::write_all(&dir)? {
                 println!("{}", path.display());
@@ -829,6 +830,92 @@ async fn simulator(
         _ = term.recv() => {}
     }
     drop(sim);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `forgetd migrate-to URL`: the SQLite queue into an empty PostgreSQL database, under the
+/// daemon lock, then the chain verified on the target with the same key.
+fn migrate_to(config: &Config, url: &str) -> Result<ExitCode> {
+    let Some(path) = config.database.sqlite_path() else {
+        anyhow::bail!(
+            "migrate-to moves a SQLite queue; this one is already on PostgreSQL ({})",
+            config.database
+        );
+    };
+    let target = match crate::config::Database::from_arg(std::ffi::OsStr::new(url)) {
+        crate::config::Database::Postgres(mut t) => {
+            crate::config::Database::Postgres(t.clone())
+                .check()
+                .map_err(UsageError)?;
+            if let crate::config::Database::Postgres(c) = &config.database {
+                t.password = c.password.clone();
+            }
+            crate::config::Database::Postgres(t)
+        }
+        crate::config::Database::Sqlite(_) => {
+            return Err(
+                UsageError(format!("migrate-to needs a postgresql:// URL, not {url}")).into(),
+            );
+        }
+    };
+    // No daemon may write the source meanwhile.
+    let _lock = crate::store::lock::DaemonLock::acquire(path)?;
+    let mut source = open(config)?;
+    let key = crate::audit::SubjectKey::load_existing(config.audit.subject_key.as_ref(), Some(path))
+        .context("reading the audit key (run migrate-to as the user forgetd runs as)")?
+        .context("the audit chain's key file is missing; run migrate-to as the user forgetd runs as, beside its key")?;
+    source.set_chain_key(key.chain_key());
+    let before = source.verify_audit()?;
+    if let Some(b) = &before.broken {
+        anyhow::bail!(
+            "the source's audit chain is broken at event {}: {}; fix that first (`forgetd audit verify`)",
+            b.seq,
+            b.reason
+        );
+    }
+    let mut dest = Store::connect_for_copy(&target).with_context(|| format!("opening {target}"))?;
+    let copied = source
+        .copy_into(&mut dest)
+        .with_context(|| format!("copying into {target}"))?;
+    dest.set_chain_key(key.chain_key());
+    let after = dest.verify_audit()?;
+    if after.broken.is_some() || after.events != before.events || after.head != before.head {
+        anyhow::bail!(
+            "the copy's audit chain does not match the source's ({} events, head {} against {} events, head {}); the target was left as copied for inspection",
+            after.events,
+            after.head,
+            before.events,
+            before.head
+        );
+    }
+    for (table, n) in &copied.rows {
+        println!("{table}: {n} row(s)");
+    }
+    println!(
+        "audit chain verified on the target: {} event(s), head {}",
+        after.events, after.head
+    );
+    let subject_key = match &config.audit.subject_key {
+        Some(r) => r.to_string(),
+        None => format!(
+            "file:{}",
+            crate::audit::SubjectKey::key_path(path).display()
+        ),
+    };
+    // The signing key file is made now if it was not yet, so the reference printed below is
+    // one the PostgreSQL config can use at once.
+    crate::signing::CertSigner::load(config.audit.signing_key.as_ref(), Some(path))
+        .context("loading the certificate signing key")?;
+    let signing_key = match &config.audit.signing_key {
+        Some(r) => r.to_string(),
+        None => format!(
+            "file:{}",
+            crate::signing::CertSigner::key_path(path).display()
+        ),
+    };
+    println!("\nSwitch forgetd's config to it (and keep the keys where forgetd can read them):\n");
+    println!("[database]\nurl = \"{url}\"");
+    println!("\n[audit]\nsubject_key = \"{subject_key}\"\nsigning_key = \"{signing_key}\"");
     Ok(ExitCode::SUCCESS)
 }
 

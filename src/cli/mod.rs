@@ -187,6 +187,14 @@ pub enum Command {
         /// Where the copy goes; must not exist yet.
         file: PathBuf,
     },
+    /// Move this SQLite queue to PostgreSQL: every row with its id, in one transaction, into an
+    /// empty database (stop the daemon first); then verify the audit chain there and print the
+    /// config lines to switch to.
+    MigrateTo {
+        /// The target, `postgresql://user@host/db` (no password; `[database] password` of
+        /// `--config` is used if the URL is the configured one).
+        url: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

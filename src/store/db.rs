@@ -291,12 +291,17 @@ enum RowRef<'r> {
 }
 
 impl Row<'_> {
+    /// Column `index` (from 0) as the engine returned it.
+    pub fn col(&self, index: usize) -> Result<Col<'_>> {
+        match &self.inner {
+            RowRef::Sqlite(r) => sqlite_col(r.get_ref(index)?),
+            RowRef::Pg(r) => super::pg::col(r, index),
+        }
+    }
+
     /// Column `index` (from 0) as `T`.
     pub fn get<T: FromCol>(&self, index: usize) -> Result<T> {
-        let col = match &self.inner {
-            RowRef::Sqlite(r) => sqlite_col(r.get_ref(index)?)?,
-            RowRef::Pg(r) => super::pg::col(r, index)?,
-        };
+        let col = self.col(index)?;
         T::from_col(col).map_err(|m| {
             StoreError::Column(ColError {
                 index,

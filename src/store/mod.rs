@@ -40,6 +40,7 @@ pub mod db;
 pub mod holds;
 pub mod inventory;
 pub mod lock;
+pub mod migrate_to;
 pub mod outage;
 pub mod pg;
 pub mod queue;
@@ -458,10 +459,20 @@ impl Store {
     /// Opens the database `config` names: a SQLite file ([`Store::open`]) or a PostgreSQL
     /// database, migrated to this binary's schema either way.
     pub fn connect(database: &Database) -> Result<Self> {
+        Self::connect_with(database, true)
+    }
+
+    /// A PostgreSQL target for [`Store::copy_into`]: migrated, its audit chain's keyed start
+    /// left for the copy to carry over.
+    pub fn connect_for_copy(database: &Database) -> Result<Self> {
+        Self::connect_with(database, false)
+    }
+
+    fn connect_with(database: &Database, keyed_start: bool) -> Result<Self> {
         match database {
             Database::Sqlite(path) => Self::open(path),
             Database::Postgres(target) => {
-                let conn = pg::PgConn::open(target)?;
+                let conn = pg::PgConn::open(target, keyed_start)?;
                 let mut store = Self {
                     backend: Backend::Pg(Box::new(std::cell::RefCell::new(conn))),
                     database: database.clone(),

@@ -97,7 +97,9 @@ pub(crate) fn config_of(target: &PgTarget) -> Result<postgres::Config> {
 
 impl PgConn {
     /// Connects, sets the session up, and brings the schema to this binary's version.
-    pub fn open(target: &PgTarget) -> Result<Self> {
+    /// `keyed_start`: record the audit chain's keyed start now (every open but `migrate-to`'s,
+    /// which carries the source's over).
+    pub fn open(target: &PgTarget, keyed_start: bool) -> Result<Self> {
         let config = config_of(target)?;
         let client =
             off_runtime(|| config.connect(postgres::NoTls)).map_err(|e| StoreError::PgOpen {
@@ -112,7 +114,7 @@ impl PgConn {
             backend_pid: 0,
         };
         conn.set_up_session()?;
-        conn.migrate(target)?;
+        conn.migrate(target, keyed_start)?;
         Ok(conn)
     }
 
@@ -153,7 +155,7 @@ impl PgConn {
         Ok(())
     }
 
-    fn migrate(&mut self, target: &PgTarget) -> Result<()> {
+    fn migrate(&mut self, target: &PgTarget, keyed_start: bool) -> Result<()> {
         // One instance migrates at a time; the others then find the schema current.
         self.batch("BEGIN; SELECT pg_advisory_xact_lock(hashtext('forgetd.migrate'));")?;
         let outcome = (|| {
@@ -176,6 +178,9 @@ impl PgConn {
                     "INSERT INTO forgetd_schema (version) VALUES (?1)",
                     &[Value::I64(*version)],
                 )?;
+            }
+            if !keyed_start {
+                return Ok(());
             }
             // The chain's keyed start: the first link appended from now on (kept if present).
             self.exec(
