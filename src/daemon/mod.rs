@@ -195,8 +195,12 @@ pub(crate) fn spawn_heartbeat(
                 _ = tick.tick() => {}
             }
             match store.call(move |s| s.instance_beat(ttl)).await {
-                Ok(beat) if beat.rescued_items > 0 => executor.wake(),
-                Ok(_) => {}
+                Ok(beat) => {
+                    executor.share_limits(beat.live as usize);
+                    if beat.rescued_items > 0 {
+                        executor.wake();
+                    }
+                }
                 Err(e @ crate::store::StoreError::Fenced { .. }) => {
                     on_fence.cancel();
                     return Err(e.into());

@@ -233,6 +233,14 @@ impl Executor {
         self.providers.clone()
     }
 
+    /// Gives every provider's gate its share of the configured limits: `n` instances work the
+    /// queue (PostgreSQL's heartbeat counts them).
+    pub fn share_limits(&self, n: usize) {
+        for p in &self.providers {
+            p.gate().set_instances(n);
+        }
+    }
+
     /// Announces new work (a resolved request, a rule run, a lifted hold).
     pub fn wake(&self) {
         self.wake.notify_waiters();

@@ -165,6 +165,9 @@ pub struct Gate {
     clock: SharedClock,
     limits: ProviderLimits,
     max_retry_after: Duration,
+    /// Instances sharing the provider's configured limits (PostgreSQL: the live instances on
+    /// the queue; 1 otherwise). This gate keeps to its share of them.
+    share: std::sync::atomic::AtomicUsize,
     state: Mutex<State>,
     /// Notified when a slot frees, a pause lifts or starts: waiters look again.
     changed: Notify,
@@ -248,6 +251,7 @@ impl Gate {
             clock,
             limits: limits.clone(),
             max_retry_after,
+            share: std::sync::atomic::AtomicUsize::new(1),
             state: Mutex::new(State {
                 allowed: limits.concurrency,
                 inflight: 0,
@@ -286,6 +290,43 @@ impl Gate {
     /// The configured concurrency: the most calls ever in flight.
     pub fn max_concurrency(&self) -> usize {
         self.limits.concurrency
+    }
+
+    /// This gate's share of the configured concurrency: at least one call, so `n` instances
+    /// over a limit below `n` go over it by what one call each needs.
+    fn concurrency_cap(&self) -> usize {
+        let share = self.share.load(std::sync::atomic::Ordering::Relaxed).max(1);
+        (self.limits.concurrency / share).max(1)
+    }
+
+    /// This gate's share of the configured `requests_per_second`.
+    fn rate_cap(&self) -> Option<f64> {
+        let share = self.share.load(std::sync::atomic::Ordering::Relaxed).max(1);
+        self.limits.requests_per_second.map(|r| r / share as f64)
+    }
+
+    /// Tells the gate how many instances share the provider's configured limits (at least 1):
+    /// its concurrency and rate allowances shrink to its share at once and grow back to it as
+    /// calls succeed. A rate learned from throttling needs no share: each instance's throttles
+    /// teach it its own.
+    pub fn set_instances(&self, n: usize) {
+        let n = n.max(1);
+        if self.share.swap(n, std::sync::atomic::Ordering::Relaxed) == n {
+            return;
+        }
+        let (cap, rate_cap) = (self.concurrency_cap(), self.rate_cap());
+        let mut s = self.state.lock().unwrap();
+        s.allowed = s.allowed.min(cap);
+        if let Some(limit) = rate_cap {
+            // Fewer instances: the configured rate's larger share is there at once.
+            s.rate = Some(match s.rate {
+                Some(r) if s.learned => r.min(limit),
+                _ => limit,
+            });
+        }
+        drop(s);
+        tracing::info!(provider = %self.kind, instances = n, concurrency = cap, rate = ?rate_cap, "sharing the provider's limits with the other instances");
+        self.changed.notify_waiters();
     }
 
     /// Waits for a concurrency slot. Refused at once (an error whose action is
@@ -478,7 +519,7 @@ impl Gate {
             rate: s.rate,
             learned: s.learned,
             allowed: s.allowed,
-            max_concurrency: self.limits.concurrency,
+            max_concurrency: self.concurrency_cap(),
             inflight: s.inflight,
             resume_at: (now < s.resume_at).then_some(s.resume_at),
             pause: s.pause.clone(),
@@ -549,7 +590,7 @@ impl Gate {
                     s.epoch += 1;
                     self.changed.notify_waiters();
                 }
-                if s.allowed < self.limits.concurrency {
+                if s.allowed < self.concurrency_cap() {
                     s.allowed += 1;
                     self.changed.notify_waiters();
                 }
@@ -592,7 +633,7 @@ impl Gate {
     /// patient.
     fn grow(&self, s: &mut State) {
         let Some(r) = s.rate else { return };
-        let ceiling = self.limits.requests_per_second.unwrap_or(f64::INFINITY);
+        let ceiling = self.rate_cap().unwrap_or(f64::INFINITY);
         let step = match s.top {
             Some(top) if r >= top => {
                 // Past the last throttled rate without a throttle: it is no longer the limit.
@@ -752,6 +793,41 @@ mod tests {
             }
         })
         .await
+    }
+
+    /// Three instances on one queue keep, together, to the provider's configured limits: each
+    /// gate takes a third of the rate and of the concurrency, and all of it back when alone.
+    #[tokio::test]
+    async fn instances_sharing_a_provider_each_keep_to_their_share_of_its_limits() {
+        let c = ManualClock::new(0);
+        let g = gate(6, Some(90.0), &c);
+        g.set_instances(3);
+        let v = g.view();
+        assert_eq!((v.max_concurrency, v.allowed), (2, 2));
+        assert_eq!(v.rate, Some(30.0));
+        // Successes grow the allowance back only up to the share.
+        for _ in 0..5 {
+            answer(&g, None).await.unwrap();
+        }
+        assert_eq!(g.view().allowed, 2);
+        // Ten calls at the share's pace take a third of a second each thirtieth.
+        let start = c.now_ms();
+        for _ in 0..10 {
+            let mut pass = g.enter(Operation::Delete).await.unwrap();
+            pass.ready(Operation::Delete).await.unwrap();
+            drop(pass);
+        }
+        assert!(
+            c.now_ms() - start >= 9 * 1000 / 30,
+            "ten calls at 30/s need at least 300 ms, took {}",
+            c.now_ms() - start
+        );
+        g.set_instances(1);
+        let v = g.view();
+        assert_eq!((v.max_concurrency, v.rate), (6, Some(90.0)));
+        // More instances than calls allowed: each keeps one.
+        g.set_instances(10);
+        assert_eq!(g.view().max_concurrency, 1);
     }
 
     #[tokio::test]

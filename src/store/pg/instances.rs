@@ -21,6 +21,8 @@ use crate::store::{Backend, Result, Store, StoreError};
 /// What one heartbeat did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Beat {
+    /// Instances alive on the queue, this one included: they share each provider's limits.
+    pub live: u64,
     /// Dead instances whose claims were returned.
     pub rescued_instances: u64,
     /// Their in-flight chats, now pending again (or held, if a hold now covers them).
@@ -78,7 +80,13 @@ impl Store {
         if renewed == 0 {
             return Err(StoreError::Fenced { instance: me });
         }
-        self.rescue_dead_instances()
+        let mut beat = self.rescue_dead_instances()?;
+        beat.live = self.row(
+            "SELECT count(*) FROM forgetd_instances WHERE expires_ms >= forgetd_now_ms()",
+            args![],
+            |r| r.get(0),
+        )?;
+        Ok(beat)
     }
 
     /// Returns the in-flight items of every instance whose heartbeat expired, and removes their
