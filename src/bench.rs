@@ -21,6 +21,9 @@ use crate::store::Store;
 
 pub struct BenchOptions {
     pub quick: bool,
+    /// A PostgreSQL server where the bench may create and drop databases (a libpq connection
+    /// string): the throughput rows on PostgreSQL, with one and with three instances.
+    pub postgres: Option<String>,
     pub retention: bool,
     pub politeness: bool,
     pub sweep_sessions: u64,
@@ -393,6 +396,110 @@ async fn politeness_report(quick: bool) -> Result<()> {
     Ok(())
 }
 
+/// One drain on PostgreSQL: `items` queued, then `instances` `run --once` children started
+/// together on one database; the wall time until the last exits.
+async fn pg_throughput(
+    server: &str,
+    instances: usize,
+    (concurrency, batch, latency_ms): (usize, usize, u64),
+    items: u64,
+) -> Result<(Duration, Duration)> {
+    let dir = tempfile::tempdir()?;
+    let db = crate::store::pg::ScratchDatabase::create(server, "forgetd_bench")?;
+    let faults = Faults {
+        latency: Duration::from_millis(latency_ms),
+        ..Faults::default()
+    };
+    let sim = Simulator::start(Arc::new(SystemClock), faults, 1).await?;
+    sim.set_record_ids(false);
+    let cfg = write_config(dir.path(), &sim, concurrency, batch)?;
+    for key in ["subject.key", "signing.key"] {
+        std::fs::write(dir.path().join(key), [7u8; 32])?;
+    }
+    let text = std::fs::read_to_string(&cfg)?.replace(
+        &format!("[database]\npath = \"{}\"\n", dir.path().join("forgetd.db").display()),
+        &format!(
+            "[database]\nurl = \"{}\"\n[audit]\nsubject_key = \"file:{}\"\nsigning_key = \"file:{}\"\n",
+            db.url,
+            dir.path().join("subject.key").display(),
+            dir.path().join("signing.key").display()
+        ),
+    );
+    std::fs::write(&cfg, text)?;
+    let database = crate::config::Database::Postgres(crate::config::PgTarget {
+        url: db.url.clone(),
+        password: None,
+    });
+    Store::connect(&database)?.queue_synthetic_items(items)?;
+    let mut runs = Vec::new();
+    let started = Instant::now();
+    for _ in 0..instances {
+        let mut cmd = std::process::Command::new(exe()?);
+        cmd.args(["--config"]).arg(&cfg).args(["run", "--once"]);
+        cmd.env("FORGETD_LOG", "warn")
+            .stdout(std::process::Stdio::null());
+        runs.push(tokio::task::spawn_blocking(move || measure(cmd)));
+    }
+    let mut cpu = Duration::ZERO;
+    for r in runs {
+        let usage = r.await??;
+        if usage.exit != 0 {
+            // Kept for inspection: a failed drain's rows are the evidence.
+            let kept = db.url.clone();
+            std::mem::forget(db);
+            bail!(
+                "an instance exited {} on PostgreSQL; its database is kept: {kept}",
+                usage.exit
+            );
+        }
+        cpu += usage.cpu;
+    }
+    let wall = started.elapsed();
+    let deleted =
+        Store::connect(&database)?.count_items(crate::store::queue::ItemState::Deleted)?;
+    if deleted != items {
+        bail!("only {deleted} of {items} items were deleted on PostgreSQL");
+    }
+    Ok((wall, cpu))
+}
+
+/// `forgetd bench --postgres CONNINFO`: the zero-latency and the (4, 100, 50 ms) drains on
+/// PostgreSQL with one and three instances, beside the same drains on SQLite.
+async fn postgres_report(server: &str, quick: bool) -> Result<()> {
+    let scale = if quick { 5 } else { 1 };
+    println!(
+        "\n| engine | instances | concurrency | batch | latency | items | wall | IDs/s | % of limit | CPU µs/ID (all instances) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (c, b, l, n) in [(4, 100, 50, 40_000 / scale), (4, 100, 0, 200_000 / scale)] {
+        let limit = (l > 0).then(|| (c * b) as f64 / (l as f64 / 1000.0));
+        let pct = |rate: f64| {
+            limit
+                .map(|x| format!("{:.0}%", rate / x * 100.0))
+                .unwrap_or_else(|| "-".into())
+        };
+        let sqlite = throughput(c, b, l, n).await?;
+        println!(
+            "| SQLite | 1 | {c} | {b} | {l} ms | {n} | {:.2} s | {:.0} | {} | {:.1} |",
+            sqlite.usage.wall.as_secs_f64(),
+            sqlite.rate(),
+            pct(sqlite.rate()),
+            sqlite.usage.cpu.as_micros() as f64 / n as f64
+        );
+        for instances in [1, 3] {
+            let (wall, cpu) = pg_throughput(server, instances, (c, b, l), n).await?;
+            let rate = n as f64 / wall.as_secs_f64();
+            println!(
+                "| PostgreSQL | {instances} | {c} | {b} | {l} ms | {n} | {:.2} s | {rate:.0} | {} | {:.1} |",
+                wall.as_secs_f64(),
+                pct(rate),
+                cpu.as_micros() as f64 / n as f64
+            );
+        }
+    }
+    Ok(())
+}
+
 /// CPU share of an idle daemon over `window`.
 async fn idle_cpu(window: Duration) -> Result<f64> {
     let dir = tempfile::tempdir()?;
@@ -488,6 +595,10 @@ pub async fn run(opts: BenchOptions) -> Result<ExitCode> {
     );
     if opts.politeness {
         politeness_report(opts.quick).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(server) = &opts.postgres {
+        postgres_report(server, opts.quick).await?;
         return Ok(ExitCode::SUCCESS);
     }
     if opts.retention {

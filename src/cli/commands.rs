@@ -48,10 +48,12 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             quick,
             retention,
             politeness,
+            postgres,
             sweep_sessions,
             sweep_expired,
         } => runtime()?.block_on(crate::bench::run(crate::bench::BenchOptions {
             quick,
+            postgres,
             retention,
             politeness,
             sweep_sessions,

@@ -85,6 +85,11 @@ pub enum Command {
         /// under a mix of faults against the same drain without them.
         #[arg(long, conflicts_with = "retention")]
         politeness: bool,
+        /// Benchmark the PostgreSQL engine instead, with one and with three instances, beside
+        /// SQLite: a libpq connection string of a server where the bench may create and drop
+        /// scratch databases (`host=/tmp/pg user=postgres`).
+        #[arg(long, value_name = "CONNINFO", conflicts_with_all = ["retention", "politeness"])]
+        postgres: Option<String>,
         /// Inventory size for --retention.
         #[arg(long, default_value_t = 10_000_000)]
         sweep_sessions: u64,

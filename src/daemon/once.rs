@@ -63,6 +63,21 @@ pub enum OnceProblem {
 
 /// `run --once`: resolve, run every rule once, drain, report.
 pub(super) async fn run(p: &Daemon) -> Result<OnceReport> {
+    // PostgreSQL: the heartbeat runs from the start (discovery can outlast five heartbeats);
+    // a fence (this instance declared dead) stops the drain, since another instance now has
+    // its claims.
+    let fence = CancellationToken::new();
+    let stop_beat = CancellationToken::new();
+    let beat = p.config.database.sqlite_path().is_none().then(|| {
+        super::spawn_heartbeat(
+            p.store.clone(),
+            p.executor.clone(),
+            p.config.daemon.heartbeat,
+            super::instance_ttl(&p.config),
+            stop_beat.clone(),
+            fence.clone(),
+        )
+    });
     let mut report = OnceReport::default();
     let (n, failures) = p.resolver.resolve_received(Patience::Full).await?;
     report.resolved_requests = n;
@@ -95,20 +110,6 @@ pub(super) async fn run(p: &Daemon) -> Result<OnceReport> {
             }),
         }
     }
-    // PostgreSQL: the heartbeat runs beside the drain; a fence (this instance declared dead)
-    // stops the drain, since another instance now has its claims.
-    let fence = CancellationToken::new();
-    let stop_beat = CancellationToken::new();
-    let beat = p.config.database.sqlite_path().is_none().then(|| {
-        super::spawn_heartbeat(
-            p.store.clone(),
-            p.executor.clone(),
-            p.config.daemon.heartbeat,
-            super::instance_ttl(&p.config),
-            stop_beat.clone(),
-            fence.clone(),
-        )
-    });
     let ends = p.executor.run(Mode::Once, fence.clone()).await;
     stop_beat.cancel();
     if let Some(beat) = beat {
@@ -145,6 +146,17 @@ pub(super) async fn run(p: &Daemon) -> Result<OnceReport> {
     }
     if report.dead > 0 {
         report.problems.push(OnceProblem::Dead(report.dead));
+    }
+    // On a shared PostgreSQL queue the instances still working it hold what is in flight, and
+    // will take what is pending: theirs to finish, not this run's failure.
+    let others = status.instances.len();
+    if others > 0 && report.in_flight + report.pending > 0 {
+        report.warnings.push(format!(
+            "{others} other instance(s) still work this queue: {} chat(s) in flight and {} pending are theirs to finish",
+            report.in_flight, report.pending
+        ));
+        report.in_flight = 0;
+        report.pending = 0;
     }
     if report.in_flight > 0 {
         report

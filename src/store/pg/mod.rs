@@ -121,7 +121,8 @@ impl PgConn {
     fn set_up_session(&mut self) -> Result<()> {
         self.call(|c| {
             c.batch_execute(
-                "SET synchronous_commit = on;
+                "SET client_min_messages = warning;
+                 SET synchronous_commit = on;
                  SET lock_timeout = '5s';
                  SET idle_in_transaction_session_timeout = '60s';
                  SET bytea_output = 'hex';",
@@ -271,6 +272,66 @@ impl PgConn {
     pub(crate) fn batch(&mut self, sql: &str) -> Result<()> {
         self.ensure_open()?;
         self.call(|c| c.batch_execute(sql))
+    }
+}
+
+/// A database made for a benchmark on a server where the caller may create them, dropped with
+/// this value.
+pub struct ScratchDatabase {
+    pub url: String,
+    server: String,
+    name: String,
+}
+
+impl ScratchDatabase {
+    /// Creates `<prefix>_<pid>_<n>` on the server `conninfo` names (a libpq string with `host`
+    /// and `user`).
+    pub fn create(conninfo: &str, prefix: &str) -> Result<Self> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let field = |key: &str| {
+            conninfo
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        let host = field("host").unwrap_or_else(|| "/var/run/postgresql".into());
+        let user = field("user").unwrap_or_else(|| "postgres".into());
+        let db = Self {
+            url: format!("postgresql://{user}@{}/{name}", host.replace('/', "%2F")),
+            server: conninfo.to_string(),
+            name,
+        };
+        db.admin(&format!("CREATE DATABASE {}", db.name))?;
+        Ok(db)
+    }
+
+    fn admin(&self, sql: &str) -> Result<()> {
+        let config: postgres::Config =
+            format!("{} dbname=postgres", self.server)
+                .parse()
+                .map_err(|e| StoreError::PgOpen {
+                    target: self.server.clone(),
+                    source: e,
+                })?;
+        off_runtime(|| -> Result<()> {
+            let mut c = config.connect(postgres::NoTls)?;
+            c.batch_execute(sql)?;
+            Ok(())
+        })
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        let _ = self.admin(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
     }
 }
 
