@@ -37,7 +37,7 @@ impl Listener {
     /// Connects (so a wrong target fails here, not silently later) and starts the thread.
     /// `own_pid` is the store connection's server process.
     pub fn start(target: &PgTarget, own_pid: i32) -> Result<Self> {
-        let config = super::config_of(target)?;
+        let config = super::dialer_of(target)?;
         let client = connect(&config).map_err(|e| crate::store::StoreError::PgOpen {
             target: target.to_string(),
             source: e,
@@ -67,16 +67,14 @@ impl Drop for Listener {
     }
 }
 
-fn connect(config: &postgres::Config) -> std::result::Result<postgres::Client, postgres::Error> {
-    super::off_runtime(|| {
-        let mut client = config.connect(postgres::NoTls)?;
-        client.batch_execute(&format!("LISTEN {INTAKE}"))?;
-        Ok(client)
-    })
+fn connect(dialer: &super::Dialer) -> std::result::Result<postgres::Client, postgres::Error> {
+    let mut client = dialer.dial()?;
+    super::off_runtime(|| client.batch_execute(&format!("LISTEN {INTAKE}")))?;
+    Ok(client)
 }
 
 fn run(
-    config: postgres::Config,
+    config: super::Dialer,
     mut client: postgres::Client,
     own_pid: i32,
     count: &AtomicI64,

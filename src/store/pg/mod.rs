@@ -29,6 +29,7 @@ use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 pub mod instances;
 pub mod listen;
+pub mod tls;
 
 use super::db::{Col, Value};
 use super::{Result, StoreError};
@@ -48,7 +49,7 @@ pub const SCHEMA_VERSION: i64 = 7;
 pub struct PgConn {
     /// Always `Some` until dropped ([`Drop`] takes it off any runtime thread to close it).
     client: Option<postgres::Client>,
-    config: postgres::Config,
+    dialer: Dialer,
     stmts: HashMap<String, postgres::Statement>,
     /// `BEGIN` was sent and neither `COMMIT` nor `ROLLBACK` yet: a lost connection then fails
     /// the transaction instead of reconnecting under it.
@@ -78,9 +79,28 @@ pub(crate) fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     })
 }
 
-/// The connection settings of `target`, with the password read from its reference.
-pub(crate) fn config_of(target: &PgTarget) -> Result<postgres::Config> {
-    let mut config: postgres::Config = target.url.parse().map_err(|e| StoreError::PgOpen {
+/// How to open a connection to one target: its settings and its TLS ([`tls`]).
+#[derive(Clone)]
+pub(crate) struct Dialer {
+    config: postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+}
+
+impl Dialer {
+    /// A new connection, off any tokio runtime.
+    pub(crate) fn dial(&self) -> std::result::Result<postgres::Client, postgres::Error> {
+        off_runtime(|| match &self.tls {
+            Some(t) => self.config.connect(t.clone()),
+            None => self.config.connect(postgres::NoTls),
+        })
+    }
+}
+
+/// How to connect to `target`: its TLS by libpq's conventions, the password read from its
+/// reference.
+pub(crate) fn dialer_of(target: &PgTarget) -> Result<Dialer> {
+    let tls = tls::parse(&target.url)?;
+    let mut config: postgres::Config = tls.url.parse().map_err(|e| StoreError::PgOpen {
         target: target.to_string(),
         source: e,
     })?;
@@ -92,7 +112,14 @@ pub(crate) fn config_of(target: &PgTarget) -> Result<postgres::Config> {
         config.password(secret.expose_secret().as_bytes());
     }
     config.application_name("forgetd");
-    Ok(config)
+    if tls.mode != tls::Mode::Disable {
+        // The handshake is rustls's; the client library only has to ask for it.
+        config.ssl_mode(postgres::config::SslMode::Require);
+    }
+    Ok(Dialer {
+        config,
+        tls: tls.connector()?,
+    })
 }
 
 impl PgConn {
@@ -100,15 +127,14 @@ impl PgConn {
     /// `keyed_start`: record the audit chain's keyed start now (every open but `migrate-to`'s,
     /// which carries the source's over).
     pub fn open(target: &PgTarget, keyed_start: bool) -> Result<Self> {
-        let config = config_of(target)?;
-        let client =
-            off_runtime(|| config.connect(postgres::NoTls)).map_err(|e| StoreError::PgOpen {
-                target: target.to_string(),
-                source: e,
-            })?;
+        let dialer = dialer_of(target)?;
+        let client = dialer.dial().map_err(|e| StoreError::PgOpen {
+            target: target.to_string(),
+            source: e,
+        })?;
         let mut conn = Self {
             client: Some(client),
-            config,
+            dialer,
             stmts: HashMap::new(),
             in_tx: false,
             backend_pid: 0,
@@ -145,10 +171,7 @@ impl PgConn {
                 "inside a transaction, which the server rolled back",
             ));
         }
-        let config = self.config.clone();
-        let old = self
-            .client
-            .replace(off_runtime(|| config.connect(postgres::NoTls))?);
+        let old = self.client.replace(self.dialer.dial()?);
         off_runtime(move || drop(old));
         self.stmts.clear();
         self.set_up_session()?;
