@@ -4,56 +4,17 @@
 //! simulator holds an answer back.
 
 mod common;
+use common::notify::Notify;
 use common::*;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use forgetd::clock::SystemClock;
 use forgetd::model::{ChatKey, ProviderKind};
 use forgetd::simulator::{Faults, Simulator};
-use tokio::net::UnixDatagram;
 use tokio::process::{Child, Command};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-struct Notify {
-    sock: UnixDatagram,
-    path: std::path::PathBuf,
-    seen: Vec<String>,
-}
-
-impl Notify {
-    fn new(s: &Scratch, name: &str) -> Self {
-        let path = s.path(name);
-        Self {
-            sock: UnixDatagram::bind(&path).unwrap(),
-            path,
-            seen: Vec::new(),
-        }
-    }
-    /// Waits for a notification containing `what`.
-    async fn wait_for(&mut self, what: &str) -> bool {
-        let deadline = Instant::now() + WAIT;
-        if self.seen.iter().any(|m| m.contains(what)) {
-            return true;
-        }
-        let mut buf = vec![0u8; 4096];
-        while Instant::now() < deadline {
-            match tokio::time::timeout(Duration::from_millis(200), self.sock.recv(&mut buf)).await {
-                Ok(Ok(n)) => {
-                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    let hit = msg.contains(what);
-                    self.seen.push(msg);
-                    if hit {
-                        return true;
-                    }
-                }
-                _ => continue,
-            }
-        }
-        false
-    }
-}
 
 fn daemon(cfg: &std::path::Path, notify: Option<&Notify>) -> Child {
     // Through a shell that execs the binary, so WATCHDOG_PID can name the daemon's own pid as
@@ -269,8 +230,17 @@ async fn sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
     .await;
 
     std::fs::write(&cfg, good.replace("[daemon]", "[daemon]\nnot_a_key = 1")).unwrap();
+    // The READY=1 that ends this second reload (after its RELOADING=1): the bad file has been
+    // read and refused by then.
+    let mark = n.seen.len();
     signal(&child, "-HUP");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = n.wait_from(mark, "RELOADING=1").await;
+    let second = second.unwrap_or_else(|| panic!("no second RELOADING=1; saw {:?}", n.seen));
+    assert!(
+        n.wait_from(second + 1, "READY=1").await.is_some(),
+        "no READY=1 after the bad reload; saw {:?}",
+        n.seen
+    );
     assert!(
         child.try_wait().unwrap().is_none(),
         "a bad reload must not stop the daemon"

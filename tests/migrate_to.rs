@@ -64,16 +64,25 @@ async fn a_sqlite_queue_moves_to_postgresql_whole_and_goes_on_there() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     s.sqlite3("INSERT INTO erasure_requests(subject, external_ref) VALUES ('carol', 'DSR-3')");
     // A daemon working the source: the move waits for it to stop (exit 75).
+    // READY=1 comes after the lock is taken; a probing `run --once` would race the daemon for
+    // it (and the daemon, losing, exits 75 itself).
+    let mut ready = notify::Notify::new(&s, "notify.sock");
     let mut daemon = std::process::Command::new(BIN)
         .args(["--config", cfg, "run"])
+        .env("NOTIFY_SOCKET", &ready.path)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    eventually("the daemon holds its lock", || {
-        s.forgetd(&["--config", cfg, "run", "--once"]).status.code() == Some(75)
-    })
-    .await;
+    assert!(
+        ready.wait_for("READY=1").await,
+        "the daemon never became ready"
+    );
+    assert_eq!(
+        s.forgetd(&["--config", cfg, "run", "--once"]).status.code(),
+        Some(75),
+        "a second run while the daemon holds the lock"
+    );
     let o = s.forgetd(&["--config", cfg, "migrate-to", &target.url]);
     assert_eq!(code(&o), 75, "{}", stderr(&o));
     let _ = daemon.kill();

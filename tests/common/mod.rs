@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod crash_world;
+pub mod notify;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_forgetd");
 
