@@ -10,18 +10,19 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use forgetd::args;
 use forgetd::clock::{ManualClock, SharedClock};
 use forgetd::config::Config;
 use forgetd::model::ProviderKind;
 use forgetd::simulator::{Faults, Simulator};
-use forgetd::store::Store;
+use forgetd::store::db::Sql;
 use forgetd::store::inventory::NewSession;
 
 type Chat = forgetd::model::ChatKey;
 
 struct World {
     sim: Simulator,
-    dir: tempfile::TempDir,
+    s: common::Scratch,
     clock: ManualClock,
     targeted: Vec<Chat>,
     decoys: Vec<Chat>,
@@ -37,8 +38,8 @@ async fn world(faults: Faults, per_person: usize) -> World {
 async fn world_on(clock: ManualClock, faults: Faults, per_person: usize) -> World {
     let shared: SharedClock = Arc::new(clock.clone());
     let sim = Simulator::start(shared, faults, 9).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("forgetd.db")).unwrap();
+    let s = common::Scratch::new();
+    let mut store = s.store();
     let mut targeted = Vec::new();
     let mut decoys = Vec::new();
     for (pi, person) in PEOPLE.iter().enumerate() {
@@ -87,7 +88,7 @@ async fn world_on(clock: ManualClock, faults: Faults, per_person: usize) -> Worl
     }
     World {
         sim,
-        dir,
+        s,
         clock,
         targeted,
         decoys,
@@ -95,8 +96,8 @@ async fn world_on(clock: ManualClock, faults: Faults, per_person: usize) -> Worl
 }
 
 fn config(w: &World) -> Config {
-    let mut c = w.sim.config(w.dir.path(), &["app-a", "app-b"]).unwrap();
-    c.database = forgetd::config::Database::Sqlite(w.dir.path().join("forgetd.db"));
+    let mut c = w.sim.config(w.s.dir.path(), &["app-a", "app-b"]).unwrap();
+    w.s.use_in(&mut c);
     c.retry.base_delay = Duration::from_secs(1);
     c.retry.max_delay = Duration::from_secs(60);
     c.retry.max_attempts = 25;
@@ -287,12 +288,11 @@ async fn a_bad_id_goes_dead_alone_and_its_batch_mates_are_deleted() {
         let bad = t.session_id == "alice-c2" || t.session_id == "carol-k3";
         assert_eq!(exists(&w, t), bad, "{t:?}");
     }
-    let store = Store::open(&w.dir.path().join("forgetd.db")).unwrap();
+    let store = w.s.store();
     let err: String = store
-        .connection()
-        .query_row(
+        .row(
             "SELECT last_error FROM work_items WHERE session_id = 'alice-c2'",
-            [],
+            args![],
             |r| r.get(0),
         )
         .unwrap();
@@ -330,15 +330,14 @@ async fn an_auth_failure_pauses_one_provider_while_the_other_finishes() {
     for t in &w.targeted {
         assert_eq!(exists(&w, t), t.provider == ProviderKind::CONVAI, "{t:?}");
     }
-    let store = Store::open(&w.dir.path().join("forgetd.db")).unwrap();
+    let store = w.s.store();
     let st = store.status(0, 0).unwrap();
     assert_eq!(st.paused_providers.len(), 1);
     assert!(st.paused_providers[0].reason.contains("API key"));
     let attempts: i64 = store
-        .connection()
-        .query_row(
+        .row(
             "SELECT max(attempts) FROM work_items WHERE provider = 'convai'",
-            [],
+            args![],
             |r| r.get(0),
         )
         .unwrap();
@@ -347,16 +346,11 @@ async fn an_auth_failure_pauses_one_provider_while_the_other_finishes() {
         "a paused provider's items keep their attempt counts"
     );
     // The audit trail says the refused batch's chats were released, not retried or dead.
-    let released: i64 = store
-        .connection()
-        .query_row(
-            "SELECT coalesce(sum(json_extract(data, '$.released')), 0) FROM audit_log
-             WHERE kind = 'batch.answered' AND json_extract(data, '$.provider') = 'convai'
-               AND json_extract(data, '$.released') = json_extract(data, '$.sent')",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let released: i64 = common::audit_events(&store, "batch.answered")
+        .iter()
+        .filter(|d| d["provider"] == "convai" && d["released"] == d["sent"])
+        .map(|d| d["released"].as_i64().unwrap())
+        .sum();
     assert!(released >= 1, "no convai batch recorded as released");
     // After the operator fixes the key, the next run finishes the job.
     w.sim.update_faults(|f| f.auth_fail.clear());
@@ -384,10 +378,7 @@ async fn all_faults_mixed_at_high_rates() {
     check_safe(&w);
     check_all_deleted(&w, &o);
     assert!(o.deletes <= 200, "{} delete calls", o.deletes);
-    let v = Store::open(&w.dir.path().join("forgetd.db"))
-        .unwrap()
-        .verify_audit()
-        .unwrap();
+    let v = w.s.store().verify_audit().unwrap();
     assert!(v.broken.is_none());
 }
 
@@ -412,15 +403,14 @@ async fn a_permanently_failing_provider_goes_dead_after_max_attempts_not_forever
     // 25 attempts per item, batches of at most 7 over 4 scopes per provider
     assert!(o.deletes <= 25 * 8 * 2, "{}", o.deletes);
     // Each dead item says how many attempts it was given.
-    let store = Store::open(&w.dir.path().join("forgetd.db")).unwrap();
+    let store = w.s.store();
     let errors: Vec<String> = store
-        .connection()
-        .prepare("SELECT last_error FROM work_items WHERE state = 'dead'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+        .rows(
+            "SELECT last_error FROM work_items WHERE state = 'dead'",
+            args![],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(errors.len(), w.targeted.len());
     for e in &errors {
         assert!(e.starts_with("gave up after 25 attempt(s)"), "{e}");
@@ -527,8 +517,7 @@ async fn a_hold_placed_after_a_batch_was_claimed_still_keeps_it_from_being_sent(
     for i in 1..=3 {
         w.sim
             .add_convai_chat("char-h", &format!("h{i}"), 1_700_000_000);
-        Store::open(&w.dir.path().join("forgetd.db"))
-            .unwrap()
+        w.s.store()
             .add_session(&NewSession {
                 provider: "convai".into(),
                 scope: "char-h".into(),
@@ -538,8 +527,7 @@ async fn a_hold_placed_after_a_batch_was_claimed_still_keeps_it_from_being_sent(
             })
             .unwrap();
     }
-    Store::open(&w.dir.path().join("forgetd.db"))
-        .unwrap()
+    w.s.store()
         .file_request("hana", Some("H"), 1_800_000_000, 86_400)
         .unwrap();
     let mut c = config(&w);
@@ -552,19 +540,18 @@ async fn a_hold_placed_after_a_batch_was_claimed_still_keeps_it_from_being_sent(
     // With one slot, two chats in flight means one is on the wire and the other (the later batch)
     // was claimed ahead. Hold that one and every chat still pending.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut s = Store::open(&w.dir.path().join("forgetd.db")).unwrap();
+    let mut s = w.s.store();
     let others: Vec<String> = loop {
         assert!(
             std::time::Instant::now() < deadline,
             "never saw a batch claimed ahead"
         );
         let rows: Vec<(String, String, Option<i64>)> = s
-            .connection()
-            .prepare("SELECT session_id, state, batch_id FROM work_items ORDER BY batch_id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
+            .rows(
+                "SELECT session_id, state, batch_id FROM work_items ORDER BY batch_id",
+                args![],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .unwrap();
         let in_flight: Vec<&(String, String, Option<i64>)> =
             rows.iter().filter(|r| r.1 == "in_flight").collect();
@@ -655,10 +642,7 @@ async fn no_call_of_any_kind_reaches_a_provider_before_a_retry_after_it_gave() {
     );
     // What the gate learned is in `status` (the rate itself wanders around the limit: cut
     // below it by each throttle, grown past it while nothing is throttled).
-    let st = Store::open(&w.dir.path().join("forgetd.db"))
-        .unwrap()
-        .status(0, 0)
-        .unwrap();
+    let st = w.s.store().status(0, 0).unwrap();
     let koo = st
         .gates
         .iter()
@@ -677,8 +661,8 @@ async fn more_requests_than_one_page_are_all_resolved_in_one_run() {
     let sim = Simulator::start(shared, Faults::default(), 9)
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("forgetd.db")).unwrap();
+    let s = common::Scratch::new();
+    let mut store = s.store();
     let (mut targeted, mut decoys) = (Vec::new(), Vec::new());
     for n in 0..71 {
         let (person, sid) = (format!("p{n:02}"), format!("p{n:02}-c"));
@@ -697,7 +681,7 @@ async fn more_requests_than_one_page_are_all_resolved_in_one_run() {
     drop(store);
     let w = World {
         sim,
-        dir,
+        s,
         clock,
         targeted,
         decoys,
@@ -746,10 +730,7 @@ async fn intake_gives_a_refused_listing_a_few_quick_tries_and_run_once_all_the_p
         assert_eq!((done, failures.len()), (0, 2), "{case}");
         let lists = w.sim.calls().iter().filter(|c| c.op == "list").count();
         assert_eq!(lists, 2 * tries, "{case}: listing calls");
-        let received = Store::open(&w.dir.path().join("forgetd.db"))
-            .unwrap()
-            .received_requests(10)
-            .unwrap();
+        let received = w.s.store().received_requests(10).unwrap();
         assert_eq!(received.len(), 2, "{case}: the requests stay received");
         assert!(w.sim.calls().iter().all(|c| c.op != "delete"), "{case}");
     }

@@ -24,9 +24,10 @@ use forgetd::clock::{Clock, ManualClock, SharedClock};
 use forgetd::config::{Config, RuleSpec};
 use forgetd::model::{ChatKey, ProviderKind};
 use forgetd::simulator::{Faults, Simulator};
-use forgetd::store::Store;
 use forgetd::store::holds::HoldTarget;
 use proptest::prelude::*;
+
+mod common;
 
 const PEOPLE: [&str; 3] = ["ann", "ben", "cat"];
 const SCOPES: [&str; 2] = ["char-a", "char-b"];
@@ -191,10 +192,139 @@ impl Model {
 }
 
 struct World {
-    _dir: tempfile::TempDir,
-    db: std::path::PathBuf,
+    s: common::Scratch,
+    feeder: std::cell::RefCell<Feeder>,
     sim: Simulator,
     clock: ManualClock,
+}
+
+/// A feeder's own connection: rusqlite on SQLite, the `postgres` client on PostgreSQL. Its
+/// statements are written once, with `?N` placeholders (rewritten to `$N` for PostgreSQL).
+enum Feeder {
+    Sqlite(rusqlite::Connection),
+    /// Always `Some` but while dropped.
+    Pg(Option<postgres::Client>),
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        // Closing the client blocks on its runtime too: off this test's runtime.
+        if let Self::Pg(c) = self {
+            let c = c.take();
+            std::thread::spawn(move || drop(c)).join().unwrap();
+        }
+    }
+}
+
+/// A statement argument.
+enum Arg<'a> {
+    Text(Option<&'a str>),
+    Int(i64),
+}
+
+impl Feeder {
+    fn open(s: &common::Scratch) -> Self {
+        match &s.pg {
+            None => {
+                let c = rusqlite::Connection::open(s.db()).unwrap();
+                c.busy_timeout(Duration::from_secs(5)).unwrap();
+                Self::Sqlite(c)
+            }
+            // The sync client runs a runtime of its own: it is connected (and used) off this
+            // test's runtime, on a thread of its own.
+            Some(pg) => {
+                let info = pg.conninfo();
+                std::thread::spawn(move || {
+                    Self::Pg(Some(
+                        postgres::Client::connect(&info, postgres::NoTls).unwrap(),
+                    ))
+                })
+                .join()
+                .unwrap()
+            }
+        }
+    }
+
+    /// Runs one statement; the engine's refusal comes back as its message.
+    fn execute(&mut self, sql: &str, args: &[Arg]) -> Result<u64, String> {
+        match self {
+            Self::Sqlite(c) => {
+                let params: Vec<Box<dyn rusqlite::ToSql>> = args
+                    .iter()
+                    .map(|a| match a {
+                        Arg::Text(t) => Box::new(t.map(str::to_string)) as Box<dyn rusqlite::ToSql>,
+                        Arg::Int(i) => Box::new(*i),
+                    })
+                    .collect();
+                c.execute(sql, rusqlite::params_from_iter(params))
+                    .map(|n| n as u64)
+                    .map_err(|e| e.to_string())
+            }
+            Self::Pg(c) => {
+                let sql = pg_placeholders(sql);
+                std::thread::scope(|t| {
+                    t.spawn(|| {
+                        let params: Vec<Box<dyn postgres::types::ToSql + Sync>> = args
+                            .iter()
+                            .map(|a| match a {
+                                Arg::Text(t) => Box::new(t.map(str::to_string))
+                                    as Box<dyn postgres::types::ToSql + Sync>,
+                                Arg::Int(i) => Box::new(*i),
+                            })
+                            .collect();
+                        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                            params.iter().map(|p| p.as_ref()).collect();
+                        c.as_mut()
+                            .unwrap()
+                            .execute(&sql, &refs)
+                            .map_err(|e| e.to_string())
+                    })
+                    .join()
+                    .unwrap()
+                })
+            }
+        }
+    }
+
+    /// The first column of every row, as text.
+    fn texts(&mut self, sql: &str) -> Vec<String> {
+        match self {
+            Self::Sqlite(c) => {
+                let mut st = c.prepare(sql).unwrap();
+                st.query_map([], |r| r.get(0))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect()
+            }
+            Self::Pg(c) => std::thread::scope(|t| {
+                t.spawn(|| {
+                    c.as_mut()
+                        .unwrap()
+                        .query(sql, &[])
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect()
+                })
+                .join()
+                .unwrap()
+            }),
+        }
+    }
+}
+
+/// `?1` → `$1`: the one spelling difference between the two engines' placeholders.
+fn pg_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn id(c: Chat) -> String {
@@ -202,9 +332,9 @@ fn id(c: Chat) -> String {
 }
 
 fn config(w: &World) -> Config {
-    let mut c = w.sim.config(w._dir.path(), &[]).unwrap();
+    let mut c = w.sim.config(w.s.dir.path(), &[]).unwrap();
     c.remove_provider(ProviderKind::KOOSEARCH);
-    c.database = forgetd::config::Database::Sqlite(w.db.clone());
+    w.s.use_in(&mut c);
     c.retry.base_delay = Duration::from_millis(100);
     let limits = &mut c.provider_mut(ProviderKind::CONVAI).unwrap().limits;
     limits.batch_size = 3;
@@ -212,26 +342,20 @@ fn config(w: &World) -> Config {
     c
 }
 
-fn feeder(w: &World) -> rusqlite::Connection {
-    let c = rusqlite::Connection::open(&w.db).unwrap();
-    c.busy_timeout(Duration::from_secs(5)).unwrap();
-    c
-}
-
 async fn run(history: Vec<Step>) -> Result<(), TestCaseError> {
-    let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_800_000_000_000);
     let shared: SharedClock = Arc::new(clock.clone());
     let sim = Simulator::start(shared.clone(), Faults::default(), 1)
         .await
         .unwrap();
+    let s = common::Scratch::new();
+    drop(s.store());
     let w = World {
-        db: dir.path().join("forgetd.db"),
-        _dir: dir,
+        feeder: Feeder::open(&s).into(),
+        s,
         sim,
         clock,
     };
-    drop(Store::open(&w.db).unwrap());
     let mut m = Model::default();
     let now = || w.clock.now();
     let key_of = |c: Chat| ChatKey {
@@ -249,15 +373,16 @@ async fn run(history: Vec<Step>) -> Result<(), TestCaseError> {
                 }
                 let created = if old { now() - 90 * DAY } else { now() - 60 };
                 w.sim.add_convai_chat(SCOPES[chat.0], &id(chat), created);
-                feeder(&w)
+                w.feeder
+                    .borrow_mut()
                     .execute(
                         "INSERT INTO sessions (provider, scope, session_id, subject, created_at)
                          VALUES ('convai', ?1, ?2, ?3, ?4)",
-                        rusqlite::params![
-                            SCOPES[chat.0],
-                            id(chat),
-                            owner.map(|p| PEOPLE[p]),
-                            created
+                        &[
+                            Arg::Text(Some(SCOPES[chat.0])),
+                            Arg::Text(Some(&id(chat))),
+                            Arg::Text(owner.map(|p| PEOPLE[p])),
+                            Arg::Int(created),
                         ],
                     )
                     .unwrap();
@@ -267,45 +392,48 @@ async fn run(history: Vec<Step>) -> Result<(), TestCaseError> {
                 }
             }
             Step::DeleteRow(chat) => {
-                feeder(&w)
+                w.feeder
+                    .borrow_mut()
                     .execute(
                         "DELETE FROM sessions WHERE provider = 'convai' AND scope = ?1 AND session_id = ?2",
-                        rusqlite::params![SCOPES[chat.0], id(chat)],
+                        &[Arg::Text(Some(SCOPES[chat.0])), Arg::Text(Some(&id(chat)))],
                     )
                     .unwrap();
                 m.rows.remove(&chat);
             }
             Step::File { person, r#ref } => {
-                feeder(&w)
+                w.feeder
+                    .borrow_mut()
                     .execute(
                         "INSERT INTO erasure_requests (subject, external_ref, received_at) VALUES (?1, ?2, ?3)
                          ON CONFLICT (external_ref) DO NOTHING",
-                        rusqlite::params![PEOPLE[person], format!("{}-{}", PEOPLE[person], r#ref), now()],
+                        &[
+                            Arg::Text(Some(PEOPLE[person])),
+                            Arg::Text(Some(&format!("{}-{}", PEOPLE[person], r#ref))),
+                            Arg::Int(now()),
+                        ],
                     )
                     .unwrap();
                 m.requests.entry((person, r#ref)).or_insert(false);
             }
             Step::HoldSubject(p) => {
-                let (hid, _) = Store::open(&w.db)
-                    .unwrap()
-                    .add_hold(&HoldTarget::Subject(PEOPLE[p].into()), "model", now())
-                    .unwrap();
+                let (hid, _) =
+                    w.s.store()
+                        .add_hold(&HoldTarget::Subject(PEOPLE[p].into()), "model", now())
+                        .unwrap();
                 m.holds.push((hid, HoldOn::Subject(p), true));
             }
             Step::HoldChat(c) => {
-                let (hid, _) = Store::open(&w.db)
-                    .unwrap()
-                    .add_hold(&HoldTarget::Chat(key_of(c)), "model", now())
-                    .unwrap();
+                let (hid, _) =
+                    w.s.store()
+                        .add_hold(&HoldTarget::Chat(key_of(c)), "model", now())
+                        .unwrap();
                 m.holds.push((hid, HoldOn::Chat(c), true));
             }
             Step::Lift(n) => {
                 let active: Vec<usize> = (0..m.holds.len()).filter(|i| m.holds[*i].2).collect();
                 if let Some(&i) = active.get(n % active.len().max(1)) {
-                    Store::open(&w.db)
-                        .unwrap()
-                        .remove_hold(m.holds[i].0, now())
-                        .unwrap();
+                    w.s.store().remove_hold(m.holds[i].0, now()).unwrap();
                     m.holds[i].2 = false;
                 }
             }
@@ -313,8 +441,7 @@ async fn run(history: Vec<Step>) -> Result<(), TestCaseError> {
                 if m.rule {
                     continue;
                 }
-                Store::open(&w.db)
-                    .unwrap()
+                w.s.store()
                     .add_rule(
                         &RuleSpec {
                             name: "r".into(),
@@ -332,19 +459,22 @@ async fn run(history: Vec<Step>) -> Result<(), TestCaseError> {
                 m.rule = true;
             }
             Step::Approve => {
-                let ok = Store::open(&w.db).unwrap().approve_rule("r").is_ok();
+                let ok = w.s.store().approve_rule("r").is_ok();
                 prop_assert_eq!(ok, m.rule && m.awaiting.is_some(), "approve");
                 if ok {
                     m.approved_up_to = m.awaiting;
                 }
             }
             Step::DeleteRequestRow(n) => {
-                let e = feeder(&w).execute(
+                let e = w.feeder.borrow_mut().execute(
                     "DELETE FROM erasure_requests WHERE id = (SELECT id FROM erasure_requests ORDER BY id LIMIT 1 OFFSET ?1)",
-                    [n as i64],
+                    &[Arg::Int(n as i64)],
                 );
-                let count: i64 = feeder(&w)
-                    .query_row("SELECT count(*) FROM erasure_requests", [], |r| r.get(0))
+                let count = w
+                    .feeder
+                    .borrow_mut()
+                    .texts("SELECT CAST(count(*) AS TEXT) FROM erasure_requests")[0]
+                    .parse::<i64>()
                     .unwrap();
                 if (n as i64) < count {
                     prop_assert!(e.is_err(), "a feeder deleted a request row");
@@ -352,13 +482,28 @@ async fn run(history: Vec<Step>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(count as usize, m.requests.len());
             }
             Step::WrongType(n) => {
-                let sql = [
-                    "INSERT INTO erasure_requests (subject) VALUES (x'616e6e')",
-                    "INSERT INTO sessions (provider, scope, session_id, subject) VALUES ('convai', 'char-a', x'6330', 'ann')",
-                    "INSERT INTO sessions (provider, scope, session_id, subject) VALUES ('convai', x'636861722d61', 'c9', 'ann')",
-                    "INSERT INTO erasure_requests (subject, received_at) VALUES ('ann', 'now')",
-                ][n % 4];
-                prop_assert!(feeder(&w).execute(sql, []).is_err(), "accepted: {}", sql);
+                // Bytes where text belongs (a BLOB on SQLite, bytea on PostgreSQL), and text
+                // where a time belongs.
+                let sql = if w.s.on_pg() {
+                    [
+                        "INSERT INTO erasure_requests (subject) VALUES ('\\x616e6e'::bytea)",
+                        "INSERT INTO sessions (provider, scope, session_id, subject) VALUES ('convai', 'char-a', '\\x6330'::bytea, 'ann')",
+                        "INSERT INTO sessions (provider, scope, session_id, subject) VALUES ('convai', '\\x636861722d61'::bytea, 'c9', 'ann')",
+                        "INSERT INTO erasure_requests (subject, received_at) VALUES ('ann', 'now')",
+                    ][n % 4]
+                } else {
+                    [
+                        "INSERT INTO erasure_requests (subject) VALUES (x'616e6e')",
+                        "INSERT INTO sessions (provider, scope, session_id, subject) VALUES ('convai', 'char-a', x'6330', 'ann')",
+                        "INSERT INTO sessions (provider, scope, session_id, subject) VALUES ('convai', x'636861722d61', 'c9', 'ann')",
+                        "INSERT INTO erasure_requests (subject, received_at) VALUES ('ann', 'now')",
+                    ][n % 4]
+                };
+                prop_assert!(
+                    w.feeder.borrow_mut().execute(sql, &[]).is_err(),
+                    "accepted: {}",
+                    sql
+                );
             }
             Step::Drain => {
                 let allowed = m.before_drain();
@@ -399,14 +544,10 @@ async fn run(history: Vec<Step>) -> Result<(), TestCaseError> {
                     );
                 }
                 m.after_drain(&allowed);
-                let states: Vec<String> = {
-                    let f = feeder(&w);
-                    let mut st = f.prepare("SELECT state FROM erasure_requests").unwrap();
-                    st.query_map([], |r| r.get(0))
-                        .unwrap()
-                        .map(Result::unwrap)
-                        .collect()
-                };
+                let states = w
+                    .feeder
+                    .borrow_mut()
+                    .texts("SELECT state FROM erasure_requests");
                 prop_assert!(
                     states.iter().all(|s| s == "complete"),
                     "every request complete after a fault-free drain: {:?}",
@@ -416,7 +557,7 @@ async fn run(history: Vec<Step>) -> Result<(), TestCaseError> {
             }
         }
     }
-    let v = Store::open(&w.db).unwrap().verify_audit().unwrap();
+    let v = w.s.store().verify_audit().unwrap();
     prop_assert!(v.broken.is_none(), "audit chain: {:?}", v.broken);
     // For the README's figures: one line per history, "steps drains delete-calls".
     if let Some(path) = std::env::var_os("FORGETD_MODEL_STATS") {

@@ -19,7 +19,7 @@ use forgetd::store::Store;
 
 struct World {
     sim: Simulator,
-    dir: tempfile::TempDir,
+    s: common::Scratch,
     clock: ManualClock,
     targeted: Vec<ChatKey>,
     decoys: Vec<ChatKey>,
@@ -32,8 +32,8 @@ async fn world(faults: Faults) -> World {
     let clock = ManualClock::new(1_800_000_000_000);
     let shared: SharedClock = Arc::new(clock.clone());
     let sim = Simulator::start(shared, faults, 17).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("forgetd.db")).unwrap();
+    let s = common::Scratch::new();
+    let mut store = s.store();
     let (mut targeted, mut decoys) = (Vec::new(), Vec::new());
     for person in ["alice", "bob"] {
         for n in 0..3 {
@@ -59,7 +59,7 @@ async fn world(faults: Faults) -> World {
         .id;
     World {
         sim,
-        dir,
+        s,
         clock,
         targeted,
         decoys,
@@ -68,10 +68,10 @@ async fn world(faults: Faults) -> World {
 }
 
 fn config(w: &World, verify: &str) -> Config {
-    let mut c = w.sim.config(w.dir.path(), &["app-a"]).unwrap();
+    let mut c = w.sim.config(w.s.dir.path(), &["app-a"]).unwrap();
     let extra = Config::parse(verify, "test").unwrap();
     c.verify = extra.verify;
-    c.database = forgetd::config::Database::Sqlite(w.dir.path().join("forgetd.db"));
+    w.s.use_in(&mut c);
     c.retry.max_delay = Duration::from_secs(60);
     c
 }
@@ -82,7 +82,7 @@ fn daemon(w: &World, verify: &str) -> forgetd::daemon::Daemon {
 }
 
 fn store(w: &World) -> Store {
-    Store::open(&w.dir.path().join("forgetd.db")).unwrap()
+    w.s.store()
 }
 
 fn check_decoys(w: &World) {
@@ -102,14 +102,7 @@ fn deletes_naming(w: &World, id: &str) -> usize {
 }
 
 fn audit_kinds(w: &World, kind: &str) -> usize {
-    let out = std::process::Command::new("sqlite3")
-        .arg(w.dir.path().join("forgetd.db"))
-        .arg(format!(
-            "SELECT count(*) FROM audit_log WHERE kind = '{kind}'"
-        ))
-        .output()
-        .expect("sqlite3 runs");
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    common::audit_events(&store(w), kind).len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,6 +103,23 @@ impl Scratch {
     pub fn on_pg(&self) -> bool {
         self.pg.is_some()
     }
+    /// Points a config at this test's database. On PostgreSQL the audit keys cannot live beside
+    /// a file, so they are named as files in the scratch directory (as `database_toml` does).
+    pub fn use_in(&self, c: &mut forgetd::config::Config) {
+        c.database = self.database();
+        if self.on_pg() {
+            let key = |name: &str, byte: &str| {
+                let p = self.write(name, &byte.repeat(32));
+                Some(forgetd::secret::SecretRef::File(p))
+            };
+            c.audit.subject_key = key("subject.key", "s");
+            c.audit.signing_key = key("signing.key", "k");
+        }
+    }
+    /// A store on this test's database, migrated.
+    pub fn store(&self) -> forgetd::store::Store {
+        forgetd::store::Store::connect(&self.database()).unwrap()
+    }
 }
 
 /// Debian's sqlite3 as a feeder runs it: with the busy timeout the README asks feeders for.
@@ -178,7 +195,8 @@ pub fn unreachable_convai_config(s: &Scratch, extra: &str) -> PathBuf {
     s.write(
         "unreachable.toml",
         &format!(
-            "[providers.convai]\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"file:{}\"\n{extra}",
+            "{}[providers.convai]\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"file:{}\"\n{extra}",
+            s.database_toml(),
             key.display()
         ),
     )
@@ -211,6 +229,21 @@ pub fn tool(name: &str) -> Option<String> {
         eprintln!("SKIP: {name} missing (apt install chromium prometheus)");
     }
     found
+}
+
+/// The data of every audit event of `kind`, oldest first (on either engine: `data` is JSON text).
+pub fn audit_events(store: &forgetd::store::Store, kind: &str) -> Vec<serde_json::Value> {
+    use forgetd::store::db::Sql;
+    store
+        .rows(
+            "SELECT data FROM audit_log WHERE kind = ?1 ORDER BY seq",
+            forgetd::args![kind],
+            |r| r.get::<String>(0),
+        )
+        .unwrap()
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
 }
 
 /// A Convai chat of `subject` at the simulator and in the inventory.
