@@ -386,3 +386,240 @@ fn the_readmes_psql_and_psycopg_examples_work_as_written() {
         "filing again was harmless"
     );
 }
+
+/// psql as the server's superuser, on the maintenance database.
+fn superuser_psql(args: &[&str]) -> std::process::Output {
+    let server = pg::server().unwrap();
+    std::process::Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(format!("{server} dbname=postgres"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Drops the test's roles when the test ends, after its database (declared before it).
+struct Roles(Vec<String>);
+
+impl Drop for Roles {
+    fn drop(&mut self) {
+        for r in &self.0 {
+            let _ = superuser_psql(&["-c", &format!("DROP ROLE IF EXISTS {r}")]);
+        }
+    }
+}
+
+/// docs/postgres-roles.sql as an operator runs it: before forgetd's first open it makes the two
+/// roles and the database; forgetd then creates its schema as a role that is no superuser; run
+/// again, it grants the feeder role exactly the feeder contract. The feeder files a request and
+/// reads its state, and is refused everything else by the server itself; the daemon, as the
+/// owner, deletes only that person's chats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_roles_let_a_feeder_feed_and_nothing_more() {
+    if pg::server().is_none() {
+        return;
+    }
+    let pid = std::process::id();
+    let (owner, feeder, db) = (
+        format!("forgetd_owner_{pid}"),
+        format!("forgetd_feeder_{pid}"),
+        format!("forgetd_roles_{pid}"),
+    );
+    let _roles = Roles(vec![owner.clone(), feeder.clone()]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/postgres-roles.sql");
+    let run_script = || {
+        let o = superuser_psql(&[
+            "-v",
+            &format!("owner={owner}"),
+            "-v",
+            &format!("feeder={feeder}"),
+            "-v",
+            &format!("db={db}"),
+            "-f",
+            script,
+        ]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        stdout(&o)
+    };
+    let first = run_script();
+    assert!(first.contains("has no forgetd schema yet"), "{first}");
+    let s = Scratch {
+        dir: tempfile::tempdir().unwrap(),
+        pg: Some(pg::TestDb::adopt(&db, &owner)),
+    };
+    let o = superuser_psql(&[
+        "-At",
+        "-c",
+        &format!(
+            "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = '{owner}'"
+        ),
+    ]);
+    assert_eq!(stdout(&o).trim(), "f|f|f", "the owner is an ordinary role");
+    // forgetd's first open, as the owner, creates the schema.
+    let o = s.forgetd(&["status"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let second = run_script();
+    assert!(second.contains("granted"), "{second}");
+    assert_eq!(run_script(), second, "running it again changes nothing");
+
+    let f = s.pg.as_ref().unwrap().as_user(&feeder);
+    let feed = |sql: &str| {
+        let o = f.psql(sql);
+        assert_eq!(code(&o), 0, "the feeder may: {sql}\n{}", stderr(&o));
+        stdout(&o).trim().to_string()
+    };
+    feed(
+        "INSERT INTO sessions (provider, scope, session_id, subject, created_at) VALUES
+           ('convai', 'char-a', 'alice-1', NULL, 1700000000), ('convai', 'char-a', 'bob-1', 'bob', 1700000000),
+           ('convai', 'char-a', 'typo', 'alice', 1700000000)
+         ON CONFLICT (provider, scope, session_id) DO NOTHING",
+    );
+    feed("UPDATE sessions SET subject = 'alice' WHERE session_id = 'alice-1'");
+    feed("DELETE FROM sessions WHERE session_id = 'typo'");
+    feed(
+        "INSERT INTO erasure_requests (subject, external_ref) VALUES ('alice', 'DSR-1')
+         ON CONFLICT (external_ref) DO NOTHING",
+    );
+    assert_eq!(
+        feed("SELECT state FROM erasure_requests WHERE external_ref = 'DSR-1'"),
+        "received"
+    );
+    // The contract's own refusals still speak to the feeder.
+    let o =
+        f.psql("INSERT INTO sessions (provider, scope, session_id) VALUES ('openai', 'c', 's')");
+    assert!(
+        stderr(&o).contains("sessions_provider_must_be_a_key_of_providers"),
+        "{}",
+        stderr(&o)
+    );
+    // Everything beyond the contract is refused by the server, whatever the triggers say.
+    let refused = [
+        (
+            "UPDATE erasure_requests SET state = 'complete'",
+            "permission denied",
+        ),
+        (
+            "INSERT INTO erasure_requests (subject, state) VALUES ('mallory', 'complete')",
+            "permission denied",
+        ),
+        ("DELETE FROM erasure_requests", "permission denied"),
+        (
+            "DROP TRIGGER erasure_requests_are_records_and_cannot_be_deleted ON erasure_requests",
+            "must be owner",
+        ),
+        ("TRUNCATE sessions", "permission denied"),
+        (
+            "UPDATE sessions SET provider = 'koosearch'",
+            "permission denied",
+        ),
+        ("SELECT count(*) FROM audit_log", "permission denied"),
+        ("DELETE FROM holds", "permission denied"),
+        (
+            "UPDATE work_items SET state = 'deleted'",
+            "permission denied",
+        ),
+        ("INSERT INTO rules (name) VALUES ('r')", "permission denied"),
+        ("CREATE TABLE mine (i int)", "permission denied"),
+    ];
+    for (sql, why) in refused {
+        let o = f.psql(sql);
+        assert_ne!(code(&o), 0, "the feeder could: {sql}");
+        assert!(stderr(&o).contains(why), "{sql}: {}", stderr(&o));
+    }
+    assert_eq!(
+        feed("SELECT count(*) FROM erasure_requests"),
+        "1",
+        "nothing refused got in"
+    );
+
+    // The daemon, as the owner, does the rest.
+    let sim = Simulator::start(Arc::new(SystemClock), Faults::default(), 3)
+        .await
+        .unwrap();
+    sim.add_convai_chat("char-a", "alice-1", 1_700_000_000);
+    sim.add_convai_chat("char-a", "bob-1", 1_700_000_000);
+    let cfg = sim_config(&s, &sim, &["app-1"], "");
+    let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "run", "--once"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        feed("SELECT state FROM erasure_requests WHERE external_ref = 'DSR-1'"),
+        "complete"
+    );
+    assert!(!sim.exists(ProviderKind::CONVAI, "char-a", "alice-1"));
+    assert!(sim.exists(ProviderKind::CONVAI, "char-a", "bob-1"));
+    assert_eq!(
+        sim.named_in_deletes().len(),
+        1,
+        "only alice's chat was named"
+    );
+}
+
+/// An instance taken for dead (its heartbeat late) may still be running: once a rescuer has
+/// handed its claims back, it claims nothing more, so no claim is left without an instance a
+/// rescuer could find. Claims an older version left without one are handed back too.
+#[test]
+fn an_instance_taken_for_dead_claims_nothing_more_and_no_claim_is_left_ownerless() {
+    use forgetd::clock::Millis;
+    use forgetd::store::StoreError;
+    use forgetd::store::queue::ItemState;
+    let Some(s) = pg_scratch() else { return };
+    let ttl = std::time::Duration::from_secs(600);
+    let lease = std::time::Duration::from_secs(600);
+    let (mut a, mut b, mut c) = (s.store(), s.store(), s.store());
+    for st in [&mut a, &mut b, &mut c] {
+        st.register_instance(ttl).unwrap();
+    }
+    a.queue_synthetic_items(40).unwrap();
+    let now = Millis(1);
+    let first = a
+        .claim_batch(ProviderKind::CONVAI, now, lease, 10)
+        .unwrap()
+        .unwrap();
+    // (a batch is one scope's: 4 of the 40, spread over 10 characters)
+    let n = first.items.len() as u64;
+    assert!(n > 0);
+    // A stalls past its time (as five missed heartbeats would leave it); B rescues it.
+    let a_id = a.instance_id().unwrap().to_string();
+    psql_ok(
+        &s,
+        &format!("UPDATE forgetd_instances SET expires_ms = 0 WHERE id = '{a_id}'"),
+    );
+    let beat = b.instance_beat(ttl).unwrap();
+    assert_eq!((beat.rescued_instances, beat.rescued_items), (1, n));
+    assert_eq!(a.count_items(ItemState::InFlight).unwrap(), 0);
+    // A wakes and, before its own heartbeat tells it, tries to claim: refused, nothing claimed.
+    let e = a.claim_batch(ProviderKind::CONVAI, now, lease, 10);
+    assert!(matches!(e, Err(StoreError::Fenced { .. })), "{e:?}");
+    assert_eq!(a.count_items(ItemState::InFlight).unwrap(), 0);
+    assert!(matches!(
+        a.instance_beat(ttl),
+        Err(StoreError::Fenced { .. })
+    ));
+    // C's claim is its own and stays; B's next beat leaves it alone.
+    let theirs = c
+        .claim_batch(ProviderKind::CONVAI, now, lease, 10)
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.instance_beat(ttl).unwrap().rescued_items, 0);
+    assert_eq!(
+        a.count_items(ItemState::InFlight).unwrap(),
+        theirs.items.len() as u64
+    );
+    // A claim left without any instance row (what the old race left behind) is handed back.
+    let c_id = c.instance_id().unwrap().to_string();
+    psql_ok(
+        &s,
+        &format!("DELETE FROM forgetd_instances WHERE id = '{c_id}'"),
+    );
+    let beat = b.instance_beat(ttl).unwrap();
+    assert_eq!(beat.rescued_items, theirs.items.len() as u64);
+    assert_eq!(b.count_items(ItemState::InFlight).unwrap(), 0);
+    assert_eq!(b.count_items(ItemState::Pending).unwrap(), 40);
+    assert_eq!(
+        psql_ok(
+            &s,
+            "SELECT count(*) FROM audit_log WHERE kind = 'instance.rescued'"
+        ),
+        "2"
+    );
+}

@@ -241,8 +241,12 @@ impl Store {
     }
 
     /// Applies a batch's answer: marks each item and records the answer in one transaction.
-    /// Items no longer in flight under this batch (an expired lease taken back) are left alone.
-    /// Returns the ids of requests whose state may have changed.
+    /// Items no longer in flight under this batch (an expired lease taken back, or on PostgreSQL
+    /// a rescuer's hand-back) are left alone: their new claim settles and records them, and this
+    /// answer is recorded as `batch.answered_late`, which certifies nothing. A batch is answered
+    /// once: applying the same answer again (a retry after a commit whose acknowledgement was
+    /// lost with the connection) changes nothing. Returns the ids of requests whose state may
+    /// have changed.
     pub fn finish_batch(
         &mut self,
         batch_id: i64,
@@ -253,6 +257,13 @@ impl Store {
     ) -> Result<Vec<i64>> {
         self.write(|tx| {
             let now = now_ms.secs();
+            let first = tx.exec(
+                "UPDATE batches SET answered_ms = ?2, outcome = ?3 WHERE id = ?1 AND answered_ms IS NULL",
+                args![batch_id, now_ms, truncate_error(answer)],
+            )?;
+            if first == 0 {
+                return Ok(Vec::new());
+            }
             // The requests this batch serves, read while its items still carry the batch id.
             let requests: Vec<i64> = tx.rows(
                 "SELECT DISTINCT ri.request_id FROM work_items w JOIN request_items ri ON ri.item_id = w.id
@@ -294,12 +305,15 @@ impl Store {
             // A hold placed while these were on the wire applies before they can be claimed again.
             super::holds::apply_holds(tx, Some(&returned))?;
             if let Some(data) = audit {
-                super::audit::append(tx, now, "batch.answered", None, data)?;
+                // Hand-backs take whole batches (one lease, one instance), so a batch is either
+                // still this answer's or wholly someone else's by now.
+                let kind = if in_flight == 0 && !outcomes.is_empty() {
+                    "batch.answered_late"
+                } else {
+                    "batch.answered"
+                };
+                super::audit::append(tx, now, kind, None, data)?;
             }
-            tx.exec(
-                "UPDATE batches SET answered_ms = ?2, outcome = ?3 WHERE id = ?1",
-                args![batch_id, now_ms, truncate_error(answer)],
-            )?;
             let mut changed = Vec::new();
             for r in requests {
                 if super::requests::refresh_request(tx, r, now)?.is_some() {
@@ -565,6 +579,21 @@ fn claim_in_pg(
     lease: Duration,
     max: usize,
 ) -> Result<Option<ClaimedBatch>> {
+    // A claim names its instance, and only a live instance's claims are ever handed back: one
+    // whose row a rescuer removed (it was taken for dead) must not claim again, or its claims
+    // would belong to no one. The row is locked against that rescue until this claim commits.
+    if let Some(me) = tx.instance() {
+        let alive = tx.row_opt(
+            "SELECT id FROM forgetd_instances WHERE id = ?1 FOR KEY SHARE",
+            args![me],
+            |r| r.get::<String>(0),
+        )?;
+        if alive.is_none() {
+            return Err(StoreError::Fenced {
+                instance: me.to_string(),
+            });
+        }
+    }
     let rows: Vec<(ClaimedItem, i64, String, Option<String>)> = tx.rows(
         "WITH head AS (
              SELECT scope, repo_id FROM work_items
@@ -968,6 +997,50 @@ mod tests {
             None,
         )
         .unwrap();
+        assert_eq!(s.item_state(id).unwrap(), ItemState::Deleted);
+    }
+
+    /// The audit trail records each chat's deletion once: the answer of a batch whose claim was
+    /// taken back is recorded apart (`batch.answered_late`), and the same answer applied twice
+    /// (a retry after a commit whose acknowledgement was lost) is recorded once.
+    #[test]
+    fn a_late_or_repeated_answer_is_never_recorded_as_a_second_deletion() {
+        let (_d, mut s) = temp_store();
+        let id = add_item(&s, "convai", "c", "x", 0);
+        let claim = |s: &mut Store, at: i64| {
+            s.claim_batch(
+                ProviderKind::CONVAI,
+                Millis(at),
+                Duration::from_millis(10),
+                10,
+            )
+            .unwrap()
+            .unwrap()
+        };
+        let deleted = [(
+            id,
+            ItemOutcome::Deleted {
+                already_absent: false,
+            },
+        )];
+        let data = serde_json::json!({"deleted": ["x"]});
+        let b1 = claim(&mut s, 0);
+        assert_eq!(s.release_expired_leases(Millis(10), &[]).unwrap(), 1);
+        let b2 = claim(&mut s, 11);
+        for _ in 0..2 {
+            s.finish_batch(b2.batch_id, Millis(12), &deleted, "ok", Some(&data))
+                .unwrap();
+        }
+        s.finish_batch(b1.batch_id, Millis(13), &deleted, "ok", Some(&data))
+            .unwrap();
+        let kinds: Vec<String> = s
+            .rows(
+                "SELECT kind FROM audit_log WHERE kind LIKE 'batch.%' ORDER BY seq",
+                args![],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(kinds, ["batch.answered", "batch.answered_late"]);
         assert_eq!(s.item_state(id).unwrap(), ItemState::Deleted);
     }
 

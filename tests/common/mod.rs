@@ -306,7 +306,12 @@ pub mod pg {
     pub struct TestDb {
         pub name: String,
         pub url: String,
+        /// How psql reaches the server (as which user).
         server: String,
+        /// The superuser's connection string, which creates and drops.
+        admin_server: String,
+        /// Whether dropping this value drops the database.
+        drops: bool,
     }
 
     impl TestDb {
@@ -321,16 +326,49 @@ pub mod pg {
             let host = field(&server, "host").unwrap_or("/var/run/postgresql");
             let user = field(&server, "user").unwrap_or("postgres");
             let url = format!("postgresql://{user}@{}/{name}", host.replace('/', "%2F"));
-            let db = Self { name, url, server };
+            let db = Self {
+                name,
+                url,
+                admin_server: server.clone(),
+                server,
+                drops: true,
+            };
             let o = db.admin(&format!("CREATE DATABASE {}", db.name));
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             db
         }
 
+        /// A database someone else created (e.g. docs/postgres-roles.sql), reached as `user`
+        /// and dropped with this value.
+        pub fn adopt(name: &str, user: &str) -> Self {
+            let admin = server().expect("FORGETD_TEST_ENGINE=postgres needs FORGETD_TEST_PG");
+            let host = field(&admin, "host").unwrap_or("/var/run/postgresql");
+            let url = format!("postgresql://{user}@{}/{name}", host.replace('/', "%2F"));
+            let server = match field(&admin, "user") {
+                Some(u) => admin.replace(&format!("user={u}"), &format!("user={user}")),
+                None => format!("{admin} user={user}"),
+            };
+            Self {
+                name: name.to_string(),
+                url,
+                server,
+                admin_server: admin,
+                drops: true,
+            }
+        }
+
+        /// The same database reached by psql as another role (a feeder's user); dropping it
+        /// leaves the database to `self`.
+        pub fn as_user(&self, user: &str) -> Self {
+            let mut other = Self::adopt(&self.name, user);
+            other.drops = false;
+            other
+        }
+
         fn admin(&self, sql: &str) -> Output {
             Command::new("psql")
                 .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
-                .arg(format!("{} dbname=postgres", self.server))
+                .arg(format!("{} dbname=postgres", self.admin_server))
                 .args(["-c", sql])
                 .output()
                 .expect("psql must be installed (.ci/run installs postgresql)")
@@ -374,6 +412,9 @@ pub mod pg {
 
     impl Drop for TestDb {
         fn drop(&mut self) {
+            if !self.drops {
+                return;
+            }
             let _ = self.admin(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name

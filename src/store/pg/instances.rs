@@ -11,6 +11,10 @@
 //!   outcome is written only `WHERE batch_id = ? AND state = 'in_flight'`.
 //! - Rescue runs on every instance (no leader): the dead rows are taken `FOR UPDATE SKIP
 //!   LOCKED`, so two rescuers never return the same instance's items twice.
+//! - A claim needs its instance's row (locked `FOR KEY SHARE` while it claims): an instance
+//!   taken for dead cannot claim in the moment before its heartbeat learns it, so every claim
+//!   has an instance a rescuer can find. Claims left without one by an older version are
+//!   handed back by the same rescue.
 //! - An instance returns its own expired leases only ([`super::super::queue`]); a live peer's
 //!   batch may outlive its lease while that peer still waits for the answer.
 
@@ -95,15 +99,26 @@ impl Store {
         let me = self.instance.clone().unwrap_or_default();
         let at = crate::clock::Clock::now(&crate::clock::SystemClock);
         self.write(|tx| {
-            let dead: Vec<(String, String, i64)> = tx.rows(
+            let dead: Vec<(String, Option<String>, Option<i64>)> = tx.rows(
                 "SELECT id, host, pid FROM forgetd_instances
                  WHERE expires_ms < forgetd_now_ms() AND id <> ?1
                  ORDER BY id FOR UPDATE SKIP LOCKED",
                 args![me],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
+            // Claims whose instance has no row at all: none can arise now (a claim needs its
+            // instance's row), but a queue worked by a version before that rule may hold some,
+            // and nobody else would ever hand them back.
+            let orphaned: Vec<(String, Option<String>, Option<i64>)> = tx.rows(
+                "SELECT DISTINCT b.instance_id FROM work_items w JOIN batches b ON b.id = w.batch_id
+                 WHERE w.state = 'in_flight' AND b.instance_id IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM forgetd_instances i WHERE i.id = b.instance_id)
+                 ORDER BY 1",
+                args![],
+                |r| Ok((r.get(0)?, None, None)),
+            )?;
             let mut beat = Beat::default();
-            for (id, host, pid) in dead {
+            for (id, host, pid) in dead.into_iter().chain(orphaned) {
                 let items = hand_back(tx, &id)?;
                 crate::store::audit::append(
                     tx,
@@ -112,7 +127,10 @@ impl Store {
                     None,
                     &serde_json::json!({"instance": id, "host": host, "pid": pid, "items": items.len(), "by": me}),
                 )?;
-                tracing::warn!(instance = %id, host, pid, items = items.len(), "an instance stopped its heartbeat; its claimed chats are back in the queue");
+                match &host {
+                    Some(host) => tracing::warn!(instance = %id, host, pid, items = items.len(), "an instance stopped its heartbeat; its claimed chats are back in the queue"),
+                    None => tracing::warn!(instance = %id, items = items.len(), "claimed chats of an instance that has no row are back in the queue"),
+                }
                 beat.rescued_instances += 1;
                 beat.rescued_items += items.len() as u64;
             }
