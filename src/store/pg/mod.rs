@@ -11,9 +11,9 @@
 //!   and the prepared statement is cached for the connection's life.
 //! - Arguments are bound leniently, as SQLite's affinity would take them: an integer bound where
 //!   PostgreSQL inferred text is sent as its digits, never refused for the Rust type alone.
-//! - The schema (`migrations/*.sql`) is applied at open in one transaction per file, under an
-//!   advisory lock, so instances that start together migrate once. A database from a newer
-//!   forgetd is refused, as on SQLite.
+//! - The schema (`migrations/*.sql`) is applied at open, every pending file in one
+//!   transaction, under an advisory lock, so instances that start together migrate once. A
+//!   database from a newer forgetd is refused, as on SQLite.
 //! - Write transactions take turns over every instance ([`PgConn::begin`]); claims still lock
 //!   rows `FOR UPDATE SKIP LOCKED`, so the claim stays right if that ever changes.
 //! - Durability: `synchronous_commit = on` for forgetd's session whatever the server's default,
