@@ -59,7 +59,7 @@ async fn three_instances_killed_at_random_lose_nothing_and_delete_nothing_else()
         let _ = child.wait().await;
     }
     // The last ones killed must be taken for dead (5 heartbeats) before their claims return.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    until_no_instance_is_alive(&s).await;
     w.finish_and_check(&s, kills);
     assert_eq!(
         stdout(&s.sqlite3("SELECT count(*) FROM forgetd_instances")).trim(),

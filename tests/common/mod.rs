@@ -188,6 +188,22 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     wait_for(what, || std::future::ready(f().then_some(()))).await
 }
 
+/// Waits until no instance counts as alive on the PostgreSQL queue (the killed ones' rows
+/// expired, on the server's clock), so the next instance rescues their claims at its start;
+/// nothing to wait for on SQLite.
+pub async fn until_no_instance_is_alive(s: &Scratch) {
+    if s.on_pg() {
+        eventually("the killed instances' heartbeats expired", || {
+            stdout(&s.sqlite3(
+                "SELECT count(*) FROM forgetd_instances WHERE expires_ms >= forgetd_now_ms()",
+            ))
+            .trim()
+                == "0"
+        })
+        .await;
+    }
+}
+
 /// A config with Convai at a loopback port nothing listens on, for runs that must not reach a
 /// provider (an empty queue, start-up checks); `extra` is appended (rules).
 pub fn unreachable_convai_config(s: &Scratch, extra: &str) -> PathBuf {
