@@ -1,4 +1,5 @@
-//! The keyed audit chain against real SQLite files: a writer who has the database file but not
+//! The keyed audit chain against a real database (a SQLite file, or PostgreSQL with
+//! `FORGETD_TEST_ENGINE=postgres`): a writer who can write the database but has not
 //! forgetd's key cannot append a certifying link that verifies, nor rewrite sealed history with
 //! recomputed hashes; a feeder's command without the key appends unsealed links that the daemon
 //! seals late, and a request that command completes gets its closing event from the daemon.
@@ -19,41 +20,42 @@ use common::{code, stdout};
 
 struct World {
     sim: Simulator,
-    dir: tempfile::TempDir,
+    s: common::Scratch,
     clock: ManualClock,
     request: i64,
 }
 
 impl World {
-    fn db(&self) -> std::path::PathBuf {
-        self.dir.path().join("forgetd.db")
-    }
-    /// The store as forgetd's own user has it: with the chain key (from the key file the daemon
-    /// created beside the database).
+    /// The store as forgetd's own user has it: with the chain key (the key file the daemon
+    /// created beside the SQLite file, or on PostgreSQL the configured `[audit] subject_key`).
     fn keyed(&self) -> Store {
-        let mut s = Store::open(&self.db()).unwrap();
-        let key = SubjectKey::load(None, Some(&self.db())).unwrap();
+        let mut s = self.s.store();
+        let c = self.config();
+        let key = SubjectKey::load(c.audit.subject_key.as_ref(), c.database.sqlite_path()).unwrap();
         s.set_chain_key(key.chain_key());
         s
     }
-    /// The store as a feeder's user has it: the file, not the key.
+    /// The store as a feeder's user has it: the database, not the key.
     fn unkeyed(&self) -> Store {
-        Store::open(&self.db()).unwrap()
+        self.s.store()
     }
     fn config(&self) -> Config {
-        let mut c = self.sim.config(self.dir.path(), &["app-a"]).unwrap();
-        c.database = forgetd::config::Database::Sqlite(self.db());
+        let mut c = self.sim.config(self.s.dir.path(), &["app-a"]).unwrap();
+        self.s.use_in(&mut c);
         c
     }
     /// `forgetd audit verify` (the binary, as root: it reads the key).
     fn verify(&self) -> (i32, String) {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_forgetd"))
-            .arg("--db")
-            .arg(self.db())
-            .args(["audit", "verify"])
-            .output()
-            .unwrap();
+        let cfg = self.s.database_toml();
+        let cfg = self.s.write("verify.toml", &cfg);
+        let o = self
+            .s
+            .forgetd(&["--config", cfg.to_str().unwrap(), "audit", "verify"]);
         (code(&o), stdout(&o))
+    }
+    /// The spelling for this test's engine, where SQLite's and PostgreSQL's differ.
+    fn pick<'a>(&self, sqlite: &'a str, postgres: &'a str) -> &'a str {
+        if self.s.on_pg() { postgres } else { sqlite }
     }
 }
 
@@ -71,8 +73,8 @@ async fn drained(convai_refuses: bool) -> World {
         ..Faults::default()
     };
     let sim = Simulator::start(shared, faults, 5).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("forgetd.db")).unwrap();
+    let s = common::Scratch::new();
+    let mut store = s.store();
     for n in 0..2 {
         let sid = format!("alice-c{n}");
         sim.add_convai_chat("char-a", &sid, 1_700_000_000);
@@ -94,7 +96,7 @@ async fn drained(convai_refuses: bool) -> World {
     drop(store);
     let w = World {
         sim,
-        dir,
+        s,
         clock,
         request,
     };
@@ -104,9 +106,10 @@ async fn drained(convai_refuses: bool) -> World {
 }
 
 /// Debian's sqlite3 with the busy timeout the README asks feeders for (the daemon's store thread
-/// may still be closing its connection, which checkpoints the WAL under a lock).
+/// may still be closing its connection, which checkpoints the WAL under a lock), or psql as the
+/// server's superuser.
 fn sqlite3(w: &World, sql: &str) -> String {
-    let o = common::sqlite3(&w.db(), sql);
+    let o = w.s.sqlite3(sql);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
@@ -179,7 +182,10 @@ async fn rewriting_sealed_history_with_recomputed_hashes_is_caught_by_the_seals(
     // Drop the append-only trigger, rewrite the batch answer, recompute every hash after it.
     let rows = sqlite3(
         &w,
-        "SELECT seq || char(31) || at || char(31) || kind || char(31) || coalesce(request_id, '') || char(31) || data FROM audit_log ORDER BY seq",
+        &format!(
+            "SELECT seq || {sep} || at || {sep} || kind || {sep} || coalesce(CAST(request_id AS TEXT), '') || {sep} || data FROM audit_log ORDER BY seq",
+            sep = w.pick("char(31)", "chr(31)")
+        ),
     );
     let target = sqlite3(
         &w,
@@ -191,7 +197,10 @@ async fn rewriting_sealed_history_with_recomputed_hashes_is_caught_by_the_seals(
         &w,
         &format!("SELECT prev_hash FROM audit_log WHERE seq = {target}"),
     );
-    let mut sql = String::from("DROP TRIGGER audit_log_is_append_only_no_update;");
+    let mut sql = String::from(w.pick(
+        "DROP TRIGGER audit_log_is_append_only_no_update;",
+        "DROP TRIGGER audit_log_is_append_only_no_update ON audit_log;",
+    ));
     for line in rows.lines() {
         let f: Vec<&str> = line.split('\u{1f}').collect();
         let seq: i64 = f[0].parse().unwrap();
@@ -212,7 +221,10 @@ async fn rewriting_sealed_history_with_recomputed_hashes_is_caught_by_the_seals(
         ));
         prev = hash;
     }
-    sql.push_str("CREATE TRIGGER audit_log_is_append_only_no_update BEFORE UPDATE ON audit_log BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;");
+    sql.push_str(w.pick(
+        "CREATE TRIGGER audit_log_is_append_only_no_update BEFORE UPDATE ON audit_log BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;",
+        "CREATE TRIGGER audit_log_is_append_only_no_update BEFORE UPDATE ON audit_log FOR EACH ROW EXECUTE FUNCTION forgetd_refuse('audit_log is append-only: rows cannot be changed');",
+    ));
     sqlite3(&w, &sql);
     // The hashes hold again (a chain without a key cannot tell) ...
     let v = w.unkeyed().verify_audit().unwrap();
@@ -256,7 +268,7 @@ async fn a_feeders_command_without_the_key_is_sealed_late_and_its_completion_clo
         sqlite3(
             &w,
             &format!(
-                "SELECT state || '|' || coalesce(closing_seq, 'none') FROM erasure_requests WHERE id = {}",
+                "SELECT state || '|' || coalesce(CAST(closing_seq AS TEXT), 'none') FROM erasure_requests WHERE id = {}",
                 w.request
             )
         ),
