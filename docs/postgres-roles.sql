@@ -15,8 +15,9 @@
 --    already right.
 --
 -- The feeder role may, as on SQLite:
---   sessions          read, INSERT, DELETE (forgetting an inventory row by hand), and UPDATE of
---                     subject, repo_id and created_at (the checks and triggers still apply);
+--   sessions          read, INSERT of the contract's columns, DELETE (forgetting an inventory
+--                     row by hand), and UPDATE of subject, repo_id and created_at (the checks
+--                     and triggers still apply);
 --   erasure_requests  read (state is how a feeder learns a request is done) and INSERT of
 --                     subject, external_ref and received_at;
 --   providers         read (the sessions trigger checks a row's provider against it).
@@ -45,12 +46,16 @@ SELECT format('CREATE ROLE %I LOGIN', :'feeder')
 SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8''', :'db', :'owner')
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db') \gexec
 
--- Only the two roles connect; nobody else creates anything in the schema.
+-- Only the two roles connect; nobody else creates anything in the schema, and the feeder no
+-- temporary tables either (it needs none).
 REVOKE ALL ON DATABASE :"db" FROM PUBLIC;
-GRANT CONNECT, TEMPORARY ON DATABASE :"db" TO :"feeder";
+GRANT CONNECT ON DATABASE :"db" TO :"feeder";
 
 \connect :"db"
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+-- Before PostgreSQL 15 the schema `public` is the bootstrap superuser's, and the owner's right
+-- to create in it came from PUBLIC alone.
+GRANT CREATE ON SCHEMA public TO :"owner";
 GRANT USAGE ON SCHEMA public TO :"feeder";
 
 SELECT to_regclass('public.erasure_requests') IS NOT NULL AS schema_ready \gset
@@ -58,7 +63,8 @@ SELECT to_regclass('public.erasure_requests') IS NOT NULL AS schema_ready \gset
   BEGIN;
   REVOKE ALL ON ALL TABLES IN SCHEMA public FROM :"feeder";
   REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM :"feeder";
-  GRANT SELECT, INSERT, DELETE ON sessions TO :"feeder";
+  GRANT SELECT, DELETE ON sessions TO :"feeder";
+  GRANT INSERT (provider, scope, session_id, subject, repo_id, created_at) ON sessions TO :"feeder";
   GRANT UPDATE (subject, repo_id, created_at) ON sessions TO :"feeder";
   GRANT SELECT ON erasure_requests TO :"feeder";
   GRANT INSERT (subject, external_ref, received_at) ON erasure_requests TO :"feeder";

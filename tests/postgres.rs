@@ -130,6 +130,13 @@ fn the_feeder_contract_holds_on_postgresql_with_sqlites_names_and_messages() {
             "requests are records and cannot be deleted",
         ),
         (
+            // A table of one's own, found first (temporary tables are searched first), does
+            // not stand in for forgetd's providers: the trigger's search path is fixed.
+            "CREATE TEMP TABLE providers (key text); INSERT INTO providers VALUES ('openai');
+             INSERT INTO sessions(provider, scope, session_id) VALUES ('openai', 'c', 'shadow')",
+            "sessions_provider_must_be_a_key_of_providers",
+        ),
+        (
             // TRUNCATE skips row triggers; its own trigger refuses it.
             "TRUNCATE erasure_requests CASCADE",
             "requests are records and cannot be deleted",
@@ -520,6 +527,15 @@ async fn the_documented_roles_let_a_feeder_feed_and_nothing_more() {
         ),
         ("INSERT INTO rules (name) VALUES ('r')", "permission denied"),
         ("CREATE TABLE mine (i int)", "permission denied"),
+        ("CREATE TEMP TABLE mine (i int)", "permission denied"),
+        (
+            "INSERT INTO sessions (provider, scope, session_id, discovered_at) VALUES ('convai', 'c', 'd', 1)",
+            "permission denied",
+        ),
+        (
+            "INSERT INTO sessions (id, provider, scope, session_id) OVERRIDING SYSTEM VALUE VALUES (99, 'convai', 'c', 'e')",
+            "permission denied",
+        ),
     ];
     for (sql, why) in refused {
         let o = f.psql(sql);

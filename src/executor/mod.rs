@@ -729,10 +729,15 @@ impl Executor {
             "batch answered"
         );
         let (bid, outs) = (batch.batch_id, outcomes.clone());
-        self.write("recording a batch's answer", mode, cancel, move |s| {
-            s.finish_batch(bid, now, &outs, &answer, Some(&audit))
-        })
-        .await?;
+        let answered = self
+            .write("recording a batch's answer", mode, cancel, move |s| {
+                s.finish_batch(bid, now, &outs, &answer, Some(&audit))
+            })
+            .await?;
+        // A late or repeated answer settled nothing: the batch's new claim counts its items.
+        if !answered.settled {
+            return Ok(());
+        }
         for (_, o) in &outcomes {
             match o {
                 ItemOutcome::Deleted { .. } => self.metrics.deletion(kind, "deleted"),

@@ -141,6 +141,16 @@ pub struct ClaimedItem {
     pub first_attempt: Millis,
 }
 
+/// What applying a batch's answer did ([`Store::finish_batch`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answered {
+    /// Requests whose state may have changed.
+    pub changed_requests: Vec<i64>,
+    /// Whether this answer settled the batch's items: false for one applied before, or one that
+    /// came after the batch was taken back (its new claim settles and counts them).
+    pub settled: bool,
+}
+
 /// A batch of items of one (provider, scope, repo), in flight under a lease.
 #[derive(Debug, Clone)]
 pub struct ClaimedBatch {
@@ -246,7 +256,7 @@ impl Store {
     /// answer is recorded as `batch.answered_late`, which certifies nothing. A batch is answered
     /// once: applying the same answer again (a retry after a commit whose acknowledgement was
     /// lost with the connection) changes nothing. Returns the ids of requests whose state may
-    /// have changed.
+    /// have changed, and whether this answer settled the batch (what the deletion counters count).
     pub fn finish_batch(
         &mut self,
         batch_id: i64,
@@ -254,7 +264,7 @@ impl Store {
         outcomes: &[(i64, ItemOutcome)],
         answer: &str,
         audit: Option<&serde_json::Value>,
-    ) -> Result<Vec<i64>> {
+    ) -> Result<Answered> {
         self.write(|tx| {
             let now = now_ms.secs();
             let first = tx.exec(
@@ -262,7 +272,7 @@ impl Store {
                 args![batch_id, now_ms, truncate_error(answer)],
             )?;
             if first == 0 {
-                return Ok(Vec::new());
+                return Ok(Answered::default());
             }
             // The requests this batch serves, read while its items still carry the batch id.
             let requests: Vec<i64> = tx.rows(
@@ -320,7 +330,10 @@ impl Store {
                     changed.push(r);
                 }
             }
-            Ok(changed)
+            Ok(Answered {
+                changed_requests: changed,
+                settled: in_flight > 0,
+            })
         })
     }
 
@@ -1027,12 +1040,19 @@ mod tests {
         let b1 = claim(&mut s, 0);
         assert_eq!(s.release_expired_leases(Millis(10), &[]).unwrap(), 1);
         let b2 = claim(&mut s, 11);
-        for _ in 0..2 {
-            s.finish_batch(b2.batch_id, Millis(12), &deleted, "ok", Some(&data))
-                .unwrap();
-        }
-        s.finish_batch(b1.batch_id, Millis(13), &deleted, "ok", Some(&data))
-            .unwrap();
+        let settled: Vec<bool> = [(b2.batch_id, 12), (b2.batch_id, 12), (b1.batch_id, 13)]
+            .into_iter()
+            .map(|(b, at)| {
+                s.finish_batch(b, Millis(at), &deleted, "ok", Some(&data))
+                    .unwrap()
+                    .settled
+            })
+            .collect();
+        assert_eq!(
+            settled,
+            [true, false, false],
+            "only the first, current answer counts"
+        );
         let kinds: Vec<String> = s
             .rows(
                 "SELECT kind FROM audit_log WHERE kind LIKE 'batch.%' ORDER BY seq",

@@ -40,10 +40,11 @@ pub use crate::config::PgTarget;
 const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("migrations/006_baseline.sql")),
     (7, include_str!("migrations/007_instances.sql")),
+    (8, include_str!("migrations/008_trigger_search_path.sql")),
 ];
 
 /// The schema version this binary writes on PostgreSQL.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// One connection, with its cache of prepared statements.
 pub struct PgConn {
