@@ -368,15 +368,11 @@ fn values_of_the_wrong_storage_class_are_refused_at_insert_by_name() {
             "sessions_created_at_must_be_unix_seconds",
         ),
     ];
-    for (sql, constraint) in cases {
-        let o = s.sqlite3(sql);
-        assert_ne!(code(&o), 0, "{sql} was accepted");
-        assert!(
-            stderr(&o).contains(&format!("CHECK constraint failed: {constraint}")),
-            "{sql}: {}",
-            stderr(&o)
-        );
-    }
+    let cases: Vec<(&str, String)> = cases
+        .iter()
+        .map(|(q, c)| (*q, format!("CHECK constraint failed: {c}")))
+        .collect();
+    assert_each_refused(|sql| s.sqlite3(sql), &cases);
     // An integer where text is meant is what the feeder means (affinity makes it text).
     let o = s.sqlite3("INSERT INTO sessions (provider, scope, session_id, subject) VALUES ('convai', 'c', 4711, 4711)");
     assert_eq!(code(&o), 0, "{}", stderr(&o));

@@ -146,15 +146,7 @@ fn the_feeder_contract_holds_on_postgresql_with_sqlites_names_and_messages() {
             "cannot insert a non-DEFAULT value into column \"id\"",
         ),
     ];
-    for (sql, message) in cases {
-        let o = s.sqlite3(sql);
-        assert_ne!(code(&o), 0, "accepted: {sql}");
-        assert!(
-            stderr(&o).contains(message),
-            "{sql}\n  expected: {message}\n  got: {}",
-            stderr(&o)
-        );
-    }
+    assert_each_refused(|sql| s.sqlite3(sql), &cases);
     // Nothing refused got in; the valid row the UPDATE aimed at kept its provider.
     assert_eq!(
         psql_ok(
@@ -537,11 +529,7 @@ async fn the_documented_roles_let_a_feeder_feed_and_nothing_more() {
             "permission denied",
         ),
     ];
-    for (sql, why) in refused {
-        let o = f.psql(sql);
-        assert_ne!(code(&o), 0, "the feeder could: {sql}");
-        assert!(stderr(&o).contains(why), "{sql}: {}", stderr(&o));
-    }
+    assert_each_refused(|sql| f.psql(sql), &refused);
     assert_eq!(
         feed("SELECT count(*) FROM erasure_requests"),
         "1",

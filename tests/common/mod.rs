@@ -133,6 +133,21 @@ pub fn sqlite3(db: &Path, sql: &str) -> Output {
         .expect("Debian's sqlite3 must be installed (.ci/run installs it)")
 }
 
+/// Runs each statement with `run` (sqlite3 or psql as some user) and asserts it is refused with
+/// a message containing its expected text.
+pub fn assert_each_refused<S: AsRef<str>>(run: impl Fn(&str) -> Output, cases: &[(&str, S)]) {
+    for (sql, expected) in cases {
+        let expected = expected.as_ref();
+        let o = run(sql);
+        assert_ne!(code(&o), 0, "accepted: {sql}");
+        assert!(
+            stderr(&o).contains(expected),
+            "{sql}\n  expected: {expected}\n  got: {}",
+            stderr(&o)
+        );
+    }
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
