@@ -314,10 +314,11 @@ impl Store {
             }
             // A hold placed while these were on the wire applies before they can be claimed again.
             super::holds::apply_holds(tx, Some(&returned))?;
+            // Hand-backs take whole batches (one lease, one instance), so a batch is either still
+            // this answer's or wholly someone else's by now.
+            let late = in_flight == 0 && !outcomes.is_empty();
             if let Some(data) = audit {
-                // Hand-backs take whole batches (one lease, one instance), so a batch is either
-                // still this answer's or wholly someone else's by now.
-                let kind = if in_flight == 0 && !outcomes.is_empty() {
+                let kind = if late {
                     "batch.answered_late"
                 } else {
                     "batch.answered"
@@ -332,7 +333,7 @@ impl Store {
             }
             Ok(Answered {
                 changed_requests: changed,
-                settled: in_flight > 0,
+                settled: !late,
             })
         })
     }
