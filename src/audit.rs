@@ -93,6 +93,40 @@ pub struct ChatReappeared {
     pub deleting_again: bool,
 }
 
+/// `chats.held`: queued chats a legal hold covers were taken out of the queue by the one rule that
+/// decides what may be sent ([`crate::store::holds`]), on the path named by `at` (a claim, the
+/// check right before a call, a retry, a lease returned, a read-back). A hold's own placement is
+/// recorded by `hold.placed` instead.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChatsHeld {
+    pub at: String,
+    pub chats: Vec<HeldChat>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeldChat {
+    pub provider: String,
+    pub scope: String,
+    pub session_id: String,
+    pub hold_id: i64,
+}
+
+/// `hold.lifted`: a hold was removed; `freed` chats went back to the queue (a chat another hold
+/// still covers stays held and is not counted).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HoldLifted {
+    pub hold_id: i64,
+    pub freed: u64,
+}
+
+/// `request.retried`: `requests retry` gave a request's dead chats another round; `revived` went
+/// back to the queue, `held` of them a legal hold covers now.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RequestRetried {
+    pub revived: u64,
+    pub held: u64,
+}
+
 /// Events that certify what was erased: written only by a process holding the chain key, and
 /// sealed in the transaction that appends them (never late).
 pub const CERTIFYING_KINDS: [&str; 5] = [

@@ -224,7 +224,9 @@ pub fn request_detail_text(d: &RequestDetail, now: i64) -> String {
         if let Some(reason) = &i.hold_reason {
             let _ = write!(line, " hold {}: {reason}", i.hold_id.unwrap_or(0));
         }
-        if i.state != "deleted"
+        // A held chat's last error is history (a failed call, a read-back before the hold): the
+        // hold is what decides it now.
+        if !matches!(i.state.as_str(), "deleted" | "held")
             && let Some(e) = &i.last_error
         {
             let _ = write!(line, " attempts {}, last error: {e}", i.attempts);

@@ -96,6 +96,10 @@ impl Intake {
         store
             .call(move |s| {
                 s.seal_late()?;
+                // Another connection committed: a feeder may have re-attributed a queued chat to
+                // a person under a hold. The claim and the send check it anyway; this shows it
+                // held at once.
+                s.withhold_pending(now)?;
                 s.close_deferred(now)
             })
             .await?;

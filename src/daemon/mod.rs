@@ -105,6 +105,7 @@ impl Daemon {
         )
         .map_err(ConfigError::SubjectKey)?;
         store.set_chain_key(key.chain_key());
+        store.set_read_back(config.verify.after.is_some());
         // Links appended without the key since the last run (a feeder's CLI), and those of an
         // unkeyed chain from before schema 6, get their seals; finished requests whose closing
         // event was left to the daemon get it.
@@ -117,7 +118,7 @@ impl Daemon {
         }
         store.close_deferred(clock.now())?;
         // SQLite's lock proves no other worker holds a lease (on PostgreSQL this does nothing).
-        let released = store.release_all_in_flight()?;
+        let released = store.release_all_in_flight(clock.now())?;
         if released > 0 {
             tracing::info!(
                 items = released,
@@ -321,7 +322,13 @@ impl Daemon {
             }
         }
         tasks
-            .stop(exec_ended, &signals.cancel, &store, shutdown_timeout)
+            .stop(
+                exec_ended,
+                &signals.cancel,
+                &store,
+                shutdown_timeout,
+                &clock,
+            )
             .await?;
         if let Some(e) = fenced {
             return Err(e);
@@ -418,6 +425,7 @@ impl Tasks {
         cancel: &CancellationToken,
         store: &AsyncStore,
         shutdown_timeout: Duration,
+        clock: &SharedClock,
     ) -> Result<()> {
         let Tasks { exec, sched, http } = self;
         let unexpected = exec_ended.is_some();
@@ -439,7 +447,8 @@ impl Tasks {
                 }
             }
         };
-        match store.call(|s| s.release_all_in_flight()).await {
+        let now = clock.now();
+        match store.call(move |s| s.release_all_in_flight(now)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(items = n, "returned unfinished items to pending"),
             // Nothing is lost: the next start returns them (it holds the lock, so no one else

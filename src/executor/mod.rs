@@ -22,9 +22,10 @@
 //!
 //! Rules: IDs the provider can never accept go dead before sending. A batch's items stay in flight
 //! under a lease until the answer is stored, so a crash sends them again (deletes are idempotent).
-//! Items sent back to pending are checked against legal holds before they can be claimed again,
-//! and a batch that waited [`HOLD_RECHECK_AFTER`] or more since its claim is checked right before
-//! its call.
+//! A legal hold is absolute: every call is preceded by the store's hold rule
+//! ([`crate::store::holds::withhold`]) over its batch, after any wait for the gate, so a chat a
+//! hold covers when the check commits is never named; what remains is the time from that commit
+//! to the call's first byte.
 //! Time (backoff, Retry-After, probes) is the injected clock's.
 
 pub mod retry;
@@ -54,10 +55,6 @@ use retry::{Next, RetryPolicy};
 /// How long the loop waits for new work before looking again (feeder writes are also announced
 /// through [`Executor::wake`]).
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
-
-/// A batch older than this (wall time) is checked against legal holds right before it is sent:
-/// a hold placed at least this long before a call starts always keeps its chats out of it.
-pub const HOLD_RECHECK_AFTER: Duration = Duration::from_millis(100);
 
 /// How many times a lookup after a partial batch is tried before the item is simply sent again.
 pub const LOOKUP_TRIES: u32 = 3;
@@ -454,9 +451,9 @@ impl Executor {
             }
             if let Some(p) = gate.paused() {
                 if let Some((b, _holding)) = next.take() {
-                    let id = b.batch_id;
+                    let (id, now) = (b.batch_id, self.clock.now());
                     self.write("releasing a batch", mode, cancel, move |s| {
-                        s.release_batch(id)
+                        s.release_batch(id, now)
                     })
                     .await?;
                 }
@@ -781,9 +778,7 @@ impl Executor {
                 return Ok(());
             };
             // Checked after the wait for the gate and right before the call.
-            let items = self
-                .drop_newly_held(batch, items, outcomes, summary)
-                .await?;
+            let items = self.drop_newly_held(batch, items, summary).await?;
             if items.is_empty() {
                 return Ok(());
             }
@@ -832,32 +827,32 @@ impl Executor {
         })
     }
 
-    /// A legal hold placed since the claim wins: its chats are released, not sent, and become
-    /// held when the answer is recorded. Claims already skip held chats; a batch that waited
-    /// (claimed ahead, a Retry-After, a long call before it) is checked again here.
+    /// The hold rule at the last moment: right before the call (after any wait for the gate, a
+    /// Retry-After, a long call before it) the store takes every chat an active hold now covers
+    /// off the batch and marks it held, in one transaction. Those chats are not named in the call,
+    /// and their outcome is already recorded (held, not an answer of this batch).
     async fn drop_newly_held(
         &self,
         batch: &ClaimedBatch,
         items: Vec<ClaimedItem>,
-        outcomes: &mut Vec<(i64, ItemOutcome)>,
         summary: &mut Vec<String>,
     ) -> Result<Vec<ClaimedItem>, ExecutorError> {
-        let held = if batch.claimed_at.elapsed() >= HOLD_RECHECK_AFTER {
-            let bid = batch.batch_id;
-            self.store.call(move |s| s.held_in_batch(bid)).await?
-        } else {
-            Vec::new()
-        };
-        let (items, kept): (Vec<ClaimedItem>, Vec<ClaimedItem>) =
-            items.into_iter().partition(|i| !held.contains(&i.id));
-        if !kept.is_empty() {
-            summary.push(format!(
-                "{} not sent: a legal hold now covers them",
-                kept.len()
-            ));
-            outcomes.extend(kept.iter().map(|i| (i.id, ItemOutcome::Release)));
+        let (bid, now) = (batch.batch_id, self.clock.now());
+        let held = self
+            .store
+            .call(move |s| s.withhold_at_send(bid, now))
+            .await?;
+        if held.is_empty() {
+            return Ok(items);
         }
-        Ok(items)
+        summary.push(format!(
+            "{} not sent: a legal hold now covers them",
+            held.len()
+        ));
+        Ok(items
+            .into_iter()
+            .filter(|i| held.binary_search(&i.id).is_err())
+            .collect())
     }
 
     /// After a partial batch, looks each chat up, as many at once as the gate allows: absent is

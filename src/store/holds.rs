@@ -13,7 +13,7 @@ use crate::args;
 use serde::Serialize;
 
 use super::{Result, Store, StoreError};
-use crate::model::ChatKey;
+use crate::model::{ChatKey, ProviderKind};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HoldTarget {
@@ -38,53 +38,187 @@ pub struct Hold {
     pub chats_covered: u64,
 }
 
-/// Marks pending items covered by an active hold as held. `only` limits the sweep to some items.
+/// Where a queued chat was found covered by a hold and taken out of the queue (the `at` of a
+/// `chats.held` event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldAt {
+    /// A claim, before it picked its batch.
+    Claim,
+    /// Right before the delete call, after any wait for the gate.
+    Send,
+    /// `requests retry` revived it.
+    Retry,
+    /// Returned at start-up (the previous daemon's claims).
+    Restart,
+    /// Its lease ran out.
+    LeaseExpired,
+    /// A dead instance's claim handed back (PostgreSQL).
+    Rescue,
+    /// Read back present after a confirmed deletion.
+    ReadBack,
+    /// Its batch's answer sent it back to the queue, or its batch was handed back unsent.
+    Returned,
+    /// The inventory changed (a feeder re-attributed a chat).
+    Inventory,
+    /// A retention rule's run queued it, or revived it.
+    RuleRun,
+}
+
+impl HeldAt {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Claim => "claim",
+            Self::Send => "send",
+            Self::Retry => "retry",
+            Self::Restart => "restart",
+            Self::LeaseExpired => "lease_expired",
+            Self::Rescue => "rescue",
+            Self::ReadBack => "read_back",
+            Self::Returned => "returned",
+            Self::Inventory => "inventory",
+            Self::RuleRun => "rule_run",
+        }
+    }
+}
+
+/// Which queued chats the rule looks at.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Queued<'a> {
+    /// These items, if pending.
+    Items(&'a [i64]),
+    /// Every pending item (of one provider).
+    Pending(Option<ProviderKind>),
+    /// The items still in flight under this batch: claimed, not sent yet.
+    Batch(i64),
+}
+
+/// **The one rule that decides what may be sent.** Queued chats an active hold covers *now*
+/// become `held` (with the covering hold's id), in the caller's transaction. Coverage is the
+/// `item_holds` view, computed from the current truth: chat holds, and subject holds over the
+/// chat's current owner in `sessions` (a feeder may re-attribute a chat; the hold follows the new
+/// owner) and over the person the item was resolved for. Every path into `pending` and every
+/// send goes through it: the claim, the check right before the call, retry, lease return,
+/// rescue, read-back. With `at`, the change is audited (`chats.held`) and the requests of the
+/// held chats are refreshed; without, the caller records and refreshes (a hold's placement).
 /// Returns the ids of items that became held.
-pub(crate) fn apply_holds(tx: &Tx<'_>, only: Option<&[i64]>) -> Result<Vec<i64>> {
-    let sql = "UPDATE work_items
+pub(crate) fn withhold(
+    tx: &Tx<'_>,
+    queued: Queued<'_>,
+    now: i64,
+    at: Option<HeldAt>,
+) -> Result<Vec<i64>> {
+    let any: bool = tx.row(
+        "SELECT EXISTS (SELECT 1 FROM holds WHERE removed_at IS NULL)",
+        args![],
+        |r| r.get(0),
+    )?;
+    if !any {
+        return Ok(Vec::new());
+    }
+    const ONE: &str = "UPDATE work_items
                SET state = 'held', hold_id = (SELECT min(hold_id) FROM item_holds c WHERE c.item_id = work_items.id)
                WHERE state = 'pending' AND id = ?1 AND EXISTS (SELECT 1 FROM item_holds c WHERE c.item_id = work_items.id)
                RETURNING id";
     let mut held = Vec::new();
-    match only {
-        Some(ids) => {
-            for id in ids {
-                if let Some(h) = tx.row_opt(sql, args![id], |r| r.get::<i64>(0))? {
-                    held.push(h);
-                }
+    let mut one_by_one = |ids: &[i64]| -> Result<()> {
+        for id in ids {
+            if let Some(h) = tx.row_opt(ONE, args![id], |r| r.get::<i64>(0))? {
+                held.push(h);
             }
         }
-        None => {
+        Ok(())
+    };
+    match queued {
+        Queued::Items(ids) => one_by_one(ids)?,
+        Queued::Batch(batch_id) => {
+            // Off the wire first (never sent: no attempt counted), then held; both moves are
+            // legal transitions, in one transaction.
+            let covered: Vec<i64> = tx.rows(
+                "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL
+                 WHERE batch_id = ?1 AND state = 'in_flight'
+                   AND EXISTS (SELECT 1 FROM item_holds c WHERE c.item_id = work_items.id)
+                 RETURNING id",
+                args![batch_id],
+                |r| r.get(0),
+            )?;
+            one_by_one(&covered)?;
+        }
+        Queued::Pending(provider) => {
             held = tx.rows(
                 "UPDATE work_items
                  SET state = 'held', hold_id = (SELECT min(hold_id) FROM item_holds c WHERE c.item_id = work_items.id)
-                 WHERE state = 'pending' AND id IN (SELECT item_id FROM item_holds)
+                 WHERE state = 'pending' AND (CAST(?1 AS TEXT) IS NULL OR provider = ?1)
+                   AND id IN (SELECT item_id FROM item_holds)
                  RETURNING id",
-                args![],
+                args![provider.map(|p| p.as_str())],
                 |r| r.get(0),
             )?;
         }
     }
+    if held.is_empty() {
+        return Ok(held);
+    }
+    held.sort_unstable();
+    let Some(at) = at else {
+        return Ok(held);
+    };
+    let mut chats = Vec::with_capacity(held.len());
+    for id in &held {
+        chats.push(tx.row(
+            "SELECT provider, scope, session_id, hold_id FROM work_items WHERE id = ?1",
+            args![id],
+            |r| {
+                Ok(crate::audit::HeldChat {
+                    provider: r.get(0)?,
+                    scope: r.get(1)?,
+                    session_id: r.get(2)?,
+                    hold_id: r.get(3)?,
+                })
+            },
+        )?);
+    }
+    let event = crate::audit::ChatsHeld {
+        at: at.as_str().to_string(),
+        chats,
+    };
+    let data = serde_json::to_value(event).expect("plain data serializes");
+    super::audit::append(tx, now, "chats.held", None, &data)?;
+    tracing::info!(
+        chats = held.len(),
+        at = at.as_str(),
+        "queued chats a legal hold covers were kept out of deletion"
+    );
+    super::requests::refresh_for_items(tx, &held, now)?;
     Ok(held)
 }
 
 impl Store {
-    /// Items of an in-flight batch that an active hold now covers (checked right before sending).
-    pub fn held_in_batch(&self, batch_id: i64) -> Result<Vec<i64>> {
-        let any: bool = self.row(
+    /// The check right before a delete call: items of the claimed `batch_id` that an active hold
+    /// covers now are taken off the batch and marked held (audited, their requests refreshed), in
+    /// one transaction; returns their ids. What it returns must not be named in the call. A read
+    /// when no hold stands, else one write.
+    pub fn withhold_at_send(&mut self, batch_id: i64, now: i64) -> Result<Vec<i64>> {
+        if !self.any_active_hold()? {
+            return Ok(Vec::new());
+        }
+        self.write(|tx| withhold(tx, Queued::Batch(batch_id), now, Some(HeldAt::Send)))
+    }
+
+    fn any_active_hold(&self) -> Result<bool> {
+        self.row(
             "SELECT EXISTS (SELECT 1 FROM holds WHERE removed_at IS NULL)",
             args![],
             |r| r.get(0),
-        )?;
-        if !any {
+        )
+    }
+
+    /// Re-checks every pending item against the holds (after the inventory changed: a feeder may
+    /// have re-attributed a chat to a person under a hold); returns the items that became held.
+    pub fn withhold_pending(&mut self, now: i64) -> Result<Vec<i64>> {
+        if !self.any_active_hold()? {
             return Ok(Vec::new());
         }
-        self.rows(
-            "SELECT w.id FROM work_items w WHERE w.batch_id = ?1 AND w.state = 'in_flight'
-               AND EXISTS (SELECT 1 FROM item_holds c WHERE c.item_id = w.id)",
-            args![batch_id],
-            |r| r.get(0),
-        )
+        self.write(|tx| withhold(tx, Queued::Pending(None), now, Some(HeldAt::Inventory)))
     }
 
     /// Places a hold; returns its id and the items it took out of the queue.
@@ -107,7 +241,7 @@ impl Store {
                     |r| r.get(0),
                 )?,
             };
-            let held = apply_holds(tx, None)?;
+            let held = withhold(tx, Queued::Pending(None), now, None)?;
             // The subject itself stays out of the audit trail; the hold's id leads to it.
             let target = match target {
                 HoldTarget::Subject(_) => serde_json::json!({"kind": "subject"}),
@@ -136,11 +270,17 @@ impl Store {
                 |r| r.get(0),
             )?;
             // Another hold may still cover some of them.
-            let reheld = apply_holds(tx, Some(&released))?;
+            let reheld = withhold(tx, Queued::Items(&released), now, None)?;
             let freed: Vec<i64> = released
                 .into_iter()
                 .filter(|i| !reheld.contains(i))
                 .collect();
+            let event = crate::audit::HoldLifted {
+                hold_id: id,
+                freed: freed.len() as u64,
+            };
+            let data = serde_json::to_value(event).expect("plain data serializes");
+            super::audit::append(tx, now, "hold.lifted", None, &data)?;
             super::requests::refresh_for_items(tx, &freed, now)?;
             Ok(freed)
         })
@@ -296,7 +436,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_on_the_wire_names_just_the_chats_a_new_hold_covers() {
+    fn the_check_before_a_call_takes_off_just_the_chats_a_new_hold_covers() {
         let (_d, mut s) = temp_store();
         let a = item(&s, "c", "a1", Some("alice"));
         let b = item(&s, "c", "b1", Some("bob"));
@@ -306,19 +446,202 @@ mod tests {
             .unwrap();
         assert_eq!(batch.items.len(), 2);
         assert!(
-            s.held_in_batch(batch.batch_id).unwrap().is_empty(),
+            s.withhold_at_send(batch.batch_id, 1).unwrap().is_empty(),
             "no hold"
         );
         s.add_hold(&chat("c", "elsewhere"), "unrelated", 1).unwrap();
         assert!(
-            s.held_in_batch(batch.batch_id).unwrap().is_empty(),
+            s.withhold_at_send(batch.batch_id, 1).unwrap().is_empty(),
             "a hold that covers none of them"
         );
+        let (h, took) = s
+            .add_hold(&HoldTarget::Subject("alice".into()), "A", 2)
+            .unwrap();
+        assert!(took.is_empty(), "in flight: not the hold's to take");
+        assert_eq!(state(&s, a).0, "in_flight");
+        assert_eq!(s.withhold_at_send(batch.batch_id, 3).unwrap(), vec![a]);
+        assert_eq!(state(&s, a), ("held".into(), Some(h)));
+        assert_eq!(state(&s, b), ("in_flight".into(), None));
+        let kinds: Vec<(String, String)> = s
+            .sqlite()
+            .prepare("SELECT kind, data FROM audit_log WHERE kind = 'chats.held'")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(kinds.len(), 1, "{kinds:?}");
+        assert!(
+            kinds[0].1.contains("\"at\":\"send\"") && kinds[0].1.contains("a1"),
+            "{kinds:?}"
+        );
+        assert!(!kinds[0].1.contains("b1"), "{kinds:?}");
+    }
+
+    /// Every path back into the queue asks the rule again; the claim asks it before it picks.
+    #[test]
+    fn no_path_back_to_the_queue_lets_a_held_chat_be_claimed() {
+        let (_d, mut s) = temp_store();
+        let lease = Duration::from_secs(60);
+        // Claimed (a daemon crashed mid-call), then held while nothing ran: the restart's
+        // release keeps it.
+        let a = item(&s, "c", "a1", Some("alice"));
+        let decoy = item(&s, "c", "z1", Some("zed"));
+        s.claim_batch(ProviderKind::CONVAI, Millis(0), lease, 10)
+            .unwrap()
+            .unwrap();
+        s.add_hold(&chat("c", "a1"), "evidence", 1).unwrap();
+        assert_eq!(s.release_all_in_flight(2).unwrap(), 2);
+        assert_eq!(state(&s, a).0, "held");
+        assert_eq!(state(&s, decoy).0, "pending");
+        // Pending, then re-attributed by a feeder to a person under a hold: the claim skips it.
+        let x = item(&s, "c", "x1", Some("alice"));
+        s.sqlite()
+            .execute(
+                "INSERT INTO sessions (provider, scope, session_id, subject) VALUES ('convai', 'c', 'x1', 'alice')",
+                [],
+            )
+            .unwrap();
+        let (bob_hold, _) = s
+            .add_hold(&HoldTarget::Subject("bob".into()), "B", 3)
+            .unwrap();
+        s.sqlite()
+            .execute(
+                "UPDATE sessions SET subject = 'bob' WHERE session_id = 'x1'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(state(&s, x).0, "pending", "no one told forgetd yet");
+        let batch = s
+            .claim_batch(ProviderKind::CONVAI, Millis(5), lease, 10)
+            .unwrap()
+            .unwrap();
+        let claimed: Vec<i64> = batch.items.iter().map(|i| i.id).collect();
+        assert_eq!(claimed, vec![decoy]);
+        assert_eq!(state(&s, x), ("held".into(), Some(bob_hold)));
+        // An expired lease returns the decoy; a hold placed meanwhile keeps it.
+        s.add_hold(&chat("c", "z1"), "Z", 4).unwrap();
+        assert_eq!(
+            s.release_expired_leases(Millis(5).after(lease), &[])
+                .unwrap(),
+            1
+        );
+        assert_eq!(state(&s, decoy).0, "held");
+    }
+
+    /// Files alice's request over `sids` (inventory rows), resolves it, and claims its batch.
+    fn alices_request(s: &mut Store, sids: &[&str]) -> (i64, crate::store::queue::ClaimedBatch) {
+        for sid in sids {
+            s.sqlite()
+                .execute(
+                    "INSERT INTO sessions (provider, scope, session_id, subject) VALUES ('convai', 'c', ?1, 'alice')",
+                    [sid],
+                )
+                .unwrap();
+        }
+        let filed = s.file_request("alice", Some("R1"), 0, 86_400).unwrap();
+        let req = s.received_requests(10).unwrap().remove(0);
+        s.resolve_request(&req, &[], "hash", 0, 86_400).unwrap();
+        let batch = s
+            .claim_batch(ProviderKind::CONVAI, Millis(0), Duration::from_secs(60), 10)
+            .unwrap()
+            .unwrap();
+        (filed.id, batch)
+    }
+
+    fn request_state(s: &Store, id: i64) -> String {
+        s.sqlite()
+            .query_row(
+                "SELECT state FROM erasure_requests WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn a_retry_of_a_failed_request_keeps_its_held_chats_out_of_the_queue() {
+        use crate::store::queue::ItemOutcome;
+        let (_d, mut s) = temp_store();
+        let (req, batch) = alices_request(&mut s, &["a1", "a2"]);
+        let dead: Vec<(i64, ItemOutcome)> = batch
+            .items
+            .iter()
+            .map(|i| {
+                (
+                    i.id,
+                    ItemOutcome::Dead {
+                        error: "HTTP 500".into(),
+                    },
+                )
+            })
+            .collect();
+        s.finish_batch(batch.batch_id, Millis(1000), &dead, "500", None)
+            .unwrap();
+        assert_eq!(request_state(&s, req), "failed");
         s.add_hold(&HoldTarget::Subject("alice".into()), "A", 2)
             .unwrap();
-        assert_eq!(s.held_in_batch(batch.batch_id).unwrap(), vec![a]);
-        // In flight, so not flipped to held by the hold itself: the executor drops it.
-        assert_eq!(state(&s, a).0, "in_flight");
-        assert_eq!(state(&s, b).0, "in_flight");
+        assert_eq!(s.retry_request(req, 3).unwrap(), 2);
+        for i in &batch.items {
+            assert_eq!(state(&s, i.id).0, "held");
+        }
+        let data: String = s
+            .sqlite()
+            .query_row(
+                "SELECT data FROM audit_log WHERE kind = 'request.retried' AND request_id = ?1",
+                [req],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(data.contains("\"held\":2"), "{data}");
+        assert_eq!(request_state(&s, req), "complete", "every chat held");
+        assert_eq!(s.retry_request(req, 4).unwrap(), 0, "nothing dead");
+    }
+
+    /// A confirmed deletion, a chat hold, then the chat read back present: held (not deleted
+    /// again), and the request closes again stating it held, with the reason.
+    #[test]
+    fn a_chat_held_after_its_deletion_and_read_back_present_is_certified_held() {
+        use crate::store::queue::ItemOutcome;
+        use crate::store::verification::{ReadBack, ReadBackLimits};
+        let (_d, mut s) = temp_store();
+        // The daemon's key: only it writes closing events.
+        s.set_chain_key(crate::audit::SubjectKey::from_bytes(&[3; 32]).chain_key());
+        let (req, batch) = alices_request(&mut s, &["a1"]);
+        let a = batch.items[0].id;
+        s.finish_batch(
+            batch.batch_id,
+            Millis(1000),
+            &[(
+                a,
+                ItemOutcome::Deleted {
+                    already_absent: false,
+                },
+            )],
+            "ok",
+            None,
+        )
+        .unwrap();
+        assert_eq!(request_state(&s, req), "complete");
+        let first = s.closing_event(req).unwrap().unwrap();
+        assert_eq!(first.closed.items[0].state, "deleted");
+        let (h, _) = s.add_hold(&chat("c", "a1"), "litigation 7", 5).unwrap();
+        s.record_read_backs(
+            ProviderKind::CONVAI,
+            &[(a, ReadBack::Present)],
+            Millis(10_000),
+            ReadBackLimits {
+                max_reappearances: 3,
+                max_attempts: 3,
+            },
+        )
+        .unwrap();
+        assert_eq!(state(&s, a), ("held".into(), Some(h)));
+        assert_eq!(request_state(&s, req), "complete");
+        let last = s.closing_event(req).unwrap().unwrap();
+        assert!(last.seq > first.seq, "closed again");
+        let item = &last.closed.items[0];
+        assert_eq!(item.state, "held");
+        assert_eq!(item.hold_reason.as_deref(), Some("litigation 7"));
     }
 }

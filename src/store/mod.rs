@@ -295,6 +295,10 @@ pub struct Store {
     /// PostgreSQL: this daemon's instance id once registered ([`pg::instances`]); its batches
     /// carry it.
     instance: Option<String>,
+    /// Whether deletions are read back ([`crate::verify`]): a deleted chat's work item then keeps
+    /// its owner until it is read back, so a chat the provider did not keep comes back still
+    /// covered by its person's holds. Off: the owner goes with the confirmation.
+    read_back: bool,
 }
 
 /// A write transaction, carrying the chain key when the store has one: every audit append in it
@@ -451,6 +455,7 @@ impl Store {
             chain_key: None,
             listener: None,
             instance: None,
+            read_back: true,
         };
         sync_providers(&mut store)?;
         Ok(store)
@@ -479,6 +484,7 @@ impl Store {
                     chain_key: None,
                     listener: None,
                     instance: None,
+                    read_back: true,
                 };
                 sync_providers(&mut store)?;
                 Ok(store)
@@ -610,6 +616,12 @@ impl Store {
     /// Gives this store the audit chain's key: from now on it seals what it appends.
     pub fn set_chain_key(&mut self, key: crate::audit::ChainKey) {
         self.chain_key = Some(std::sync::Arc::new(key));
+    }
+
+    /// Whether deletions will be read back (`[verify] after` is not off): a deleted chat's owner
+    /// is then kept on its work item until the read-back settles it.
+    pub fn set_read_back(&mut self, on: bool) {
+        self.read_back = on;
     }
 
     /// Whether this store seals what it appends.

@@ -34,6 +34,7 @@ use super::db::{Engine, Row, Sql};
 use crate::args;
 
 use super::Tx;
+use super::holds::{HeldAt, Queued, withhold};
 
 use super::{Result, Store, StoreError};
 use crate::clock::Millis;
@@ -159,8 +160,6 @@ pub struct ClaimedBatch {
     pub scope: String,
     pub repo_id: Option<String>,
     pub items: Vec<ClaimedItem>,
-    /// Wall-clock moment of the claim: a batch that waited is checked against new holds.
-    pub claimed_at: std::time::Instant,
 }
 
 /// What the executor decided for one item of a batch.
@@ -237,7 +236,7 @@ impl Store {
     }
 
     /// Returns a claimed batch that was never sent to pending (no attempt counted).
-    pub fn release_batch(&mut self, batch_id: i64) -> Result<usize> {
+    pub fn release_batch(&mut self, batch_id: i64, now: i64) -> Result<usize> {
         self.write(|tx| {
             let ids: Vec<i64> = tx.rows(
                 "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL
@@ -245,7 +244,7 @@ impl Store {
                 args![batch_id],
                 |r| r.get(0),
             )?;
-            super::holds::apply_holds(tx, Some(&ids))?;
+            withhold(tx, Queued::Items(&ids), now, Some(HeldAt::Returned))?;
             Ok(ids.len())
         })
     }
@@ -265,6 +264,7 @@ impl Store {
         answer: &str,
         audit: Option<&serde_json::Value>,
     ) -> Result<Answered> {
+        let keep_owner = self.read_back;
         self.write(|tx| {
             let now = now_ms.secs();
             let first = tx.exec(
@@ -297,13 +297,14 @@ impl Store {
                 // The common case, in one statement: the provider confirmed the whole batch.
                 tx.exec(
                     "UPDATE work_items SET state = 'deleted', outcome = 'deleted', finished_at = ?2,
-                     lease_expires_ms = NULL, batch_id = NULL, subject = NULL
+                     lease_expires_ms = NULL, batch_id = NULL,
+                     subject = CASE WHEN ?3 THEN subject END
                      WHERE batch_id = ?1 AND state = 'in_flight'",
-                    args![batch_id, now],
+                    args![batch_id, now, keep_owner],
                 )?;
             } else {
                 for (id, outcome) in outcomes {
-                    apply_outcome(tx, batch_id, *id, now_ms, outcome)?;
+                    apply_outcome(tx, batch_id, *id, now_ms, outcome, keep_owner)?;
                     if matches!(
                         outcome,
                         ItemOutcome::Retry { .. } | ItemOutcome::Defer { .. } | ItemOutcome::Release
@@ -313,7 +314,7 @@ impl Store {
                 }
             }
             // A hold placed while these were on the wire applies before they can be claimed again.
-            super::holds::apply_holds(tx, Some(&returned))?;
+            withhold(tx, Queued::Items(&returned), now, Some(HeldAt::Returned))?;
             // Hand-backs take whole batches (one lease, one instance), so a batch is either still
             // this answer's or wholly someone else's by now.
             let late = in_flight == 0 && !outcomes.is_empty();
@@ -360,25 +361,39 @@ impl Store {
             }
         };
         let me = self.instance_id().map(str::to_string);
-        self.write(|tx| match tx.engine() {
-            Engine::Sqlite => tx.exec(sql, args![now_ms, spared]),
-            Engine::Postgres => tx.exec(sql, args![now_ms, spared, me]),
+        let sql = format!("{sql} RETURNING id");
+        self.write(|tx| {
+            let ids: Vec<i64> = match tx.engine() {
+                Engine::Sqlite => tx.rows(&sql, args![now_ms, spared], |r| r.get(0))?,
+                Engine::Postgres => tx.rows(&sql, args![now_ms, spared, me], |r| r.get(0))?,
+            };
+            withhold(
+                tx,
+                Queued::Items(&ids),
+                now_ms.secs(),
+                Some(HeldAt::LeaseExpired),
+            )?;
+            Ok(ids.len())
         })
     }
 
     /// Returns every in-flight item to pending. Only safe while holding the daemon lock: that
     /// proves no other worker holds a lease. SQLite's alone: on PostgreSQL other instances may
     /// hold leases, and a dead one's are the rescuer's ([`Store::rescue_dead_instances`]).
-    pub fn release_all_in_flight(&mut self) -> Result<usize> {
+    /// A hold placed while they were on the wire, or while no daemon ran, keeps them.
+    pub fn release_all_in_flight(&mut self, now: i64) -> Result<usize> {
         if self.engine() == Engine::Postgres {
             return Ok(0);
         }
         self.write(|tx| {
-            tx.exec(
+            let ids: Vec<i64> = tx.rows(
                 "UPDATE work_items SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL
-                 WHERE state = 'in_flight'",
+                 WHERE state = 'in_flight' RETURNING id",
                 args![],
-            )
+                |r| r.get(0),
+            )?;
+            withhold(tx, Queued::Items(&ids), now, Some(HeldAt::Restart))?;
+            Ok(ids.len())
         })
     }
 
@@ -505,6 +520,14 @@ fn claim_in(
     lease: Duration,
     max: usize,
 ) -> Result<Option<ClaimedBatch>> {
+    // The one rule first: nothing a hold covers now is claimed (a feeder's re-attribution, a
+    // hold placed while no daemon ran, a path that queued without asking).
+    withhold(
+        tx,
+        Queued::Pending(Some(provider)),
+        now_ms.secs(),
+        Some(HeldAt::Claim),
+    )?;
     if tx.engine() == Engine::Postgres {
         return claim_in_pg(tx, provider, now_ms, lease, max);
     }
@@ -576,7 +599,6 @@ fn sized_batch(
         scope,
         repo_id,
         items,
-        claimed_at: std::time::Instant::now(),
     }))
 }
 
@@ -655,6 +677,7 @@ fn apply_outcome(
     id: i64,
     now_ms: Millis,
     outcome: &ItemOutcome,
+    keep_owner: bool,
 ) -> Result<()> {
     let now = now_ms.secs();
     let guard = "WHERE id = ?1 AND batch_id = ?2 AND state = 'in_flight'";
@@ -668,9 +691,9 @@ fn apply_outcome(
             tx.exec(
                 &format!(
                     "UPDATE work_items SET state = 'deleted', outcome = ?3, finished_at = ?4,
-                     lease_expires_ms = NULL, batch_id = NULL, subject = NULL {guard}"
+                     lease_expires_ms = NULL, batch_id = NULL, subject = CASE WHEN ?5 THEN subject END {guard}"
                 ),
-                args![id, batch_id, kind, now],
+                args![id, batch_id, kind, now, keep_owner],
             )?;
         }
         ItemOutcome::Retry { at: at_ms, error } => {
@@ -1155,7 +1178,7 @@ mod tests {
                         }
                     }
                     Op::ReleaseAll => {
-                        s.release_all_in_flight().unwrap();
+                        s.release_all_in_flight(0).unwrap();
                         for m in model.values_mut() {
                             if m.0 == ItemState::InFlight { *m = (ItemState::Pending, None, 0); }
                         }

@@ -308,14 +308,32 @@ impl Store {
             if exists.is_none() {
                 return Err(StoreError::NotFound(format!("no erasure request with id {id}")));
             }
-            let n = tx.exec(
+            let revived: Vec<i64> = tx.rows(
                 "UPDATE work_items SET state = 'pending', attempts = 0, first_attempt_ms = NULL,
                         next_attempt_ms = 0, finished_at = NULL, reappeared = 0
-                 WHERE state = 'dead' AND id IN (SELECT item_id FROM request_items WHERE request_id = ?1)",
+                 WHERE state = 'dead' AND id IN (SELECT item_id FROM request_items WHERE request_id = ?1)
+                 RETURNING id",
                 args![id],
+                |r| r.get(0),
             )?;
+            if revived.is_empty() {
+                return Ok(0);
+            }
+            // A hold placed since they went dead keeps them: held, not sent.
+            let held = super::holds::withhold(
+                tx,
+                super::holds::Queued::Items(&revived),
+                now,
+                Some(super::holds::HeldAt::Retry),
+            )?;
+            let event = crate::audit::RequestRetried {
+                revived: revived.len() as u64,
+                held: held.len() as u64,
+            };
+            let data = serde_json::to_value(event).expect("plain data serializes");
+            super::audit::append(tx, now, "request.retried", Some(id), &data)?;
             refresh_request(tx, id, now)?;
-            Ok(n)
+            Ok(revived.len())
         })
     }
 }
@@ -382,18 +400,32 @@ pub(crate) fn refresh_request(tx: &Tx<'_>, id: i64, now: i64) -> Result<Option<R
     } else {
         RequestState::Complete
     };
-    if new == old {
+    let closed = matches!(new, RequestState::Complete | RequestState::Failed);
+    // Callers refresh a request because one of its chats changed. A closed request whose chat
+    // changed without changing the request's state (a confirmed deletion read back present and
+    // now held, or given up as unkept) is closed again: its closing event must state each chat's
+    // fate as it is now, and a certificate reads the latest.
+    let reclose = new == old && closed;
+    if new == old && !(reclose && closing_event_is_stale(tx, id)?) {
         return Ok(None);
     }
-    let completed_at = matches!(new, RequestState::Complete | RequestState::Failed).then_some(now);
-    // A request back at work (a chat reappeared, a hold lifted) is verified again when it
-    // completes again.
-    tx.exec(
-        "UPDATE erasure_requests SET state = ?2, completed_at = ?3, updated_at = ?4,
-                verified_at = CASE WHEN ?2 = 'complete' THEN verified_at END, closing_seq = NULL
-         WHERE id = ?1",
-        args![id, new.as_str(), completed_at, now],
-    )?;
+    if reclose {
+        tx.exec(
+            "UPDATE erasure_requests SET updated_at = ?2, verified_at = NULL, closing_seq = NULL
+             WHERE id = ?1",
+            args![id, now],
+        )?;
+    } else {
+        let completed_at = closed.then_some(now);
+        // A request back at work (a chat reappeared, a hold lifted) is verified again when it
+        // completes again.
+        tx.exec(
+            "UPDATE erasure_requests SET state = ?2, completed_at = ?3, updated_at = ?4,
+                    verified_at = CASE WHEN ?2 = 'complete' THEN verified_at END, closing_seq = NULL
+             WHERE id = ?1",
+            args![id, new.as_str(), completed_at, now],
+        )?;
+    }
     // The closing event certifies what was erased: only a process holding the chain key writes
     // it. Without the key (a feeder's `holds add` completed the request) the daemon writes it
     // within a second ([`Store::close_deferred`]).
@@ -404,6 +436,42 @@ pub(crate) fn refresh_request(tx: &Tx<'_>, id: i64, now: i64) -> Result<Option<R
         minimize(tx, id)?;
     }
     Ok(Some(new))
+}
+
+/// Whether a closed request's closing event states a fate (state, hold) for some chat that is not
+/// the chat's now. `false` while the closing event is still to be written (`closing_seq` NULL:
+/// the daemon writes it from the current state).
+fn closing_event_is_stale(tx: &Tx<'_>, id: i64) -> Result<bool> {
+    let data: Option<String> = tx.row_opt(
+        "SELECT a.data FROM erasure_requests r JOIN audit_log a ON a.seq = r.closing_seq
+             WHERE r.id = ?1",
+        args![id],
+        |r| r.get(0),
+    )?;
+    let Some(data) = data else {
+        return Ok(false);
+    };
+    type Fate = (String, String, String, String, Option<i64>);
+    let stated: std::collections::BTreeSet<Fate> =
+        match serde_json::from_str::<RequestClosed>(&data) {
+            Ok(c) => c
+                .items
+                .into_iter()
+                .map(|i| (i.provider, i.scope, i.session_id, i.state, i.hold_id))
+                .collect(),
+            // Unreadable: closing again states the truth.
+            Err(_) => return Ok(true),
+        };
+    let now: std::collections::BTreeSet<Fate> = tx
+        .rows(
+            "SELECT w.provider, w.scope, w.session_id, w.state, w.hold_id
+             FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = ?1",
+            args![id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?
+        .into_iter()
+        .collect();
+    Ok(stated != now)
 }
 
 /// The closing event of a finished request, its journal line, and (complete, every chat read

@@ -146,7 +146,7 @@ pub(crate) fn resolve_request_in(
                 }
             }
             res.items = ids.len() as u64;
-            res.held = holds::apply_holds(tx, Some(&ids))?.len() as u64;
+            res.held = holds::withhold(tx, holds::Queued::Items(&ids), now, None)?.len() as u64;
             let held_now: u64 = tx.row(
                 "SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id WHERE ri.request_id = ?1 AND w.state = 'held'",
                 args![req.id],
@@ -200,7 +200,7 @@ pub(crate) fn upsert_item(tx: &Tx<'_>, chat: &ItemChat<'_>, due_at: i64, now: i6
          ON CONFLICT (provider, scope, session_id) DO UPDATE SET
              due_at = CASE WHEN excluded.due_at < work_items.due_at THEN excluded.due_at
                            ELSE work_items.due_at END,
-             subject = CASE WHEN work_items.state = 'deleted' THEN NULL
+             subject = CASE WHEN work_items.state = 'deleted' THEN work_items.subject
                             ELSE coalesce(work_items.subject, excluded.subject) END
          RETURNING id",
         args![
@@ -324,7 +324,7 @@ pub(crate) fn run_rule_in(
          ON CONFLICT (provider, scope, session_id) DO UPDATE SET
              due_at = CASE WHEN excluded.due_at < work_items.due_at THEN excluded.due_at
                            ELSE work_items.due_at END,
-             subject = CASE WHEN work_items.state = 'deleted' THEN NULL
+             subject = CASE WHEN work_items.state = 'deleted' THEN work_items.subject
                             ELSE coalesce(work_items.subject, excluded.subject) END",
         args![due, now],
     )?;
@@ -333,7 +333,12 @@ pub(crate) fn run_rule_in(
          WHERE state = 'dead' AND (provider, scope, session_id) IN (SELECT provider, scope, session_id FROM rule_matches)",
         args![],
     )?;
-    holds::apply_holds(tx, None)?;
+    holds::withhold(
+        tx,
+        holds::Queued::Pending(None),
+        now,
+        Some(holds::HeldAt::RuleRun),
+    )?;
     (run.enqueued, run.held) = tx.row(
         "SELECT count(*) FILTER (WHERE w.state IN ('pending', 'in_flight')), count(*) FILTER (WHERE w.state = 'held')
          FROM rule_matches m JOIN work_items w ON w.provider = m.provider AND w.scope = m.scope AND w.session_id = m.session_id",

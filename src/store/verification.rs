@@ -11,6 +11,9 @@
 //!   *reappeared*: back to pending to be deleted again (holds re-applied first), or dead once it has
 //!   come back more than `max_reappearances` times; an audit event either way, and its requests'
 //!   states recomputed (a complete request returns to work).
+//! - A deleted chat keeps the owner its work item was resolved for until it is read back absent or
+//!   given up as unverified (when read-back is on): a chat the provider did not keep comes back
+//!   covered by its person's holds, as the hold rule ([`super::holds::withhold`]) requires.
 //! - A complete request is `verified_at` when every one of its deleted chats was read back absent;
 //!   that is recorded once, with a typed `request.verified` audit event the certificate reads.
 
@@ -197,7 +200,7 @@ impl Store {
                     ReadBack::Absent => {
                         let n = tx.exec(
                             "UPDATE work_items SET verify_state = 'verified_absent', verified_at = ?2,
-                                    verify_error = NULL
+                                    verify_error = NULL, subject = NULL
                              WHERE id = ?1 AND state = 'deleted' AND verify_state IS NULL",
                             args![id, now.secs()],
                         )?;
@@ -211,7 +214,8 @@ impl Store {
                                 "UPDATE work_items SET verify_attempts = verify_attempts + 1,
                                         verify_error = ?2, verify_next_ms = ?3,
                                         verify_state = CASE WHEN verify_attempts + 1 >= ?4 THEN 'unverified' END,
-                                        verified_at = CASE WHEN verify_attempts + 1 >= ?4 THEN CAST(?5 AS BIGINT) END
+                                        verified_at = CASE WHEN verify_attempts + 1 >= ?4 THEN CAST(?5 AS BIGINT) END,
+                                        subject = CASE WHEN verify_attempts + 1 >= ?4 THEN NULL ELSE subject END
                                  WHERE id = ?1 AND state = 'deleted' AND verify_state IS NULL
                                  RETURNING verify_state",
                                 args![
@@ -247,7 +251,12 @@ impl Store {
                     }
                 }
             }
-            super::holds::apply_holds(tx, Some(&returned))?;
+            super::holds::withhold(
+                tx,
+                super::holds::Queued::Items(&returned),
+                now.secs(),
+                Some(super::holds::HeldAt::ReadBack),
+            )?;
             super::requests::refresh_for_items(tx, &changed, now.secs())?;
             sum.requests_verified = verify_requests_of(tx, &settled, now.secs())?;
             Ok(sum)

@@ -119,7 +119,7 @@ impl Store {
             )?;
             let mut beat = Beat::default();
             for (id, host, pid) in dead.into_iter().chain(orphaned) {
-                let items = hand_back(tx, &id)?;
+                let items = hand_back(tx, &id, at)?;
                 crate::store::audit::append(
                     tx,
                     at,
@@ -144,13 +144,14 @@ impl Store {
         let Some(me) = self.instance.take() else {
             return Ok(0);
         };
-        self.write(|tx| Ok(hand_back(tx, &me)?.len() as u64))
+        let at = crate::clock::Clock::now(&crate::clock::SystemClock);
+        self.write(|tx| Ok(hand_back(tx, &me, at)?.len() as u64))
     }
 }
 
 /// An instance's in-flight items back to pending (holds applied again) and its row removed;
 /// returns the items.
-fn hand_back(tx: &crate::store::Tx<'_>, instance: &str) -> Result<Vec<i64>> {
+fn hand_back(tx: &crate::store::Tx<'_>, instance: &str, now: i64) -> Result<Vec<i64>> {
     let items: Vec<i64> = tx.rows(
         "UPDATE work_items w SET state = 'pending', lease_expires_ms = NULL, batch_id = NULL
          FROM batches b
@@ -159,7 +160,12 @@ fn hand_back(tx: &crate::store::Tx<'_>, instance: &str) -> Result<Vec<i64>> {
         args![instance],
         |r| r.get(0),
     )?;
-    crate::store::holds::apply_holds(tx, Some(&items))?;
+    crate::store::holds::withhold(
+        tx,
+        crate::store::holds::Queued::Items(&items),
+        now,
+        Some(crate::store::holds::HeldAt::Rescue),
+    )?;
     tx.exec(
         "DELETE FROM forgetd_instances WHERE id = ?1",
         args![instance],
