@@ -167,7 +167,16 @@ async fn a_chat_recorded_while_a_request_ran_stays_its_owners_for_holds_and_late
     sim.update_faults(|f| {
         f.auth_fail.insert(C);
     });
-    let cfg = sim_config(&s, &sim, &[], &rule_toml("convai-30-days", ""));
+    // Deletions are read back at once: a deleted chat's row goes when its read-back proves it gone.
+    let cfg = sim_config(
+        &s,
+        &sim,
+        &[],
+        &format!(
+            "[verify]\nafter = \"0s\"\n{}",
+            rule_toml("convai-30-days", "")
+        ),
+    );
     // The rule is added once the request has completed, below.
     let rule_cfg = std::fs::read_to_string(&cfg).unwrap();
     let no_rule_cfg = s.write("norule.toml", rule_cfg.split("[[rules]]").next().unwrap());

@@ -109,7 +109,9 @@ async fn a_subject_resolves_at_both_providers_plan_matches_the_real_run_and_hold
     sim.add_convai_chat("char-a", "b1", t);
     sim.add_convai_chat("char-c", "a1", t);
     sim.add_koosearch_chat("app-1", "bk", Some("bob"), None, t);
-    let cfg = sim_config(&s, &sim, &["app-1", "app-2"], "");
+    // Deletions read back at once: a deleted chat leaves the inventory when its read-back
+    // proves it gone.
+    let cfg = sim_config(&s, &sim, &["app-1", "app-2"], "[verify]\nafter = \"0s\"\n");
     let import = s.write(
         "inv.csv",
         "provider,scope,session_id,subject,repo_id\nconvai,char-a,a1,alice,\nconvai,char-b,a2,alice,\nconvai,char-b,a3,alice,\nkoosearch,app-1,ak-fed,alice,kb1\nconvai,char-a,b1,bob,\nconvai,char-c,a1,bob,\nkoosearch,app-1,bk,bob,\n",

@@ -596,16 +596,43 @@ fn minimize(tx: &Tx<'_>, id: i64) -> Result<()> {
     if subject == hash {
         return Ok(());
     }
+    // A deletion not read back yet is not proven: its row stays (with the owner its work item
+    // keeps) until the read-back settles it ([`forget_settled_owners`]), so a chat the provider
+    // did not keep comes back still attributed.
     tx.exec(
         "DELETE FROM sessions WHERE subject = ?1 AND (provider, scope, session_id) IN
            (SELECT w.provider, w.scope, w.session_id FROM request_items ri JOIN work_items w ON w.id = ri.item_id
-            WHERE ri.request_id = ?2 AND w.state = 'deleted')",
+            WHERE ri.request_id = ?2 AND w.state = 'deleted'
+              AND (w.subject IS NULL OR w.verify_state IS NOT NULL))",
         args![subject, id],
     )?;
     tx.exec(
         "UPDATE erasure_requests SET subject = ?2 WHERE id = ?1",
         args![id, hash],
     )?;
+    Ok(())
+}
+
+/// Deleted chats whose read-back settled (absent, or given up as unverified): the owner their
+/// work item kept goes, and so does their inventory row when it still names that owner and a
+/// completed request covered them (what [`minimize`] left for the read-back).
+pub(crate) fn forget_settled_owners(tx: &Tx<'_>, item_ids: &[i64]) -> Result<()> {
+    for id in item_ids {
+        tx.exec(
+            "DELETE FROM sessions WHERE id IN (
+                 SELECT s.id FROM sessions s JOIN work_items w
+                   ON w.provider = s.provider AND w.scope = s.scope AND w.session_id = s.session_id
+                 WHERE w.id = ?1 AND w.state = 'deleted' AND w.verify_state IS NOT NULL
+                   AND s.subject = w.subject
+                   AND EXISTS (SELECT 1 FROM request_items ri JOIN erasure_requests r ON r.id = ri.request_id
+                               WHERE ri.item_id = w.id AND r.state = 'complete' AND r.subject = r.subject_hash))",
+            args![id],
+        )?;
+        tx.exec(
+            "UPDATE work_items SET subject = NULL WHERE id = ?1 AND state = 'deleted' AND verify_state IS NOT NULL",
+            args![id],
+        )?;
+    }
     Ok(())
 }
 

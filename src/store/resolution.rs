@@ -115,6 +115,7 @@ pub(crate) fn resolve_request_in(
                 }
             }
             let mut ids = Vec::new();
+            let mut revived = Vec::new();
             {
                 let rows = tx.rows(
                     "SELECT provider, scope, session_id, repo_id FROM sessions WHERE subject = ?1 ORDER BY id",
@@ -136,7 +137,10 @@ pub(crate) fn resolve_request_in(
                         repo_id: repo.as_deref(),
                         subject: Some(&req.subject),
                     };
-                    let id = upsert_item(tx, &chat, due_at, now)?;
+                    let (id, was_dead) = upsert_item(tx, &chat, due_at, now)?;
+                    if was_dead {
+                        revived.push(id);
+                    }
                     tx.exec(
                         "INSERT INTO request_items (request_id, item_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                         args![req.id, id],
@@ -165,6 +169,9 @@ pub(crate) fn resolve_request_in(
                 &serde_json::json!({"items": res.items, "held": res.held, "discovered": res.discovered, "per_provider": res.per_provider}),
             )?;
             requests::refresh_request(tx, req.id, now)?;
+            // A chat that had gone dead is the person's earlier request's too: that request is
+            // back at work (or complete, if a hold took it).
+            requests::refresh_for_items(tx, &revived, now)?;
             Ok(res)
         }
     }
@@ -191,8 +198,13 @@ pub(crate) struct ItemChat<'a> {
 
 /// One work item per chat: created pending, or the existing one (its due date moved earlier if
 /// this demand is more urgent; revived if it had gone dead; its owner kept, or learnt if it had
-/// none). Returns its id.
-pub(crate) fn upsert_item(tx: &Tx<'_>, chat: &ItemChat<'_>, due_at: i64, now: i64) -> Result<i64> {
+/// none). Returns its id, and whether it was revived.
+pub(crate) fn upsert_item(
+    tx: &Tx<'_>,
+    chat: &ItemChat<'_>,
+    due_at: i64,
+    now: i64,
+) -> Result<(i64, bool)> {
     // The earlier due date as a CASE: a two-argument min() is SQLite's alone.
     let id: i64 = tx.row(
         "INSERT INTO work_items (provider, scope, session_id, repo_id, subject, due_at, created_at)
@@ -214,12 +226,12 @@ pub(crate) fn upsert_item(tx: &Tx<'_>, chat: &ItemChat<'_>, due_at: i64, now: i6
         ],
         |r| r.get(0),
     )?;
-    tx.exec(
+    let revived = tx.exec(
         "UPDATE work_items SET state = 'pending', attempts = 0, first_attempt_ms = NULL, next_attempt_ms = 0, finished_at = NULL
          WHERE id = ?1 AND state = 'dead'",
         args![id],
     )?;
-    Ok(id)
+    Ok((id, revived > 0))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -328,10 +340,12 @@ pub(crate) fn run_rule_in(
                             ELSE coalesce(work_items.subject, excluded.subject) END",
         args![due, now],
     )?;
-    tx.exec(
+    let revived: Vec<i64> = tx.rows(
         "UPDATE work_items SET state = 'pending', attempts = 0, first_attempt_ms = NULL, next_attempt_ms = 0, finished_at = NULL
-         WHERE state = 'dead' AND (provider, scope, session_id) IN (SELECT provider, scope, session_id FROM rule_matches)",
+         WHERE state = 'dead' AND (provider, scope, session_id) IN (SELECT provider, scope, session_id FROM rule_matches)
+         RETURNING id",
         args![],
+        |r| r.get(0),
     )?;
     holds::withhold(
         tx,
@@ -339,6 +353,8 @@ pub(crate) fn run_rule_in(
         now,
         Some(holds::HeldAt::RuleRun),
     )?;
+    // Revived chats of a failed request put it back at work.
+    requests::refresh_for_items(tx, &revived, now)?;
     (run.enqueued, run.held) = tx.row(
         "SELECT count(*) FILTER (WHERE w.state IN ('pending', 'in_flight')), count(*) FILTER (WHERE w.state = 'held')
          FROM rule_matches m JOIN work_items w ON w.provider = m.provider AND w.scope = m.scope AND w.session_id = m.session_id",

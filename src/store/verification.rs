@@ -200,7 +200,7 @@ impl Store {
                     ReadBack::Absent => {
                         let n = tx.exec(
                             "UPDATE work_items SET verify_state = 'verified_absent', verified_at = ?2,
-                                    verify_error = NULL, subject = NULL
+                                    verify_error = NULL
                              WHERE id = ?1 AND state = 'deleted' AND verify_state IS NULL",
                             args![id, now.secs()],
                         )?;
@@ -214,8 +214,7 @@ impl Store {
                                 "UPDATE work_items SET verify_attempts = verify_attempts + 1,
                                         verify_error = ?2, verify_next_ms = ?3,
                                         verify_state = CASE WHEN verify_attempts + 1 >= ?4 THEN 'unverified' END,
-                                        verified_at = CASE WHEN verify_attempts + 1 >= ?4 THEN CAST(?5 AS BIGINT) END,
-                                        subject = CASE WHEN verify_attempts + 1 >= ?4 THEN NULL ELSE subject END
+                                        verified_at = CASE WHEN verify_attempts + 1 >= ?4 THEN CAST(?5 AS BIGINT) END
                                  WHERE id = ?1 AND state = 'deleted' AND verify_state IS NULL
                                  RETURNING verify_state",
                                 args![
@@ -257,6 +256,7 @@ impl Store {
                 now.secs(),
                 Some(super::holds::HeldAt::ReadBack),
             )?;
+            super::requests::forget_settled_owners(tx, &settled)?;
             super::requests::refresh_for_items(tx, &changed, now.secs())?;
             sum.requests_verified = verify_requests_of(tx, &settled, now.secs())?;
             Ok(sum)
