@@ -28,6 +28,9 @@ pub struct BenchOptions {
     pub politeness: bool,
     pub sweep_sessions: u64,
     pub sweep_expired: u64,
+    /// Standing legal holds that cover none of the queued chats: every claim and every send then
+    /// runs the hold rule in full (0: the rule's no-hold fast path).
+    pub holds: u64,
 }
 
 /// What `wait4` reports for one child.
@@ -126,7 +129,32 @@ impl Row {
     }
 }
 
-async fn throughput(concurrency: usize, batch: usize, latency_ms: u64, items: u64) -> Result<Row> {
+/// `n` holds that cover nothing queued: half on people with no chats, half on chats not queued.
+fn place_holds(db: &Path, n: u64) -> Result<()> {
+    use crate::store::holds::HoldTarget;
+    let mut store = Store::open(db)?;
+    for i in 0..n {
+        let target = if i % 2 == 0 {
+            HoldTarget::Subject(format!("bench-person-{i}"))
+        } else {
+            HoldTarget::Chat(crate::model::ChatKey::new(
+                crate::model::ProviderKind::CONVAI,
+                "char-0",
+                &format!("held-{i}"),
+            ))
+        };
+        store.add_hold(&target, "bench", 0)?;
+    }
+    Ok(())
+}
+
+async fn throughput(
+    concurrency: usize,
+    batch: usize,
+    latency_ms: u64,
+    items: u64,
+    holds: u64,
+) -> Result<Row> {
     let dir = tempfile::tempdir()?;
     let faults = Faults {
         latency: Duration::from_millis(latency_ms),
@@ -136,6 +164,7 @@ async fn throughput(concurrency: usize, batch: usize, latency_ms: u64, items: u6
     sim.set_record_ids(false);
     let cfg = write_config(dir.path(), &sim, concurrency, batch)?;
     queue_items(&dir.path().join("forgetd.db"), items)?;
+    place_holds(&dir.path().join("forgetd.db"), holds)?;
     let mut cmd = std::process::Command::new(exe()?);
     cmd.args(["--config"]).arg(&cfg).args(["run", "--once"]);
     cmd.env("FORGETD_LOG", "warn")
@@ -478,7 +507,7 @@ async fn postgres_report(server: &str, quick: bool) -> Result<()> {
                 .map(|x| format!("{:.0}%", rate / x * 100.0))
                 .unwrap_or_else(|| "-".into())
         };
-        let sqlite = throughput(c, b, l, n).await?;
+        let sqlite = throughput(c, b, l, n, 0).await?;
         println!(
             "| SQLite | 1 | {c} | {b} | {l} ms | {n} | {:.2} s | {:.0} | {} | {:.1} |",
             sqlite.usage.wall.as_secs_f64(),
@@ -625,12 +654,18 @@ pub async fn run(opts: BenchOptions) -> Result<ExitCode> {
         (64, 100, 5, 400_000 / scale),
         (4, 100, 0, 1_000_000 / scale),
     ];
+    if opts.holds > 0 {
+        println!(
+            "\n{} standing legal hold(s), covering none of the queued chats",
+            opts.holds
+        );
+    }
     println!(
         "\n| concurrency | batch | latency | items | wall | IDs/s | limit IDs/s | % of limit | CPU µs/ID | peak RSS | simulator CPU µs/ID |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (c, b, l, n) in grid {
-        let r = throughput(c, b, l, n).await?;
+        let r = throughput(c, b, l, n, opts.holds).await?;
         let limit = r.limit();
         println!(
             "| {} | {} | {} ms | {} | {:.2} s | {:.0} | {} | {} | {:.1} | {:.1} MiB | {:.1} |",

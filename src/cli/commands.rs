@@ -51,6 +51,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             postgres,
             sweep_sessions,
             sweep_expired,
+            holds,
         } => runtime()?.block_on(crate::bench::run(crate::bench::BenchOptions {
             quick,
             postgres,
@@ -58,6 +59,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             politeness,
             sweep_sessions,
             sweep_expired,
+            holds,
         })),
         Command::BenchSweep { rule } => crate::bench::sweep_child(&config.database, &rule),
         Command::Plan {

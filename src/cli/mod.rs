@@ -96,6 +96,10 @@ pub enum Command {
         /// How many of those chats are expired, for --retention.
         #[arg(long, default_value_t = 1_000_000)]
         sweep_expired: u64,
+        /// Place this many legal holds that cover none of the queued chats before each
+        /// throughput run, so every claim and every send runs the hold rule in full.
+        #[arg(long, default_value_t = 0, conflicts_with_all = ["retention", "politeness", "postgres"])]
+        holds: u64,
     },
     /// (benchmark child) one real run of a rule without discovery.
     #[command(hide = true)]
