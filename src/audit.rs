@@ -111,6 +111,13 @@ pub struct HeldChat {
     pub hold_id: i64,
 }
 
+/// `chats.freed`: held chats that no standing hold covers any longer (a feeder moved them away
+/// from the held person) went back to the queue; `hold_id` is the hold that had kept each.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChatsFreed {
+    pub chats: Vec<HeldChat>,
+}
+
 /// `hold.lifted`: a hold was removed; `freed` chats went back to the queue (a chat another hold
 /// still covers stays held and is not counted).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -1140,3 +1140,36 @@ fn regression_a_revived_chat_settles_the_earlier_request_too() {
         Step::Drain,
     ]);
 }
+
+/// Shrunk from the long run: a queued chat was moved by the feeder to a held person (so the next
+/// claim held it), then to no one; no hold covered it any longer, yet it stayed held and was
+/// never deleted. The daemon now frees a held chat no standing hold covers (`chats.freed`).
+#[test]
+fn regression_a_chat_moved_away_from_a_held_person_is_freed() {
+    run_history(vec![
+        Step::HoldSubject(2),
+        Step::AddChat {
+            chat: (1, 2),
+            owner: Some(0),
+            old: false,
+        },
+        Step::File {
+            person: 0,
+            r#ref: 0,
+        },
+        Step::Outage(true),
+        Step::Drain,
+        Step::ReattributeToHeld {
+            pick: 0,
+            reinsert: false,
+        },
+        Step::Crash,
+        Step::Reattribute {
+            chat: (1, 2),
+            to: None,
+            reinsert: false,
+        },
+        Step::Outage(false),
+        Step::Drain,
+    ]);
+}

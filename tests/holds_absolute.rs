@@ -6,7 +6,8 @@
 //! - the restart after a crash mid-call (SQLite: the lock's release of in-flight items; on
 //!   PostgreSQL: the rescue of a dead instance's claim), with a hold placed while no one ran;
 //! - a feeder re-attributing a queued chat to a person under a hold (UPDATE, and DELETE + INSERT);
-//! - a chat held after its confirmed deletion and then read back present.
+//! - a chat held after its confirmed deletion and then read back present;
+//! - and the real daemon SIGKILLed while its call hangs, a hold placed meanwhile.
 //!
 //! Each also checks that the held chat is reported held, with the hold's reason, where its
 //! deletion would have been: the request (`requests show`) and the certificate.
@@ -105,11 +106,7 @@ fn resolve(w: &World) {
 
 /// Chats named in delete calls from call number `since` on.
 fn named_since(w: &World, since: usize) -> BTreeSet<ChatKey> {
-    w.sim.calls()[since..]
-        .iter()
-        .filter(|c| c.op == "delete")
-        .flat_map(|c| c.ids.iter().map(|id| key(&c.scope, id)))
-        .collect()
+    named_since_sim(&w.sim, since)
 }
 
 fn check_decoys(w: &World) {
@@ -160,6 +157,29 @@ fn reported_held(s: &Store, w: &World, id: &str, reason: &str) {
         "{json}"
     );
     assert!(cert.text().contains(reason), "{}", cert.text());
+    let html = forgetd::certificate::html::render(&cert, None);
+    let held_table = &html[html
+        .find("id=\"held\"")
+        .expect("the HTML has its held table")..];
+    assert!(
+        held_table.contains(id) && held_table.contains(&escape(reason)),
+        "{html}"
+    );
+    // Signed: the same certificate under an Ed25519 signature, checked offline.
+    let key = forgetd::signing::CertSigner::from_seed([9; 32]);
+    let signed = key.sign(&cert).unwrap();
+    let text = serde_json::to_string(&signed).unwrap();
+    let back = forgetd::signing::verify(&text, &key.public_key_hex()).unwrap();
+    let body = serde_json::to_value(&back).unwrap();
+    assert!(body.to_string().contains(reason), "{body}");
+}
+
+/// Text as maud escapes it in HTML.
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,5 +341,135 @@ async fn a_chat_held_after_its_deletion_that_comes_back_is_held_not_certified_de
         cert.text()
     );
     assert_eq!(cert.deleted.values().flatten().count(), 2);
+    check_decoys(&w);
+}
+
+/// The second path as an operator meets it: the real daemon's delete call hangs at the provider,
+/// a chat hold is placed while it hangs, the daemon is SIGKILLed, and the restart (`run --once`)
+/// names the held chat in no call made after the hold was committed. (The hung call itself named
+/// it before the hold: a call on the wire cannot be recalled.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_placed_while_a_call_hangs_survives_a_sigkill_and_the_restart() {
+    let s = common::Scratch::new();
+    let sim = Simulator::start(Arc::new(forgetd::clock::SystemClock), Faults::default(), 3)
+        .await
+        .unwrap();
+    {
+        let mut store = s.store();
+        for (scope, id, person) in [
+            ("char-a", "a-0", "alice"),
+            ("char-a", "a-1", "alice"),
+            ("char-a", "a-2", "alice"),
+            ("char-a", "c-0", "carol"),
+            ("char-z", "a-1", "carol"),
+        ] {
+            common::seed_convai_chat(&sim, &mut store, scope, id, person);
+        }
+        store
+            .file_request("alice", Some("DSR-7"), 1_800_000_000, DEADLINE)
+            .unwrap();
+    }
+    let cfg = common::sim_config(&s, &sim, &[], "");
+    sim.hold_deletes(true);
+    let mut daemon = tokio::process::Command::new(common::BIN)
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    common::eventually("the delete call reached the provider and hangs", || {
+        sim.calls().iter().any(|c| c.op == "delete")
+    })
+    .await;
+    let hung = named_since_sim(&sim, 0);
+    assert!(hung.contains(&key("char-a", "a-1")), "{hung:?}");
+    s.store()
+        .add_hold(&HoldTarget::Chat(key("char-a", "a-1")), "subpoena", 1)
+        .unwrap();
+    let after_hold = sim.calls().len();
+    daemon.start_kill().unwrap(); // SIGKILL
+    let _ = daemon.wait().await;
+    sim.hold_deletes(false);
+    common::until_no_instance_is_alive(&s).await;
+    let o = tokio::process::Command::new(common::BIN)
+        .args(["--config", cfg.to_str().unwrap(), "run", "--once"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
+    let named = named_since_sim(&sim, after_hold);
+    assert!(
+        !named.contains(&key("char-a", "a-1")),
+        "the held chat was named after its hold: {named:?}"
+    );
+    for id in ["a-0", "a-2"] {
+        assert!(!sim.has(&key("char-a", id)), "{id} not deleted");
+    }
+    let store = s.store();
+    let detail = store.request_detail(1, DEADLINE).unwrap();
+    let held = detail.items.iter().find(|i| i.session_id == "a-1").unwrap();
+    assert_eq!(
+        (held.state.as_str(), held.hold_reason.as_deref()),
+        ("held", Some("subpoena"))
+    );
+    let named_all = sim.named_in_deletes();
+    for d in [key("char-a", "c-0"), key("char-z", "a-1")] {
+        assert!(
+            sim.has(&d) && !named_all.contains(&d),
+            "decoy {d:?} touched"
+        );
+    }
+}
+
+/// Chats named in the delete calls a simulator recorded from call number `since` on.
+fn named_since_sim(sim: &Simulator, since: usize) -> BTreeSet<ChatKey> {
+    sim.calls()[since..]
+        .iter()
+        .filter(|c| c.op == "delete")
+        .flat_map(|c| c.ids.iter().map(|id| key(&c.scope, id)))
+        .collect()
+}
+
+/// A hold placed while a batch's call is on the wire, and the provider refuses the batch (one
+/// bad ID): the batch is split and its halves sent again, each after the hold check; the held
+/// chat is in no half, whichever half it falls in (a check that only reported chats it had just
+/// held let the second half name a chat the first half's check had held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_split_after_a_hold_names_the_held_chat_in_no_half() {
+    let w = world().await;
+    w.sim.set_faults(Faults {
+        bad_ids: ["a-0".to_string()].into(),
+        ..Faults::default()
+    });
+    w.sim.hold_deletes(true);
+    let d = forgetd::daemon::Daemon::build(config(&w, ""), Arc::new(w.clock.clone())).unwrap();
+    let run = tokio::spawn(async move { d.run_once().await.unwrap() });
+    common::eventually("the batch's call reached the provider", || {
+        w.sim.calls().iter().any(|c| c.op == "delete")
+    })
+    .await;
+    assert_eq!(named_since(&w, 0).len(), 3, "one call with the three chats");
+    w.s.store()
+        .add_hold(
+            &HoldTarget::Chat(key("char-a", "a-2")),
+            "placed mid-call",
+            w.clock.now(),
+        )
+        .unwrap();
+    let after_hold = w.sim.calls().len();
+    w.sim.hold_deletes(false);
+    run.await.unwrap();
+    let named = named_since(&w, after_hold);
+    assert!(
+        named.contains(&key("char-a", "a-1")),
+        "the split was sent: {named:?}"
+    );
+    assert!(
+        !named.contains(&key("char-a", "a-2")),
+        "a half named the held chat: {named:?}"
+    );
+    assert!(w.sim.has(&key("char-a", "a-2")));
+    assert!(!w.sim.has(&key("char-a", "a-1")));
     check_decoys(&w);
 }

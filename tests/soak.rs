@@ -269,11 +269,22 @@ async fn a_daemon_fed_continuously_through_faults_kills_and_reloads_keeps_every_
     // The schema exists before the feeders connect.
     assert_eq!(code(&s.forgetd(&["status"])), 0);
 
+    // FORGETD_SOAK_LOG=FILE keeps every daemon life's log (appended), to read after a failure.
+    let log = std::env::var_os("FORGETD_SOAK_LOG");
     let start_daemon = || {
+        let stderr = match &log {
+            Some(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap()
+                .into(),
+            None => std::process::Stdio::null(),
+        };
         tokio::process::Command::new(BIN)
             .args(["--config", cfg.to_str().unwrap(), "run"])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .unwrap()
@@ -515,7 +526,20 @@ async fn a_daemon_fed_continuously_through_faults_kills_and_reloads_keeps_every_
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    assert_eq!(open, 0, "requests still open 4 minutes after the cut-off");
+    if open != 0 {
+        let items: Vec<String> = reader
+            .prepare(
+                "SELECT r.id || ' ' || r.state || ': ' || group_concat(w.session_id || '=' || w.state || coalesce('(' || w.last_error || ')', ''), ', ')
+                 FROM erasure_requests r JOIN request_items ri ON ri.request_id = r.id JOIN work_items w ON w.id = ri.item_id
+                 WHERE r.state NOT IN ('complete', 'failed') GROUP BY r.id",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        panic!("requests still open 4 minutes after the cut-off: {items:#?}");
+    }
     let pid = daemon.id().unwrap().to_string();
     assert!(
         std::process::Command::new("kill")

@@ -2,8 +2,10 @@
 //! data_version` (a cheap in-memory read that changes when another connection commits); when it
 //! changed, or when requests whose discovery failed are due another try, it resolves received
 //! requests, seals the audit links other processes appended without the chain key (and writes
-//! the closing events they left to the daemon), wakes the executor, and tells the scheduler the
-//! rules may have changed.
+//! the closing events they left to the daemon), re-checks the queue against the holds (a feeder
+//! may have re-attributed a chat), wakes the executor, and tells the scheduler the rules may have
+//! changed. The hold re-check also runs every [`RECHECK_HOLDS_MS`] without a change seen: on
+//! PostgreSQL an inventory change notifies no one.
 //!
 //! A tick that fails because the database cannot be written (disk full, read-only) is not the
 //! daemon's end: it is noted in the store's [`crate::store::outage::Outage`] (said once), and the
@@ -22,6 +24,8 @@ use crate::store::{AsyncStore, StoreError};
 pub(super) const POLL: std::time::Duration = std::time::Duration::from_millis(250);
 /// How often requests whose discovery failed are tried again.
 const RESOLVE_RETRY_MS: i64 = 30_000;
+/// How often the queue is re-checked against the holds when no commit was seen.
+const RECHECK_HOLDS_MS: i64 = 60_000;
 /// How long intake rests after the database refused a write.
 const OUTAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -31,6 +35,7 @@ pub(super) struct Intake {
     /// Some received request could not be resolved (its discovery failed).
     unresolved: bool,
     last_retry_ms: i64,
+    last_recheck_ms: i64,
     /// While the database refuses writes: the next try is not before this (tokio time).
     rest_until: Option<tokio::time::Instant>,
 }
@@ -85,8 +90,14 @@ impl Intake {
         let now_ms = clock.now_ms();
         let retry_due = self.unresolved && now_ms - self.last_retry_ms >= RESOLVE_RETRY_MS;
         if self.last_version == Some(version) && !retry_due {
+            if now_ms - self.last_recheck_ms >= RECHECK_HOLDS_MS {
+                let now = clock.now();
+                store.call(move |s| s.recheck_holds(now)).await?;
+                self.last_recheck_ms = now_ms;
+            }
             return Ok(());
         }
+        self.last_recheck_ms = now_ms;
         if self.last_version.is_some_and(|v| v != version) {
             // Another connection committed: rules may have changed (`forgetd rules add`).
             rules_changed.notify_one();
@@ -96,10 +107,10 @@ impl Intake {
         store
             .call(move |s| {
                 s.seal_late()?;
-                // Another connection committed: a feeder may have re-attributed a queued chat to
-                // a person under a hold. The claim and the send check it anyway; this shows it
-                // held at once.
-                s.withhold_pending(now)?;
+                // Another connection committed: a feeder may have re-attributed a queued chat,
+                // toward a held person (the claim and the send check that anyway; this shows it
+                // held at once) or away from one (this frees it).
+                s.recheck_holds(now)?;
                 s.close_deferred(now)
             })
             .await?;

@@ -79,6 +79,9 @@ pub(super) async fn run(p: &Daemon) -> Result<OnceReport> {
         )
     });
     let mut report = OnceReport::default();
+    // The inventory may have changed since the last run: holds follow re-attributed chats.
+    let now = p.clock.now();
+    p.store.call(move |s| s.recheck_holds(now)).await?;
     let (n, failures) = p.resolver.resolve_received(Patience::Full).await?;
     report.resolved_requests = n;
     for f in failures {

@@ -56,6 +56,15 @@ use retry::{Next, RetryPolicy};
 /// through [`Executor::wake`]).
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
+/// The batch a call is for, and how its calls reach the store: the lane's mode and its
+/// cancellation, so the check before each call waits out a store outage in the daemon like every
+/// other lane write.
+struct Sending<'a> {
+    batch: &'a ClaimedBatch,
+    mode: Mode,
+    cancel: &'a CancellationToken,
+}
+
 /// How many times a lookup after a partial batch is tried before the item is simply sent again.
 pub const LOOKUP_TRIES: u32 = 3;
 /// The longest pause between two tries of a failed lookup.
@@ -494,7 +503,10 @@ impl Executor {
                 }
                 self.claim(kind, lease, max, mode, cancel).await
             };
-            let (sent, claimed) = tokio::join!(self.send_batch(provider, pass, &batch), claim_next);
+            let (sent, claimed) = tokio::join!(
+                self.send_batch(provider, pass, &batch, mode, cancel),
+                claim_next
+            );
             next = claimed?;
             let (outcomes, summary) = match sent {
                 Ok(x) => x,
@@ -674,6 +686,8 @@ impl Executor {
         provider: &SharedProvider,
         pass: Pass,
         batch: &ClaimedBatch,
+        mode: Mode,
+        cancel: &CancellationToken,
     ) -> Result<(Vec<(i64, ItemOutcome)>, Vec<String>), ExecutorError> {
         let mut outcomes: Vec<(i64, ItemOutcome)> = Vec::with_capacity(batch.items.len());
         let mut sendable = Vec::with_capacity(batch.items.len());
@@ -690,13 +704,18 @@ impl Executor {
         }
         let mut summary = Vec::new();
         if !sendable.is_empty() {
+            let at = Sending {
+                batch,
+                mode,
+                cancel,
+            };
             self.send(
                 provider,
                 Some(pass),
-                batch,
                 sendable,
                 &mut outcomes,
                 &mut summary,
+                &at,
             )
             .await?;
         }
@@ -752,13 +771,14 @@ impl Executor {
         &'a self,
         provider: &'a SharedProvider,
         pass: Option<Pass>,
-        batch: &'a ClaimedBatch,
         items: Vec<ClaimedItem>,
         outcomes: &'a mut Vec<(i64, ItemOutcome)>,
         summary: &'a mut Vec<String>,
+        at: &'a Sending<'a>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ExecutorError>> + Send + 'a>>
     {
         Box::pin(async move {
+            let batch = at.batch;
             let kind = provider.kind();
             let gate = provider.gate();
             let ready = match pass {
@@ -778,7 +798,7 @@ impl Executor {
                 return Ok(());
             };
             // Checked after the wait for the gate and right before the call.
-            let items = self.drop_newly_held(batch, items, summary).await?;
+            let items = self.drop_unsendable(items, summary, at).await?;
             if items.is_empty() {
                 return Ok(());
             }
@@ -818,7 +838,7 @@ impl Executor {
                 Err(e) => {
                     summary.push(e.to_string());
                     for again in self.on_failure(provider, items, &e, now, outcomes) {
-                        self.send(provider, None, batch, again, outcomes, summary)
+                        self.send(provider, None, again, outcomes, summary, at)
                             .await?;
                     }
                 }
@@ -827,31 +847,39 @@ impl Executor {
         })
     }
 
-    /// The hold rule at the last moment: right before the call (after any wait for the gate, a
-    /// Retry-After, a long call before it) the store takes every chat an active hold now covers
-    /// off the batch and marks it held, in one transaction. Those chats are not named in the call,
-    /// and their outcome is already recorded (held, not an answer of this batch).
-    async fn drop_newly_held(
+    /// The hold rule at the last moment ([`crate::store::Store::sendable`]): right before the
+    /// call (after any wait for the gate, a Retry-After, a long call before it, the other half of
+    /// a split batch) the store takes every chat an active hold now covers off the batch and marks
+    /// it held, and says which of `items` are still this batch's to send. The others are not
+    /// named; their outcome is already recorded (held), or belongs to whoever took them back. A
+    /// store that cannot answer sends nothing: the daemon waits for it ([`Executor::write`]).
+    async fn drop_unsendable(
         &self,
-        batch: &ClaimedBatch,
         items: Vec<ClaimedItem>,
         summary: &mut Vec<String>,
+        at: &Sending<'_>,
     ) -> Result<Vec<ClaimedItem>, ExecutorError> {
-        let (bid, now) = (batch.batch_id, self.clock.now());
-        let held = self
-            .store
-            .call(move |s| s.withhold_at_send(bid, now))
+        let (bid, clock) = (at.batch.batch_id, self.clock.clone());
+        let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
+        let mut sendable = self
+            .write(
+                "checking legal holds before a call",
+                at.mode,
+                at.cancel,
+                move |s| s.sendable(bid, &ids, clock.now()),
+            )
             .await?;
-        if held.is_empty() {
+        sendable.sort_unstable();
+        if sendable.len() == items.len() {
             return Ok(items);
         }
         summary.push(format!(
-            "{} not sent: a legal hold now covers them",
-            held.len()
+            "{} not sent: a legal hold now covers them, or their claim was taken back",
+            items.len() - sendable.len()
         ));
         Ok(items
             .into_iter()
-            .filter(|i| held.binary_search(&i.id).is_err())
+            .filter(|i| sendable.binary_search(&i.id).is_ok())
             .collect())
     }
 

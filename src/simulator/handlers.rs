@@ -446,6 +446,10 @@ async fn convai_delete(State(st): St, headers: HeaderMap, body: Bytes) -> Respon
         status,
         fault.label_for(status),
     );
+    if status != 0 {
+        // Every answer is held back while deletes are held, a refusal as much as a confirmation.
+        st.wait_if_held().await;
+    }
     match status {
         0 => {
             st.hang().await;
@@ -462,7 +466,6 @@ async fn convai_delete(State(st): St, headers: HeaderMap, body: Bytes) -> Respon
         400 => return convai_error(StatusCode::BAD_REQUEST, "Invalid sessionID"),
         _ => {}
     }
-    st.wait_if_held().await;
     let apply = fault != Fault::Reset || st.coin();
     // The resurrect fault is a confirmation the provider does not keep: it is used up only by
     // an answer that confirms (a broken connection or a garbled body confirms nothing).
@@ -733,10 +736,13 @@ async fn koo_batch(
         status,
         fault.label_for(status),
     );
+    if status != 0 {
+        // Every answer is held back while deletes are held, a refusal as much as a confirmation.
+        st.wait_if_held().await;
+    }
     if let Some(refusal) = koo_batch_refusal(&st, status, &faults).await {
         return refusal;
     }
-    st.wait_if_held().await;
     let deleted = if fault != Fault::Reset || st.coin() {
         let confirms = !matches!(fault, Fault::Reset | Fault::Malformed);
         koo_apply_delete(&st, &app, &ids, fault == Fault::Partial, confirms)

@@ -192,16 +192,91 @@ pub(crate) fn withhold(
     Ok(held)
 }
 
+/// The rule's other half: a held chat that no standing hold covers any longer (a feeder moved it
+/// away from the held person, by UPDATE or by DELETE and INSERT) goes back to the queue, audited
+/// (`chats.freed`), its requests refreshed; one another hold still covers is kept under that
+/// hold's id. Walks the held items (`work_items_held`); run when the inventory may have changed,
+/// never on the claim's path (a chat kept a little longer is safe, one freed wrongly is not).
+/// Returns the freed items.
+pub(crate) fn free_uncovered(tx: &Tx<'_>, now: i64) -> Result<Vec<i64>> {
+    tx.exec(
+        "UPDATE work_items SET hold_id = (SELECT min(hold_id) FROM item_holds c WHERE c.item_id = work_items.id)
+         WHERE state = 'held'
+           AND NOT EXISTS (SELECT 1 FROM item_holds c WHERE c.item_id = work_items.id AND c.hold_id = work_items.hold_id)
+           AND EXISTS (SELECT 1 FROM item_holds c WHERE c.item_id = work_items.id)",
+        args![],
+    )?;
+    let chats: Vec<(i64, crate::audit::HeldChat)> = tx.rows(
+        "SELECT id, provider, scope, session_id, hold_id FROM work_items
+         WHERE state = 'held' AND NOT EXISTS (SELECT 1 FROM item_holds c WHERE c.item_id = work_items.id)
+         ORDER BY id",
+        args![],
+        |r| {
+            Ok((
+                r.get(0)?,
+                crate::audit::HeldChat {
+                    provider: r.get(1)?,
+                    scope: r.get(2)?,
+                    session_id: r.get(3)?,
+                    hold_id: r.get(4)?,
+                },
+            ))
+        },
+    )?;
+    if chats.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = chats.iter().map(|(id, _)| *id).collect();
+    for id in &ids {
+        tx.exec(
+            "UPDATE work_items SET state = 'pending', hold_id = NULL, next_attempt_ms = 0
+             WHERE id = ?1 AND state = 'held'",
+            args![id],
+        )?;
+    }
+    let event = crate::audit::ChatsFreed {
+        chats: chats.into_iter().map(|(_, c)| c).collect(),
+    };
+    let data = serde_json::to_value(event).expect("plain data serializes");
+    super::audit::append(tx, now, "chats.freed", None, &data)?;
+    tracing::info!(
+        chats = ids.len(),
+        "held chats no standing hold covers any longer went back to the queue"
+    );
+    super::requests::refresh_for_items(tx, &ids, now)?;
+    Ok(ids)
+}
+
+/// The items still in flight under `batch_id`, in id order.
+fn in_flight_under(s: &impl Sql, batch_id: i64) -> Result<Vec<i64>> {
+    s.rows(
+        "SELECT id FROM work_items WHERE batch_id = ?1 AND state = 'in_flight' ORDER BY id",
+        args![batch_id],
+        |r| r.get(0),
+    )
+}
+
 impl Store {
-    /// The check right before a delete call: items of the claimed `batch_id` that an active hold
-    /// covers now are taken off the batch and marked held (audited, their requests refreshed), in
-    /// one transaction; returns their ids. What it returns must not be named in the call. A read
-    /// when no hold stands, else one write.
-    pub fn withhold_at_send(&mut self, batch_id: i64, now: i64) -> Result<Vec<i64>> {
-        if !self.any_active_hold()? {
-            return Ok(Vec::new());
-        }
-        self.write(|tx| withhold(tx, Queued::Batch(batch_id), now, Some(HeldAt::Send)))
+    /// **Which of a claimed batch's chats may be sent now**, asked right before the delete call:
+    /// every chat of the batch an active hold covers now is taken off it and marked held
+    /// (audited, its requests refreshed), in one transaction; then of `ids`, those still in flight
+    /// under this batch are returned (a chat the hold rule took, or whose claim was handed back
+    /// meanwhile, is not). Only what this returns may be named in the call. A read when no hold
+    /// stands, else one write.
+    pub fn sendable(&mut self, batch_id: i64, ids: &[i64], now: i64) -> Result<Vec<i64>> {
+        let in_flight = if self.any_active_hold()? {
+            self.write(|tx| {
+                withhold(tx, Queued::Batch(batch_id), now, Some(HeldAt::Send))?;
+                in_flight_under(tx, batch_id)
+            })?
+        } else {
+            in_flight_under(self, batch_id)?
+        };
+        Ok(ids
+            .iter()
+            .copied()
+            .filter(|id| in_flight.binary_search(id).is_ok())
+            .collect())
     }
 
     fn any_active_hold(&self) -> Result<bool> {
@@ -212,13 +287,19 @@ impl Store {
         )
     }
 
-    /// Re-checks every pending item against the holds (after the inventory changed: a feeder may
-    /// have re-attributed a chat to a person under a hold); returns the items that became held.
-    pub fn withhold_pending(&mut self, now: i64) -> Result<Vec<i64>> {
+    /// Re-checks the queue against the holds after the inventory may have changed (a feeder may
+    /// have re-attributed a chat, toward a held person or away from one): pending chats a hold
+    /// covers now become held, held chats no hold covers any longer go back to the queue.
+    /// Returns (held, freed). Nothing to do, and only a read, when no hold stands.
+    pub fn recheck_holds(&mut self, now: i64) -> Result<(Vec<i64>, Vec<i64>)> {
         if !self.any_active_hold()? {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
-        self.write(|tx| withhold(tx, Queued::Pending(None), now, Some(HeldAt::Inventory)))
+        self.write(|tx| {
+            let held = withhold(tx, Queued::Pending(None), now, Some(HeldAt::Inventory))?;
+            let freed = free_uncovered(tx, now)?;
+            Ok((held, freed))
+        })
     }
 
     /// Places a hold; returns its id and the items it took out of the queue.
@@ -446,12 +527,12 @@ mod tests {
             .unwrap();
         assert_eq!(batch.items.len(), 2);
         assert!(
-            s.withhold_at_send(batch.batch_id, 1).unwrap().is_empty(),
+            s.sendable(batch.batch_id, &[a, b], 1).unwrap() == vec![a, b],
             "no hold"
         );
         s.add_hold(&chat("c", "elsewhere"), "unrelated", 1).unwrap();
         assert!(
-            s.withhold_at_send(batch.batch_id, 1).unwrap().is_empty(),
+            s.sendable(batch.batch_id, &[a, b], 1).unwrap() == vec![a, b],
             "a hold that covers none of them"
         );
         let (h, took) = s
@@ -459,7 +540,12 @@ mod tests {
             .unwrap();
         assert!(took.is_empty(), "in flight: not the hold's to take");
         assert_eq!(state(&s, a).0, "in_flight");
-        assert_eq!(s.withhold_at_send(batch.batch_id, 3).unwrap(), vec![a]);
+        assert_eq!(s.sendable(batch.batch_id, &[a, b], 3).unwrap(), vec![b]);
+        assert_eq!(
+            s.sendable(batch.batch_id, &[a, b], 4).unwrap(),
+            vec![b],
+            "asked again (the other half of a split batch): still not sendable"
+        );
         assert_eq!(state(&s, a), ("held".into(), Some(h)));
         assert_eq!(state(&s, b), ("in_flight".into(), None));
         let kinds: Vec<(String, String)> = s

@@ -67,6 +67,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/004_provider_gate.sql")),
     M::up(include_str!("migrations/005_verification.sql")),
     M::up(include_str!("migrations/006_keyed_chain.sql")),
+    M::up(include_str!("migrations/007_held_index.sql")),
 ];
 
 /// Keeps the `providers` table equal to the registry, so the schema accepts exactly the

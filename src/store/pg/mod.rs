@@ -41,10 +41,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("migrations/006_baseline.sql")),
     (7, include_str!("migrations/007_instances.sql")),
     (8, include_str!("migrations/008_trigger_search_path.sql")),
+    (9, include_str!("migrations/009_held_index.sql")),
 ];
 
 /// The schema version this binary writes on PostgreSQL.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// One connection, with its cache of prepared statements.
 pub struct PgConn {
