@@ -50,6 +50,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod providers;
+pub mod redact;
 pub mod report;
 pub mod resolve;
 pub mod schedule;

@@ -1,5 +1,10 @@
 //! Human-readable text for the CLI's non-JSON output. Pure functions of the data, so they are
 //! tested without a terminal. No secret ever reaches these types.
+//!
+//! Text from outside (a feeder's reference, hold reason, IDs; a provider's error) may carry
+//! control characters: an ESC sequence recolours or retitles the operator's terminal. Every value
+//! from outside is shown through [`one_line`] (every control character escaped), and everything
+//! the CLI prints passes [`terminal_safe`] (every control character but newline and tab escaped).
 
 use std::fmt::Write;
 use std::time::{Duration, UNIX_EPOCH};
@@ -8,6 +13,56 @@ use crate::store::holds::Hold;
 use crate::store::requests::{RequestDetail, RequestSummary};
 use crate::store::rules::RuleRow;
 use crate::store::status::{GateRow, Status};
+
+/// Whether `c` is shown escaped: C0 and C1 controls, DEL, and the bidirectional overrides that
+/// reorder what a terminal shows.
+fn unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn escape_into(out: &mut String, c: char) {
+    let n = c as u32;
+    if n < 0x100 {
+        let _ = write!(out, "\\x{n:02x}");
+    } else {
+        let _ = write!(out, "\\u{{{n:x}}}");
+    }
+}
+
+/// `text` for a terminal: every control character except newline and tab escaped (`\x1b`).
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text
+        .chars()
+        .any(|c| c != '\n' && c != '\t' && unsafe_char(c))
+    {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c != '\n' && c != '\t' && unsafe_char(c) {
+            escape_into(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A value from outside on one line: every control character escaped, newlines included.
+pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            escape_into(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
 
 pub fn time(ts: i64) -> String {
     // RFC 3339 ends at 9999-12-31T23:59:59Z; a feeder that writes milliseconds goes past it.
@@ -59,7 +114,7 @@ pub fn status_text(st: &Status, now: i64) -> String {
             o,
             "OVERDUE request {} (ref {}): due {} ({} ago), {}",
             d.id,
-            d.external_ref.as_deref().unwrap_or("-"),
+            one_line(d.external_ref.as_deref().unwrap_or("-")),
             time(d.due_at),
             ago(now - d.due_at),
             d.state
@@ -70,13 +125,13 @@ pub fn status_text(st: &Status, now: i64) -> String {
             o,
             "due soon: request {} (ref {}): due {}, {}",
             d.id,
-            d.external_ref.as_deref().unwrap_or("-"),
+            one_line(d.external_ref.as_deref().unwrap_or("-")),
             time(d.due_at),
             d.state
         );
     }
     for p in &st.paused_providers {
-        let _ = writeln!(o, "PAUSED provider {}: {}", p.provider, p.reason);
+        let _ = writeln!(o, "PAUSED provider {}: {}", p.provider, one_line(&p.reason));
     }
     if !st.gates.is_empty() {
         let _ = writeln!(o, "providers (politeness gate, as the daemon last saw it):");
@@ -168,7 +223,7 @@ pub fn requests_text(list: &[RequestSummary], now: i64) -> String {
             "{:>6}  {:<12} ref {:<24} due {}{overdue}  items: {} deleted, {} held, {} dead, {} open",
             r.id,
             r.state.as_str(),
-            r.external_ref.as_deref().unwrap_or("-"),
+            one_line(r.external_ref.as_deref().unwrap_or("-")),
             time(r.due_at),
             r.items.deleted,
             r.items.held,
@@ -186,7 +241,7 @@ pub fn request_detail_text(d: &RequestDetail, now: i64) -> String {
     let _ = writeln!(
         o,
         "  ref:       {}",
-        s.external_ref.as_deref().unwrap_or("-")
+        one_line(s.external_ref.as_deref().unwrap_or("-"))
     );
     let _ = writeln!(o, "  received:  {}", time(s.received_at));
     let _ = writeln!(
@@ -216,20 +271,33 @@ pub fn request_detail_text(d: &RequestDetail, now: i64) -> String {
     for i in &d.items {
         let mut line = format!(
             "    {}/{}/{}  {}",
-            i.provider, i.scope, i.session_id, i.state
+            i.provider,
+            one_line(&i.scope),
+            one_line(&i.session_id),
+            i.state
         );
         if let Some(out) = i.outcome.as_deref().filter(|o| *o != i.state) {
             let _ = write!(line, " ({})", out.replace('_', " "));
         }
         if let Some(reason) = &i.hold_reason {
-            let _ = write!(line, " hold {}: {reason}", i.hold_id.unwrap_or(0));
+            let _ = write!(
+                line,
+                " hold {}: {}",
+                i.hold_id.unwrap_or(0),
+                one_line(reason)
+            );
         }
         // A held chat's last error is history (a failed call, a read-back before the hold): the
         // hold is what decides it now.
         if !matches!(i.state.as_str(), "deleted" | "held")
             && let Some(e) = &i.last_error
         {
-            let _ = write!(line, " attempts {}, last error: {e}", i.attempts);
+            let _ = write!(
+                line,
+                " attempts {}, last error: {}",
+                i.attempts,
+                one_line(e)
+            );
         }
         if i.state == "deleted" {
             match i.verify_state.as_deref() {
@@ -244,7 +312,7 @@ pub fn request_detail_text(d: &RequestDetail, now: i64) -> String {
                     let _ = write!(
                         line,
                         ", UNVERIFIED: {}",
-                        i.verify_error.as_deref().unwrap_or("")
+                        one_line(i.verify_error.as_deref().unwrap_or(""))
                     );
                 }
                 Some("not_checked") => {
@@ -303,12 +371,12 @@ pub fn holds_text(list: &[Hold]) -> String {
     }
     for h in list {
         let target = match &h.subject {
-            Some(s) => format!("subject {s}"),
+            Some(s) => format!("subject {}", one_line(s)),
             None => format!(
                 "chat {}/{}/{}",
                 h.provider.as_deref().unwrap_or(""),
-                h.scope.as_deref().unwrap_or(""),
-                h.session_id.as_deref().unwrap_or("")
+                one_line(h.scope.as_deref().unwrap_or("")),
+                one_line(h.session_id.as_deref().unwrap_or(""))
             ),
         };
         let _ = writeln!(
@@ -318,7 +386,7 @@ pub fn holds_text(list: &[Hold]) -> String {
             time(h.created_at),
             h.chats_covered,
             h.items_held,
-            h.reason
+            one_line(&h.reason)
         );
     }
     o
@@ -342,10 +410,13 @@ pub fn plan_text(p: &crate::resolve::Plan) -> String {
     for c in &p.chats {
         let mut line = format!(
             "  {:<16} {}/{}/{}",
-            c.action, c.provider, c.scope, c.session_id
+            c.action,
+            c.provider,
+            one_line(&c.scope),
+            one_line(&c.session_id)
         );
         if let Some(h) = &c.hold_reason {
-            let _ = write!(line, "  (hold: {h})");
+            let _ = write!(line, "  (hold: {})", one_line(h));
         }
         let _ = writeln!(o, "{line}");
     }
@@ -393,6 +464,25 @@ pub fn doctor_text(r: &crate::doctor::Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_from_outside_are_shown_escaped() {
+        let hostile = "DSR-1\u{1b}]0;owned\u{7}\u{1b}[31mred\nsecond\u{202e}txt";
+        assert_eq!(
+            one_line(hostile),
+            "DSR-1\\x1b]0;owned\\x07\\x1b[31mred\\x0asecond\\u{202e}txt"
+        );
+        assert_eq!(
+            terminal_safe(hostile),
+            "DSR-1\\x1b]0;owned\\x07\\x1b[31mred\nsecond\\u{202e}txt"
+        );
+        assert!(matches!(
+            terminal_safe("plain\ttext\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // C1's single-byte CSI too.
+        assert_eq!(one_line("a\u{9b}31m"), "a\\x9b31m");
+    }
     use crate::store::status::{DueRequest, PausedProvider};
 
     #[test]

@@ -739,7 +739,7 @@ async fn run(history: Vec<Step>) -> Result<(), TestCaseError> {
                 m.rule = true;
             }
             Step::Approve => {
-                let ok = w.s.store().approve_rule("r").is_ok();
+                let ok = w.s.store().approve_rule("r", 0).is_ok();
                 prop_assert_eq!(ok, m.rule && m.awaiting.is_some(), "approve");
                 if ok {
                     m.approved_up_to = m.awaiting;

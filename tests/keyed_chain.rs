@@ -37,7 +37,7 @@ impl World {
     }
     /// The store as a feeder's user has it: the database, not the key.
     fn unkeyed(&self) -> Store {
-        self.s.store()
+        self.s.feeder_store()
     }
     fn config(&self) -> Config {
         let mut c = self.sim.config(self.s.dir.path(), &["app-a"]).unwrap();
@@ -300,4 +300,43 @@ async fn a_feeders_command_without_the_key_is_sealed_late_and_its_completion_clo
     assert!(cert.broken.is_none());
     assert_eq!(cert.held.len(), 2);
     assert_eq!(cert.deleted.values().flatten().count(), 1);
+}
+
+/// The issue's forgery: a group member drops the keying row's trigger, moves the point where
+/// keying began past every link, and appends a well-chained closing and verification event. The
+/// daemon must not seal them late, `audit verify` with the key must fail, and the certificate
+/// must say its record is broken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_where_keying_began_does_not_make_a_forged_certificate_verify() {
+    let w = drained(true).await;
+    sqlite3(
+        &w,
+        w.pick(
+            "DROP TRIGGER audit_keying_is_fixed_no_update; UPDATE audit_keying SET keyed_from_seq = 100000;",
+            "DROP TRIGGER audit_keying_is_fixed_no_update ON audit_keying; UPDATE audit_keying SET keyed_from_seq = 100000;",
+        ),
+    );
+    let closed = r#"{"items":[{"provider":"convai","scope":"char-a","session_id":"alice-c0","state":"deleted","outcome":"deleted","confirmed_at":1800000100,"last_error":null,"hold_id":null,"hold_reason":null}]}"#;
+    let completed = forge(&w, "request.completed", Some(w.request), closed);
+    let verified = r#"{"items":[{"provider":"convai","scope":"char-a","session_id":"alice-c0","verified_at":1800000101}]}"#;
+    forge(&w, "request.verified", Some(w.request), verified);
+    let late = w.keyed().seal_late().unwrap();
+    assert_eq!(late.sealed, 0, "{late:?}");
+    assert_eq!(late.refused.len(), 2, "{late:?}");
+    let (rc, out) = w.verify();
+    assert_eq!(rc, 1, "{out}");
+    assert!(
+        out.contains(&format!("BROKEN at event {completed}")) && out.contains("without a seal"),
+        "{out}"
+    );
+    let cert = forgetd::certificate::Certificate::build(&w.keyed(), w.request).unwrap();
+    assert!(
+        cert.broken
+            .as_deref()
+            .is_some_and(|b| b.contains(&format!("event {completed}"))),
+        "{:?}",
+        cert.broken
+    );
+    // The chat the forgery calls deleted is still at the provider.
+    assert!(w.sim.exists(ProviderKind::CONVAI, "char-a", "alice-c0"));
 }

@@ -52,6 +52,9 @@ pub fn render(cert: &Certificate, signed: Option<&Signed>) -> String {
                         "BROKEN — this certificate rests on a damaged record: " (why)
                     }
                 }
+                @for n in &cert.notices {
+                    div class="broken notice" { "NOTICE — " (n) }
+                }
                 h1 { "Certificate of erasure" }
                 p class="sub" {
                     "Request " (cert.request_id)
@@ -84,7 +87,9 @@ pub fn render(cert: &Certificate, signed: Option<&Signed>) -> String {
                         }
                     }
                 }
-                @if cert.anchor.is_none() {
+                @if let Some(at) = cert.reopened_at {
+                    p id="reopened" { strong { "This request was re-opened " (time(at)) " (a chat changed fate after it closed); nothing is certified until it closes again." } }
+                } @else if cert.anchor.is_none() {
                     p { strong { "This request is not finished; nothing is certified yet." } }
                 }
                 @for (provider, chats) in &cert.deleted {
@@ -149,7 +154,7 @@ pub fn render(cert: &Certificate, signed: Option<&Signed>) -> String {
                             dt { "Closing event" } dd { (a.event_seq) }
                             dt { "Event hash" } dd { (a.event_hash) }
                             dt { "Chain head" } dd { (a.chain_head) }
-                            dt { "Chain" } dd { (a.chain_events) " event(s), " @if a.chain_intact { "verified intact" } @else { "BROKEN" } }
+                            dt { "Chain" } dd { (a.chain_events) " event(s), " @if !a.chain_intact { "BROKEN" } @else if a.seals_checked { "verified intact, seals checked" } @else { "hashes intact; seals not checked" } }
                         }
                     }
                     None => p class="note" { "No closing event yet." }

@@ -1,8 +1,18 @@
 //! The certificate of erasure (`forgetd audit export --request ID`): what a privacy officer hands a
-//! regulator. Built from the audit event that closed the request (`request.completed` or
-//! `request.failed`, read back as its typed form [`crate::audit::RequestClosed`] through the
-//! store), anchored by that event's hash and the verified chain head, so it states only what the
-//! tamper-evident record says. A read model: it writes nothing and runs no SQL of its own.
+//! regulator. Built from sealed audit events, never from columns a feeder can edit: the reference,
+//! subject hash, received and due dates from `request.received`; the state, close time and every
+//! chat's fate from the request's latest closing event (`request.completed` / `request.failed`);
+//! verification from `request.verified`. Anchored by the closing event's hash and the verified
+//! chain head. A read model: it writes nothing and runs no SQL of its own.
+//!
+//! Rules:
+//! - What the row says and the chain says differ (someone edited the row): the certificate states
+//!   the chain's value and a notice naming the difference, in every format.
+//! - A request re-opened after its last close (a chat changed fate) certifies nothing until it
+//!   closes again; a chat whose state now differs from what the closing event states is named in
+//!   a notice and the request is not called verified.
+//! - *Verified* means every chat the certificate calls deleted was read back absent (by the
+//!   request's verification event) at or after its confirmed deletion.
 //!
 //! Read-after-delete verification ([`crate::verify`]) adds, per deleted chat, whether it was read
 //! back absent: from the request's `request.verified` event when every chat was (chained, like the
@@ -20,7 +30,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::report::time;
+use crate::report::{one_line, time};
 use crate::store::{Result, Store};
 
 pub const CAVEATS: [&str; 2] = [
@@ -117,6 +127,9 @@ pub struct Anchor {
     pub chain_head: String,
     pub chain_events: u64,
     pub chain_intact: bool,
+    /// Whether the chain's seals were checked (this process holds the chain key): without them
+    /// the hashes alone do not show forgetd wrote the events.
+    pub seals_checked: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -135,6 +148,12 @@ pub struct Certificate {
     pub held: Vec<CertHeld>,
     pub failed: Vec<CertFailed>,
     pub anchor: Option<Anchor>,
+    /// When the request was re-opened after its last close (a chat changed fate): nothing is
+    /// certified until it closes again.
+    pub reopened_at: Option<i64>,
+    /// Differences between the sealed record and the database's current rows (an edited
+    /// reference or date, a chat whose state changed since the closing event).
+    pub notices: Vec<String>,
     /// Why the record behind this certificate cannot be trusted, when it cannot: `audit export`
     /// refuses such a certificate unless forced, and a forced one says BROKEN at its top.
     pub broken: Option<String>,
@@ -143,30 +162,97 @@ pub struct Certificate {
 
 impl Certificate {
     pub fn build(store: &Store, request_id: i64) -> Result<Self> {
-        let r = store.request_record(request_id)?;
+        let row = store.request_record(request_id)?;
+        let received = store.received_event(request_id)?;
+        let mut notices = Vec::new();
+        // The reference, person and dates as forgetd recorded them when it took the request in;
+        // the row's values only for a request not taken in yet (nothing is certified then).
+        let (external_ref, subject_hash, received_at, due_at) = match &received {
+            Some(e) => {
+                let r = &e.received;
+                let mut differs = |what: &str, recorded: String, now: String| {
+                    if recorded != now {
+                        notices.push(format!(
+                            "the request's row was edited after forgetd recorded it: {what} is {now} in the row, {recorded} in the sealed record (audit event {}); this certificate states the record",
+                            e.seq
+                        ));
+                    }
+                };
+                let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+                differs(
+                    "the reference",
+                    opt(&r.external_ref),
+                    opt(&row.external_ref),
+                );
+                differs(
+                    "the received time",
+                    time(r.received_at),
+                    time(row.received_at),
+                );
+                differs(
+                    "the due date",
+                    time(r.due_at),
+                    row.due_at.map(time).unwrap_or_else(|| "none".into()),
+                );
+                if row.subject_hash.as_deref() != Some(r.subject_hash.as_str()) {
+                    notices.push(format!(
+                        "the request's row was edited after forgetd recorded it: its subject hash differs from the sealed record (audit event {})",
+                        e.seq
+                    ));
+                }
+                (
+                    r.external_ref.clone(),
+                    Some(r.subject_hash.clone()),
+                    r.received_at,
+                    Some(r.due_at),
+                )
+            }
+            None => (
+                row.external_ref.clone(),
+                row.subject_hash.clone(),
+                row.received_at,
+                row.due_at,
+            ),
+        };
         let mut cert = Certificate {
             request_id,
-            external_ref: r.external_ref,
-            subject_hash: r.subject_hash,
-            state: r.state,
-            received_at: r.received_at,
-            due_at: r.due_at,
-            completed_at: r.completed_at,
+            external_ref,
+            subject_hash,
+            state: row.state.clone(),
+            received_at,
+            due_at,
+            completed_at: None,
             verified: None,
             deleted: BTreeMap::new(),
             held: Vec::new(),
             failed: Vec::new(),
             anchor: None,
+            reopened_at: None,
+            notices,
             broken: None,
             caveats: CAVEATS.iter().map(|s| s.to_string()).collect(),
         };
         let Some(event) = store.closing_event(request_id)? else {
             return Ok(cert); // not finished: nothing is certified yet
         };
+        if received.is_none() {
+            cert.notices.push(
+                "the request's receipt is not in the audit trail: its reference and dates are the row's"
+                    .into(),
+            );
+        }
+        if let Some((_, at)) = store.reopened_after(request_id, event.seq)? {
+            // At work again since its last close: the closing event no longer stands.
+            cert.state = "in_progress".into();
+            cert.reopened_at = Some(at);
+            return Ok(cert);
+        }
         let (seq, hash) = (event.seq, event.hash);
+        cert.state = if event.complete { "complete" } else { "failed" }.into();
+        cert.completed_at = Some(event.at);
         let verified = store.verified_event(request_id, seq)?;
-        // Each chat's current record: the source for chats not (yet) verified, and for how
-        // often a chat reappeared.
+        // Each chat's current record: the source for chats not (yet) verified, for how often a
+        // chat reappeared, and to find a chat whose fate changed since the closing event.
         let live: BTreeMap<(String, String, String), crate::store::verification::ItemVerification> =
             store
                 .request_verification(request_id)?
@@ -193,19 +279,8 @@ impl Certificate {
                     .collect()
             })
             .unwrap_or_default();
-        if let Some(v) = &verified {
-            cert.verified = Some(VerifiedAnchor {
-                event_seq: v.seq,
-                event_hash: v.hash.clone(),
-                verified_at: v
-                    .verified
-                    .items
-                    .iter()
-                    .map(|i| i.verified_at)
-                    .max()
-                    .unwrap_or(0),
-            });
-        }
+        let mut stale = false;
+        let mut all_read_back = true;
         for item in event.closed.items {
             let key = (
                 item.provider.clone(),
@@ -213,11 +288,27 @@ impl Certificate {
                 item.session_id.clone(),
             );
             let current = live.get(&key);
+            let now_state = current.map_or("gone", |c| c.state.as_str());
+            if now_state != item.state {
+                stale = true;
+                cert.notices.push(format!(
+                    "{}/{}/{} is {now_state} now, not {} as the closing event states: a new closing event follows when it settles",
+                    item.provider, item.scope, item.session_id, item.state
+                ));
+            }
             let reappeared = current.map_or(0, |c| c.reappeared);
-            let verification = match (read_back.get(&key), current) {
+            // Read back absent after its (last) confirmed deletion, by the chain's event.
+            let absent_at = read_back
+                .get(&key)
+                .copied()
+                .filter(|at| item.confirmed_at.is_none_or(|c| *at >= c));
+            if item.state == "deleted" && absent_at.is_none() {
+                all_read_back = false;
+            }
+            let verification = match (absent_at, current) {
                 (Some(at), _) => CertVerification {
                     status: "verified_absent".into(),
-                    at: Some(*at),
+                    at: Some(at),
                     detail: None,
                     reappeared,
                 },
@@ -238,13 +329,15 @@ impl Certificate {
                         detail: Some("deleted before forgetd read deletions back".into()),
                         reappeared,
                     },
-                    // Read back absent, but the request's verification is not recorded (yet):
+                    // Read back absent by the current row, but the chain does not say so (yet):
                     // the certificate claims only what the chain holds.
                     Some("verified_absent") => CertVerification {
-                        status: "verified_absent".into(),
-                        at: c.verified_at,
-                        detail: None,
+                        detail: Some(
+                            "read back absent by the current record; the request's verification event is not written yet"
+                                .into(),
+                        ),
                         reappeared,
+                        ..CertVerification::pending()
                     },
                     _ => CertVerification {
                         reappeared,
@@ -283,6 +376,23 @@ impl Certificate {
                 }),
             }
         }
+        if let Some(v) = &verified
+            && event.complete
+            && all_read_back
+            && !stale
+        {
+            cert.verified = Some(VerifiedAnchor {
+                event_seq: v.seq,
+                event_hash: v.hash.clone(),
+                verified_at: v
+                    .verified
+                    .items
+                    .iter()
+                    .map(|i| i.verified_at)
+                    .max()
+                    .unwrap_or(0),
+            });
+        }
         let v = store.verify_audit()?;
         let missing = store.missing_audit_triggers()?;
         cert.broken = match (&v.broken, missing.is_empty()) {
@@ -302,11 +412,13 @@ impl Certificate {
             chain_head: v.head,
             chain_events: v.events,
             chain_intact: v.broken.is_none(),
+            seals_checked: v.seals.is_some(),
         });
         Ok(cert)
     }
 
-    /// Whether the request is verified, in words: when, or what is missing.
+    /// Whether the request is verified, in words: verified (when), waiting (for what), or not
+    /// verified (why) — never "not yet" for a request that can no longer be verified.
     pub fn verified_line(&self) -> String {
         if let Some(v) = &self.verified {
             return format!(
@@ -314,19 +426,68 @@ impl Certificate {
                 time(v.verified_at)
             );
         }
+        if self.reopened_at.is_some() {
+            return "no: the request is at work again; it is verified after it closes again".into();
+        }
         let chats: Vec<&CertChat> = self.deleted.values().flatten().collect();
         if chats.is_empty() {
             return "no deleted chat to read back".into();
         }
         let count = |s: &str| chats.iter().filter(|c| c.verification.status == s).count();
-        format!(
-            "not yet: {} of {} deleted chat(s) read back absent, {} unverified, {} not read back yet, {} not checked",
+        let (absent, unverified, pending, unchecked) = (
             count("verified_absent"),
-            chats.len(),
             count("unverified"),
             count("pending"),
-            count("not_checked")
-        )
+            count("not_checked"),
+        );
+        if !self
+            .notices
+            .iter()
+            .any(|n| n.contains("closing event states"))
+            && pending > 0
+        {
+            return format!(
+                "waiting: {absent} of {} deleted chat(s) read back absent, {pending} to be read back (forgetd reads each deletion back `[verify] after` its confirmation){}",
+                chats.len(),
+                if unverified + unchecked > 0 {
+                    format!(
+                        "; {unverified} could not be decided and {unchecked} were deleted before read-back, so the request will not be verified"
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        } else {
+            let mut why = Vec::new();
+            if self.state == "failed" {
+                why.push("the request failed".to_string());
+            }
+            if unverified > 0 {
+                why.push(format!(
+                    "{unverified} chat(s) read back without a decision (gave up)"
+                ));
+            }
+            if unchecked > 0 {
+                why.push(format!(
+                    "{unchecked} chat(s) deleted before forgetd read deletions back"
+                ));
+            }
+            if self
+                .notices
+                .iter()
+                .any(|n| n.contains("closing event states"))
+            {
+                why.push("a chat changed since the closing event".into());
+            }
+            if why.is_empty() {
+                why.push("the request's verification event is not recorded".into());
+            }
+            format!(
+                "no: {}; {absent} of {} deleted chat(s) read back absent",
+                why.join(", "),
+                chats.len()
+            )
+        }
     }
 
     pub fn text(&self) -> String {
@@ -337,11 +498,17 @@ impl Certificate {
                 "BROKEN — this certificate rests on a damaged record: {why}\n"
             );
         }
+        for n in &self.notices {
+            let _ = writeln!(o, "NOTICE — {}", one_line(n));
+        }
+        if !self.notices.is_empty() {
+            let _ = writeln!(o);
+        }
         let _ = writeln!(o, "CERTIFICATE OF ERASURE — request {}", self.request_id);
         let _ = writeln!(
             o,
             "  reference:   {}",
-            self.external_ref.as_deref().unwrap_or("-")
+            one_line(self.external_ref.as_deref().unwrap_or("-"))
         );
         let _ = writeln!(
             o,
@@ -358,6 +525,14 @@ impl Certificate {
         }
         if self.anchor.is_some() {
             let _ = writeln!(o, "  verified:    {}", self.verified_line());
+        }
+        if let Some(at) = self.reopened_at {
+            let _ = writeln!(
+                o,
+                "\nThis request was re-opened {} (a chat changed fate after it closed); nothing is certified until it closes again.",
+                time(at)
+            );
+            return o;
         }
         if self.anchor.is_none() {
             let _ = writeln!(
@@ -376,8 +551,8 @@ impl Certificate {
                 let _ = writeln!(
                     o,
                     "    {}/{}  confirmed {}; {}",
-                    c.scope,
-                    c.session_id,
+                    one_line(&c.scope),
+                    one_line(&c.session_id),
                     c.confirmed_at.map(time).unwrap_or_default(),
                     c.verification.describe()
                 );
@@ -390,10 +565,10 @@ impl Certificate {
                     o,
                     "    {}/{}/{}  hold {}: {}",
                     h.provider,
-                    h.scope,
-                    h.session_id,
+                    one_line(&h.scope),
+                    one_line(&h.session_id),
                     h.hold_id.unwrap_or(0),
-                    h.reason.as_deref().unwrap_or("")
+                    one_line(h.reason.as_deref().unwrap_or(""))
                 );
             }
         }
@@ -404,9 +579,9 @@ impl Certificate {
                     o,
                     "    {}/{}/{}  {}",
                     f.provider,
-                    f.scope,
-                    f.session_id,
-                    f.error.as_deref().unwrap_or("")
+                    one_line(&f.scope),
+                    one_line(&f.session_id),
+                    one_line(f.error.as_deref().unwrap_or(""))
                 );
             }
         }
@@ -421,10 +596,11 @@ impl Certificate {
                 "  audit chain: {} event(s), head {}, {}",
                 a.chain_events,
                 a.chain_head,
-                if a.chain_intact {
-                    "verified intact"
-                } else {
-                    "BROKEN (run `forgetd audit verify`)"
+                match (a.chain_intact, a.seals_checked) {
+                    (true, true) => "verified intact, seals checked",
+                    (true, false) =>
+                        "hashes intact; seals NOT checked (this user cannot read the chain key: run as root or forgetd)",
+                    (false, _) => "BROKEN (run `forgetd audit verify`)",
                 }
             );
         }

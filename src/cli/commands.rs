@@ -90,7 +90,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::MigrateTo { url } => migrate_to(&config, &url),
         Command::Generate { dir } => {
             for path in super::generate::write_all(&dir)? {
-                println!("{}", path.display());
+                outln!("{}", path.display());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -120,7 +120,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             if json {
                 print_json(&filed)?;
             } else {
-                println!("{}", filed.id);
+                outln!("{}", filed.id);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -144,7 +144,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                     created_at,
                 })
                 .map_err(InvalidArgument::from_store)?;
-            println!(
+            outln!(
                 "{}",
                 if added {
                     "added"
@@ -162,7 +162,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             if json {
                 print_json(&st)?;
             } else {
-                print!("{}", crate::report::status_text(&st, now));
+                out!("{}", crate::report::status_text(&st, now));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -213,7 +213,7 @@ fn run(
             let report = report?;
             let elapsed = started.elapsed();
             let deleted: u64 = report.stats.deleted.values().sum();
-            println!(
+            outln!(
                 "resolved {} request(s), ran {} rule(s); deleted {deleted}, held {}, dead {}, pending {}",
                 report.resolved_requests,
                 report.rule_runs.len(),
@@ -230,7 +230,7 @@ fn run(
                 .collect();
             let retries: u64 = report.stats.retries.values().flat_map(|c| c.values()).sum();
             let throttled: u64 = report.stats.throttled.values().sum();
-            println!(
+            outln!(
                 "took {} ({}); {} provider call(s), {retries} retried item(s), {throttled} throttled answer(s)",
                 humantime::format_duration(std::time::Duration::from_millis(
                     elapsed.as_millis() as u64
@@ -317,7 +317,7 @@ fn plan(
         if json {
             print_json(&plan)?;
         } else {
-            print!("{}", crate::report::plan_text(&plan));
+            out!("{}", crate::report::plan_text(&plan));
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -349,16 +349,18 @@ fn audit(config: &Config, cmd: super::AuditCommand) -> Result<ExitCode> {
             if json {
                 print_json(&v)?;
             } else if let Some(b) = &v.broken {
-                println!("audit trail BROKEN at event {}: {}", b.seq, b.reason);
-                println!("{} event(s) before it verify", v.events);
+                outln!("audit trail BROKEN at event {}: {}", b.seq, b.reason);
+                outln!("{} event(s) before it verify", v.events);
             } else {
-                println!("audit trail intact: {} event(s), head {}", v.events, v.head);
+                outln!("audit trail intact: {} event(s), head {}", v.events, v.head);
                 match &v.seals {
-                    Some(c) => println!(
+                    Some(c) => outln!(
                         "seals (keyed chain): {} valid ({} sealed late by the daemon), {} not sealed yet",
-                        c.sealed, c.late, c.unsealed
+                        c.sealed,
+                        c.late,
+                        c.unsealed
                     ),
-                    None => println!(
+                    None => outln!(
                         "seals not checked: this user cannot read the chain key (run as root or forgetd to check them)"
                     ),
                 }
@@ -396,12 +398,12 @@ fn audit(config: &Config, cmd: super::AuditCommand) -> Result<ExitCode> {
                 .context("loading the certificate signing key")
             };
             match format {
-                super::CertFormat::Text => print!("{}", cert.text()),
+                super::CertFormat::Text => out!("{}", cert.text()),
                 super::CertFormat::Json => print_json(&cert)?,
                 super::CertFormat::Signed => print_json(&signer()?.sign(&cert)?)?,
                 super::CertFormat::Html => {
                     let signed = signer()?.sign(&cert)?;
-                    print!("{}", crate::certificate::html::render(&cert, Some(&signed)));
+                    out!("{}", crate::certificate::html::render(&cert, Some(&signed)));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -412,7 +414,7 @@ fn audit(config: &Config, cmd: super::AuditCommand) -> Result<ExitCode> {
                 config.database.sqlite_path(),
             )
             .context("loading the certificate signing key")?;
-            println!("{}", signer.public_key_hex());
+            outln!("{}", signer.public_key_hex());
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -440,7 +442,7 @@ fn verify_certificate(file: &std::path::Path, key: &str) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
         Ok(signed) => {
-            println!(
+            outln!(
                 "certificate {} verifies: request {}, state {}, signed by {}",
                 file.display(),
                 signed.certificate["request_id"],
@@ -463,7 +465,12 @@ fn verify_certificate(file: &std::path::Path, key: &str) -> Result<ExitCode> {
 /// The config file owns its rules: commands given one see them as the daemon would.
 fn sync_file_rules(config: &Config, store: &mut Store, now: i64) -> Result<()> {
     if config.source.is_some() {
-        store.sync_config_rules(&config.rules, now)?;
+        store.sync_config_rules(
+            &config.rules,
+            config.source.as_ref().map(|p| p.display().to_string()),
+            crate::store::rules::ConfigSync::Command,
+            now,
+        )?;
     }
     Ok(())
 }
@@ -506,16 +513,16 @@ fn check_config(config: &Config) -> Result<ExitCode> {
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "no file (defaults)".into());
-    println!("config OK: {source}");
-    println!("  database: {}", config.database);
+    outln!("config OK: {source}");
+    outln!("  database: {}", config.database);
     for c in &config.providers {
-        println!("  {}: {}", c.kind(), c.settings.describe());
+        outln!("  {}: {}", c.kind(), c.settings.describe());
     }
     if config.providers.is_empty() {
-        println!("  no provider configured: `forgetd run` needs at least one");
+        outln!("  no provider configured: `forgetd run` needs at least one");
     }
-    println!("  rules: {}", config.rules.len());
-    println!(
+    outln!("  rules: {}", config.rules.len());
+    outln!(
         "  secrets: {} named, all readable",
         config.secret_refs().len()
     );
@@ -544,7 +551,7 @@ fn doctor(config: Config, json: bool) -> Result<ExitCode> {
     if json {
         print_json(&report)?;
     } else {
-        print!("{}", crate::report::doctor_text(&report));
+        out!("{}", crate::report::doctor_text(&report));
     }
     Ok(if report.passed {
         ExitCode::SUCCESS
@@ -586,9 +593,10 @@ fn import(config: &Config, file: &std::path::Path) -> Result<ExitCode> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    println!(
+    outln!(
         "imported {} chats ({} already known, skipped)",
-        report.inserted, report.skipped
+        report.inserted,
+        report.skipped
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -602,7 +610,7 @@ fn requests(config: &Config, cmd: RequestsCommand, now: i64) -> Result<ExitCode>
             if json {
                 print_json(&list)?;
             } else {
-                print!("{}", crate::report::requests_text(&list, now));
+                out!("{}", crate::report::requests_text(&list, now));
             }
         }
         RequestsCommand::Show { id, json } => {
@@ -611,7 +619,7 @@ fn requests(config: &Config, cmd: RequestsCommand, now: i64) -> Result<ExitCode>
             if json {
                 print_json(&detail)?;
             } else {
-                print!("{}", crate::report::request_detail_text(&detail, now));
+                out!("{}", crate::report::request_detail_text(&detail, now));
             }
         }
         RequestsCommand::Retry { id, json } => {
@@ -620,7 +628,7 @@ fn requests(config: &Config, cmd: RequestsCommand, now: i64) -> Result<ExitCode>
             if json {
                 print_json(&serde_json::json!({"id": id, "revived": n}))?;
             } else {
-                println!("request {id}: {n} dead item(s) back to pending");
+                outln!("request {id}: {n} dead item(s) back to pending");
             }
         }
     }
@@ -664,7 +672,7 @@ fn rules(config: &Config, cmd: RulesCommand, now: i64) -> Result<ExitCode> {
             if json {
                 print_json(&list)?;
             } else {
-                print!("{}", crate::report::rules_text(&list));
+                out!("{}", crate::report::rules_text(&list));
             }
         }
         RulesCommand::Add(args) => {
@@ -673,23 +681,23 @@ fn rules(config: &Config, cmd: RulesCommand, now: i64) -> Result<ExitCode> {
             if args.json {
                 print_json(&store.get_rule(&spec.name)?)?;
             } else {
-                println!("rule {} added", spec.name);
+                outln!("rule {} added", spec.name);
             }
         }
         RulesCommand::Remove { name, json } => {
-            store.remove_rule(&name)?;
+            store.remove_rule(&name, now)?;
             if json {
                 print_json(&serde_json::json!({"removed": name}))?;
             } else {
-                println!("rule {name} removed");
+                outln!("rule {name} removed");
             }
         }
         RulesCommand::Approve { name, json } => {
-            store.approve_rule(&name)?;
+            store.approve_rule(&name, now)?;
             if json {
                 print_json(&serde_json::json!({"approved": name}))?;
             } else {
-                println!("rule {name}: the held run is approved and will delete on its next run");
+                outln!("rule {name}: the held run is approved and will delete on its next run");
             }
         }
     }
@@ -729,7 +737,7 @@ fn holds(config: &Config, cmd: HoldsCommand, now: i64) -> Result<ExitCode> {
             if json {
                 print_json(&serde_json::json!({"id": hold_id, "items_held": held.len()}))?;
             } else {
-                println!("{hold_id}");
+                outln!("{hold_id}");
                 if !held.is_empty() {
                     eprintln!(
                         "forgetd: hold {hold_id} took {} queued chat(s) out of deletion",
@@ -748,7 +756,7 @@ fn holds(config: &Config, cmd: HoldsCommand, now: i64) -> Result<ExitCode> {
             if json {
                 print_json(&list)?;
             } else {
-                print!("{}", crate::report::holds_text(&list));
+                out!("{}", crate::report::holds_text(&list));
             }
         }
         HoldsCommand::Remove { hold_id, json } => {
@@ -758,7 +766,7 @@ fn holds(config: &Config, cmd: HoldsCommand, now: i64) -> Result<ExitCode> {
                     &serde_json::json!({"removed": hold_id, "items_released": freed.len()}),
                 )?;
             } else {
-                println!(
+                outln!(
                     "hold {hold_id} lifted; {} chat(s) back in the queue",
                     freed.len()
                 );
@@ -813,11 +821,11 @@ async fn simulator(
         let key: [u8; 32] = rand::random();
         write(dir.join("audit-key"), &key, 0o600)?;
     }
-    println!("convai    {}", sim.convai_url);
-    println!("koosearch {}", sim.koosearch_url);
-    println!("iam       {}", sim.iam_url);
+    outln!("convai    {}", sim.convai_url);
+    outln!("koosearch {}", sim.koosearch_url);
+    outln!("iam       {}", sim.iam_url);
     match &config_out {
-        Some(p) => println!(
+        Some(p) => outln!(
             "config    {} (run: CREDENTIALS_DIRECTORY={} forgetd --config {} run)",
             p.display(),
             p.parent()
@@ -825,7 +833,7 @@ async fn simulator(
                 .unwrap_or_default(),
             p.display()
         ),
-        None => println!("(no --config-out: nothing written)"),
+        None => outln!("(no --config-out: nothing written)"),
     }
     std::io::stdout().flush().ok();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -893,11 +901,12 @@ fn migrate_to(config: &Config, url: &str) -> Result<ExitCode> {
         );
     }
     for (table, n) in &copied.rows {
-        println!("{table}: {n} row(s)");
+        outln!("{table}: {n} row(s)");
     }
-    println!(
+    outln!(
         "audit chain verified on the target: {} event(s), head {}",
-        after.events, after.head
+        after.events,
+        after.head
     );
     let subject_key = match &config.audit.subject_key {
         Some(r) => r.to_string(),
@@ -917,9 +926,9 @@ fn migrate_to(config: &Config, url: &str) -> Result<ExitCode> {
             crate::signing::CertSigner::key_path(path).display()
         ),
     };
-    println!("\nSwitch forgetd's config to it (and keep the keys where forgetd can read them):\n");
-    println!("[database]\nurl = \"{url}\"");
-    println!("\n[audit]\nsubject_key = \"{subject_key}\"\nsigning_key = \"{signing_key}\"");
+    outln!("\nSwitch forgetd's config to it (and keep the keys where forgetd can read them):\n");
+    outln!("[database]\nurl = \"{url}\"");
+    outln!("\n[audit]\nsubject_key = \"{subject_key}\"\nsigning_key = \"{signing_key}\"");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -941,7 +950,7 @@ fn backup(config: &Config, file: &std::path::Path) -> Result<ExitCode> {
             file.display()
         );
     }
-    println!(
+    outln!(
         "backup {}: {pages} pages, integrity ok, audit chain intact ({} events, head {})",
         file.display(),
         v.events,

@@ -11,6 +11,22 @@
 //! refuses it ([`InvalidArgument`]); what the data's state refuses (no such request, rule or hold;
 //! a rule that exists already; a bad line in an imported file) is a failure (1).
 
+/// `print!` for the CLI's text output: what it prints passes [`crate::report::terminal_safe`], so a
+/// feeder's or provider's control characters cannot drive the operator's terminal.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        print!("{}", $crate::report::terminal_safe(&format!($($arg)*)))
+    };
+}
+
+/// `println!` through [`crate::report::terminal_safe`] (see `out!`).
+macro_rules! outln {
+    () => { println!() };
+    ($($arg:tt)*) => {
+        println!("{}", $crate::report::terminal_safe(&format!($($arg)*)))
+    };
+}
+
 mod commands;
 pub mod generate;
 pub mod progress;

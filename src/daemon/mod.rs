@@ -105,6 +105,7 @@ impl Daemon {
         )
         .map_err(ConfigError::SubjectKey)?;
         store.set_chain_key(key.chain_key());
+        store.set_actor(crate::audit::Actor::Daemon);
         store.set_read_back(config.verify.after.is_some());
         // Links appended without the key since the last run (a feeder's CLI), and those of an
         // unkeyed chain from before schema 6, get their seals; finished requests whose closing
@@ -128,13 +129,12 @@ impl Daemon {
         for kind in ProviderKind::all() {
             store.set_provider_paused(kind, None, clock.now())?;
         }
-        let (changed, removed) = store.sync_config_rules(&config.rules, clock.now())?;
-        store.audit(
-        clock.now(),
-        "config.loaded",
-        None,
-        &serde_json::json!({"source": config.source, "rules_changed": changed, "rules_removed": removed}),
-    )?;
+        store.sync_config_rules(
+            &config.rules,
+            config.source.as_ref().map(|p| p.display().to_string()),
+            crate::store::rules::ConfigSync::Start,
+            clock.now(),
+        )?;
         let providers = crate::providers::build(
             &config.providers,
             config.retry.max_retry_after,

@@ -17,11 +17,10 @@ pub(super) async fn reload(options: &RunOptions, store: &AsyncStore, now: i64) -
         config.database = db.clone();
     }
     let rules = config.rules.clone();
-    let source = config.source.clone();
+    let source = config.source.as_ref().map(|p| p.display().to_string());
     store
         .call(move |s| -> Result<()> {
-            let (changed, removed) = s.sync_config_rules(&rules, now)?;
-            s.audit(now, "config.reloaded", None, &serde_json::json!({"source": source, "rules_changed": changed, "rules_removed": removed}))?;
+            s.sync_config_rules(&rules, source, crate::store::rules::ConfigSync::Reload, now)?;
             Ok(())
         })
         .await?;

@@ -1114,32 +1114,37 @@ fn batch_audit(
     batch: &ClaimedBatch,
     outcomes: &[(i64, ItemOutcome)],
     summary: &[String],
-) -> serde_json::Value {
+) -> crate::audit::BatchAnswered {
     let by_id: std::collections::HashMap<i64, &str> = batch
         .items
         .iter()
         .map(|i| (i.id, i.session_id.as_str()))
         .collect();
-    let sid = |id: i64| by_id.get(&id).copied().unwrap_or("");
-    let mut deleted = Vec::new();
-    let mut retry = Vec::new();
-    let mut dead = Vec::new();
-    let mut released = 0;
+    let sid = |id: i64| by_id.get(&id).copied().unwrap_or("").to_string();
+    let mut answered = crate::audit::BatchAnswered {
+        batch_id: batch.batch_id,
+        provider: batch.provider.to_string(),
+        scope: batch.scope.clone(),
+        repo_id: batch.repo_id.clone(),
+        sent: batch.items.len() as u64,
+        deleted: Vec::new(),
+        retry: Vec::new(),
+        dead: Vec::new(),
+        released: 0,
+        answer: summary.to_vec(),
+    };
     for (id, o) in outcomes {
         match o {
-            ItemOutcome::Deleted { .. } => deleted.push(sid(*id)),
-            ItemOutcome::Retry { .. } | ItemOutcome::Defer { .. } => retry.push(sid(*id)),
-            ItemOutcome::Dead { error } => {
-                dead.push(serde_json::json!({"session_id": sid(*id), "error": error}))
-            }
-            ItemOutcome::Release => released += 1,
+            ItemOutcome::Deleted { .. } => answered.deleted.push(sid(*id)),
+            ItemOutcome::Retry { .. } | ItemOutcome::Defer { .. } => answered.retry.push(sid(*id)),
+            ItemOutcome::Dead { error } => answered.dead.push(crate::audit::DeadChat {
+                session_id: sid(*id),
+                error: error.clone(),
+            }),
+            ItemOutcome::Release => answered.released += 1,
         }
     }
-    serde_json::json!({
-        "batch_id": batch.batch_id, "provider": batch.provider, "scope": batch.scope, "repo_id": batch.repo_id,
-        "sent": batch.items.len(), "deleted": deleted, "retry": retry, "dead": dead, "released": released,
-        "answer": summary,
-    })
+    answered
 }
 
 /// The store's copy of a gate's state.

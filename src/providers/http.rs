@@ -64,12 +64,14 @@ pub fn truncate(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
-/// Reads a response body up to `limit` bytes. A transport failure mid-body is retryable.
+/// Reads a response body up to `limit` bytes, cleaned of every secret `redact` knows before
+/// anyone reads it ([`crate::redact`]). A transport failure mid-body is retryable.
 pub async fn read_body(
     provider: ProviderKind,
     operation: Operation,
     mut resp: reqwest::Response,
     limit: usize,
+    redact: &crate::redact::Redactor,
 ) -> Result<Vec<u8>, ProviderError> {
     let status = resp.status().as_u16();
     let mut body = Vec::new();
@@ -87,7 +89,7 @@ pub async fn read_body(
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(None) => return Ok(body),
+            Ok(None) => return Ok(redact.clean(body)),
             Err(e) => return Err(transport(provider, operation, e).with_status(status)),
         }
     }

@@ -10,17 +10,21 @@ use crate::args;
 
 use super::{Result, Store};
 use crate::audit::{
-    BrokenLink, GENESIS, RequestClosed, RequestVerified, SealCheck, Verification, link_hash,
+    BrokenLink, Event, GENESIS, RequestClosed, RequestReceived, RequestVerified, SealCheck,
+    Verification, link_hash,
 };
 
-/// Appends one event, sealed when the transaction carries the chain key; returns its hash.
-pub fn append(
-    tx: &Tx<'_>,
-    at: i64,
-    kind: &str,
-    request_id: Option<i64>,
-    data: &serde_json::Value,
-) -> Result<String> {
+/// Appends one event, sealed when the transaction carries the chain key; returns its hash. The
+/// payload gets the transaction's actor. A certifying event needs the key: without it the append
+/// is refused (a dry run, which rolls back, skips it), so no keyless process can write one.
+pub fn append(tx: &Tx<'_>, at: i64, request_id: Option<i64>, event: &Event) -> Result<String> {
+    let kind = event.kind();
+    if Event::certifying(kind) && tx.chain_key().is_none() {
+        if tx.is_dry_run() {
+            return Ok(String::new());
+        }
+        return Err(super::StoreError::Keyless { kind });
+    }
     let (prev_seq, prev_hash): (i64, String) = tx
         .row_opt(
             "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
@@ -29,6 +33,13 @@ pub fn append(
         )?
         .unwrap_or((0, GENESIS.to_string()));
     let seq = prev_seq + 1;
+    let mut data = event.data();
+    if let Some(obj) = data.as_object_mut() {
+        obj.insert(
+            "actor".into(),
+            serde_json::to_value(tx.actor()).expect("plain data serializes"),
+        );
+    }
     let data = data.to_string();
     let hash = link_hash(&prev_hash, seq, at, kind, request_id, &data);
     tx.exec(
@@ -44,12 +55,23 @@ pub fn append(
     Ok(hash)
 }
 
-/// A request's closing event: its sequence number, hash and content.
+/// A request's closing event: its sequence number, hash, time and content, and whether it closed
+/// the request complete (`request.completed`) or failed.
 #[derive(Debug, Clone)]
 pub struct ClosingEvent {
     pub seq: i64,
     pub hash: String,
+    pub at: i64,
+    pub complete: bool,
     pub closed: RequestClosed,
+}
+
+/// A request's `request.received` event: what forgetd recorded when it took the request in.
+#[derive(Debug, Clone)]
+pub struct ReceivedEvent {
+    pub seq: i64,
+    pub hash: String,
+    pub received: RequestReceived,
 }
 
 /// A request's `request.verified` event: its sequence number, hash and content.
@@ -106,22 +128,68 @@ impl Store {
 
     /// The last `request.completed` / `request.failed` event of a request, if it finished.
     pub fn closing_event(&self, request_id: i64) -> Result<Option<ClosingEvent>> {
-        let row: Option<(i64, String, String)> = self.row_opt(
-            "SELECT seq, hash, data FROM audit_log WHERE request_id = ?1
+        let row: Option<(i64, String, i64, String, String)> = self.row_opt(
+            "SELECT seq, hash, at, kind, data FROM audit_log WHERE request_id = ?1
                AND kind IN ('request.completed', 'request.failed')
              ORDER BY seq DESC LIMIT 1",
+            args![request_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?;
+        let Some((seq, hash, at, kind, data)) = row else {
+            return Ok(None);
+        };
+        let (complete, closed) = match Event::parse(&kind, &data) {
+            Ok(Event::RequestCompleted(c)) => (true, c),
+            Ok(Event::RequestFailed(c)) => (false, c),
+            other => {
+                return Err(super::StoreError::Invalid(format!(
+                    "audit event {seq} (a request's closing event) does not read as one: {}",
+                    other.err().map(|e| e.to_string()).unwrap_or_default()
+                )));
+            }
+        };
+        Ok(Some(ClosingEvent {
+            seq,
+            hash,
+            at,
+            complete,
+            closed,
+        }))
+    }
+
+    /// The request's `request.received` event, when forgetd took it in.
+    pub fn received_event(&self, request_id: i64) -> Result<Option<ReceivedEvent>> {
+        let row: Option<(i64, String, String)> = self.row_opt(
+            "SELECT seq, hash, data FROM audit_log WHERE request_id = ?1
+               AND kind = 'request.received' ORDER BY seq LIMIT 1",
             args![request_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         let Some((seq, hash, data)) = row else {
             return Ok(None);
         };
-        let closed = serde_json::from_str(&data).map_err(|e| {
-            super::StoreError::Invalid(format!(
-                "audit event {seq} (a request's closing event) does not read as one: {e}"
-            ))
-        })?;
-        Ok(Some(ClosingEvent { seq, hash, closed }))
+        match Event::parse("request.received", &data) {
+            Ok(Event::RequestReceived(received)) => Ok(Some(ReceivedEvent {
+                seq,
+                hash,
+                received,
+            })),
+            other => Err(super::StoreError::Invalid(format!(
+                "audit event {seq} (a request's receipt) does not read as one: {}",
+                other.err().map(|e| e.to_string()).unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// When the request was re-opened after event `since` (its closing event), if it was: the
+    /// latest `request.reopened` after it.
+    pub fn reopened_after(&self, request_id: i64, since: i64) -> Result<Option<(i64, i64)>> {
+        self.row_opt(
+            "SELECT seq, at FROM audit_log WHERE request_id = ?1
+               AND kind = 'request.reopened' AND seq > ?2 ORDER BY seq DESC LIMIT 1",
+            args![request_id, since],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     /// The request's `request.verified` event recorded after event `since` (its closing event):
@@ -137,11 +205,15 @@ impl Store {
         let Some((seq, hash, data)) = row else {
             return Ok(None);
         };
-        let verified = serde_json::from_str(&data).map_err(|e| {
-            super::StoreError::Invalid(format!(
-                "audit event {seq} (a request's verification) does not read as one: {e}"
-            ))
-        })?;
+        let verified = match Event::parse("request.verified", &data) {
+            Ok(Event::RequestVerified(v)) => v,
+            other => {
+                return Err(super::StoreError::Invalid(format!(
+                    "audit event {seq} (a request's verification) does not read as one: {}",
+                    other.err().map(|e| e.to_string()).unwrap_or_default()
+                )));
+            }
+        };
         Ok(Some(VerifiedEvent {
             seq,
             hash,
@@ -168,7 +240,6 @@ impl Store {
         }
         self.write(|tx| {
             let key = tx.chain_key().expect("checked above");
-            let keyed_from = keyed_from(tx)?;
             let rows: Vec<Unsealed> = tx.rows(
                 "SELECT a.seq, a.at, a.kind, a.request_id, a.data, a.prev_hash, a.hash,
                         (SELECT p.hash FROM audit_log p WHERE p.seq = a.seq - 1)
@@ -203,11 +274,13 @@ impl Store {
                     );
                     break;
                 }
-                if u.seq >= keyed_from && crate::audit::CERTIFYING_KINDS.contains(&u.kind.as_str()) {
+                // Whatever the schema says about where keying began (a row anyone who can write
+                // the file can change): a certifying link is sealed only as it is written.
+                if Event::certifying(&u.kind) {
                     tracing::error!(
                         seq = u.seq,
                         kind = u.kind,
-                        "an unsealed certifying audit link: only a process with the chain key writes these, so it was forged or written by an old forgetd; not sealed (`forgetd audit verify` reports it)"
+                        "an unsealed certifying audit link: only a process with the chain key writes these, and seals them as it writes, so it was forged (or written by a forgetd older than schema 6 that no later forgetd sealed); not sealed (`forgetd audit verify` reports it)"
                     );
                     out.refused.push(u.seq);
                     continue;
@@ -222,16 +295,30 @@ impl Store {
         })
     }
 
-    /// Appends one event in its own transaction (for callers outside a larger write).
-    pub fn audit(
-        &mut self,
-        at: i64,
-        kind: &str,
-        request_id: Option<i64>,
-        data: &serde_json::Value,
-    ) -> Result<String> {
-        self.write(|tx| append(tx, at, kind, request_id, data))
+    /// Appends one event in its own transaction (for events that record no other change: the
+    /// configuration the daemon loaded).
+    pub fn audit(&mut self, at: i64, request_id: Option<i64>, event: &Event) -> Result<String> {
+        self.write(|tx| append(tx, at, request_id, event))
     }
+}
+
+/// The first link whose seal was made as it was written and verifies under `key`.
+fn first_write_time_seal(store: &Store, key: &crate::audit::ChainKey) -> Result<Option<i64>> {
+    let mut first = None;
+    store.scan(
+        "SELECT a.seq, a.hash, s.seal FROM audit_seals s JOIN audit_log a ON a.seq = s.seq
+         WHERE s.late = 0 ORDER BY s.seq",
+        args![],
+        |r| {
+            let (seq, hash, seal): (i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            if key.check(seq, &hash, false, &seal) {
+                first = Some(seq);
+                return Ok(ControlFlow::Break(()));
+            }
+            Ok(ControlFlow::Continue(()))
+        },
+    )?;
+    Ok(first)
 }
 
 struct Unsealed {
@@ -246,21 +333,18 @@ struct Unsealed {
     before: Option<String>,
 }
 
-/// The first link appended under the keyed schema.
-fn keyed_from(db: &impl Sql) -> Result<i64> {
-    Ok(db
-        .row_opt(
-            "SELECT keyed_from_seq FROM audit_keying WHERE id = 1",
-            args![],
-            |r| r.get(0),
-        )?
-        .unwrap_or(1))
-}
-
 /// Walks the chain from the start.
 fn verify(store: &Store) -> Result<Verification> {
     let key = store.chain_key.as_deref();
-    let keyed_from = keyed_from(store)?;
+    // Where keying began is read from the seals, which only the key makes: the first link with a
+    // valid seal made as it was written. Before it, links written by a forgetd older than schema 6
+    // may carry late seals (that forgetd's first keyed start made them); from it on, every
+    // certifying link needs its write-time seal. Nothing a keyless writer can reach (a row, a
+    // trigger) moves that point: deleting seals only turns sealed links into unsealed ones.
+    let keyed_from = match key {
+        Some(key) => first_write_time_seal(store, key)?,
+        None => None,
+    };
     let mut seals = key.map(|_| SealCheck::default());
     let mut expected_prev = GENESIS.to_string();
     let mut expected_seq = 1i64;
@@ -301,7 +385,7 @@ fn verify(store: &Store) -> Result<Verification> {
             ))));
         }
         if let (Some(key), Some(check)) = (key, seals.as_mut()) {
-            let certifying = crate::audit::CERTIFYING_KINDS.contains(&kind.as_str());
+            let certifying = Event::certifying(&kind);
             match (&seal, late) {
                 (Some(mac), Some(late)) => {
                     if !key.check(seq, &hash, late, mac) {
@@ -309,7 +393,7 @@ fn verify(store: &Store) -> Result<Verification> {
                             "event {seq} ({kind}) has a seal that is not forgetd's: the link or its seal was forged"
                         ))));
                     }
-                    if late && certifying && seq >= keyed_from {
+                    if late && certifying && keyed_from.is_none_or(|k| seq >= k) {
                         return Ok(ControlFlow::Break(broken(format!(
                             "event {seq} ({kind}) is a certifying event sealed late; forgetd seals those only as it writes them"
                         ))));
@@ -317,9 +401,9 @@ fn verify(store: &Store) -> Result<Verification> {
                     check.sealed += 1;
                     check.late += u64::from(late);
                 }
-                _ if certifying && seq >= keyed_from => {
+                _ if certifying => {
                     return Ok(ControlFlow::Break(broken(format!(
-                        "event {seq} ({kind}) is a certifying event without a seal: written without forgetd's chain key, so forged (or by a forgetd older than schema 6)"
+                        "event {seq} ({kind}) is a certifying event without a seal: written without forgetd's chain key, so forged (or written by a forgetd older than schema 6 and never sealed)"
                     ))));
                 }
                 _ => check.unsealed += 1,
@@ -343,12 +427,42 @@ fn verify(store: &Store) -> Result<Verification> {
 
 #[cfg(test)]
 mod tests {
+    use crate::audit::{ConfigChange, Event};
     use crate::store::testing::temp_store;
 
-    /// A chain written by a forgetd before schema 6 (no seals, certifying links included) keeps
-    /// verifying after the upgrade, and the daemon's first start seals it.
+    /// Appends a link by hand, as an old forgetd (or a writer without the key) would: any kind,
+    /// hash-chained, no seal.
+    fn raw(conn: &rusqlite::Connection, at: i64, kind: &str, request_id: Option<i64>) -> i64 {
+        let (seq, prev): (i64, String) = conn
+            .query_row(
+                "SELECT coalesce(max(seq), 0) + 1, coalesce((SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1), ?1) FROM audit_log",
+                [crate::audit::GENESIS],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let hash = crate::audit::link_hash(&prev, seq, at, kind, request_id, "{}");
+        conn.execute(
+            "INSERT INTO audit_log (seq, at, kind, request_id, data, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, '{}', ?5, ?6)",
+            rusqlite::params![seq, at, kind, request_id, prev, hash],
+        )
+        .unwrap();
+        seq
+    }
+
+    fn loaded() -> Event {
+        Event::ConfigLoaded(ConfigChange {
+            source: None,
+            rules_changed: vec![],
+            rules_removed: vec![],
+        })
+    }
+
+    /// A chain written by a forgetd before schema 6 (no seals): its ordinary links are sealed
+    /// late at the daemon's first keyed start, its certifying links never are (nothing but the
+    /// key may decide which certifying links to trust, and a late seal is the daemon's word on
+    /// the database's), so `audit verify` with the key names the first as unsealed.
     #[test]
-    fn an_unkeyed_chain_from_before_schema_6_keeps_verifying_and_is_sealed_late() {
+    fn an_unkeyed_chain_from_before_schema_6_gets_late_seals_but_never_on_certifying_links() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("forgetd.db");
         {
@@ -356,41 +470,78 @@ mod tests {
             rusqlite_migration::Migrations::new(super::super::MIGRATIONS[..5].to_vec())
                 .to_latest(&mut conn)
                 .unwrap();
-            let tx = conn.transaction().unwrap();
-            let tx = super::Tx::from_sqlite(tx, None);
             for (i, kind) in ["config.loaded", "batch.answered", "request.completed"]
                 .iter()
                 .enumerate()
             {
-                super::append(&tx, 100 + i as i64, kind, Some(1), &serde_json::json!({})).unwrap();
+                raw(&conn, 100 + i as i64, kind, Some(1));
             }
-            tx.commit().unwrap();
         }
         let mut s = crate::store::Store::open(&path).unwrap();
         s.set_chain_key(crate::audit::SubjectKey::from_bytes(&[3; 32]).chain_key());
-        let v = s.verify_audit().unwrap();
-        assert!(v.broken.is_none(), "{v:?}");
-        assert_eq!(v.seals.as_ref().unwrap().unsealed, 3);
         let late = s.seal_late().unwrap();
-        assert_eq!((late.sealed, late.refused.len()), (3, 0));
-        // New links are sealed at append; the legacy ones stay verifiable, marked late.
-        s.audit(200, "batch.answered", None, &serde_json::json!({}))
-            .unwrap();
+        assert_eq!((late.sealed, late.refused), (1, vec![2, 3]));
+        s.audit(200, None, &loaded()).unwrap();
+        let v = s.verify_audit().unwrap();
+        let broken = v.broken.expect("unsealed certifying links do not verify");
+        assert_eq!(broken.seq, 2);
+        assert!(broken.reason.contains("without a seal"), "{broken:?}");
+    }
+
+    /// Links before the first write-time seal that an earlier forgetd sealed late (its upgrade of
+    /// a pre-schema-6 chain) keep verifying, certifying ones included; a late seal on a
+    /// certifying link after it does not, wherever `audit_keying` says keying began.
+    #[test]
+    fn late_seals_on_certifying_links_count_only_before_the_first_write_time_seal() {
+        let (d, mut s) = temp_store();
+        let key = crate::audit::SubjectKey::from_bytes(&[3; 32]).chain_key();
+        // An old forgetd's upgrade: two unsealed links, then sealed late by it.
+        for (at, kind) in [(100, "config.loaded"), (101, "request.completed")] {
+            raw(s.connection(), at, kind, Some(1));
+        }
+        let late_seal = |s: &crate::store::Store, seq: i64| {
+            let hash: String = s
+                .connection()
+                .query_row("SELECT hash FROM audit_log WHERE seq = ?1", [seq], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            s.connection()
+                .execute(
+                    "INSERT INTO audit_seals (seq, seal, late) VALUES (?1, ?2, 1)",
+                    rusqlite::params![seq, key.seal(seq, &hash, true)],
+                )
+                .unwrap();
+        };
+        late_seal(&s, 1);
+        late_seal(&s, 2);
+        s.set_chain_key(crate::audit::SubjectKey::from_bytes(&[3; 32]).chain_key());
+        s.audit(200, None, &loaded()).unwrap();
         let v = s.verify_audit().unwrap();
         assert!(v.broken.is_none(), "{v:?}");
-        let c = v.seals.unwrap();
-        assert_eq!((c.sealed, c.late, c.unsealed), (4, 3, 0));
+        assert_eq!(v.seals.as_ref().map(|c| (c.sealed, c.late)), Some((3, 2)));
+        // Raising the keying row (its trigger dropped) changes nothing.
+        s.connection()
+            .execute_batch(
+                "DROP TRIGGER audit_keying_is_fixed_no_update;
+                 UPDATE audit_keying SET keyed_from_seq = 1000;",
+            )
+            .unwrap();
+        // A certifying link late-sealed after keying began (as the key holder once did for a
+        // keyless writer's forgery) breaks the chain.
+        let keyless = crate::store::Store::open(&d.path().join("forgetd.db")).unwrap();
+        raw(keyless.connection(), 201, "request.verified", Some(1));
+        late_seal(&s, 4);
+        let v = s.verify_audit().unwrap();
+        assert_eq!(v.broken.as_ref().map(|b| b.seq), Some(4), "{v:?}");
     }
 
     #[test]
     fn the_head_is_the_last_link_appended() {
         let (_d, mut s) = temp_store();
         assert_eq!(s.audit_head().unwrap(), None, "an empty trail has no head");
-        s.audit(100, "test", None, &serde_json::json!({"n": 1}))
-            .unwrap();
-        let second = s
-            .audit(101, "test", Some(7), &serde_json::json!({"n": 2}))
-            .unwrap();
+        s.audit(100, None, &loaded()).unwrap();
+        let second = s.audit(101, Some(7), &loaded()).unwrap();
         assert_eq!(s.audit_head().unwrap(), Some((2, second)));
     }
 
@@ -423,8 +574,7 @@ mod tests {
     fn verify_passes_untouched_and_names_the_altered_link() {
         let (_d, mut s) = temp_store();
         for i in 0..5 {
-            s.audit(100 + i, "test", Some(i), &serde_json::json!({"n": i}))
-                .unwrap();
+            s.audit(100 + i, Some(i), &loaded()).unwrap();
         }
         let v = s.verify_audit().unwrap();
         assert_eq!(v.events, 5);

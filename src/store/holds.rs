@@ -10,6 +10,7 @@
 use super::Tx;
 use super::db::Sql;
 use crate::args;
+use crate::audit::{Event, HoldPlaced, HoldTargetRecord};
 use serde::Serialize;
 
 use super::{Result, Store, StoreError};
@@ -181,8 +182,7 @@ pub(crate) fn withhold(
         at: at.as_str().to_string(),
         chats,
     };
-    let data = serde_json::to_value(event).expect("plain data serializes");
-    super::audit::append(tx, now, "chats.held", None, &data)?;
+    super::audit::append(tx, now, None, &Event::ChatsHeld(event))?;
     tracing::info!(
         chats = held.len(),
         at = at.as_str(),
@@ -237,8 +237,7 @@ pub(crate) fn free_uncovered(tx: &Tx<'_>, now: i64) -> Result<Vec<i64>> {
     let event = crate::audit::ChatsFreed {
         chats: chats.into_iter().map(|(_, c)| c).collect(),
     };
-    let data = serde_json::to_value(event).expect("plain data serializes");
-    super::audit::append(tx, now, "chats.freed", None, &data)?;
+    super::audit::append(tx, now, None, &Event::ChatsFreed(event))?;
     tracing::info!(
         chats = ids.len(),
         "held chats no standing hold covers any longer went back to the queue"
@@ -325,10 +324,20 @@ impl Store {
             let held = withhold(tx, Queued::Pending(None), now, None)?;
             // The subject itself stays out of the audit trail; the hold's id leads to it.
             let target = match target {
-                HoldTarget::Subject(_) => serde_json::json!({"kind": "subject"}),
-                HoldTarget::Chat(c) => serde_json::json!({"kind": "chat", "provider": c.provider, "scope": c.scope, "session_id": c.session_id}),
+                HoldTarget::Subject(_) => HoldTargetRecord::Subject,
+                HoldTarget::Chat(c) => HoldTargetRecord::Chat {
+                    provider: c.provider.to_string(),
+                    scope: c.scope.clone(),
+                    session_id: c.session_id.clone(),
+                },
             };
-            super::audit::append(tx, now, "hold.placed", None, &serde_json::json!({"hold_id": id, "target": target, "reason": reason, "items_held": held.len()}))?;
+            let event = Event::HoldPlaced(HoldPlaced {
+                hold_id: id,
+                target,
+                reason: reason.to_string(),
+                items_held: held.len() as u64,
+            });
+            super::audit::append(tx, now, None, &event)?;
             super::requests::refresh_for_items(tx, &held, now)?;
             Ok((id, held))
         })
@@ -360,8 +369,7 @@ impl Store {
                 hold_id: id,
                 freed: freed.len() as u64,
             };
-            let data = serde_json::to_value(event).expect("plain data serializes");
-            super::audit::append(tx, now, "hold.lifted", None, &data)?;
+            super::audit::append(tx, now, None, &Event::HoldLifted(event))?;
             super::requests::refresh_for_items(tx, &freed, now)?;
             Ok(freed)
         })

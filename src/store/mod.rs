@@ -156,6 +156,10 @@ pub enum StoreError {
     },
     #[error("{0}")]
     NotFound(String),
+    #[error(
+        "only forgetd's own user writes `{kind}` events (they certify erasure and are sealed with the chain key, which this user cannot read): let the daemon do this, or run the command as root or forgetd"
+    )]
+    Keyless { kind: &'static str },
     #[error("{0}")]
     Invalid(String),
     #[error("database error: {0}")]
@@ -300,6 +304,9 @@ pub struct Store {
     /// its owner until it is read back, so a chat the provider did not keep comes back still
     /// covered by its person's holds. Off: the owner goes with the confirmation.
     read_back: bool,
+    /// Who this store's changes are by, in the audit trail: the user who ran the command, or the
+    /// daemon once it says so ([`Store::set_actor`]).
+    actor: crate::audit::Actor,
 }
 
 /// A write transaction, carrying the chain key when the store has one: every audit append in it
@@ -310,6 +317,9 @@ pub struct Tx<'a> {
     chain_key: Option<&'a crate::audit::ChainKey>,
     /// The instance claims are made for (PostgreSQL daemons).
     instance: Option<&'a str>,
+    actor: &'a crate::audit::Actor,
+    /// Rolled back whatever happens (`plan`): certifying events are skipped, not refused.
+    dry_run: bool,
 }
 
 enum TxInner<'a> {
@@ -349,6 +359,17 @@ impl<'a> Tx<'a> {
     pub(crate) fn instance(&self) -> Option<&str> {
         self.instance
     }
+    /// Who the changes in this transaction are by.
+    pub(crate) fn actor(&self) -> &crate::audit::Actor {
+        self.actor
+    }
+    /// Whether this transaction will be rolled back whatever happens.
+    pub(crate) fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
+    pub(crate) fn set_dry_run(&mut self) {
+        self.dry_run = true;
+    }
     pub(crate) fn commit(mut self) -> Result<()> {
         match self.inner.take() {
             Some(TxInner::Sqlite(t)) => Ok(t.commit()?),
@@ -361,21 +382,6 @@ impl<'a> Tx<'a> {
             Some(TxInner::Sqlite(t)) => Ok(t.rollback()?),
             Some(TxInner::Pg(c)) => c.borrow_mut().end(false),
             None => Ok(()),
-        }
-    }
-}
-
-#[cfg(test)]
-impl<'a> Tx<'a> {
-    /// A transaction of a connection opened by hand (a test's old schema).
-    pub(crate) fn from_sqlite(
-        inner: rusqlite::Transaction<'a>,
-        chain_key: Option<&'a crate::audit::ChainKey>,
-    ) -> Self {
-        Self {
-            inner: Some(TxInner::Sqlite(inner)),
-            chain_key,
-            instance: None,
         }
     }
 }
@@ -457,6 +463,7 @@ impl Store {
             listener: None,
             instance: None,
             read_back: true,
+            actor: crate::audit::Actor::current_user(),
         };
         sync_providers(&mut store)?;
         Ok(store)
@@ -486,6 +493,7 @@ impl Store {
                     listener: None,
                     instance: None,
                     read_back: true,
+                    actor: crate::audit::Actor::current_user(),
                 };
                 sync_providers(&mut store)?;
                 Ok(store)
@@ -598,6 +606,7 @@ impl Store {
     pub(crate) fn begin(&mut self) -> Result<Tx<'_>> {
         let chain_key = self.chain_key.as_deref();
         let instance = self.instance.as_deref();
+        let actor = &self.actor;
         let inner = match &mut self.backend {
             Backend::Sqlite(c) => TxInner::Sqlite(
                 c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?,
@@ -611,12 +620,20 @@ impl Store {
             inner: Some(inner),
             chain_key,
             instance,
+            actor,
+            dry_run: false,
         })
     }
 
     /// Gives this store the audit chain's key: from now on it seals what it appends.
     pub fn set_chain_key(&mut self, key: crate::audit::ChainKey) {
         self.chain_key = Some(std::sync::Arc::new(key));
+    }
+
+    /// Records this store's changes as the daemon's (the daemon and `run --once` say so; a CLI
+    /// command's are its user's).
+    pub fn set_actor(&mut self, actor: crate::audit::Actor) {
+        self.actor = actor;
     }
 
     /// Whether deletions will be read back (`[verify] after` is not off): a deleted chat's owner
@@ -786,7 +803,9 @@ pub(crate) mod testing {
     /// A store on a fresh file in a temporary directory (kept alive by the returned guard).
     pub fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("forgetd.db")).unwrap();
+        let mut store = Store::open(&dir.path().join("forgetd.db")).unwrap();
+        // As the daemon has it: sealing what it appends, certifying events included.
+        store.set_chain_key(crate::audit::SubjectKey::from_bytes(&[3; 32]).chain_key());
         (dir, store)
     }
 }

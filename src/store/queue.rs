@@ -262,7 +262,7 @@ impl Store {
         now_ms: Millis,
         outcomes: &[(i64, ItemOutcome)],
         answer: &str,
-        audit: Option<&serde_json::Value>,
+        audit: Option<&crate::audit::BatchAnswered>,
     ) -> Result<Answered> {
         let keep_owner = self.read_back;
         self.write(|tx| {
@@ -318,13 +318,13 @@ impl Store {
             // Hand-backs take whole batches (one lease, one instance), so a batch is either still
             // this answer's or wholly someone else's by now.
             let late = in_flight == 0 && !outcomes.is_empty();
-            if let Some(data) = audit {
-                let kind = if late {
-                    "batch.answered_late"
+            if let Some(answered) = audit {
+                let event = if late {
+                    crate::audit::Event::BatchAnsweredLate(answered.clone())
                 } else {
-                    "batch.answered"
+                    crate::audit::Event::BatchAnswered(answered.clone())
                 };
-                super::audit::append(tx, now, kind, None, data)?;
+                super::audit::append(tx, now, None, &event)?;
             }
             let mut changed = Vec::new();
             for r in requests {
@@ -416,10 +416,17 @@ impl Store {
             )?;
             match (was.is_some(), reason) {
                 (false, Some(r)) => {
-                    super::audit::append(tx, now, "provider.paused", None, &serde_json::json!({"provider": provider, "reason": r}))?;
+                    let event = crate::audit::Event::ProviderPaused(crate::audit::ProviderPaused {
+                        provider: provider.to_string(),
+                        reason: r.to_string(),
+                    });
+                    super::audit::append(tx, now, None, &event)?;
                 }
                 (true, None) => {
-                    super::audit::append(tx, now, "provider.resumed", None, &serde_json::json!({"provider": provider}))?;
+                    let event = crate::audit::Event::ProviderResumed(crate::audit::ProviderNamed {
+                        provider: provider.to_string(),
+                    });
+                    super::audit::append(tx, now, None, &event)?;
                 }
                 _ => {}
             }
@@ -740,6 +747,22 @@ fn apply_outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch's audit record naming `deleted`.
+    pub(super) fn answered(deleted: &[&str]) -> crate::audit::BatchAnswered {
+        crate::audit::BatchAnswered {
+            batch_id: 0,
+            provider: "convai".into(),
+            scope: "c".into(),
+            repo_id: None,
+            sent: deleted.len() as u64,
+            deleted: deleted.iter().map(|s| s.to_string()).collect(),
+            retry: vec![],
+            dead: vec![],
+            released: 0,
+            answer: vec![],
+        }
+    }
     use crate::store::testing::temp_store;
     use proptest::prelude::*;
     use rusqlite::params;
@@ -1060,7 +1083,7 @@ mod tests {
                 already_absent: false,
             },
         )];
-        let data = serde_json::json!({"deleted": ["x"]});
+        let data = answered(&["x"]);
         let b1 = claim(&mut s, 0);
         assert_eq!(s.release_expired_leases(Millis(10), &[]).unwrap(), 1);
         let b2 = claim(&mut s, 11);
@@ -1266,7 +1289,19 @@ mod throughput_probe {
                     )
                 })
                 .collect();
-            s.finish_batch(b.batch_id, Millis(0), &outs, "ok", Some(&serde_json::json!({"ids": b.items.iter().map(|i| &i.session_id).collect::<Vec<_>>()}))).unwrap();
+            s.finish_batch(
+                b.batch_id,
+                Millis(0),
+                &outs,
+                "ok",
+                Some(&super::tests::answered(
+                    &b.items
+                        .iter()
+                        .map(|i| i.session_id.as_str())
+                        .collect::<Vec<_>>(),
+                )),
+            )
+            .unwrap();
             n += b.items.len();
         }
         let el = t.elapsed();

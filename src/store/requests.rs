@@ -8,6 +8,7 @@
 
 use super::db::{Row, Sql};
 use crate::args;
+use crate::audit::Event;
 
 use super::Tx;
 use serde::Serialize;
@@ -330,8 +331,7 @@ impl Store {
                 revived: revived.len() as u64,
                 held: held.len() as u64,
             };
-            let data = serde_json::to_value(event).expect("plain data serializes");
-            super::audit::append(tx, now, "request.retried", Some(id), &data)?;
+            super::audit::append(tx, now, Some(id), &Event::RequestRetried(event))?;
             refresh_request(tx, id, now)?;
             Ok(revived.len())
         })
@@ -370,17 +370,18 @@ pub(crate) fn requests_of_items(
 
 /// Recomputes one resolved request's state from its items. Returns the new state if it changed.
 pub(crate) fn refresh_request(tx: &Tx<'_>, id: i64, now: i64) -> Result<Option<RequestState>> {
-    let row: Option<(String, i64, i64)> = tx.row_opt(
+    let row: Option<(String, i64, i64, Option<i64>)> = tx.row_opt(
         "SELECT r.state,
             (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id
              WHERE ri.request_id = r.id AND w.state IN ('pending', 'in_flight')),
             (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id
-             WHERE ri.request_id = r.id AND w.state = 'dead')
+             WHERE ri.request_id = r.id AND w.state = 'dead'),
+            r.closing_seq
          FROM erasure_requests r WHERE r.id = ?1",
         args![id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )?;
-    let Some((state, open, dead)) = row else {
+    let Some((state, open, dead, closing_seq)) = row else {
         // The schema refuses a DELETE of a request; a row removed anyway (an old schema, a
         // dropped trigger) leaves its items to other requests and rules, never stops the worker.
         tracing::warn!(
@@ -425,6 +426,17 @@ pub(crate) fn refresh_request(tx: &Tx<'_>, id: i64, now: i64) -> Result<Option<R
              WHERE id = ?1",
             args![id, new.as_str(), completed_at, now],
         )?;
+        let was_closed = matches!(old, RequestState::Complete | RequestState::Failed);
+        if was_closed && !closed {
+            // A chat of the closed request changed (reappeared, a hold lifted, a retry): the
+            // trail says the request is at work again, so its last closing event no longer
+            // stands; a new one follows when it settles.
+            let event = Event::RequestReopened(crate::audit::RequestReopened {
+                was: old.as_str().to_string(),
+                closing_seq,
+            });
+            super::audit::append(tx, now, Some(id), &event)?;
+        }
     }
     // The closing event certifies what was erased: only a process holding the chain key writes
     // it. Without the key (a feeder's `holds add` completed the request) the daemon writes it
@@ -568,13 +580,13 @@ fn record_outcome(tx: &Tx<'_>, id: i64, state: RequestState, now: i64) -> Result
             })
         },
     )?;
-    let kind = if state == RequestState::Complete {
-        "request.completed"
+    let closed = RequestClosed { items };
+    let event = if state == RequestState::Complete {
+        Event::RequestCompleted(closed)
     } else {
-        "request.failed"
+        Event::RequestFailed(closed)
     };
-    let event = serde_json::to_value(RequestClosed { items }).expect("plain data serializes");
-    super::audit::append(tx, now, kind, Some(id), &event)?;
+    super::audit::append(tx, now, Some(id), &event)?;
     tx.exec(
         "UPDATE erasure_requests SET closing_seq = (SELECT max(seq) FROM audit_log) WHERE id = ?1",
         args![id],

@@ -15,6 +15,7 @@
 //!   it was shown.
 //! - `plan` runs the same functions in a transaction that is rolled back.
 
+use crate::audit::Event;
 use std::collections::BTreeMap;
 
 use super::Tx;
@@ -100,14 +101,13 @@ pub(crate) fn resolve_request_in(
             let due_at = req
                 .due_at
                 .unwrap_or(req.received_at.saturating_add(deadline_secs));
-            super::audit::append(
-                tx,
-                now,
-                "request.received",
-                Some(req.id),
-                &serde_json::json!({"external_ref": req.external_ref, "subject_hash": subject_hash,
-                                    "received_at": req.received_at, "due_at": due_at}),
-            )?;
+            let received = Event::RequestReceived(crate::audit::RequestReceived {
+                external_ref: req.external_ref.clone(),
+                subject_hash: subject_hash.to_string(),
+                received_at: req.received_at,
+                due_at,
+            });
+            super::audit::append(tx, now, Some(req.id), &received)?;
             let mut res = Resolution::default();
             for d in discovered {
                 if insert_discovered(tx, d, now)? {
@@ -161,13 +161,13 @@ pub(crate) fn resolve_request_in(
                 "UPDATE erasure_requests SET state = 'in_progress', resolved_at = ?2, due_at = ?3, subject_hash = ?4, updated_at = ?2 WHERE id = ?1",
                 args![req.id, now, due_at, subject_hash],
             )?;
-            super::audit::append(
-                tx,
-                now,
-                "request.resolved",
-                Some(req.id),
-                &serde_json::json!({"items": res.items, "held": res.held, "discovered": res.discovered, "per_provider": res.per_provider}),
-            )?;
+            let resolved = Event::RequestResolved(crate::audit::RequestResolved {
+                items: res.items,
+                held: res.held,
+                discovered: res.discovered,
+                per_provider: res.per_provider.clone(),
+            });
+            super::audit::append(tx, now, Some(req.id), &resolved)?;
             requests::refresh_request(tx, req.id, now)?;
             // A chat that had gone dead is the person's earlier request's too: that request is
             // back at work (or complete, if a hold took it).
@@ -319,14 +319,14 @@ pub(crate) fn run_rule_in(
                  approved = 0, approved_up_to = NULL",
             args![rule.name, now, run.matched],
         )?;
-        super::audit::append(
-            tx,
-            now,
-            "rule.held_for_approval",
-            None,
-            &serde_json::json!({"rule": rule.name, "matched": run.matched, "max_deletions": rule.max_deletions,
-                                "cutoff": run.cutoff, "approved_up_to": rule.approved_up_to}),
-        )?;
+        let event = Event::RuleHeldForApproval(crate::audit::RuleHeld {
+            rule: rule.name.clone(),
+            matched: run.matched,
+            max_deletions: rule.max_deletions,
+            cutoff: run.cutoff,
+            approved_up_to: rule.approved_up_to,
+        });
+        super::audit::append(tx, now, None, &event)?;
         return Ok(run);
     }
     let due = now.saturating_add(deadline_secs);
@@ -371,14 +371,15 @@ pub(crate) fn run_rule_in(
         "INSERT INTO rule_runs (rule_name, started_at, finished_at, matched, enqueued, held, outcome) VALUES (?1, ?2, ?2, ?3, ?4, ?5, 'queued')",
         args![rule.name, now, run.matched, run.enqueued, run.held],
     )?;
-    super::audit::append(
-        tx,
-        now,
-        "rule.run",
-        None,
-        &serde_json::json!({"rule": rule.name, "cutoff": run.cutoff, "matched": run.matched, "enqueued": run.enqueued,
-                            "held": run.held, "discovered": run.discovered}),
-    )?;
+    let event = Event::RuleRun(crate::audit::RuleRunEvent {
+        rule: rule.name.clone(),
+        cutoff: run.cutoff,
+        matched: run.matched,
+        enqueued: run.enqueued,
+        held: run.held,
+        discovered: run.discovered,
+    });
+    super::audit::append(tx, now, None, &event)?;
     Ok(run)
 }
 
@@ -418,7 +419,8 @@ impl Store {
 
     /// Runs `f` in a transaction and rolls it back: nothing it writes stays.
     fn dry_run<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
-        let tx = self.begin()?;
+        let mut tx = self.begin()?;
+        tx.set_dry_run();
         let out = f(&tx);
         tx.rollback()?;
         out
@@ -602,7 +604,7 @@ mod tests {
                 .unwrap(),
             0
         );
-        s.approve_rule("r").unwrap();
+        s.approve_rule("r", 0).unwrap();
         let row = s.get_rule("r").unwrap();
         let run = s.run_rule(&row, &[], 200, 0).unwrap();
         assert!(!run.awaiting_approval);

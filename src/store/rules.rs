@@ -181,12 +181,23 @@ impl Store {
                 )));
             }
             upsert(tx, r, RuleOrigin::Cli, now)?;
+            let event = crate::audit::Event::RuleAdded(crate::audit::RuleAdded {
+                rule: r.name.clone(),
+                provider: r.provider.to_string(),
+                scope: r.scope.clone(),
+                max_age: r.max_age.as_secs(),
+                schedule: r.schedule.clone(),
+                timezone: r.timezone.clone(),
+                discover: r.discover,
+                max_deletions: r.max_deletions,
+            });
+            super::audit::append(tx, now, None, &event)?;
             Ok(())
         })
     }
 
     /// Removes a CLI-owned rule.
-    pub fn remove_rule(&mut self, name: &str) -> Result<()> {
+    pub fn remove_rule(&mut self, name: &str, now: i64) -> Result<()> {
         self.write(|tx| {
             let origin: Option<String> = tx.row_opt(
                 "SELECT origin FROM rules WHERE name = ?1",
@@ -201,6 +212,10 @@ impl Store {
                 Some(_) => {
                     tx.exec("DELETE FROM rules WHERE name = ?1", args![name])?;
                     tx.exec("DELETE FROM rule_state WHERE rule_name = ?1", args![name])?;
+                    let event = crate::audit::Event::RuleRemoved(crate::audit::RuleNamed {
+                        rule: name.to_string(),
+                    });
+                    super::audit::append(tx, now, None, &event)?;
                     Ok(())
                 }
             }
@@ -230,7 +245,7 @@ impl Store {
 
     /// Releases a run held by the rule's ceiling: its next run deletes what it matches, as long as
     /// that is no more than the held run showed; a bigger run waits for approval again.
-    pub fn approve_rule(&mut self, name: &str) -> Result<()> {
+    pub fn approve_rule(&mut self, name: &str, now: i64) -> Result<()> {
         self.write(|tx| {
             let waiting: Option<Option<i64>> = tx.row_opt(
                 "SELECT s.awaiting_approval FROM rules r LEFT JOIN rule_state s ON s.rule_name = r.name WHERE r.name = ?1",
@@ -243,10 +258,17 @@ impl Store {
                     "rule \"{name}\" has no run waiting for approval"
                 ))),
                 Some(Some(_)) => {
-                    tx.exec(
-                        "UPDATE rule_state SET approved = 1, approved_up_to = awaiting_matched WHERE rule_name = ?1",
+                    let up_to: Option<i64> = tx.row(
+                        "UPDATE rule_state SET approved = 1, approved_up_to = awaiting_matched WHERE rule_name = ?1
+                         RETURNING approved_up_to",
                         args![name],
+                        |x| x.get(0),
                     )?;
+                    let event = crate::audit::Event::RuleApproved(crate::audit::RuleApproved {
+                        rule: name.to_string(),
+                        up_to,
+                    });
+                    super::audit::append(tx, now, None, &event)?;
                     Ok(())
                 }
             }
@@ -255,10 +277,13 @@ impl Store {
 
     /// Makes the config rules in the database exactly `rules`; CLI rules are untouched (a config
     /// rule whose name a CLI rule holds takes it over: the file wins). Returns (added or changed,
-    /// removed) names.
+    /// removed) names. Recorded in the same transaction: `config.loaded` at the daemon's start,
+    /// `config.reloaded` on SIGHUP, and on a command's read of the file when it changed a rule.
     pub fn sync_config_rules(
         &mut self,
         rules: &[RuleSpec],
+        source: Option<String>,
+        sync: ConfigSync,
         now: i64,
     ) -> Result<(Vec<String>, Vec<String>)> {
         self.write(|tx| {
@@ -280,9 +305,34 @@ impl Store {
                     removed.push(name);
                 }
             }
+            let change = crate::audit::ConfigChange {
+                source,
+                rules_changed: changed.clone(),
+                rules_removed: removed.clone(),
+            };
+            let event = match sync {
+                ConfigSync::Start => Some(crate::audit::Event::ConfigLoaded(change)),
+                ConfigSync::Reload => Some(crate::audit::Event::ConfigReloaded(change)),
+                ConfigSync::Command if changed.is_empty() && removed.is_empty() => None,
+                ConfigSync::Command => Some(crate::audit::Event::ConfigReloaded(change)),
+            };
+            if let Some(event) = event {
+                super::audit::append(tx, now, None, &event)?;
+            }
             Ok((changed, removed))
         })
     }
+}
+
+/// Why the config file's rules are being synced into the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSync {
+    /// The daemon (or `run --once`) started.
+    Start,
+    /// SIGHUP.
+    Reload,
+    /// A CLI command read the file (recorded only when it changed a rule).
+    Command,
 }
 
 #[cfg(test)]
@@ -306,11 +356,14 @@ mod tests {
     #[test]
     fn config_rules_are_owned_by_the_file_and_cli_rules_survive_sync() {
         let (_d, mut s) = temp_store();
-        s.sync_config_rules(&[spec("file-rule")], 1).unwrap();
+        s.sync_config_rules(&[spec("file-rule")], None, ConfigSync::Command, 1)
+            .unwrap();
         s.add_rule(&spec("cli-rule"), 1).unwrap();
-        let err = s.remove_rule("file-rule").unwrap_err();
+        let err = s.remove_rule("file-rule", 0).unwrap_err();
         assert!(err.to_string().contains("config file"), "{err}");
-        let (_, removed) = s.sync_config_rules(&[], 2).unwrap();
+        let (_, removed) = s
+            .sync_config_rules(&[], None, ConfigSync::Command, 2)
+            .unwrap();
         assert_eq!(removed, vec!["file-rule".to_string()]);
         let names: Vec<String> = s
             .list_rules()
@@ -319,7 +372,7 @@ mod tests {
             .map(|r| r.name)
             .collect();
         assert_eq!(names, vec!["cli-rule".to_string()]);
-        s.remove_rule("cli-rule").unwrap();
+        s.remove_rule("cli-rule", 0).unwrap();
         assert!(s.list_rules().unwrap().is_empty());
     }
 
@@ -327,9 +380,9 @@ mod tests {
     fn approve_needs_a_waiting_run() {
         let (_d, mut s) = temp_store();
         s.add_rule(&spec("r"), 1).unwrap();
-        assert!(s.approve_rule("r").is_err());
+        assert!(s.approve_rule("r", 0).is_err());
         assert!(matches!(
-            s.approve_rule("nope"),
+            s.approve_rule("nope", 0),
             Err(StoreError::NotFound(_))
         ));
     }

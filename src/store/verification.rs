@@ -17,6 +17,7 @@
 //! - A complete request is `verified_at` when every one of its deleted chats was read back absent;
 //!   that is recorded once, with a typed `request.verified` audit event the certificate reads.
 
+use crate::audit::Event;
 use std::time::Duration;
 
 use super::Tx;
@@ -356,8 +357,7 @@ fn reappeared(
         times: times as u32,
         deleting_again: requeue,
     };
-    let data = serde_json::to_value(event).expect("plain data serializes");
-    super::audit::append(tx, now.secs(), "chat.reappeared", None, &data)?;
+    super::audit::append(tx, now.secs(), None, &Event::ChatReappeared(event))?;
     Ok(Some(requeue))
 }
 
@@ -410,8 +410,8 @@ pub(crate) fn mark_verified(tx: &Tx<'_>, request_id: i64, now: i64) -> Result<bo
             })
         },
     )?;
-    let data = serde_json::to_value(RequestVerified { items }).expect("plain data serializes");
-    super::audit::append(tx, now, "request.verified", Some(request_id), &data)?;
+    let event = Event::RequestVerified(RequestVerified { items });
+    super::audit::append(tx, now, Some(request_id), &event)?;
     tracing::info!(
         request = request_id,
         "erasure request verified: every deleted chat was read back absent"

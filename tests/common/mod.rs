@@ -116,8 +116,23 @@ impl Scratch {
             c.audit.signing_key = key("signing.key", "k");
         }
     }
-    /// A store on this test's database, migrated.
+    /// A store on this test's database, migrated, as forgetd's own user has it: with the chain
+    /// key the daemon uses (the key file beside the SQLite file, or on PostgreSQL the one
+    /// `use_in` configures), so it seals what it appends and may write certifying events.
     pub fn store(&self) -> forgetd::store::Store {
+        let mut s = self.feeder_store();
+        let key = if self.on_pg() {
+            let p = self.write("subject.key", &"s".repeat(32));
+            forgetd::audit::SubjectKey::load(Some(&forgetd::secret::SecretRef::File(p)), None)
+        } else {
+            forgetd::audit::SubjectKey::load(None, Some(&self.db()))
+        }
+        .unwrap();
+        s.set_chain_key(key.chain_key());
+        s
+    }
+    /// A store as a feeder's user has it: the database, not forgetd's key.
+    pub fn feeder_store(&self) -> forgetd::store::Store {
         forgetd::store::Store::connect(&self.database()).unwrap()
     }
 }

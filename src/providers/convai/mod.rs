@@ -67,6 +67,8 @@ pub struct ConvaiClient {
     gate: Arc<Gate>,
     base: Url,
     api_key: SecretString,
+    /// Knows the API key: every answer is cleaned of it before it is read.
+    redact: crate::redact::Redactor,
     batch_size: usize,
 }
 
@@ -97,14 +99,16 @@ impl ConvaiClient {
     /// A client whose every call passes `gate` (built from the provider's limits).
     pub fn new(config: &ConvaiConfig, gate: Arc<Gate>) -> Result<Self, BuildError> {
         let limits = gate.limits().clone();
+        let api_key = config.api_key.read()?;
         Ok(Self {
+            redact: crate::redact::Redactor::knowing([&api_key]),
             http: http::client(limits.timeout).map_err(|source| BuildError::Http {
                 provider: KIND,
                 source,
             })?,
             gate,
             base: config.base_url.clone(),
-            api_key: config.api_key.read()?,
+            api_key,
             batch_size: limits.batch_size,
         })
     }
@@ -139,7 +143,7 @@ impl ConvaiClient {
                 return Ok(resp);
             }
             let headers = resp.headers().clone();
-            let body = http::read_body(KIND, operation, resp, MAX_BODY).await?;
+            let body = http::read_body(KIND, operation, resp, MAX_BODY, &self.redact).await?;
             Err(Self::classify(
                 self.gate.clock().now_ms(),
                 operation,
@@ -267,7 +271,7 @@ impl ConvaiClient {
             .await
         {
             Ok(resp) => {
-                let body = http::read_body(KIND, op, resp, MAX_BODY).await?;
+                let body = http::read_body(KIND, op, resp, MAX_BODY, &self.redact).await?;
                 parse_details(&body).map_err(|why| http::unparseable(KIND, op, 200, &body, why))
             }
             Err(e) if e.action == Action::Rejected => Ok(super::Sighting::Nothing),
@@ -415,7 +419,7 @@ impl Provider for ConvaiClient {
         let resp = self
             .post(pass, op, "/character/chatHistory/delete", &body)
             .await?;
-        let body = http::read_body(KIND, op, resp, MAX_BODY).await?;
+        let body = http::read_body(KIND, op, resp, MAX_BODY, &self.redact).await?;
         parse_delete_answer(&body).map_err(|why| http::unparseable(KIND, op, 200, &body, why))
     }
 

@@ -45,6 +45,8 @@ pub struct IamTokens {
     gate: Arc<Gate>,
     cache: tokio::sync::Mutex<Option<Cached>>,
     refreshes: AtomicU64,
+    /// The provider's: learns each token as it is issued.
+    redact: crate::redact::Redactor,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +65,7 @@ impl TokenSource {
         config: IamConfig,
         password: SecretString,
         gate: Arc<Gate>,
+        redact: crate::redact::Redactor,
     ) -> Self {
         Self::Iam(Box::new(IamTokens {
             http,
@@ -71,6 +74,7 @@ impl TokenSource {
             gate,
             cache: tokio::sync::Mutex::new(None),
             refreshes: AtomicU64::new(0),
+            redact,
         }))
     }
 
@@ -172,7 +176,16 @@ impl IamTokens {
         drop(body);
         let status = resp.status();
         let headers = resp.headers().clone();
-        let answer = http::read_body(KIND, op, resp, MAX_BODY).await?;
+        // The token arrives in a header; learnt before the body is read, so an answer that also
+        // repeats it in the body is cleaned of it.
+        if let Some(t) = headers
+            .get("X-Subject-Token")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+        {
+            self.redact.learn(&SecretString::from(t.to_string()));
+        }
+        let answer = http::read_body(KIND, op, resp, MAX_BODY, &self.redact).await?;
         if status != StatusCode::CREATED && status != StatusCode::OK {
             // The answer body is not repeated: IAM errors may echo what was sent.
             let code = status.as_u16();

@@ -89,6 +89,9 @@ pub struct KooSearchClient {
     applications: Vec<String>,
     discover_by_user_name: bool,
     auth: TokenSource,
+    /// Knows the fixed token, or the IAM password and every token issued: every answer is
+    /// cleaned of them before it is read.
+    redact: crate::redact::Redactor,
     batch_size: usize,
     /// Every call passes it; its clock reads "now" for Retry-After dates.
     gate: Arc<Gate>,
@@ -169,13 +172,27 @@ impl KooSearchClient {
             provider: KIND,
             source,
         })?;
+        let redact = crate::redact::Redactor::new();
         let auth = match &config.auth {
-            KooSearchAuth::Token(t) => TokenSource::Fixed(t.read()?),
+            KooSearchAuth::Token(t) => {
+                let token = t.read()?;
+                redact.learn(&token);
+                TokenSource::Fixed(token)
+            }
             KooSearchAuth::Iam(i) => {
-                TokenSource::iam(http.clone(), i.clone(), i.password.read()?, gate.clone())
+                let password = i.password.read()?;
+                redact.learn(&password);
+                TokenSource::iam(
+                    http.clone(),
+                    i.clone(),
+                    password,
+                    gate.clone(),
+                    redact.clone(),
+                )
             }
         };
         Ok(Self {
+            redact,
             http,
             endpoint: config.endpoint.clone(),
             project_id: config.project_id.clone(),
@@ -220,7 +237,7 @@ impl KooSearchClient {
                     let resp = req.send().await.map_err(|e| http::transport(KIND, op, e))?;
                     let status = resp.status();
                     let headers = resp.headers().clone();
-                    let body = http::read_body(KIND, op, resp, MAX_BODY).await?;
+                    let body = http::read_body(KIND, op, resp, MAX_BODY, &self.redact).await?;
                     if status == StatusCode::OK {
                         return Ok(Some(body));
                     }

@@ -123,9 +123,14 @@ impl Store {
                 crate::store::audit::append(
                     tx,
                     at,
-                    "instance.rescued",
                     None,
-                    &serde_json::json!({"instance": id, "host": host, "pid": pid, "items": items.len(), "by": me}),
+                    &crate::audit::Event::InstanceRescued(crate::audit::InstanceRescued {
+                        instance: id.clone(),
+                        host: host.clone(),
+                        pid,
+                        items: items.len() as u64,
+                        by: me.clone(),
+                    }),
                 )?;
                 match &host {
                     Some(host) => tracing::warn!(instance = %id, host, pid, items = items.len(), "an instance stopped its heartbeat; its claimed chats are back in the queue"),

@@ -35,114 +35,14 @@ use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretSlice};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::secret::{SecretError, SecretRef};
 
-/// The closing event of a request (`request.completed` / `request.failed`): every chat with its
-/// outcome. Written by the store when a request finishes, read by the certificate.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct RequestClosed {
-    pub items: Vec<ClosedItem>,
-}
+pub mod event;
 
-/// One chat of a closed request.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ClosedItem {
-    pub provider: String,
-    pub scope: String,
-    pub session_id: String,
-    /// The work item's state: `deleted`, `held` or `dead`.
-    pub state: String,
-    pub outcome: Option<String>,
-    pub confirmed_at: Option<i64>,
-    pub last_error: Option<String>,
-    pub hold_id: Option<i64>,
-    pub hold_reason: Option<String>,
-}
-
-/// `request.verified`: every deleted chat of a complete request was read back absent (read-after-
-/// delete verification, [`crate::verify`]). Written once per completion, read by the certificate.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct RequestVerified {
-    pub items: Vec<VerifiedItem>,
-}
-
-/// One chat read back absent.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct VerifiedItem {
-    pub provider: String,
-    pub scope: String,
-    pub session_id: String,
-    pub verified_at: i64,
-}
-
-/// `chat.reappeared`: a chat whose deletion had been confirmed was read back present.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ChatReappeared {
-    pub provider: String,
-    pub scope: String,
-    pub session_id: String,
-    /// When the deletion that did not hold was confirmed.
-    pub confirmed_at: Option<i64>,
-    pub read_at: i64,
-    /// The how-manyth time it came back.
-    pub times: u32,
-    /// Queued to be deleted again (false: given up, the item is dead).
-    pub deleting_again: bool,
-}
-
-/// `chats.held`: queued chats a legal hold covers were taken out of the queue by the one rule that
-/// decides what may be sent ([`crate::store::holds`]), on the path named by `at` (a claim, the
-/// check right before a call, a retry, a lease returned, a read-back). A hold's own placement is
-/// recorded by `hold.placed` instead.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ChatsHeld {
-    pub at: String,
-    pub chats: Vec<HeldChat>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct HeldChat {
-    pub provider: String,
-    pub scope: String,
-    pub session_id: String,
-    pub hold_id: i64,
-}
-
-/// `chats.freed`: held chats that no standing hold covers any longer (a feeder moved them away
-/// from the held person) went back to the queue; `hold_id` is the hold that had kept each.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ChatsFreed {
-    pub chats: Vec<HeldChat>,
-}
-
-/// `hold.lifted`: a hold was removed; `freed` chats went back to the queue (a chat another hold
-/// still covers stays held and is not counted).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct HoldLifted {
-    pub hold_id: i64,
-    pub freed: u64,
-}
-
-/// `request.retried`: `requests retry` gave a request's dead chats another round; `revived` went
-/// back to the queue, `held` of them a legal hold covers now.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct RequestRetried {
-    pub revived: u64,
-    pub held: u64,
-}
-
-/// Events that certify what was erased: written only by a process holding the chain key, and
-/// sealed in the transaction that appends them (never late).
-pub const CERTIFYING_KINDS: [&str; 5] = [
-    "batch.answered",
-    "request.completed",
-    "request.failed",
-    "request.verified",
-    "chat.reappeared",
-];
+pub use event::*;
 
 /// Keys the audit chain's seals. Derived from the subject key (HMAC-SHA256 of a fixed label), so
 /// it lives where that key lives (0600, forgetd's) and needs no file of its own.
