@@ -204,7 +204,8 @@ async fn a_chat_that_keeps_coming_back_goes_dead_with_the_reason_after_its_bound
     let s = store(&w);
     let detail = s.request_detail(w.request, 30 * 86_400).unwrap();
     assert_eq!(detail.summary.state.as_str(), "failed");
-    assert!(detail.summary.verified_at.is_none());
+    // Its other five deletions are proven (read back absent); the request stays failed.
+    assert!(detail.summary.verified_at.is_some());
     let item = detail
         .items
         .iter()
@@ -260,7 +261,9 @@ async fn a_read_that_cannot_decide_is_reported_unverified_and_never_verified() {
         "{text}"
     );
     assert!(
-        text.contains("0 of 6 deleted chat(s) read back absent, 6 unverified"),
+        text.contains(
+            "no: 6 chat(s) read back without a decision (gave up); 0 of 6 deleted chat(s) read back absent"
+        ),
         "{text}"
     );
     check_decoys(&w);
@@ -288,7 +291,8 @@ async fn reading_back_waits_for_its_delay_and_can_be_turned_off() {
     assert_eq!(reads(&w), 0, "verification is off");
     let cert = Certificate::build(&store(&w), w.request).unwrap();
     assert!(
-        cert.text().contains("6 not read back yet"),
+        cert.text()
+            .contains("no: 6 chat(s) deleted while forgetd did not read deletions back; 0 of 6"),
         "{}",
         cert.text()
     );

@@ -82,7 +82,9 @@ impl CertVerification {
                     .as_deref()
                     .unwrap_or("the reads could not decide")
             ),
-            "not_checked" => "not read back (deleted before read-back verification)".into(),
+            "not_checked" => {
+                "not read back (deleted while forgetd did not read deletions back)".into()
+            }
             _ => "not read back yet".into(),
         };
         if self.reappeared > 0 {
@@ -326,7 +328,10 @@ impl Certificate {
                     Some("not_checked") => CertVerification {
                         status: "not_checked".into(),
                         at: None,
-                        detail: Some("deleted before forgetd read deletions back".into()),
+                        detail: Some(
+                            "deleted while forgetd did not read deletions back (`[verify] after` off, or before read-back existed)"
+                                .into(),
+                        ),
                         reappeared,
                     },
                     // Read back absent by the current row, but the chain does not say so (yet):
@@ -440,10 +445,11 @@ impl Certificate {
             count("pending"),
             count("not_checked"),
         );
-        if !self
-            .notices
-            .iter()
-            .any(|n| n.contains("closing event states"))
+        if self.state != "failed"
+            && !self
+                .notices
+                .iter()
+                .any(|n| n.contains("closing event states"))
             && pending > 0
         {
             return format!(
@@ -451,7 +457,7 @@ impl Certificate {
                 chats.len(),
                 if unverified + unchecked > 0 {
                     format!(
-                        "; {unverified} could not be decided and {unchecked} were deleted before read-back, so the request will not be verified"
+                        "; {unverified} could not be decided and {unchecked} were not read back, so the request will not be verified"
                     )
                 } else {
                     String::new()
@@ -469,7 +475,7 @@ impl Certificate {
             }
             if unchecked > 0 {
                 why.push(format!(
-                    "{unchecked} chat(s) deleted before forgetd read deletions back"
+                    "{unchecked} chat(s) deleted while forgetd did not read deletions back"
                 ));
             }
             if self

@@ -361,7 +361,7 @@ fn audit(config: &Config, cmd: super::AuditCommand) -> Result<ExitCode> {
                         c.unsealed
                     ),
                     None => outln!(
-                        "seals not checked: this user cannot read the chain key (run as root or forgetd to check them)"
+                        "seals NOT checked: this user cannot read the chain key, and hashes alone do not show forgetd wrote these events (anyone who can write the database can recompute them); run as root or forgetd to check the seals"
                     ),
                 }
             }

@@ -340,6 +340,21 @@ pub(crate) fn convai_router(state: Arc<SimState>) -> Router {
         .with_state(state)
 }
 
+/// Convai's 401; with `echo_secrets`, repeating the key it was sent.
+fn convai_unauthorized(st: &SimState, headers: &HeaderMap) -> Response {
+    let sent = headers
+        .get("CONVAI-API-KEY")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if st.faults.lock().unwrap().echo_secrets {
+        return convai_error(
+            StatusCode::UNAUTHORIZED,
+            &format!("Invalid API key provided: {sent}"),
+        );
+    }
+    convai_error(StatusCode::UNAUTHORIZED, "Invalid API key provided.")
+}
+
 fn convai_error(status: StatusCode, msg: &str) -> Response {
     (status, axum::Json(json!({"ERROR": msg}))).into_response()
 }
@@ -418,7 +433,7 @@ async fn convai_delete(State(st): St, headers: HeaderMap, body: Bytes) -> Respon
     st.latency().await;
     if !convai_key_ok(&st, &headers) {
         st.record(p, "delete", &scope, ids, 401, "auth");
-        return convai_error(StatusCode::UNAUTHORIZED, "Invalid API key provided.");
+        return convai_unauthorized(&st, &headers);
     }
     if let Some(status) = st.refusal(p) {
         st.record(p, "delete", &scope, ids, status, "refused");
@@ -519,7 +534,7 @@ async fn convai_list(State(st): St, headers: HeaderMap, body: Bytes) -> Response
             401,
             "auth",
         );
-        return convai_error(StatusCode::UNAUTHORIZED, "Invalid API key provided.");
+        return convai_unauthorized(&st, &headers);
     }
     if let Some(status) = st.refusal(p) {
         st.record(
@@ -583,7 +598,7 @@ async fn convai_details(State(st): St, headers: HeaderMap, body: Bytes) -> Respo
     st.read_of(&scope);
     if !convai_key_ok(&st, &headers) {
         st.record(p, "read", &scope, vec![sid], 401, "auth");
-        return convai_error(StatusCode::UNAUTHORIZED, "Invalid API key provided.");
+        return convai_unauthorized(&st, &headers);
     }
     if let Some(status) = st.refusal(p) {
         st.record(p, "read", &scope, vec![sid], status, "refused");
@@ -642,6 +657,20 @@ fn koo_error(status: StatusCode, code: &str, msg: &str) -> Response {
         .into_response()
 }
 
+/// KooSearch's 401; with `echo_secrets`, naming the token it was sent.
+fn koo_unauthorized(st: &SimState, headers: &HeaderMap) -> Response {
+    let sent = headers
+        .get("X-Auth-Token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let msg = if st.faults.lock().unwrap().echo_secrets {
+        format!("Incorrect IAM authentication information: token {sent} expires")
+    } else {
+        "Incorrect IAM authentication information: token expires".to_string()
+    };
+    koo_error(StatusCode::UNAUTHORIZED, "APIG.0301", &msg)
+}
+
 fn koo_token_ok(st: &SimState, headers: &HeaderMap) -> bool {
     if st
         .faults
@@ -690,11 +719,7 @@ async fn koo_batch(
     st.latency().await;
     if !koo_token_ok(&st, &headers) {
         st.record(p, "delete", &app, ids, 401, "auth");
-        return koo_error(
-            StatusCode::UNAUTHORIZED,
-            "APIG.0301",
-            "Incorrect IAM authentication information: token expires",
-        );
+        return koo_unauthorized(&st, &headers);
     }
     if let Some(status) = st.refusal(p) {
         st.record(p, "delete", &app, ids, status, "refused");
@@ -861,11 +886,7 @@ async fn koo_list(
     st.read_of(&app);
     if !koo_token_ok(&st, &headers) {
         st.record(p, "list", &app, vec![], 401, "auth");
-        return koo_error(
-            StatusCode::UNAUTHORIZED,
-            "APIG.0301",
-            "Incorrect IAM authentication information: token expires",
-        );
+        return koo_unauthorized(&st, &headers);
     }
     if let Some(status) = st.refusal(p) {
         st.record(p, "list", &app, vec![], status, "refused");
@@ -944,11 +965,7 @@ async fn koo_one(
     st.read_of(&app);
     if !koo_token_ok(&st, &headers) {
         st.record(p, "read", &app, vec![chat_id], 401, "auth");
-        return koo_error(
-            StatusCode::UNAUTHORIZED,
-            "APIG.0301",
-            "Incorrect IAM authentication information: token expires",
-        );
+        return koo_unauthorized(&st, &headers);
     }
     if let Some(status) = st.refusal(p) {
         st.record(p, "read", &app, vec![chat_id], status, "refused");

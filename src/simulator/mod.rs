@@ -111,6 +111,9 @@ pub struct Faults {
     pub read_error_rate: f64,
     /// 503 answers to listing calls (discovery, rules, read-back listings).
     pub list_error_rate: f64,
+    /// Refusals of a credential repeat it in the answer, as some APIs do ("Invalid API key
+    /// provided: <key>"; KooSearch's 401 naming the token it got): forgetd must redact them.
+    pub echo_secrets: bool,
 }
 
 impl Default for Faults {
@@ -137,6 +140,7 @@ impl Default for Faults {
             resurrect: std::collections::HashMap::new(),
             read_error_rate: 0.0,
             list_error_rate: 0.0,
+            echo_secrets: false,
         }
     }
 }

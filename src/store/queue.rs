@@ -298,7 +298,8 @@ impl Store {
                 tx.exec(
                     "UPDATE work_items SET state = 'deleted', outcome = 'deleted', finished_at = ?2,
                      lease_expires_ms = NULL, batch_id = NULL,
-                     subject = CASE WHEN ?3 THEN subject END
+                     subject = CASE WHEN ?3 THEN subject END,
+                     verify_state = CASE WHEN ?3 THEN verify_state ELSE 'not_checked' END
                      WHERE batch_id = ?1 AND state = 'in_flight'",
                     args![batch_id, now, keep_owner],
                 )?;
@@ -698,7 +699,8 @@ fn apply_outcome(
             tx.exec(
                 &format!(
                     "UPDATE work_items SET state = 'deleted', outcome = ?3, finished_at = ?4,
-                     lease_expires_ms = NULL, batch_id = NULL, subject = CASE WHEN ?5 THEN subject END {guard}"
+                     lease_expires_ms = NULL, batch_id = NULL, subject = CASE WHEN ?5 THEN subject END,
+                     verify_state = CASE WHEN ?5 THEN verify_state ELSE 'not_checked' END {guard}"
                 ),
                 args![id, batch_id, kind, now, keep_owner],
             )?;

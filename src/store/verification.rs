@@ -372,8 +372,10 @@ fn verify_requests_of(tx: &Tx<'_>, item_ids: &[i64], now: i64) -> Result<u64> {
     Ok(n)
 }
 
-/// Records a complete request as verified when every deleted chat of it (at least one) was read
-/// back absent and it is not recorded yet: `verified_at` and a `request.verified` event.
+/// Records a closed request's read-back when every deleted chat of it (at least one) was read
+/// back absent and it is not recorded yet: `verified_at` and a `request.verified` event. A failed
+/// request gets one too (its deleted chats are proven gone; the certificate still calls it
+/// failed, never verified).
 pub(crate) fn mark_verified(tx: &Tx<'_>, request_id: i64, now: i64) -> Result<bool> {
     let row: Option<(String, Option<i64>, i64, i64)> = tx.row_opt(
         "SELECT r.state, r.verified_at,
@@ -389,7 +391,11 @@ pub(crate) fn mark_verified(tx: &Tx<'_>, request_id: i64, now: i64) -> Result<bo
     let Some((state, verified_at, deleted, open)) = row else {
         return Ok(false);
     };
-    if state != "complete" || verified_at.is_some() || deleted == 0 || open > 0 {
+    if !matches!(state.as_str(), "complete" | "failed")
+        || verified_at.is_some()
+        || deleted == 0
+        || open > 0
+    {
         return Ok(false);
     }
     tx.exec(
