@@ -452,7 +452,7 @@ impl Certificate {
                 .any(|n| n.contains("closing event states"))
             && pending > 0
         {
-            return format!(
+            format!(
                 "waiting: {absent} of {} deleted chat(s) read back absent, {pending} to be read back (forgetd reads each deletion back `[verify] after` its confirmation){}",
                 chats.len(),
                 if unverified + unchecked > 0 {
@@ -462,7 +462,7 @@ impl Certificate {
                 } else {
                     String::new()
                 }
-            );
+            )
         } else {
             let mut why = Vec::new();
             if self.state == "failed" {
