@@ -25,17 +25,69 @@ pub const MIN_LEN: usize = 6;
 /// What a secret becomes.
 pub const MARK: &str = "[redacted]";
 
+/// How many rotating secrets (IAM tokens) are kept: the current one and the one before it, which
+/// an answer to a call made just before the rotation may still echo.
+pub const ROTATING_KEPT: usize = 2;
+
 /// The secrets one provider sends, in every form an answer may echo them.
 #[derive(Clone, Default)]
 pub struct Redactor {
-    forms: Arc<RwLock<Vec<SecretString>>>,
+    known: Arc<RwLock<Known>>,
+}
+
+#[derive(Default)]
+struct Known {
+    /// Forms of the secrets that do not change (keys, passwords, a fixed token).
+    fixed: Vec<SecretString>,
+    /// Forms of each rotating secret, newest last, at most [`ROTATING_KEPT`].
+    rotating: std::collections::VecDeque<Vec<SecretString>>,
+    /// Every form above, longest first (a form that contains another is replaced whole).
+    all: Vec<SecretString>,
+}
+
+impl Known {
+    fn rebuild(&mut self) {
+        let mut all: Vec<SecretString> = Vec::new();
+        for f in self.fixed.iter().chain(self.rotating.iter().flatten()) {
+            if !all.iter().any(|k| k.expose_secret() == f.expose_secret()) {
+                all.push(f.clone());
+            }
+        }
+        all.sort_by_key(|k| std::cmp::Reverse(k.expose_secret().len()));
+        self.all = all;
+    }
 }
 
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.forms.read().map(|f| f.len()).unwrap_or(0);
+        let n = self.known.read().map(|k| k.all.len()).unwrap_or(0);
         write!(f, "Redactor({n} form(s), [redacted])")
     }
+}
+
+/// Every form an answer may carry `raw` in.
+fn forms_of(raw: &str) -> Vec<SecretString> {
+    let json = serde_json::to_string(raw).expect("a string serializes");
+    let json = json[1..json.len() - 1].to_string();
+    let mut forms = vec![
+        raw.to_string(),
+        json.replace('/', "\\/"),
+        json,
+        percent_encoding::utf8_percent_encode(raw, percent_encoding::NON_ALPHANUMERIC).to_string(),
+    ];
+    for engine in [
+        &base64::engine::general_purpose::STANDARD,
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        &base64::engine::general_purpose::URL_SAFE,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ] {
+        forms.push(engine.encode(raw));
+    }
+    forms
+        .into_iter()
+        .filter(|f| f.len() >= MIN_LEN)
+        .map(SecretString::from)
+        .collect()
 }
 
 impl Redactor {
@@ -52,44 +104,46 @@ impl Redactor {
         r
     }
 
-    /// Teaches it one more secret (a token just issued, say).
+    /// Teaches it a secret that does not change (an API key, a password, a fixed token).
     pub fn learn(&self, secret: &SecretString) {
         let raw = secret.expose_secret();
         if raw.len() < MIN_LEN {
             return;
         }
-        let json = serde_json::to_string(raw).expect("a string serializes");
-        let json = json[1..json.len() - 1].to_string();
-        let mut forms = vec![
-            raw.to_string(),
-            json.clone(),
-            json.replace('/', "\\/"),
-            percent_encoding::utf8_percent_encode(raw, percent_encoding::NON_ALPHANUMERIC)
-                .to_string(),
-        ];
-        for engine in [
-            &base64::engine::general_purpose::STANDARD,
-            &base64::engine::general_purpose::STANDARD_NO_PAD,
-            &base64::engine::general_purpose::URL_SAFE,
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        ] {
-            forms.push(engine.encode(raw));
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        known.fixed.extend(forms_of(raw));
+        known.rebuild();
+    }
+
+    /// Teaches it a secret that replaces an earlier one (an IAM token just issued): the last
+    /// [`ROTATING_KEPT`] are matched, so a daemon that runs for years does not search every answer
+    /// for every token it was ever given.
+    pub fn learn_rotating(&self, secret: &SecretString) {
+        let raw = secret.expose_secret();
+        if raw.len() < MIN_LEN {
+            return;
         }
-        let mut known = self.forms.write().unwrap_or_else(|e| e.into_inner());
-        for f in forms {
-            if f.len() >= MIN_LEN && !known.iter().any(|k| k.expose_secret() == f) {
-                known.push(SecretString::from(f));
-            }
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        let forms = forms_of(raw);
+        if known
+            .rotating
+            .back()
+            .is_some_and(|last| last[0].expose_secret() == raw)
+        {
+            return;
         }
-        // Longest first: a form that contains another is replaced whole.
-        known.sort_by_key(|k| std::cmp::Reverse(k.expose_secret().len()));
+        known.rotating.push_back(forms);
+        while known.rotating.len() > ROTATING_KEPT {
+            known.rotating.pop_front();
+        }
+        known.rebuild();
     }
 
     /// `bytes` with every known form of every secret replaced by [`MARK`].
     pub fn clean(&self, bytes: Vec<u8>) -> Vec<u8> {
-        let known = self.forms.read().unwrap_or_else(|e| e.into_inner());
+        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
         let mut out = bytes;
-        for form in known.iter() {
+        for form in known.all.iter() {
             let needle = form.expose_secret().as_bytes();
             if memchr::memmem::find(&out, needle).is_none() {
                 continue;
@@ -155,5 +209,21 @@ mod tests {
         r.learn(&secret("abc"));
         assert_eq!(r.clean_str("token abcdefgh, abc"), "token [redacted], abc");
         assert!(!format!("{r:?}").contains("abcdefgh"));
+    }
+
+    #[test]
+    fn only_the_last_rotating_secrets_are_kept_and_fixed_ones_stay() {
+        let r = Redactor::knowing([&secret("the-api-key")]);
+        for n in 0..100 {
+            r.learn_rotating(&secret(&format!("token-{n:04}")));
+        }
+        let answer = "token-0098 token-0099 token-0097 the-api-key";
+        assert_eq!(
+            r.clean_str(answer),
+            "[redacted] [redacted] token-0097 [redacted]"
+        );
+        // Three secrets' forms, not a hundred and one.
+        let forms = r.known.read().unwrap().all.len();
+        assert!(forms <= 3 * 8, "{forms}");
     }
 }

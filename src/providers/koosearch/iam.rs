@@ -183,7 +183,8 @@ impl IamTokens {
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
         {
-            self.redact.learn(&SecretString::from(t.to_string()));
+            self.redact
+                .learn_rotating(&SecretString::from(t.to_string()));
         }
         let answer = http::read_body(KIND, op, resp, MAX_BODY, &self.redact).await?;
         if status != StatusCode::CREATED && status != StatusCode::OK {
