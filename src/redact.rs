@@ -8,9 +8,11 @@
 //! - Each provider owns one [`Redactor`] and teaches it every secret it will send, as it gets
 //!   them (tokens are learnt when issued). The HTTP layer ([`crate::providers::http::read_body`])
 //!   cleans each body with it; nothing reads an unclean body.
-//! - Each secret is matched in the forms an answer may carry it: as is, JSON-escaped,
-//!   percent-encoded, and base64 (standard and URL-safe, padded or not). A match becomes
-//!   `[redacted]`.
+//! - Each secret is matched in the forms an answer may carry it: as is, JSON-escaped (with and
+//!   without `\/` and the HTML-safe `\u0026`-style escapes), percent-encoded (every
+//!   non-alphanumeric, or RFC 3986's unreserved left alone; upper- or lower-case hex), and base64
+//!   (standard and URL-safe, padded or not). A match becomes `[redacted]`.
+//! - Rotating secrets (IAM tokens) are kept for the last [`ROTATING_KEPT`] only.
 //! - Secrets shorter than [`MIN_LEN`] bytes are not matched (they would redact ordinary words);
 //!   the config's checks refuse such secrets for the providers anyway.
 
@@ -69,12 +71,27 @@ impl std::fmt::Debug for Redactor {
 fn forms_of(raw: &str) -> Vec<SecretString> {
     let json = serde_json::to_string(raw).expect("a string serializes");
     let json = json[1..json.len() - 1].to_string();
-    let mut forms = vec![
-        raw.to_string(),
-        json.replace('/', "\\/"),
-        json,
-        percent_encoding::utf8_percent_encode(raw, percent_encoding::NON_ALPHANUMERIC).to_string(),
-    ];
+    // URL encoders differ in what they leave alone (`-._~` by RFC 3986) and in the case of
+    // their hex digits; JSON encoders in whether they escape `/` and the HTML-unsafe `<>&'`.
+    const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let mut forms = vec![raw.to_string(), json.replace('/', "\\/")];
+    let html_safe = json
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+        .replace('\'', "\\u0027");
+    forms.push(html_safe);
+    forms.push(json);
+    for set in [percent_encoding::NON_ALPHANUMERIC, COMPONENT] {
+        let upper = percent_encoding::utf8_percent_encode(raw, set).to_string();
+        let lower = lower_hex_escapes(&upper);
+        forms.push(upper);
+        forms.push(lower);
+    }
     for engine in [
         &base64::engine::general_purpose::STANDARD,
         &base64::engine::general_purpose::STANDARD_NO_PAD,
@@ -88,6 +105,24 @@ fn forms_of(raw: &str) -> Vec<SecretString> {
         .filter(|f| f.len() >= MIN_LEN)
         .map(SecretString::from)
         .collect()
+}
+
+/// `%2F` as `%2f`: the hex digits of percent escapes in lower case.
+fn lower_hex_escapes(encoded: &str) -> String {
+    let mut out = String::with_capacity(encoded.len());
+    let mut left = 0;
+    for c in encoded.chars() {
+        if c == '%' {
+            left = 2;
+            out.push(c);
+        } else if left > 0 {
+            left -= 1;
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Redactor {
@@ -212,6 +247,24 @@ mod tests {
     }
 
     #[test]
+    fn url_and_html_safe_json_forms_are_redacted_too() {
+        let pw = "p&ss/w<rd>~x.y";
+        let r = Redactor::knowing([&secret(pw)]);
+        for form in [
+            "p%26ss%2Fw%3Crd%3E~x.y",
+            "p%26ss%2fw%3crd%3e~x.y",
+            "p%26ss%2Fw%3Crd%3E%7Ex%2Ey",
+            "p\\u0026ss/w\\u003crd\\u003e~x.y",
+        ] {
+            assert_eq!(
+                r.clean_str(&format!("got {form}!")),
+                "got [redacted]!",
+                "{form}"
+            );
+        }
+    }
+
+    #[test]
     fn only_the_last_rotating_secrets_are_kept_and_fixed_ones_stay() {
         let r = Redactor::knowing([&secret("the-api-key")]);
         for n in 0..100 {
@@ -224,6 +277,6 @@ mod tests {
         );
         // Three secrets' forms, not a hundred and one.
         let forms = r.known.read().unwrap().all.len();
-        assert!(forms <= 3 * 8, "{forms}");
+        assert!(forms <= 3 * 12, "{forms}");
     }
 }

@@ -85,6 +85,13 @@ fn sql(w: &World, sql: &str) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
+impl World {
+    /// The spelling for this test's engine, where SQLite's and PostgreSQL's differ.
+    fn pick<'a>(&self, sqlite: &'a str, postgres: &'a str) -> &'a str {
+        if self.s.on_pg() { postgres } else { sqlite }
+    }
+}
+
 fn decoys_untouched(w: &World) {
     for (p, scope, id) in [
         (ProviderKind::CONVAI, "char-a", "bob-c0"),
@@ -398,4 +405,68 @@ fn the_readme_lists_every_event_kind_and_no_other() {
         .collect();
     let known: std::collections::BTreeSet<&str> = Event::KINDS.iter().copied().collect();
     assert_eq!(listed, known);
+}
+
+/// A group member edits rows so that forgetd itself seals a false closing event: a dead chat made
+/// "deleted", a request made complete with its closing event left to the daemon, and (on another
+/// request) chats never read back made "read back absent". The certificate checks each claim
+/// against the trail's batch answers and read-backs, which the rows cannot forge: it names the
+/// unrecorded deletion and refuses (BROKEN), and never states the edited read-backs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_edited_so_forgetd_seals_a_false_close_do_not_make_a_certificate_say_so() {
+    let w = world(Faults {
+        bad_ids: ["alice-c1".to_string()].into(),
+        ..Faults::default()
+    })
+    .await;
+    run_once(&w, "[verify]\nafter = \"1h\"\n").await;
+    assert_eq!(
+        Certificate::build(&w.s.store(), w.request).unwrap().state,
+        "failed"
+    );
+    sql(
+        &w,
+        &format!(
+            "{}
+             UPDATE work_items SET state = 'deleted', outcome = 'deleted', finished_at = 1800000001, last_error = NULL WHERE session_id = 'alice-c1';
+             UPDATE work_items SET verify_state = 'verified_absent', verified_at = 1800000002 WHERE state = 'deleted';
+             UPDATE erasure_requests SET state = 'complete', closing_seq = NULL, verified_at = NULL WHERE id = {};",
+            w.pick(
+                "DROP TRIGGER work_items_state_transition_must_be_legal;",
+                "DROP TRIGGER work_items_state_transition_must_be_legal ON work_items;"
+            ),
+            w.request
+        ),
+    );
+    // The daemon's next look writes the closing event the rows ask for, sealed.
+    let mut daemon = w.s.store();
+    assert_eq!(daemon.close_deferred(1_800_000_010).unwrap(), 1);
+    assert!(daemon.verify_audit().unwrap().broken.is_none());
+    let (cert, text, _) = formats(&w);
+    let why = cert.broken.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("calls convai/char-a/alice-c1 deleted, but no batch answer"),
+        "{text}"
+    );
+    assert!(cert.verified.is_none(), "{text}");
+    assert!(
+        cert.deleted
+            .values()
+            .flatten()
+            .all(|c| c.verification.status != "verified_absent"),
+        "no chat was read back: {text}"
+    );
+    // `audit export` refuses it.
+    let cfg = w.s.write("cli.toml", &w.s.database_toml());
+    let o = w.s.forgetd(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "audit",
+        "export",
+        "--request",
+        &w.request.to_string(),
+    ]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    assert!(w.sim.exists(ProviderKind::CONVAI, "char-a", "alice-c1"));
+    decoys_untouched(&w);
 }

@@ -137,6 +137,8 @@ events! {
     RequestVerified(RequestVerified) = "request.verified", certifying: true;
     /// A chat was read back present after a confirmed deletion.
     ChatReappeared(ChatReappeared) = "chat.reappeared", certifying: true;
+    /// Deleted chats read back absent: the evidence a certificate's "read back absent" rests on.
+    ChatsReadBack(ChatsReadBack) = "chats.read_back", certifying: true;
     /// A retention rule ran.
     RuleRun(RuleRunEvent) = "rule.run", certifying: false;
     /// A rule's run matched more than its ceiling and waits for approval.
@@ -190,6 +192,19 @@ impl Event {
         let v: serde_json::Value = serde_json::from_str(data).ok()?;
         serde_json::from_value(v.get("actor")?.clone()).ok()
     }
+}
+
+/// `chats.read_back`: chats of one provider whose confirmed deletion was read back absent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChatsReadBack {
+    pub provider: String,
+    pub chats: Vec<ScopedChat>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScopedChat {
+    pub scope: String,
+    pub session_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -357,6 +372,11 @@ pub struct ClosedItem {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RequestVerified {
     pub items: Vec<VerifiedItem>,
+    /// Written by a forgetd that records each read-back as a `chats.read_back` event: the
+    /// certificate then takes read-backs from those, not from this summary (built from rows).
+    /// Absent (false) in events of a forgetd before them, whose summary is the only record.
+    #[serde(default)]
+    pub per_chat_evidence: bool,
 }
 
 /// One chat read back absent.
@@ -414,6 +434,9 @@ pub struct ChatsFreed {
 pub struct HoldLifted {
     pub hold_id: i64,
     pub freed: u64,
+    /// Chats another standing hold covers: still held, under that hold now.
+    #[serde(default)]
+    pub reheld: u64,
 }
 
 /// `request.retried`: `requests retry` gave a request's dead chats another round; `revived` went
@@ -433,6 +456,7 @@ mod tests {
         let e = Event::HoldLifted(HoldLifted {
             hold_id: 3,
             freed: 2,
+            reheld: 0,
         });
         assert_eq!(e.kind(), "hold.lifted");
         let data = e.data().to_string();
@@ -462,7 +486,8 @@ mod tests {
                 "request.completed",
                 "request.failed",
                 "request.verified",
-                "chat.reappeared"
+                "chat.reappeared",
+                "chats.read_back"
             ]
         );
         let mut kinds = Event::KINDS.to_vec();

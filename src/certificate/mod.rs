@@ -156,6 +156,9 @@ pub struct Certificate {
     /// Differences between the sealed record and the database's current rows (an edited
     /// reference or date, a chat whose state changed since the closing event).
     pub notices: Vec<String>,
+    /// A chat's state now differs from what the latest closing event states (a new closing
+    /// event is due): the request is not stated verified.
+    pub changed_since_close: bool,
     /// Why the record behind this certificate cannot be trusted, when it cannot: `audit export`
     /// refuses such a certificate unless forced, and a forced one says BROKEN at its top.
     pub broken: Option<String>,
@@ -231,6 +234,7 @@ impl Certificate {
             anchor: None,
             reopened_at: None,
             notices,
+            changed_since_close: false,
             broken: None,
             caveats: CAVEATS.iter().map(|s| s.to_string()).collect(),
         };
@@ -266,8 +270,22 @@ impl Certificate {
                     )
                 })
                 .collect();
-        let read_back: BTreeMap<(String, String, String), i64> = verified
+        // Every claim below is checked against the trail's certifying events, not the rows:
+        // a group member can edit a row so the daemon records something false in a sealed
+        // closing event, but cannot forge the batch answers and read-backs it would need.
+        let wanted: std::collections::BTreeSet<(String, String, String)> = event
+            .closed
+            .items
+            .iter()
+            .map(|i| (i.provider.clone(), i.scope.clone(), i.session_id.clone()))
+            .collect();
+        let evidence = store.chat_evidence(&wanted)?;
+        // A forgetd before per-chat read-back events recorded read-backs only in
+        // `request.verified` (sealed, so not forgeable): such an event still counts. One written
+        // since says so, and is a summary of rows, never evidence.
+        let legacy_read_back: BTreeMap<(String, String, String), i64> = verified
             .as_ref()
+            .filter(|v| !v.verified.per_chat_evidence)
             .map(|v| {
                 v.verified
                     .items
@@ -281,6 +299,15 @@ impl Certificate {
                     .collect()
             })
             .unwrap_or_default();
+        let mut unproven = Vec::new();
+        if let Some(found) = store.resolved_items(request_id)?
+            && found != event.closed.items.len() as u64
+        {
+            unproven.push(format!(
+                "the closing event lists {} chat(s), the request's resolution found {found}",
+                event.closed.items.len()
+            ));
+        }
         let mut stale = false;
         let mut all_read_back = true;
         for item in event.closed.items {
@@ -293,17 +320,56 @@ impl Certificate {
             let now_state = current.map_or("gone", |c| c.state.as_str());
             if now_state != item.state {
                 stale = true;
+                cert.changed_since_close = true;
                 cert.notices.push(format!(
                     "{}/{}/{} is {now_state} now, not {} as the closing event states: a new closing event follows when it settles",
                     item.provider, item.scope, item.session_id, item.state
                 ));
             }
             let reappeared = current.map_or(0, |c| c.reappeared);
-            // Read back absent after its (last) confirmed deletion, by the chain's event.
-            let absent_at = read_back
-                .get(&key)
+            let ev = evidence.chats.get(&key).cloned().unwrap_or_default();
+            // Its deletion: a batch answer before the close, after its last reappearance then.
+            let came_back = ev.reappeared.iter().copied().filter(|s| *s < seq).max();
+            let deletion = ev
+                .deleted
+                .iter()
                 .copied()
-                .filter(|at| item.confirmed_at.is_none_or(|c| *at >= c));
+                .filter(|d| *d < seq && came_back.is_none_or(|b| *d > b))
+                .max();
+            if item.state == "deleted" && deletion.is_none() {
+                unproven.push(format!(
+                    "the closing event calls {}/{}/{} deleted, but no batch answer in the trail recorded its deletion{}",
+                    item.provider,
+                    item.scope,
+                    item.session_id,
+                    if came_back.is_some() {
+                        " after it last reappeared"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            // Read back absent after that deletion and after any reappearance, by a sealed
+            // read-back event (or, from before those, the request's verification event).
+            let after = ev
+                .reappeared
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(0)
+                .max(deletion.unwrap_or(i64::MAX));
+            let absent_at = ev
+                .absent
+                .iter()
+                .filter(|(s, _)| *s > after)
+                .map(|(_, at)| *at)
+                .min()
+                .or_else(|| {
+                    legacy_read_back
+                        .get(&key)
+                        .copied()
+                        .filter(|_| deletion.is_some() && ev.reappeared.is_empty())
+                });
             if item.state == "deleted" && absent_at.is_none() {
                 all_read_back = false;
             }
@@ -334,11 +400,11 @@ impl Certificate {
                         ),
                         reappeared,
                     },
-                    // Read back absent by the current row, but the chain does not say so (yet):
-                    // the certificate claims only what the chain holds.
+                    // Read back absent by the current row, but the trail does not say so: the
+                    // certificate claims only what the trail holds.
                     Some("verified_absent") => CertVerification {
                         detail: Some(
-                            "read back absent by the current record; the request's verification event is not written yet"
+                            "read back absent by the current row, but no read-back in the audit trail says so"
                                 .into(),
                         ),
                         reappeared,
@@ -409,6 +475,10 @@ impl Certificate {
                 "the audit table's append-only triggers are missing ({}): the trail may have been edited",
                 missing.join(", ")
             )),
+            (None, true) if !unproven.is_empty() => Some(format!(
+                "{}; the request's rows were edited so forgetd recorded what did not happen",
+                unproven.join("; ")
+            )),
             (None, true) => None,
         };
         cert.anchor = Some(Anchor {
@@ -445,13 +515,7 @@ impl Certificate {
             count("pending"),
             count("not_checked"),
         );
-        if self.state != "failed"
-            && !self
-                .notices
-                .iter()
-                .any(|n| n.contains("closing event states"))
-            && pending > 0
-        {
+        if self.state != "failed" && !self.changed_since_close && pending > 0 {
             format!(
                 "waiting: {absent} of {} deleted chat(s) read back absent, {pending} to be read back (forgetd reads each deletion back `[verify] after` its confirmation){}",
                 chats.len(),
@@ -478,15 +542,13 @@ impl Certificate {
                     "{unchecked} chat(s) deleted while forgetd did not read deletions back"
                 ));
             }
-            if self
-                .notices
-                .iter()
-                .any(|n| n.contains("closing event states"))
-            {
+            if self.changed_since_close {
                 why.push("a chat changed since the closing event".into());
             }
             if why.is_empty() {
-                why.push("the request's verification event is not recorded".into());
+                why.push(
+                    "the audit trail does not record every deleted chat read back absent".into(),
+                );
             }
             format!(
                 "no: {}; {absent} of {} deleted chat(s) read back absent",

@@ -247,13 +247,13 @@ fn run(
                 report.stats.calls
             );
             for w in &report.warnings {
-                eprintln!("forgetd: warning: {w}");
+                errln!("forgetd: warning: {w}");
             }
             if report.clean() {
                 Ok(ExitCode::SUCCESS)
             } else {
                 for p in &report.problems {
-                    eprintln!("forgetd: {p}");
+                    errln!("forgetd: {p}");
                 }
                 Ok(ExitCode::from(1))
             }
@@ -432,7 +432,7 @@ fn verify_certificate(file: &std::path::Path, key: &str) -> Result<ExitCode> {
     match crate::signing::verify(&text, key_text.trim()) {
         Ok(signed) if !signed.certificate["broken"].is_null() => {
             // Signed as it was issued: forced out of a record that did not verify.
-            eprintln!(
+            errln!(
                 "forgetd: certificate {} carries a valid signature, but says its record is BROKEN: {}; it certifies nothing",
                 file.display(),
                 signed.certificate["broken"]
@@ -452,7 +452,7 @@ fn verify_certificate(file: &std::path::Path, key: &str) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!(
+            errln!(
                 "forgetd: certificate {} does NOT verify: {}",
                 file.display(),
                 crate::errors::render(&anyhow::Error::new(e))
@@ -527,7 +527,7 @@ fn check_config(config: &Config) -> Result<ExitCode> {
         config.secret_refs().len()
     );
     for w in config.warnings() {
-        eprintln!("warning: {w}");
+        errln!("warning: {w}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -739,13 +739,13 @@ fn holds(config: &Config, cmd: HoldsCommand, now: i64) -> Result<ExitCode> {
             } else {
                 outln!("{hold_id}");
                 if !held.is_empty() {
-                    eprintln!(
+                    errln!(
                         "forgetd: hold {hold_id} took {} queued chat(s) out of deletion",
                         held.len()
                     );
                 }
                 if matches!(target, HoldTarget::Subject(_)) {
-                    eprintln!(
+                    errln!(
                         "forgetd: note: a subject hold covers only chats the inventory attributes to that subject; chats found by provider listing with no owner need a chat hold"
                     );
                 }

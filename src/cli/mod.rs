@@ -19,6 +19,14 @@ macro_rules! out {
     };
 }
 
+/// `eprintln!` through [`crate::report::terminal_safe`]: errors and warnings quote feeders' and
+/// providers' text too.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        eprintln!("{}", $crate::report::terminal_safe(&format!($($arg)*)))
+    };
+}
+
 /// `println!` through [`crate::report::terminal_safe`] (see `out!`).
 macro_rules! outln {
     () => { println!() };
@@ -536,14 +544,14 @@ pub fn main() -> ExitCode {
         _ => crate::logging::init_cli(),
     };
     if let Err(e) = logging {
-        eprintln!("forgetd: {e}");
+        errln!("forgetd: {e}");
         return ExitCode::from(78);
     }
     match commands::dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
             let code = exit_code(&e);
-            eprintln!("forgetd: {}", render_error(&e));
+            errln!("forgetd: {}", render_error(&e));
             ExitCode::from(code)
         }
     }

@@ -99,7 +99,73 @@ pub struct LateSeals {
     pub refused: Vec<i64>,
 }
 
+/// A chat: provider, scope, session ID.
+pub type Chat = (String, String, String);
+
+/// What the trail's certifying events say about some chats ([`Store::chat_evidence`]).
+#[derive(Debug, Default)]
+pub struct Evidence {
+    pub chats: std::collections::HashMap<Chat, ChatEvidence>,
+}
+
+/// One chat's evidence: the links (seq) that recorded it deleted, read back present, and read
+/// back absent (with the time).
+#[derive(Debug, Default, Clone)]
+pub struct ChatEvidence {
+    pub deleted: Vec<i64>,
+    pub reappeared: Vec<i64>,
+    pub absent: Vec<(i64, i64)>,
+}
+
 impl Store {
+    /// Walks the trail's `batch.answered`, `chat.reappeared` and `chats.read_back` events for
+    /// what they say about `chats`. A certificate checks every claim it makes against this, not
+    /// against rows (a row can be edited; a sealed link cannot). One pass over those links.
+    pub fn chat_evidence(&self, chats: &std::collections::BTreeSet<Chat>) -> Result<Evidence> {
+        let mut out = Evidence::default();
+        let mut note = |chat: Chat, f: &mut dyn FnMut(&mut ChatEvidence)| {
+            if chats.contains(&chat) {
+                f(out.chats.entry(chat).or_default());
+            }
+        };
+        self.scan(
+            "SELECT seq, at, kind, data FROM audit_log
+             WHERE kind IN ('batch.answered', 'chat.reappeared', 'chats.read_back') ORDER BY seq",
+            args![],
+            |r| {
+                let (seq, at, kind, data): (i64, i64, String, String) =
+                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+                // A link that does not read as its kind was not written by forgetd: it proves
+                // nothing (and `audit verify` says what is wrong with it).
+                match Event::parse(&kind, &data) {
+                    Ok(Event::BatchAnswered(b)) => {
+                        for sid in b.deleted {
+                            note((b.provider.clone(), b.scope.clone(), sid), &mut |e| {
+                                e.deleted.push(seq)
+                            });
+                        }
+                    }
+                    Ok(Event::ChatReappeared(c)) => {
+                        note((c.provider, c.scope, c.session_id), &mut |e| {
+                            e.reappeared.push(seq)
+                        });
+                    }
+                    Ok(Event::ChatsReadBack(c)) => {
+                        for chat in c.chats {
+                            note(
+                                (c.provider.clone(), chat.scope, chat.session_id),
+                                &mut |e| e.absent.push((seq, at)),
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+                Ok(ControlFlow::<()>::Continue(()))
+            },
+        )?;
+        Ok(out)
+    }
+
     /// The append-only triggers that are missing (someone dropped them to edit the trail).
     pub fn missing_audit_triggers(&self) -> Result<Vec<&'static str>> {
         let mut missing = Vec::new();
@@ -179,6 +245,22 @@ impl Store {
                 other.err().map(|e| e.to_string()).unwrap_or_default()
             ))),
         }
+    }
+
+    /// How many chats the request's resolution (`request.resolved`) found, if it was resolved.
+    pub fn resolved_items(&self, request_id: i64) -> Result<Option<u64>> {
+        let data: Option<String> = self.row_opt(
+            "SELECT data FROM audit_log WHERE request_id = ?1 AND kind = 'request.resolved'
+             ORDER BY seq LIMIT 1",
+            args![request_id],
+            |r| r.get(0),
+        )?;
+        Ok(
+            data.and_then(|d| match Event::parse("request.resolved", &d) {
+                Ok(Event::RequestResolved(r)) => Some(r.items),
+                _ => None,
+            }),
+        )
     }
 
     /// When the request was re-opened after event `since` (its closing event), if it was: the

@@ -199,13 +199,17 @@ pub(crate) fn withhold(
 /// never on the claim's path (a chat kept a little longer is safe, one freed wrongly is not).
 /// Returns the freed items.
 pub(crate) fn free_uncovered(tx: &Tx<'_>, now: i64) -> Result<Vec<i64>> {
-    tx.exec(
+    let repointed: Vec<i64> = tx.rows(
         "UPDATE work_items SET hold_id = (SELECT min(hold_id) FROM item_holds c WHERE c.item_id = work_items.id)
          WHERE state = 'held'
            AND NOT EXISTS (SELECT 1 FROM item_holds c WHERE c.item_id = work_items.id AND c.hold_id = work_items.hold_id)
-           AND EXISTS (SELECT 1 FROM item_holds c WHERE c.item_id = work_items.id)",
+           AND EXISTS (SELECT 1 FROM item_holds c WHERE c.item_id = work_items.id)
+         RETURNING id",
         args![],
+        |r| r.get(0),
     )?;
+    // Held under another hold now: their closed requests are closed again, naming it.
+    super::requests::refresh_for_items(tx, &repointed, now)?;
     let chats: Vec<(i64, crate::audit::HeldChat)> = tx.rows(
         "SELECT id, provider, scope, session_id, hold_id FROM work_items
          WHERE state = 'held' AND NOT EXISTS (SELECT 1 FROM item_holds c WHERE c.item_id = work_items.id)
@@ -368,9 +372,12 @@ impl Store {
             let event = crate::audit::HoldLifted {
                 hold_id: id,
                 freed: freed.len() as u64,
+                reheld: reheld.len() as u64,
             };
             super::audit::append(tx, now, None, &Event::HoldLifted(event))?;
             super::requests::refresh_for_items(tx, &freed, now)?;
+            // Still held, under another hold now: their closed requests are closed again with it.
+            super::requests::refresh_for_items(tx, &reheld, now)?;
             Ok(freed)
         })
     }

@@ -422,7 +422,7 @@ pub(crate) fn refresh_request(tx: &Tx<'_>, id: i64, now: i64) -> Result<Option<R
         // completes again.
         tx.exec(
             "UPDATE erasure_requests SET state = ?2, completed_at = ?3, updated_at = ?4,
-                    verified_at = NULL, closing_seq = NULL
+                    verified_at = CASE WHEN ?2 = 'complete' THEN verified_at END, closing_seq = NULL
              WHERE id = ?1",
             args![id, new.as_str(), completed_at, now],
         )?;
@@ -491,8 +491,10 @@ fn closing_event_is_stale(tx: &Tx<'_>, id: i64) -> Result<bool> {
 fn close(tx: &Tx<'_>, id: i64, state: RequestState, now: i64) -> Result<()> {
     record_outcome(tx, id, state, now)?;
     log_finished(tx, id, state, now)?;
-    // Its chats may all have been read back absent already (another request's).
-    super::verification::mark_verified(tx, id, now)?;
+    if state == RequestState::Complete {
+        // Its chats may all have been read back absent already (another request's).
+        super::verification::mark_verified(tx, id, now)?;
+    }
     Ok(())
 }
 

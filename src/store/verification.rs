@@ -196,18 +196,27 @@ impl Store {
             let mut settled = Vec::new();
             let mut returned = Vec::new();
             let mut changed = Vec::new();
+            let mut absent = Vec::new();
             for (id, seen) in results {
                 match seen {
                     ReadBack::Absent => {
-                        let n = tx.exec(
+                        let chat: Option<crate::audit::ScopedChat> = tx.row_opt(
                             "UPDATE work_items SET verify_state = 'verified_absent', verified_at = ?2,
                                     verify_error = NULL
-                             WHERE id = ?1 AND state = 'deleted' AND verify_state IS NULL",
+                             WHERE id = ?1 AND state = 'deleted' AND verify_state IS NULL
+                             RETURNING scope, session_id",
                             args![id, now.secs()],
+                            |r| {
+                                Ok(crate::audit::ScopedChat {
+                                    scope: r.get(0)?,
+                                    session_id: r.get(1)?,
+                                })
+                            },
                         )?;
-                        if n > 0 {
+                        if let Some(chat) = chat {
                             sum.absent += 1;
                             settled.push(*id);
+                            absent.push(chat);
                         }
                     }
                     ReadBack::Undecided { why, retry_at } => {
@@ -250,6 +259,15 @@ impl Store {
                         }
                     }
                 }
+            }
+            if !absent.is_empty() {
+                // The evidence each "read back absent" in a certificate rests on: sealed as it is
+                // written, unlike the row's verify_state a group member can edit.
+                let event = Event::ChatsReadBack(crate::audit::ChatsReadBack {
+                    provider: provider.to_string(),
+                    chats: absent,
+                });
+                super::audit::append(tx, now.secs(), None, &event)?;
             }
             super::holds::withhold(
                 tx,
@@ -372,10 +390,8 @@ fn verify_requests_of(tx: &Tx<'_>, item_ids: &[i64], now: i64) -> Result<u64> {
     Ok(n)
 }
 
-/// Records a closed request's read-back when every deleted chat of it (at least one) was read
-/// back absent and it is not recorded yet: `verified_at` and a `request.verified` event. A failed
-/// request gets one too (its deleted chats are proven gone; the certificate still calls it
-/// failed, never verified).
+/// Records a complete request as verified when every deleted chat of it (at least one) was read
+/// back absent and it is not recorded yet: `verified_at` and a `request.verified` event.
 pub(crate) fn mark_verified(tx: &Tx<'_>, request_id: i64, now: i64) -> Result<bool> {
     let row: Option<(String, Option<i64>, i64, i64)> = tx.row_opt(
         "SELECT r.state, r.verified_at,
@@ -391,11 +407,7 @@ pub(crate) fn mark_verified(tx: &Tx<'_>, request_id: i64, now: i64) -> Result<bo
     let Some((state, verified_at, deleted, open)) = row else {
         return Ok(false);
     };
-    if !matches!(state.as_str(), "complete" | "failed")
-        || verified_at.is_some()
-        || deleted == 0
-        || open > 0
-    {
+    if state != "complete" || verified_at.is_some() || deleted == 0 || open > 0 {
         return Ok(false);
     }
     tx.exec(
@@ -416,7 +428,10 @@ pub(crate) fn mark_verified(tx: &Tx<'_>, request_id: i64, now: i64) -> Result<bo
             })
         },
     )?;
-    let event = Event::RequestVerified(RequestVerified { items });
+    let event = Event::RequestVerified(RequestVerified {
+        items,
+        per_chat_evidence: true,
+    });
     super::audit::append(tx, now, Some(request_id), &event)?;
     tracing::info!(
         request = request_id,

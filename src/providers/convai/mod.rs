@@ -247,7 +247,15 @@ impl ConvaiClient {
         drop(pass);
         match parsed {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(http::unparseable(KIND, op, 200, &[], e)),
+            // The streamed answer never passed `read_body`: its parse error (which may quote the
+            // answer) is cleaned here.
+            Ok(Err(e)) => Err(http::unparseable(
+                KIND,
+                op,
+                200,
+                &[],
+                self.redact.clean_str(&e.to_string()),
+            )),
             Err(join) => Err(
                 ProviderError::new(KIND, op, Action::Retry, "list parser failed").with_source(join),
             ),
