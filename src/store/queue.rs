@@ -415,15 +415,16 @@ impl Store {
                    paused_at = CASE WHEN excluded.paused_reason IS NULL THEN NULL ELSE coalesce(provider_state.paused_at, excluded.paused_at) END",
                 args![provider.as_str(), reason, now],
             )?;
-            match (was.is_some(), reason) {
-                (false, Some(r)) => {
+            match (was.as_deref(), reason) {
+                // Paused, or paused for another reason now: the record says why it is paused.
+                (None, Some(r)) | (Some(_), Some(r)) if was.as_deref() != Some(r) => {
                     let event = crate::audit::Event::ProviderPaused(crate::audit::ProviderPaused {
                         provider: provider.to_string(),
                         reason: r.to_string(),
                     });
                     super::audit::append(tx, now, None, &event)?;
                 }
-                (true, None) => {
+                (Some(_), None) => {
                     let event = crate::audit::Event::ProviderResumed(crate::audit::ProviderNamed {
                         provider: provider.to_string(),
                     });
@@ -942,11 +943,19 @@ mod tests {
             e[0].1.contains("koosearch") && e[0].1.contains("HTTP 401"),
             "{e:?}"
         );
+        // Still paused, for another reason now: recorded.
+        s.set_provider_paused(koo, Some("HTTP 403"), 3).unwrap();
+        let e = events(&s);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[1].0 == "provider.paused" && e[1].1.contains("HTTP 403"),
+            "{e:?}"
+        );
         s.set_provider_paused(koo, None, 4).unwrap();
         s.set_provider_paused(koo, None, 5).unwrap();
         let e = events(&s);
-        assert_eq!(e.len(), 2, "{e:?}");
-        assert_eq!(e[1].0, "provider.resumed");
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert_eq!(e[2].0, "provider.resumed");
     }
 
     #[test]
