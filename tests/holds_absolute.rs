@@ -77,11 +77,13 @@ async fn world() -> World {
 }
 
 fn config(w: &World, extra: &str) -> Config {
-    let mut c = w.sim.config(w.s.dir.path(), &[]).unwrap();
+    let mut c = common::in_process_config(
+        &w.s,
+        &w.sim,
+        &[],
+        &format!("[verify]\nafter = \"10m\"\n{extra}"),
+    );
     c.remove_provider(ProviderKind::KOOSEARCH);
-    let extra = Config::parse(&format!("[verify]\nafter = \"10m\"\n{extra}"), "test").unwrap();
-    c.verify = extra.verify;
-    w.s.use_in(&mut c);
     c.retry.base_delay = Duration::from_millis(100);
     c.retry.max_delay = Duration::from_secs(1);
     c

@@ -65,12 +65,7 @@ async fn world(faults: Faults) -> World {
 }
 
 fn config(w: &World, extra: &str) -> Config {
-    let mut c = w.sim.config(w.s.dir.path(), &["app-a"]).unwrap();
-    let extra = Config::parse(extra, "test").unwrap();
-    c.verify = extra.verify;
-    w.s.use_in(&mut c);
-    c.retry.max_delay = Duration::from_secs(60);
-    c
+    common::in_process_config(&w.s, &w.sim, &["app-a"], extra)
 }
 
 async fn run_once(w: &World, extra: &str) {

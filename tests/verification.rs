@@ -68,12 +68,7 @@ async fn world(faults: Faults) -> World {
 }
 
 fn config(w: &World, verify: &str) -> Config {
-    let mut c = w.sim.config(w.s.dir.path(), &["app-a"]).unwrap();
-    let extra = Config::parse(verify, "test").unwrap();
-    c.verify = extra.verify;
-    w.s.use_in(&mut c);
-    c.retry.max_delay = Duration::from_secs(60);
-    c
+    common::in_process_config(&w.s, &w.sim, &["app-a"], verify)
 }
 
 /// A daemon on `w`'s database and simulator, with `verify` as its `[verify]` table.

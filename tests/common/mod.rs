@@ -196,6 +196,24 @@ pub fn sim_config(
     s.write("forgetd.toml", &text)
 }
 
+/// The simulator's configuration, in memory, on this test's database (`use_in`), with the
+/// `[verify]` table of `verify_toml` (empty: the default) and retries capped at a minute: what
+/// an in-process daemon on the injected clock is built from.
+pub fn in_process_config(
+    s: &Scratch,
+    sim: &forgetd::simulator::Simulator,
+    applications: &[&str],
+    verify_toml: &str,
+) -> forgetd::config::Config {
+    let mut c = sim.config(s.dir.path(), applications).unwrap();
+    c.verify = forgetd::config::Config::parse(verify_toml, "test")
+        .unwrap()
+        .verify;
+    s.use_in(&mut c);
+    c.retry.max_delay = std::time::Duration::from_secs(60);
+    c
+}
+
 /// Polls `f` every 50 ms until it gives a value; panics naming `what` after 30 s. The one
 /// waiting helper of the integration tests (real time: for a child process or a listener;
 /// logic on forgetd's clock is driven by a `ManualClock` instead).
