@@ -594,7 +594,7 @@ impl Store {
 
     /// Runs `f` in an IMMEDIATE transaction (takes the write lock up front, so two writers wait on
     /// the busy timeout instead of failing on upgrade).
-    pub fn write<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+    pub(crate) fn write<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
         let tx = self.begin()?;
         let out = f(&tx)?;
         tx.commit()?;
@@ -809,6 +809,9 @@ pub(crate) mod testing {
         (dir, store)
     }
 }
+
+#[cfg(test)]
+mod record_walk;
 
 #[cfg(test)]
 mod tests {
