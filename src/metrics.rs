@@ -49,6 +49,8 @@ pub struct Metrics {
     oldest_pending: Gauge,
     overdue: Gauge,
     due_soon: Gauge,
+    /// Listings by subject, by state (pending, retrying, failed).
+    listings: Family<Labels, Gauge>,
     paused: Family<Labels, Gauge>,
     token_refreshes: Family<Labels, Counter>,
     gate_state: Family<Labels, Gauge>,
@@ -108,6 +110,7 @@ impl Metrics {
         let oldest_pending = Gauge::default();
         let overdue = Gauge::default();
         let due_soon = Gauge::default();
+        let listings = Family::<Labels, Gauge>::default();
         let paused = Family::<Labels, Gauge>::default();
         let token_refreshes = Family::<Labels, Counter>::default();
         let build_info = Family::<Labels, Gauge>::default();
@@ -208,6 +211,11 @@ impl Metrics {
             oldest_pending.clone(),
         );
         registry.register(
+            "discovery_listings",
+            "Listings by subject for erasure requests: pending (to come), retrying (pending after a failed try), failed (the request ends failed)",
+            listings.clone(),
+        );
+        registry.register(
             "requests_overdue",
             "Open erasure requests past their due date",
             overdue.clone(),
@@ -269,6 +277,7 @@ impl Metrics {
             items,
             oldest_pending,
             overdue,
+            listings,
             due_soon,
             paused,
             token_refreshes,
@@ -490,6 +499,15 @@ impl Metrics {
                 .div_euclid(1000),
         );
         self.overdue.set(st.overdue.len() as i64);
+        for (state, n) in [
+            ("pending", st.listings.pending),
+            ("retrying", st.listings.retrying),
+            ("failed", st.listings.failed_total),
+        ] {
+            self.listings
+                .get_or_create(&labels(&[("state", state)]))
+                .set(n as i64);
+        }
         self.due_soon.set(st.due_soon.len() as i64);
         let outage = store.outage();
         self.unwritable_seconds.set(

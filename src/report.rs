@@ -133,6 +133,33 @@ pub fn status_text(st: &Status, now: i64) -> String {
     for p in &st.paused_providers {
         let _ = writeln!(o, "PAUSED provider {}: {}", p.provider, one_line(&p.reason));
     }
+    let l = &st.listings;
+    if l.pending > 0 {
+        let _ = writeln!(
+            o,
+            "listings by subject to come: {} ({} after a failed try)",
+            l.pending, l.retrying
+        );
+    }
+    if l.failed_total > 0 {
+        let _ = writeln!(
+            o,
+            "FAILED listings by subject: {} (their requests end failed; chats they would find may remain)",
+            l.failed_total
+        );
+    }
+    for f in &l.failed {
+        let _ = writeln!(
+            o,
+            "  request {} (ref {}): {} {}: {}; `forgetd requests retry {}` asks again",
+            f.request_id,
+            one_line(f.external_ref.as_deref().unwrap_or("-")),
+            f.provider,
+            one_line(&f.scope),
+            one_line(f.reason.as_deref().unwrap_or("")),
+            f.request_id
+        );
+    }
     if !st.gates.is_empty() {
         let _ = writeln!(o, "providers (politeness gate, as the daemon last saw it):");
     }
@@ -266,6 +293,38 @@ pub fn request_detail_text(d: &RequestDetail, now: i64) -> String {
             "  verified:  {} (every deleted chat read back absent)",
             time(t)
         );
+    }
+    if !d.listings.is_empty() {
+        let _ = writeln!(o, "  listings by subject ({}):", d.listings.len());
+        for l in &d.listings {
+            let mut line = format!("    {} {}  {}", l.provider, one_line(&l.scope), l.state);
+            match l.state.as_str() {
+                "done" => {
+                    let _ = write!(line, ", found {}", l.found);
+                }
+                "failed" => {
+                    let _ = write!(
+                        line,
+                        " after {} attempt(s): {} (chats this listing would find may remain; `forgetd requests retry {}` asks again)",
+                        l.attempts,
+                        one_line(l.last_error.as_deref().unwrap_or("")),
+                        s.id
+                    );
+                }
+                _ => {
+                    if let Some(e) = &l.last_error {
+                        let _ = write!(
+                            line,
+                            ", {} failed attempt(s), next {}; last error: {}",
+                            l.attempts,
+                            l.next_at.map(time).unwrap_or_else(|| "now".into()),
+                            one_line(e)
+                        );
+                    }
+                }
+            }
+            let _ = writeln!(o, "{line}");
+        }
     }
     let _ = writeln!(o, "  items ({}):", d.items.len());
     for i in &d.items {

@@ -1,26 +1,44 @@
 //! Discovery: asking the providers which chats a request or a rule covers, then handing what they
-//! found to the store, which resolves it ([`crate::store::resolution`] owns every statement).
+//! found to the store, which resolves it ([`crate::store::resolution`] and
+//! [`crate::store::discovery`] own every statement).
 //!
 //! Rules:
-//! - A request's chats are the inventory's chats of that subject, plus those the providers can
-//!   find themselves (KooSearch lists chats by `user_name` over the configured applications, all
-//!   pages); discovered chats join the inventory, marked discovered, owned by the subject.
-//! - If discovery fails (provider down, paused), the request stays `received` and is tried again:
-//!   resolving without it could call a request complete while chats remain.
-//! - Listings retry transient failures and throttles with backoff and Retry-After (capped by
-//!   `retry.max_retry_after`) on the injected clock; `Patience::Brief` keeps the daemon's intake
-//!   responsive, `Patience::Full` waits as long as the retry policy allows (`run --once`).
+//! - A request is resolved at once to the chats the inventory knows for its subject (no provider
+//!   call), so they are deleted whatever the providers' listings do. Each listing a provider can
+//!   do by subject (KooSearch by `user_name`, per configured application) is then asked on its
+//!   own: its chats join the request when it ends (discovered chats join the inventory, owned by
+//!   the subject); a listing that cannot end fails the request, with the reason.
+//! - A listing's end is the provider's to decide from what was listed, bounded in pages and time
+//!   (KooSearch's `listing_max_pages`, `listing_timeout`); a refusal (a 4xx naming the parameter),
+//!   a page that repeats or a bound reached ends the listing failed at once; a transient failure
+//!   is tried again on the retry policy (`[retry]`), and fails once the policy gives up; a paused
+//!   provider's listing waits for the pause to end, up to `retry.give_up_after`.
+//! - Several listings are asked at once ([`LISTINGS_AT_ONCE`]; every call passes the provider's
+//!   gate), so one slow or endless listing delays only its own request. On a shared queue each
+//!   listing is claimed (a lease), so one instance asks it.
+//! - Within one try, listings retry transient failures and throttles with backoff and
+//!   Retry-After (capped by `retry.max_retry_after`) on the injected clock; `Patience::Brief`
+//!   keeps a try short (the daemon tries again later), `Patience::Full` waits as long as the
+//!   retry policy allows (`run --once`).
+//! - The subject is sent to the provider and to no one else: logs and stored reasons name the
+//!   request id and ref, and a provider's text about a listing by subject is not kept.
 //! - An ID a provider lists but its own rules refuse is skipped with a warning.
 //! - This module writes no SQL.
 
 use crate::audit::SubjectKey;
-use crate::clock::SharedClock;
+use crate::clock::{Millis, SharedClock};
 use crate::model::ProviderKind;
-use crate::providers::{ListedChat, ProviderError, SharedProvider};
+use crate::providers::{Action, ListedChat, ProviderError, SharedProvider};
 use crate::store::AsyncStore;
 use crate::store::Result;
+use crate::store::discovery::{ListingClaim, ListingNext};
 use crate::store::inventory::NewSession;
-pub use crate::store::resolution::{Plan, PlannedChat, Received, Resolution, RuleRun};
+pub use crate::store::resolution::{Listing, Plan, PlannedChat, Received, Resolution, RuleRun};
+
+/// How many listings one resolver asks at once.
+pub const LISTINGS_AT_ONCE: usize = 8;
+/// How long a paused provider's listing waits before it is looked at again.
+const PAUSED_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A provider may list IDs its own rules refuse (too long, outside KooSearch's alphabet, Convai's
 /// "-1"): they are skipped with a warning, so one odd record never fails a whole request or rule
@@ -36,15 +54,17 @@ fn valid_ids(p: &SharedProvider, listed: Vec<ListedChat>) -> impl Iterator<Item 
     })
 }
 
-/// Resolves requests as they arrive: discovery at the providers, then the store.
+/// Resolves requests as they arrive: the inventory at once, then the providers' listings.
 pub struct Resolver {
     pub store: AsyncStore,
     pub providers: Vec<SharedProvider>,
     pub key: std::sync::Arc<SubjectKey>,
     pub clock: SharedClock,
     pub deadline_secs: i64,
-    /// Backoff for listing calls that fail transiently.
+    /// Backoff for listing calls that fail transiently, and when a listing gives up.
     pub retry: crate::executor::retry::RetryPolicy,
+    /// How long a claimed listing is this resolver's (longer than a listing may take).
+    pub listing_lease: std::time::Duration,
 }
 
 /// How long a listing may keep retrying.
@@ -59,9 +79,9 @@ pub enum Patience {
 const BRIEF_ATTEMPTS: u32 = 3;
 const BRIEF_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A request that could not be resolved this time.
+/// A request that could not be resolved (`plan`'s discovery).
 #[derive(Debug, thiserror::Error)]
-#[error("request {request_id}: discovery at {provider} failed, will retry: {source}")]
+#[error("request {request_id}: discovery at {provider} failed: {source}")]
 pub struct DiscoveryFailed {
     pub request_id: i64,
     pub provider: ProviderKind,
@@ -69,53 +89,320 @@ pub struct DiscoveryFailed {
     pub source: ProviderError,
 }
 
+/// What one pass over the due listings did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListingPass {
+    /// Listings claimed and asked.
+    pub asked: usize,
+    /// Ended with their chats written.
+    pub done: usize,
+    /// Ended failed: the request ends failed.
+    pub failed: Vec<ListingProblem>,
+    /// To be tried again later.
+    pub retrying: Vec<ListingProblem>,
+}
+
+/// A listing that failed, named without its subject.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("request {request_id}: the listing at {provider} {scope} {what}: {reason}")]
+pub struct ListingProblem {
+    pub request_id: i64,
+    pub provider: String,
+    pub scope: String,
+    /// "failed" or "waits".
+    pub what: &'static str,
+    pub reason: String,
+}
+
 impl Resolver {
-    /// Resolves every received request; returns how many were resolved and the failures.
-    pub async fn resolve_received(
-        &self,
-        patience: Patience,
-    ) -> Result<(usize, Vec<DiscoveryFailed>)> {
+    /// A claim on a listing outlasts the longest listing of `providers`, and a try's retries.
+    pub fn lease_for(providers: &[SharedProvider]) -> std::time::Duration {
+        let longest = providers
+            .iter()
+            .map(|p| p.listing_bound())
+            .max()
+            .unwrap_or_default();
+        longest + BRIEF_MAX_WAIT * BRIEF_ATTEMPTS + std::time::Duration::from_secs(60)
+    }
+
+    /// The listings by subject the configured providers can do.
+    pub fn listings(&self) -> Vec<Listing> {
+        self.providers
+            .iter()
+            .flat_map(|p| {
+                let provider = p.kind().as_str().to_string();
+                p.subject_scopes().into_iter().map(move |scope| Listing {
+                    provider: provider.clone(),
+                    scope,
+                })
+            })
+            .collect()
+    }
+
+    /// Resolves every received request to the inventory's chats of its subject, with a pending
+    /// listing per provider scope that can list by subject. No provider call: a request never
+    /// waits on a listing to be taken in. Returns how many were resolved.
+    pub async fn resolve_received(&self) -> Result<usize> {
+        let listings = self.listings();
         let mut done = 0;
-        let mut failures = Vec::new();
         loop {
             let batch = self.store.call(|s| s.received_requests(64)).await?;
-            if batch.is_empty() {
-                break;
-            }
             let n = batch.len();
-            let mut progressed = false;
             for req in batch {
-                match self.discover(&req, patience).await {
-                    Ok(found) => {
-                        let hash = self.key.hash(&req.subject);
-                        let now = self.clock.now();
-                        let deadline = self.deadline_secs;
-                        let r2 = req.clone();
-                        let res = self
-                            .store
-                            .call(move |s| s.resolve_request(&r2, &found, &hash, now, deadline))
-                            .await?;
-                        tracing::info!(
-                            request = req.id,
-                            items = res.items,
-                            held = res.held,
-                            discovered = res.discovered,
-                            "resolved erasure request"
-                        );
-                        done += 1;
-                        progressed = true;
-                    }
-                    Err(e) => {
-                        tracing::warn!(request = req.id, provider = %e.provider, error = %e.source, "discovery failed; the request stays received");
-                        failures.push(e);
-                    }
-                }
+                let hash = self.key.hash(&req.subject);
+                let now = self.clock.now();
+                let deadline = self.deadline_secs;
+                let listings = listings.clone();
+                let asking = listings.len();
+                let id = req.id;
+                let res = self
+                    .store
+                    .call(move |s| s.resolve_request(&req, &[], &listings, &hash, now, deadline))
+                    .await?;
+                tracing::info!(
+                    request = id,
+                    items = res.items,
+                    held = res.held,
+                    listings = asking,
+                    "resolved erasure request"
+                );
+                done += 1;
             }
-            if !progressed || n < 64 {
+            if n < 64 {
                 break;
             }
         }
-        Ok((done, failures))
+        Ok(done)
+    }
+
+    /// Asks the listings that are due (all pending ones when `!due_only`), up to
+    /// [`LISTINGS_AT_ONCE`] at a time, each claimed first; writes each outcome as it comes.
+    pub async fn discover_due(&self, patience: Patience, due_only: bool) -> Result<ListingPass> {
+        use futures_util::StreamExt;
+        let now = self.clock.now();
+        let due_by = if due_only { now } else { i64::MAX };
+        let lease = self.listing_lease.as_secs().max(1) as i64;
+        let claims = self
+            .store
+            .call(move |s| s.claim_listings(now, due_by, lease, LISTINGS_AT_ONCE))
+            .await?;
+        let mut pass = ListingPass {
+            asked: claims.len(),
+            ..ListingPass::default()
+        };
+        let mut outcomes = futures_util::stream::iter(claims)
+            .map(|c| self.ask(c, patience))
+            .buffer_unordered(LISTINGS_AT_ONCE);
+        while let Some(outcome) = outcomes.next().await {
+            match outcome? {
+                Asked::Done => pass.done += 1,
+                Asked::Failed(p) => pass.failed.push(p),
+                Asked::Retrying(p) => pass.retrying.push(p),
+                Asked::Lost => {}
+            }
+        }
+        Ok(pass)
+    }
+
+    /// The daemon's resolver task: keeps up to [`LISTINGS_AT_ONCE`] listings in flight, claiming
+    /// more as each ends (so one slow listing holds one slot, not a batch), woken by `wake` when
+    /// requests were resolved and looking every second for listings due (another instance's
+    /// requests, retries). `found` is called when a listing added chats. On `cancel` it stops at
+    /// once: listings in flight are dropped and their claims handed back.
+    pub async fn run(
+        self: std::sync::Arc<Self>,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+        found: impl Fn() + Send,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        use futures_util::StreamExt;
+        use futures_util::stream::FuturesUnordered;
+        const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+        const REST_AFTER_ERROR: std::time::Duration = std::time::Duration::from_secs(5);
+        let mut inflight = FuturesUnordered::new();
+        let mut rest_until: Option<tokio::time::Instant> = None;
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let resting = rest_until.is_some_and(|t| tokio::time::Instant::now() < t);
+            if inflight.len() < LISTINGS_AT_ONCE && !resting {
+                let now = self.clock.now();
+                let lease = self.listing_lease.as_secs().max(1) as i64;
+                let room = LISTINGS_AT_ONCE - inflight.len();
+                match self
+                    .store
+                    .call(move |s| s.claim_listings(now, now, lease, room))
+                    .await
+                {
+                    Ok(claims) => {
+                        rest_until = None;
+                        for c in claims {
+                            inflight.push(self.ask(c, Patience::Brief));
+                        }
+                    }
+                    Err(e) => {
+                        // The store's outage says it; the listings stay pending.
+                        tracing::debug!(error = %e, "could not claim listings now");
+                        rest_until = Some(tokio::time::Instant::now() + REST_AFTER_ERROR);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                Some(outcome) = inflight.next(), if !inflight.is_empty() => match outcome {
+                    Ok(Asked::Done) => found(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a listing's outcome could not be written now; it is asked again when its claim runs out");
+                        rest_until = Some(tokio::time::Instant::now() + REST_AFTER_ERROR);
+                    }
+                },
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(LOOK_EVERY) => {}
+            }
+        }
+        drop(inflight);
+        if let Err(e) = self.store.call(|s| s.release_listings(false)).await {
+            tracing::warn!(error = %e, "could not hand back this resolver's listings; they are taken again when their claims run out");
+        }
+    }
+
+    /// Asks one claimed listing and writes what it came to.
+    async fn ask(&self, claim: ListingClaim, patience: Patience) -> Result<Asked> {
+        let Some(p) = self
+            .providers
+            .iter()
+            .find(|p| p.kind().as_str() == claim.provider)
+            .cloned()
+        else {
+            let why = format!(
+                "provider {} is not configured any more: its chats of this person cannot be listed",
+                claim.provider
+            );
+            return self.give_up(claim, why).await;
+        };
+        let listed = self
+            .list_with_retry(&p, &claim.scope, Some(&claim.subject), &|_| true, patience)
+            .await;
+        let now = self.clock.now();
+        match listed {
+            Ok(chats) => {
+                let found: Vec<NewSession> = valid_ids(&p, chats)
+                    .map(|c| NewSession {
+                        provider: claim.provider.clone(),
+                        scope: c.scope,
+                        session_id: c.session_id,
+                        subject: Some(claim.subject.clone()),
+                        repo_id: c.repo_id,
+                        created_at: c.created_at,
+                    })
+                    .collect();
+                let c2 = claim.clone();
+                let done = self
+                    .store
+                    .call(move |s| s.listing_found(&c2, &found, now))
+                    .await?;
+                if !done.written {
+                    return Ok(Asked::Lost);
+                }
+                tracing::info!(
+                    request = claim.request_id,
+                    external_ref = claim.external_ref.as_deref().unwrap_or(""),
+                    provider = %claim.provider,
+                    scope = %claim.scope,
+                    found = done.found,
+                    added = done.added,
+                    held = done.held,
+                    "listing for an erasure request ended"
+                );
+                Ok(Asked::Done)
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                let first = Millis(claim.first_failed_at.unwrap_or(now).saturating_mul(1000));
+                let now_ms = Millis(now.saturating_mul(1000));
+                let next = match &e.action {
+                    Action::Rejected => None,
+                    Action::Pause(_) => {
+                        match self
+                            .retry
+                            .defer(first, now_ms, now_ms.after(PAUSED_RECHECK))
+                        {
+                            crate::executor::retry::Next::At(at) => Some((at, false)),
+                            crate::executor::retry::Next::GiveUp => None,
+                        }
+                    }
+                    // `run --once` waited the whole policy out within this try.
+                    Action::Retry | Action::Throttled | Action::RetryAfter(_)
+                        if patience == Patience::Full =>
+                    {
+                        None
+                    }
+                    Action::Retry | Action::Throttled | Action::RetryAfter(_) => {
+                        let wait = match e.action {
+                            Action::RetryAfter(d) => Some(d),
+                            _ => None,
+                        };
+                        let attempts = u32::try_from(claim.attempts).unwrap_or(u32::MAX);
+                        match self.retry.next(attempts, first, now_ms, wait) {
+                            crate::executor::retry::Next::At(at) => Some((at, true)),
+                            crate::executor::retry::Next::GiveUp => None,
+                        }
+                    }
+                };
+                let Some((at, counted)) = next else {
+                    return self.give_up(claim, reason).await;
+                };
+                let at = at.0.div_euclid(1000).max(now);
+                tracing::info!(
+                    request = claim.request_id,
+                    external_ref = claim.external_ref.as_deref().unwrap_or(""),
+                    provider = %claim.provider,
+                    scope = %claim.scope,
+                    error = %reason,
+                    retry_in_s = at - now,
+                    "listing for an erasure request failed; it is asked again later"
+                );
+                let c2 = claim.clone();
+                let next = ListingNext::RetryAt { at, counted };
+                let problem = problem(&claim, "waits", &reason);
+                let mine = self
+                    .store
+                    .call(move |s| s.listing_failed(&c2, &reason, next, now))
+                    .await?;
+                Ok(if mine {
+                    Asked::Retrying(problem)
+                } else {
+                    Asked::Lost
+                })
+            }
+        }
+    }
+
+    /// Ends a listing failed, and says so at warning level.
+    async fn give_up(&self, claim: ListingClaim, reason: String) -> Result<Asked> {
+        let now = self.clock.now();
+        tracing::warn!(
+            request = claim.request_id,
+            external_ref = claim.external_ref.as_deref().unwrap_or(""),
+            provider = %claim.provider,
+            scope = %claim.scope,
+            error = %reason,
+            "listing for an erasure request could not be completed: the request will end failed (chats this listing would find may remain); fix the cause, then `forgetd requests retry {}`",
+            claim.request_id
+        );
+        let c2 = claim.clone();
+        let problem = problem(&claim, "failed", &reason);
+        let mine = self
+            .store
+            .call(move |s| s.listing_failed(&c2, &reason, ListingNext::GiveUp, now))
+            .await?;
+        Ok(if mine {
+            Asked::Failed(problem)
+        } else {
+            Asked::Lost
+        })
     }
 
     /// Asks each provider that can list by person for the subject's chats (also `plan`'s path).
@@ -198,6 +485,25 @@ impl Resolver {
             self.clock.sleep(pause).await;
         }
     }
+}
+
+fn problem(claim: &ListingClaim, what: &'static str, reason: &str) -> ListingProblem {
+    ListingProblem {
+        request_id: claim.request_id,
+        provider: claim.provider.clone(),
+        scope: claim.scope.clone(),
+        what,
+        reason: reason.to_string(),
+    }
+}
+
+/// What asking one listing came to.
+enum Asked {
+    Done,
+    Failed(ListingProblem),
+    Retrying(ListingProblem),
+    /// The claim was no longer this resolver's: another wrote the outcome.
+    Lost,
 }
 
 impl Resolver {

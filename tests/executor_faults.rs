@@ -433,9 +433,10 @@ async fn a_paused_provider_is_probed_with_backoff_and_resumes_when_fixed() {
     )
     .await;
     let prepared = forgetd::daemon::Daemon::build(config(&w), Arc::new(w.clock.clone())).unwrap();
+    prepared.resolver.resolve_received().await.unwrap();
     prepared
         .resolver
-        .resolve_received(forgetd::resolve::Patience::Full)
+        .discover_due(forgetd::resolve::Patience::Full, false)
         .await
         .unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
@@ -694,11 +695,12 @@ async fn more_requests_than_one_page_are_all_resolved_in_one_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intake_gives_a_refused_listing_a_few_quick_tries_and_run_once_all_the_policy_allows() {
-    // Every listing is refused: a 429 with or without a Retry-After, or a 503. The daemon's intake
+    // Every listing is refused: a 429 with or without a Retry-After, or a 503. Requests are
+    // resolved at once to the inventory's chats, whatever the listings do. The daemon's resolver
     // (Brief) must stay responsive: three quick tries, or one when the provider names a wait
-    // over 5 s, and the request stays received for its next look. `run --once` (Full) tries as
-    // long as the retry policy allows (25 attempts here). Each request's discovery stops at its
-    // first failed application, so every try is one listing call per request.
+    // over 5 s, and the listing is asked again later. `run --once` (Full) tries as long as the
+    // retry policy allows (25 attempts here), then the listing fails. Two requests, two
+    // applications: four listings, each its own.
     use forgetd::resolve::Patience::{self, Brief, Full};
     // (the 429's Retry-After in seconds, or None for none, or 503 for a 503 answer)
     let cases: [(Option<u64>, Patience, usize); 8] = [
@@ -725,13 +727,33 @@ async fn intake_gives_a_refused_listing_a_few_quick_tries_and_run_once_all_the_p
         };
         let w = world(faults, 1).await;
         let d = forgetd::daemon::Daemon::build(config(&w), Arc::new(w.clock.clone())).unwrap();
-        let (done, failures) = d.resolver.resolve_received(patience).await.unwrap();
         let case = format!("Retry-After {retry_after:?}, {patience:?}");
-        assert_eq!((done, failures.len()), (0, 2), "{case}");
+        assert_eq!(d.resolver.resolve_received().await.unwrap(), 2, "{case}");
+        assert!(
+            w.s.store().received_requests(10).unwrap().is_empty(),
+            "{case}: resolved at once, without a listing"
+        );
+        let pass = d.resolver.discover_due(patience, false).await.unwrap();
+        assert_eq!(pass.asked, 4, "{case}");
         let lists = w.sim.calls().iter().filter(|c| c.op == "list").count();
-        assert_eq!(lists, 2 * tries, "{case}: listing calls");
-        let received = w.s.store().received_requests(10).unwrap();
-        assert_eq!(received.len(), 2, "{case}: the requests stay received");
+        assert_eq!(lists, 4 * tries, "{case}: listing calls");
+        match patience {
+            Brief => assert_eq!((pass.retrying.len(), pass.failed.len()), (4, 0), "{case}"),
+            Full => assert_eq!((pass.retrying.len(), pass.failed.len()), (0, 4), "{case}"),
+        }
+        for f in pass.failed.iter().chain(&pass.retrying) {
+            for person in PEOPLE {
+                assert!(
+                    !f.to_string().contains(person),
+                    "{case}: {f} names the subject"
+                );
+            }
+        }
+        let list = w.s.store().list_requests(86_400).unwrap();
+        assert!(
+            list.iter().all(|r| r.state.as_str() == "in_progress"),
+            "{case}: {list:?}"
+        );
         assert!(w.sim.calls().iter().all(|c| c.op != "delete"), "{case}");
     }
 }

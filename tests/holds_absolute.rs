@@ -102,7 +102,7 @@ async fn drain(w: &World, extra: &str, retry_max_attempts: Option<u32>) {
 fn resolve(w: &World) {
     let mut s = w.s.store();
     let req = s.received_requests(10).unwrap().remove(0);
-    s.resolve_request(&req, &[], "hash", w.clock.now(), DEADLINE)
+    s.resolve_request(&req, &[], &[], "hash", w.clock.now(), DEADLINE)
         .unwrap();
 }
 

@@ -68,6 +68,7 @@ fn koosearch(server: &MockServer, auth: KooSearchAuth) -> KooSearchClient {
             applications: vec![APP.into()],
             discover_by_user_name: true,
             auth,
+            listing: Default::default(),
         },
         gate(ProviderKind::KOOSEARCH),
     )

@@ -121,8 +121,14 @@ events! {
     /// A request was taken in: its reference, keyed subject hash, and dates, as forgetd recorded
     /// them (the certificate reads these, never the editable columns).
     RequestReceived(RequestReceived) = "request.received", certifying: true;
-    /// A request's chats were found: counts per provider, held, discovered.
+    /// A request's chats were found: counts per provider, held, discovered, and the listings
+    /// still to ask (`discovering`).
     RequestResolved(RequestResolved) = "request.resolved", certifying: false;
+    /// One listing for the request's subject ended: the chats it found joined the request.
+    RequestDiscovered(RequestDiscovered) = "request.discovered", certifying: true;
+    /// One listing for the request's subject could not be completed (refused, unending, failing
+    /// past the retry policy): chats it would have found may remain; the request ends failed.
+    RequestDiscoveryFailed(RequestDiscoveryFailed) = "request.discovery_failed", certifying: true;
     /// One batch's answer: what was sent and what each chat came to.
     BatchAnswered(BatchAnswered) = "batch.answered", certifying: true;
     /// An answer that came after its claim was taken back; certifies nothing.
@@ -229,6 +235,40 @@ pub struct RequestResolved {
     pub held: u64,
     pub discovered: u64,
     pub per_provider: BTreeMap<String, u64>,
+    /// The listings by subject still to come (each ends in `request.discovered` or
+    /// `request.discovery_failed`). Absent in links written before discovery was a stage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discovering: Vec<Listing>,
+}
+
+/// One listing by subject: a provider and a scope (for KooSearch, an application).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Listing {
+    pub provider: String,
+    pub scope: String,
+}
+
+/// `request.discovered`: `found` chats listed for the subject, `added` of them new to the
+/// request, which now has `items` chats.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RequestDiscovered {
+    pub provider: String,
+    pub scope: String,
+    pub found: u64,
+    pub added: u64,
+    pub held: u64,
+    pub items: u64,
+}
+
+/// `request.discovery_failed`: why the listing could not be completed (forgetd's words and the
+/// provider's status and code, never its text, which may quote the subject), after how many
+/// attempts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RequestDiscoveryFailed {
+    pub provider: String,
+    pub scope: String,
+    pub reason: String,
+    pub attempts: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -445,6 +485,13 @@ pub struct HoldLifted {
 pub struct RequestRetried {
     pub revived: u64,
     pub held: u64,
+    /// Failed listings by subject asked again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rediscovering: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]
@@ -482,6 +529,8 @@ mod tests {
             Event::CERTIFYING,
             [
                 "request.received",
+                "request.discovered",
+                "request.discovery_failed",
                 "batch.answered",
                 "request.completed",
                 "request.failed",

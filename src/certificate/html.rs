@@ -119,6 +119,18 @@ pub fn render(cert: &Certificate, signed: Option<&Signed>) -> String {
                         }
                     }
                 }
+                @if !cert.listings.is_empty() {
+                    h2 { "Listings by subject" }
+                    ul id="listings" {
+                        @for l in &cert.listings {
+                            li data-outcome=(match &l.state {
+                                crate::store::audit::ListingState::Done { .. } => "done",
+                                crate::store::audit::ListingState::Failed { .. } => "failed",
+                                crate::store::audit::ListingState::NotFinished => "not_finished",
+                            }) { (l.describe()) }
+                        }
+                    }
+                }
                 @if !cert.failed.is_empty() {
                     h2 { "Not deleted" }
                     table id="failed" {

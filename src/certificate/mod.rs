@@ -31,6 +31,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::report::{one_line, time};
+use crate::store::audit::ListingState;
 use crate::store::{Result, Store};
 
 pub const CAVEATS: [&str; 2] = [
@@ -153,6 +154,9 @@ pub struct Certificate {
     /// When the request was re-opened after its last close (a chat changed fate): nothing is
     /// certified until it closes again.
     pub reopened_at: Option<i64>,
+    /// The listings by subject (KooSearch by `user_name`) its resolution asked, and how each
+    /// ended, from the trail. A failed one means chats it would have found may remain.
+    pub listings: Vec<crate::store::audit::ListingOutcome>,
     /// Differences between the sealed record and the database's current rows (an edited
     /// reference or date, a chat whose state changed since the closing event).
     pub notices: Vec<String>,
@@ -233,6 +237,7 @@ impl Certificate {
             failed: Vec::new(),
             anchor: None,
             reopened_at: None,
+            listings: Vec::new(),
             notices,
             changed_since_close: false,
             broken: None,
@@ -300,13 +305,35 @@ impl Certificate {
             })
             .unwrap_or_default();
         let mut unproven = Vec::new();
-        if let Some(found) = store.resolved_items(request_id)?
+        if let Some(found) = store.resolved_items(request_id, seq)?
             && found != event.closed.items.len() as u64
         {
             unproven.push(format!(
                 "the closing event lists {} chat(s), the request's resolution found {found}",
                 event.closed.items.len()
             ));
+        }
+        // The listings by subject: a request is complete only when each of them ended with its
+        // chats found; one that failed (or never ended) leaves chats it would find possibly
+        // remaining, which the certificate says, and which a completion cannot be.
+        cert.listings = store.listing_outcomes(request_id, seq)?;
+        for l in &cert.listings {
+            match &l.state {
+                ListingState::Done { .. } => {}
+                ListingState::Failed { .. } | ListingState::NotFinished if event.complete => {
+                    unproven.push(format!(
+                        "the closing event says complete, but the listing by subject at {} {} {} in the trail",
+                        l.provider,
+                        l.scope,
+                        if matches!(l.state, ListingState::Failed { .. }) {
+                            "failed"
+                        } else {
+                            "never ended"
+                        }
+                    ));
+                }
+                _ => {}
+            }
         }
         let mut stale = false;
         let mut all_read_back = true;
@@ -638,6 +665,15 @@ impl Certificate {
                     h.hold_id.unwrap_or(0),
                     one_line(h.reason.as_deref().unwrap_or(""))
                 );
+            }
+        }
+        if !self.listings.is_empty() {
+            let _ = writeln!(
+                o,
+                "\n  listings by subject (chats the provider finds for the person):"
+            );
+            for l in &self.listings {
+                let _ = writeln!(o, "    {}", l.describe());
             }
         }
         if !self.failed.is_empty() {

@@ -333,6 +333,7 @@ fn resolver_for(
     let conn = Store::connect(store.database())?;
     Ok(crate::resolve::Resolver {
         store: crate::store::AsyncStore::spawn(conn),
+        listing_lease: crate::resolve::Resolver::lease_for(&providers),
         providers,
         key: std::sync::Arc::new(crate::audit::SubjectKey::from_bytes(&[0; 32])),
         clock,

@@ -1,7 +1,7 @@
 //! Intake: notices what feeders committed and resolves it. Every tick reads `PRAGMA
 //! data_version` (a cheap in-memory read that changes when another connection commits); when it
-//! changed, or when requests whose discovery failed are due another try, it resolves received
-//! requests, seals the audit links other processes appended without the chain key (and writes
+//! changed, it resolves received requests to the inventory's chats (no provider call: the
+//! listings by subject are the resolver task's, woken here), seals the audit links other processes appended without the chain key (and writes
 //! the closing events they left to the daemon), re-checks the queue against the holds (a feeder
 //! may have re-attributed a chat), wakes the executor, and tells the scheduler the rules may have
 //! changed. The hold re-check also runs every [`RECHECK_HOLDS_MS`] without a change seen: on
@@ -9,21 +9,19 @@
 //!
 //! A tick that fails because the database cannot be written (disk full, read-only) is not the
 //! daemon's end: it is noted in the store's [`crate::store::outage::Outage`] (said once), and the
-//! next try waits [`OUTAGE_RETRY`] so a long outage does not repeat provider discovery calls
-//! four times a second. What was filed stays filed: it is looked at again when the try succeeds.
+//! next try waits [`OUTAGE_RETRY`]. What was filed stays filed: it is looked at again when the
+//! try succeeds.
 
 use anyhow::Result;
 use tokio::sync::Notify;
 
 use crate::clock::SharedClock;
 use crate::executor::Executor;
-use crate::resolve::{Patience, Resolver};
+use crate::resolve::Resolver;
 use crate::store::{AsyncStore, StoreError};
 
 /// How often intake looks.
 pub(super) const POLL: std::time::Duration = std::time::Duration::from_millis(250);
-/// How often requests whose discovery failed are tried again.
-const RESOLVE_RETRY_MS: i64 = 30_000;
 /// How often the queue is re-checked against the holds when no commit was seen.
 const RECHECK_HOLDS_MS: i64 = 60_000;
 /// How long intake rests after the database refused a write.
@@ -32,9 +30,6 @@ const OUTAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 #[derive(Default)]
 pub(super) struct Intake {
     last_version: Option<i64>,
-    /// Some received request could not be resolved (its discovery failed).
-    unresolved: bool,
-    last_retry_ms: i64,
     last_recheck_ms: i64,
     /// While the database refuses writes: the next try is not before this (tokio time).
     rest_until: Option<tokio::time::Instant>,
@@ -49,6 +44,7 @@ impl Intake {
         executor: &Executor,
         clock: &SharedClock,
         rules_changed: &Notify,
+        listings_due: &Notify,
     ) -> Result<()> {
         // Ends an outage that has settled (and says so), though nothing else asks.
         let _ = store.outage().current();
@@ -59,7 +55,14 @@ impl Intake {
             return Ok(());
         }
         match self
-            .look(store, resolver, executor, clock, rules_changed)
+            .look(
+                store,
+                resolver,
+                executor,
+                clock,
+                rules_changed,
+                listings_due,
+            )
             .await
         {
             Ok(()) => {
@@ -85,11 +88,11 @@ impl Intake {
         executor: &Executor,
         clock: &SharedClock,
         rules_changed: &Notify,
+        listings_due: &Notify,
     ) -> Result<()> {
         let version = store.call(|s| s.data_version()).await?;
         let now_ms = clock.now_ms();
-        let retry_due = self.unresolved && now_ms - self.last_retry_ms >= RESOLVE_RETRY_MS;
-        if self.last_version == Some(version) && !retry_due {
+        if self.last_version == Some(version) {
             if now_ms - self.last_recheck_ms >= RECHECK_HOLDS_MS {
                 let now = clock.now();
                 store.call(move |s| s.recheck_holds(now)).await?;
@@ -102,7 +105,6 @@ impl Intake {
             // Another connection committed: rules may have changed (`forgetd rules add`).
             rules_changed.notify_one();
         }
-        self.last_retry_ms = now_ms;
         let now = clock.now();
         store
             .call(move |s| {
@@ -114,12 +116,12 @@ impl Intake {
                 s.close_deferred(now)
             })
             .await?;
-        let (n, failures) = resolver.resolve_received(Patience::Brief).await?;
+        let n = resolver.resolve_received().await?;
         // Seen only once resolved: a look the disk refused is made again.
         self.last_version = Some(version);
-        self.unresolved = !failures.is_empty();
         if n > 0 {
             executor.wake();
+            listings_due.notify_one();
         }
         Ok(())
     }

@@ -120,6 +120,9 @@ impl Daemon {
         store.close_deferred(clock.now())?;
         // SQLite's lock proves no other worker holds a lease (on PostgreSQL this does nothing).
         let released = store.release_all_in_flight(clock.now())?;
+        // Listings a crashed run had claimed are asked again at once (SQLite: the lock proves no
+        // other resolver holds them; PostgreSQL: claims run out, or the rescuer frees them).
+        store.release_listings(true)?;
         if released > 0 {
             tracing::info!(
                 items = released,
@@ -149,6 +152,7 @@ impl Daemon {
         ));
         let resolver = Arc::new(Resolver {
             store: store.clone(),
+            listing_lease: Resolver::lease_for(&providers),
             providers,
             key: Arc::new(key),
             clock: clock.clone(),
@@ -239,9 +243,12 @@ impl Daemon {
         let shutdown_timeout = config.daemon.shutdown_timeout;
         // Sender: intake (another connection committed) and reload; receiver: the scheduler.
         let rules_changed = Arc::new(tokio::sync::Notify::new());
+        // Sender: intake (requests resolved); receiver: the resolver task.
+        let listings_due = Arc::new(tokio::sync::Notify::new());
         let signals = Signals {
             deadline_secs: deadline_secs.clone(),
             rules_changed: rules_changed.clone(),
+            listings_due: listings_due.clone(),
             cancel: cancel.clone(),
         };
         let mut tasks =
@@ -311,7 +318,7 @@ impl Daemon {
                         notify(&[sd_notify::NotifyState::Watchdog]);
                     }
                     metrics.heartbeat_ms.store(clock.now_ms(), Ordering::Relaxed);
-                    intake.tick(&store, &resolver, &executor, &clock, &rules_changed).await?;
+                    intake.tick(&store, &resolver, &executor, &clock, &rules_changed, &listings_due).await?;
                     if let Err(e) = reporter.tick(&store, &clock, deadline_secs.load(Ordering::Relaxed), &metrics).await {
                         // The reporter only reads; a busy or unreadable moment is said by the outage.
                         if !intake::transient(&e) {
@@ -348,6 +355,8 @@ struct Signals {
     deadline_secs: Arc<AtomicI64>,
     /// Poked when rules may have changed; the scheduler listens.
     rules_changed: Arc<tokio::sync::Notify>,
+    /// Poked when requests were resolved: their listings are due; the resolver task listens.
+    listings_due: Arc<tokio::sync::Notify>,
     /// Every task stops on it.
     cancel: CancellationToken,
 }
@@ -359,6 +368,8 @@ type LaneEnds = Result<Vec<(ProviderKind, LaneEnd)>, ExecutorError>;
 struct Tasks {
     exec: tokio::task::JoinHandle<LaneEnds>,
     sched: tokio::task::JoinHandle<()>,
+    /// The resolver's listings by subject.
+    listings: tokio::task::JoinHandle<()>,
     http: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
@@ -374,11 +385,21 @@ impl Tasks {
         let Signals {
             deadline_secs,
             rules_changed,
+            listings_due,
             cancel,
         } = signals;
         let exec = {
             let (e, c) = (executor.clone(), cancel.clone());
             tokio::spawn(async move { e.run(Mode::Forever, c).await })
+        };
+        let listings = {
+            let (r, w, e, c) = (
+                resolver.clone(),
+                listings_due.clone(),
+                executor.clone(),
+                cancel.clone(),
+            );
+            tokio::spawn(r.run(w, move || e.wake(), c))
         };
         let timer = crate::scheduler::Timer::cron(clock.clone()).await?;
         let sched = {
@@ -411,7 +432,12 @@ impl Tasks {
             }
             None => None,
         };
-        Ok(Tasks { exec, sched, http })
+        Ok(Tasks {
+            exec,
+            sched,
+            listings,
+            http,
+        })
     }
 }
 
@@ -427,11 +453,17 @@ impl Tasks {
         shutdown_timeout: Duration,
         clock: &SharedClock,
     ) -> Result<()> {
-        let Tasks { exec, sched, http } = self;
+        let Tasks {
+            exec,
+            sched,
+            listings,
+            http,
+        } = self;
         let unexpected = exec_ended.is_some();
         notify(&[sd_notify::NotifyState::Stopping]);
         cancel.cancel();
         let _ = sched.await;
+        let _ = listings.await;
         if let Some(h) = http {
             let _ = h.await;
         }

@@ -43,7 +43,7 @@ fn as_messages<S: serde::Serializer>(v: &[OnceProblem], s: S) -> Result<S::Ok, S
 #[derive(Debug, thiserror::Error)]
 pub enum OnceProblem {
     #[error("{0}")]
-    Discovery(#[from] crate::resolve::DiscoveryFailed),
+    Listing(#[from] crate::resolve::ListingProblem),
     #[error("rule {rule}: {error:#}")]
     Rule { rule: String, error: anyhow::Error },
     #[error("provider {provider} is paused: {reason}")]
@@ -82,10 +82,19 @@ pub(super) async fn run(p: &Daemon) -> Result<OnceReport> {
     // The inventory may have changed since the last run: holds follow re-attributed chats.
     let now = p.clock.now();
     p.store.call(move |s| s.recheck_holds(now)).await?;
-    let (n, failures) = p.resolver.resolve_received(Patience::Full).await?;
-    report.resolved_requests = n;
-    for f in failures {
-        report.problems.push(f.into());
+    report.resolved_requests = p.resolver.resolve_received().await?;
+    // Every pending listing is asked now (a later try the daemon had scheduled included),
+    // waiting out the retry policy; a paused provider's listing keeps waiting, and a pass that
+    // only met such listings ends the asking.
+    loop {
+        let pass = p.resolver.discover_due(Patience::Full, false).await?;
+        let settled = pass.done + pass.failed.len();
+        for f in pass.failed.into_iter().chain(pass.retrying) {
+            report.problems.push(f.into());
+        }
+        if settled == 0 {
+            break;
+        }
     }
     let rules = p.store.call(|s| s.list_rules()).await?;
     for rule in rules {

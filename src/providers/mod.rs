@@ -200,6 +200,26 @@ impl ProviderError {
         self
     }
 
+    /// The same failure without the provider's own words: for a call that carried personal data
+    /// (a listing by `user_name`), whose answer may quote it back ("Invalid parameter
+    /// user_name: '...'"). What is kept is what forgetd chose to say: the status, the error code
+    /// and the class of failure; a pause keeps its reason (forgetd's sentence, never the
+    /// provider's text).
+    pub fn without_provider_text(mut self, why: &str) -> Self {
+        let what = match (self.status, &self.code) {
+            (Some(s), Some(c)) => format!("HTTP {s} {c}"),
+            (Some(s), None) => format!("HTTP {s}"),
+            (None, _) => self.cause_label().replace('_', " "),
+        };
+        self.summary = format!("{what} ({why})");
+        // The source may be a parse error over the answer, or a transport error: keep only a
+        // transport error, whose URL was already removed.
+        if self.status.is_some() {
+            self.source = None;
+        }
+        self
+    }
+
     /// Every value [`ProviderError::cause_label`] gives.
     pub const CAUSES: [&'static str; 6] = [
         "throttled",
@@ -334,6 +354,11 @@ pub trait Provider: Send + Sync + 'static {
     ) -> Result<bool, ProviderError>;
     /// The scopes to search for a subject's chats (KooSearch: the configured applications).
     fn subject_scopes(&self) -> Vec<String>;
+    /// The longest one listing may take (its own bound, or the call timeout for a provider whose
+    /// listing is one call): a resolver's claim on a listing lasts longer than this.
+    fn listing_bound(&self) -> Duration {
+        Duration::from_secs(600)
+    }
     /// Looks one chat up (after a partial delete).
     async fn lookup(
         &self,

@@ -132,6 +132,7 @@ mod loop_tests {
             retry: crate::executor::retry::RetryPolicy::new(
                 &crate::config::Config::defaults().retry,
             ),
+            listing_lease: std::time::Duration::from_secs(60),
         });
         let cancel = CancellationToken::new();
         let poke = Arc::new(Notify::new());

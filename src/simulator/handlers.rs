@@ -911,7 +911,41 @@ async fn koo_list(
             "The service is busy",
         );
     }
+    let (listing, strict) = {
+        let f = st.faults.lock().unwrap();
+        (f.listing, f.strict_user_name)
+    };
+    if strict
+        && let Some(u) = q.get("user_name")
+        && !crate::providers::koosearch::is_id(u)
+    {
+        st.record(p, "list", &app, vec![], 400, "refused");
+        return koo_error(
+            StatusCode::BAD_REQUEST,
+            "KOS.00010002",
+            &format!("Invalid parameter user_name: '{u}'"),
+        );
+    }
     st.record(p, "list", &app, vec![], 200, "ok");
+    match listing {
+        super::ListingFault::SamePage | super::ListingFault::Endless => {
+            let first = if listing == super::ListingFault::Endless {
+                (page_num - 1) * page_size
+            } else {
+                0
+            };
+            let records: Vec<serde_json::Value> = (first..first + page_size)
+                .map(|i| {
+                    json!({"chat_id": format!("endless-{i}"), "knowledge_repo_id": null, "chat_title": "a chat",
+                           "create_date_time": "0", "project_id": PROJECT_ID, "is_del": 0})
+                })
+                .collect();
+            return axum::Json(json!({"total": 1_000_000_000u64, "size": records.len(),
+                "pages": 1_000_000_000u64 / page_size, "current": page_num, "records": records}))
+            .into_response();
+        }
+        _ => {}
+    }
     let inner = st.inner.lock().unwrap();
     let matching: Vec<(&String, &super::KooChat)> = inner
         .koo
@@ -928,7 +962,10 @@ async fn koo_list(
                 .collect()
         })
         .unwrap_or_default();
-    let total = matching.len() as u64;
+    let total = match listing {
+        super::ListingFault::Total(n) => n,
+        _ => matching.len() as u64,
+    };
     let pages = total.div_ceil(page_size);
     let records: Vec<serde_json::Value> = matching
         .into_iter()

@@ -114,6 +114,24 @@ pub struct Faults {
     /// Refusals of a credential repeat it in the answer, as some APIs do ("Invalid API key
     /// provided: <key>"; KooSearch's 401 naming the token it got): forgetd must redact them.
     pub echo_secrets: bool,
+    /// How KooSearch's listing pages misbehave.
+    pub listing: ListingFault,
+    /// KooSearch refuses a `user_name` outside `[A-Za-z0-9_-]{1,64}` with 400 KOS.00010002,
+    /// quoting it back ("Invalid parameter user_name: '<value>'").
+    pub strict_user_name: bool,
+}
+
+/// A KooSearch listing that lies about its pages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ListingFault {
+    #[default]
+    Honest,
+    /// Every `page_num` answers the first page again, with a `total` that never ends.
+    SamePage,
+    /// Every page is full of chats never seen before, with a `total` that never ends.
+    Endless,
+    /// `total` (and `pages`) say this many records, whatever there are.
+    Total(u64),
 }
 
 impl Default for Faults {
@@ -141,6 +159,8 @@ impl Default for Faults {
             read_error_rate: 0.0,
             list_error_rate: 0.0,
             echo_secrets: false,
+            listing: ListingFault::Honest,
+            strict_user_name: false,
         }
     }
 }

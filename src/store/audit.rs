@@ -117,6 +117,40 @@ pub struct ChatEvidence {
     pub absent: Vec<(i64, i64)>,
 }
 
+/// How one listing by subject stood, by the trail.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ListingOutcome {
+    pub provider: String,
+    pub scope: String,
+    #[serde(flatten)]
+    pub state: ListingState,
+    /// The event that settled it.
+    pub seq: Option<i64>,
+}
+
+impl ListingOutcome {
+    /// Words for a person: the listing and how it ended.
+    pub fn describe(&self) -> String {
+        let what = format!("{} {}", self.provider, crate::report::one_line(&self.scope));
+        match &self.state {
+            ListingState::Done { found } => format!("{what}: complete, {found} chat(s) listed"),
+            ListingState::Failed { reason } => format!(
+                "{what}: FAILED ({}); chats this listing would have found may remain at the provider",
+                crate::report::one_line(reason)
+            ),
+            ListingState::NotFinished => format!("{what}: not finished"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ListingState {
+    NotFinished,
+    Done { found: u64 },
+    Failed { reason: String },
+}
+
 impl Store {
     /// Walks the trail's `batch.answered`, `chat.reappeared` and `chats.read_back` events for
     /// what they say about `chats`. A certificate checks every claim it makes against this, not
@@ -247,20 +281,87 @@ impl Store {
         }
     }
 
-    /// How many chats the request's resolution (`request.resolved`) found, if it was resolved.
-    pub fn resolved_items(&self, request_id: i64) -> Result<Option<u64>> {
-        let data: Option<String> = self.row_opt(
-            "SELECT data FROM audit_log WHERE request_id = ?1 AND kind = 'request.resolved'
-             ORDER BY seq LIMIT 1",
-            args![request_id],
-            |r| r.get(0),
+    /// How many chats the request had by its last resolution step before event `before` (its
+    /// closing event): the latest `request.resolved` or `request.discovered` then.
+    pub fn resolved_items(&self, request_id: i64, before: i64) -> Result<Option<u64>> {
+        let row: Option<(String, String)> = self.row_opt(
+            "SELECT kind, data FROM audit_log WHERE request_id = ?1 AND seq < ?2
+               AND kind IN ('request.resolved', 'request.discovered')
+             ORDER BY seq DESC LIMIT 1",
+            args![request_id, before],
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        Ok(
-            data.and_then(|d| match Event::parse("request.resolved", &d) {
-                Ok(Event::RequestResolved(r)) => Some(r.items),
-                _ => None,
-            }),
-        )
+        Ok(row.and_then(|(kind, d)| match Event::parse(&kind, &d) {
+            Ok(Event::RequestResolved(r)) => Some(r.items),
+            Ok(Event::RequestDiscovered(r)) => Some(r.items),
+            _ => None,
+        }))
+    }
+
+    /// The listings by subject the request's resolution asked for, and how each stood before
+    /// event `before` (its closing event), from the trail: the latest `request.discovered` or
+    /// `request.discovery_failed` for it after the latest `request.retried` that asked again.
+    /// Empty for a request resolved before discovery was a stage.
+    pub fn listing_outcomes(&self, request_id: i64, before: i64) -> Result<Vec<ListingOutcome>> {
+        let links: Vec<(i64, String, String)> = self.rows(
+            "SELECT seq, kind, data FROM audit_log WHERE request_id = ?1 AND seq < ?2
+               AND kind IN ('request.resolved', 'request.discovered', 'request.discovery_failed',
+                            'request.retried')
+             ORDER BY seq",
+            args![request_id, before],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let mut out: Vec<ListingOutcome> = Vec::new();
+        for (seq, kind, data) in links {
+            let event = Event::parse(&kind, &data).map_err(|e| {
+                super::StoreError::Invalid(format!(
+                    "audit event {seq} ({kind}) does not read as one: {e}"
+                ))
+            })?;
+            let mut settle = |provider: &str, scope: &str, state: ListingState| {
+                if let Some(o) = out
+                    .iter_mut()
+                    .find(|o| o.provider == provider && o.scope == scope)
+                {
+                    o.state = state;
+                    o.seq = Some(seq);
+                }
+            };
+            match event {
+                Event::RequestResolved(r) => {
+                    for l in r.discovering {
+                        if !out
+                            .iter()
+                            .any(|o| o.provider == l.provider && o.scope == l.scope)
+                        {
+                            out.push(ListingOutcome {
+                                provider: l.provider,
+                                scope: l.scope,
+                                state: ListingState::NotFinished,
+                                seq: None,
+                            });
+                        }
+                    }
+                }
+                Event::RequestDiscovered(d) => {
+                    settle(&d.provider, &d.scope, ListingState::Done { found: d.found })
+                }
+                Event::RequestDiscoveryFailed(f) => settle(
+                    &f.provider,
+                    &f.scope,
+                    ListingState::Failed { reason: f.reason },
+                ),
+                Event::RequestRetried(r) if r.rediscovering > 0 => {
+                    for o in &mut out {
+                        if matches!(o.state, ListingState::Failed { .. }) {
+                            o.state = ListingState::NotFinished;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
     }
 
     /// When the request was re-opened after event `since` (its closing event), if it was: the

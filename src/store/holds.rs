@@ -642,7 +642,8 @@ mod tests {
         }
         let filed = s.file_request("alice", Some("R1"), 0, 86_400).unwrap();
         let req = s.received_requests(10).unwrap().remove(0);
-        s.resolve_request(&req, &[], "hash", 0, 86_400).unwrap();
+        s.resolve_request(&req, &[], &[], "hash", 0, 86_400)
+            .unwrap();
         let batch = s
             .claim_batch(ProviderKind::CONVAI, Millis(0), Duration::from_secs(60), 10)
             .unwrap()

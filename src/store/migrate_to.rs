@@ -21,6 +21,7 @@ const TABLES: &[&str] = &[
     "erasure_requests",
     "work_items",
     "request_items",
+    "request_discovery",
     "batches",
     "rules",
     "rule_state",

@@ -37,6 +37,7 @@
 
 pub mod audit;
 pub mod db;
+pub mod discovery;
 pub mod holds;
 pub mod inventory;
 pub mod lock;
@@ -68,6 +69,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/005_verification.sql")),
     M::up(include_str!("migrations/006_keyed_chain.sql")),
     M::up(include_str!("migrations/007_held_index.sql")),
+    M::up(include_str!("migrations/008_discovery.sql")),
 ];
 
 /// Keeps the `providers` table equal to the registry, so the schema accepts exactly the

@@ -47,6 +47,8 @@ fn classification() -> BTreeMap<&'static str, Record> {
             Event(&["chats.read_back", "chat.reappeared"]),
         ),
         ("rescue_dead_instances", Event(&["instance.rescued"])),
+        ("listing_found", Event(&["request.discovered"])),
+        ("listing_failed", Event(&["request.discovery_failed"])),
         (
             "close_deferred",
             Event(&["request.completed", "request.failed"]),
@@ -71,6 +73,14 @@ fn classification() -> BTreeMap<&'static str, Record> {
         (
             "release_all_in_flight",
             Nothing("hands a dead run's leases back at start; held ones recorded by chats.held"),
+        ),
+        (
+            "claim_listings",
+            Nothing("a lease on a listing to ask, not a fate"),
+        ),
+        (
+            "release_listings",
+            Nothing("hands listing leases back (a clean stop, or a dead run's at start)"),
         ),
         ("register_instance", Nothing("an instance's heartbeat row")),
         ("instance_beat", Nothing("an instance's heartbeat")),
@@ -245,4 +255,47 @@ fn the_recording_operations_advance_the_trail_with_their_event() {
     s.set_provider_paused(crate::model::ProviderKind::CONVAI, None, 7)
         .unwrap();
     check(&s, "set_provider_paused");
+    // A request whose two listings end: one with a chat, one failed for good. A failed try that
+    // will be asked again records nothing (the request's state does not change) and is not
+    // classified as recording: only the give-up is.
+    let id = s.file_request("bob", Some("ref-b"), 8, 86_400).unwrap().id;
+    let req = s.received_requests(1).unwrap().remove(0);
+    assert_eq!(req.id, id);
+    let listings = [
+        crate::audit::Listing {
+            provider: "koosearch".into(),
+            scope: "app-a".into(),
+        },
+        crate::audit::Listing {
+            provider: "koosearch".into(),
+            scope: "app-b".into(),
+        },
+    ];
+    s.resolve_request(&req, &[], &listings, "h", 9, 86_400)
+        .unwrap();
+    let claims = s.claim_listings(10, 10, 60, 8).unwrap();
+    assert_eq!(claims.len(), 2);
+    let found = [crate::store::inventory::NewSession {
+        provider: "koosearch".into(),
+        scope: "app-a".into(),
+        session_id: "k1".into(),
+        subject: Some("bob".into()),
+        repo_id: None,
+        created_at: Some(1),
+    }];
+    assert!(s.listing_found(&claims[0], &found, 11).unwrap().written);
+    check(&s, "listing_found");
+    use crate::store::discovery::ListingNext;
+    let retry = ListingNext::RetryAt {
+        at: 20,
+        counted: true,
+    };
+    assert!(s.listing_failed(&claims[1], "HTTP 503", retry, 12).unwrap());
+    let again = s.claim_listings(20, 20, 60, 8).unwrap();
+    assert_eq!(again.len(), 1);
+    assert!(
+        s.listing_failed(&again[0], "HTTP 400 KOS.00010002", ListingNext::GiveUp, 21)
+            .unwrap()
+    );
+    check(&s, "listing_failed");
 }

@@ -132,13 +132,15 @@ pub struct RequestItem {
 pub struct RequestDetail {
     pub summary: RequestSummary,
     pub items: Vec<RequestItem>,
+    /// The listings by subject asked for it, and what each came to.
+    pub listings: Vec<super::discovery::ListingRow>,
 }
 
 impl Serialize for RequestDetail {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let r = &self.summary;
-        let mut m = s.serialize_map(Some(10))?;
+        let mut m = s.serialize_map(Some(11))?;
         m.serialize_entry("id", &r.id)?;
         m.serialize_entry("external_ref", &r.external_ref)?;
         m.serialize_entry("state", &r.state)?;
@@ -149,6 +151,7 @@ impl Serialize for RequestDetail {
         m.serialize_entry("verified_at", &r.verified_at)?;
         m.serialize_entry("counts", &r.items)?;
         m.serialize_entry("items", &self.items)?;
+        m.serialize_entry("listings", &self.listings)?;
         m.end()
     }
 }
@@ -274,7 +277,12 @@ impl Store {
                 })
             },
         )?;
-        Ok(RequestDetail { summary, items })
+        let listings = self.listings_of(id)?;
+        Ok(RequestDetail {
+            summary,
+            items,
+            listings,
+        })
     }
 
     /// The request's own columns, as the certificate states them.
@@ -297,8 +305,8 @@ impl Store {
         .ok_or_else(|| StoreError::NotFound(format!("no erasure request with id {id}")))
     }
 
-    /// Gives a request's dead items another round: back to pending with fresh attempt counts.
-    /// Returns how many items were revived.
+    /// Gives a request's dead items another round: back to pending with fresh attempt counts;
+    /// its failed listings by subject are asked again. Returns how many items and listings.
     pub fn retry_request(&mut self, id: i64, now: i64) -> Result<usize> {
         self.write(|tx| {
             let exists: Option<i64> = tx.row_opt(
@@ -317,7 +325,15 @@ impl Store {
                 args![id],
                 |r| r.get(0),
             )?;
-            if revived.is_empty() {
+            // A listing that failed is asked again, from a fresh start.
+            let rediscovering = tx.exec(
+                "UPDATE request_discovery SET state = 'pending', attempts = 0,
+                        first_failed_at = NULL, next_at = 0, finished_at = NULL,
+                        lease_owner = NULL, lease_until = NULL
+                 WHERE request_id = ?1 AND state = 'failed'",
+                args![id],
+            )? as u64;
+            if revived.is_empty() && rediscovering == 0 {
                 return Ok(0);
             }
             // A hold placed since they went dead keeps them: held, not sent.
@@ -330,10 +346,11 @@ impl Store {
             let event = crate::audit::RequestRetried {
                 revived: revived.len() as u64,
                 held: held.len() as u64,
+                rediscovering,
             };
             super::audit::append(tx, now, Some(id), &Event::RequestRetried(event))?;
             refresh_request(tx, id, now)?;
-            Ok(revived.len())
+            Ok(revived.len() + rediscovering as usize)
         })
     }
 }
@@ -370,12 +387,18 @@ pub(crate) fn requests_of_items(
 
 /// Recomputes one resolved request's state from its items. Returns the new state if it changed.
 pub(crate) fn refresh_request(tx: &Tx<'_>, id: i64, now: i64) -> Result<Option<RequestState>> {
+    // A listing still to come keeps the request open; one that failed fails it, as a dead chat
+    // does: chats a complete listing would have found may remain.
     let row: Option<(String, i64, i64, Option<i64>)> = tx.row_opt(
         "SELECT r.state,
             (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id
-             WHERE ri.request_id = r.id AND w.state IN ('pending', 'in_flight')),
+             WHERE ri.request_id = r.id AND w.state IN ('pending', 'in_flight'))
+            + (SELECT count(*) FROM request_discovery d
+               WHERE d.request_id = r.id AND d.state = 'pending'),
             (SELECT count(*) FROM request_items ri JOIN work_items w ON w.id = ri.item_id
-             WHERE ri.request_id = r.id AND w.state = 'dead'),
+             WHERE ri.request_id = r.id AND w.state = 'dead')
+            + (SELECT count(*) FROM request_discovery d
+               WHERE d.request_id = r.id AND d.state = 'failed'),
             r.closing_seq
          FROM erasure_requests r WHERE r.id = ?1",
         args![id],
@@ -536,14 +559,29 @@ fn log_finished(tx: &Tx<'_>, id: i64, state: RequestState, now: i64) -> Result<(
     let overdue = due_at.is_some_and(|d| now > d);
     let external_ref = external_ref.unwrap_or_default();
     if state == RequestState::Failed {
+        let listings_failed: i64 = tx.row(
+            "SELECT count(*) FROM request_discovery WHERE request_id = ?1 AND state = 'failed'",
+            args![id],
+            |r| r.get(0),
+        )?;
+        let why = match (dead > 0, listings_failed > 0) {
+            (true, true) => {
+                "some chats could not be deleted and a listing by subject could not be completed"
+            }
+            (false, true) => {
+                "a listing by subject could not be completed (chats it would find may remain)"
+            }
+            _ => "some chats could not be deleted",
+        };
         tracing::warn!(
             request = id,
             external_ref,
             deleted,
             held,
             dead,
+            listings_failed,
             overdue,
-            "erasure request failed: some chats could not be deleted; see `forgetd requests show {id}`, then `forgetd requests retry {id}`"
+            "erasure request failed: {why}; see `forgetd requests show {id}`, then `forgetd requests retry {id}`"
         );
     } else {
         tracing::info!(

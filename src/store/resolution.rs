@@ -24,16 +24,27 @@ use crate::args;
 
 use super::inventory::NewSession;
 use super::{Result, Store, holds, requests};
+pub use crate::audit::Listing;
 use crate::model::ProviderKind;
 
-/// A request waiting to be resolved.
-#[derive(Debug, Clone)]
+/// A request waiting to be resolved. Its `Debug` leaves the subject out.
+#[derive(Clone)]
 pub struct Received {
     pub id: i64,
     pub subject: String,
     pub external_ref: Option<String>,
     pub received_at: i64,
     pub due_at: Option<i64>,
+}
+
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received")
+            .field("id", &self.id)
+            .field("external_ref", &self.external_ref)
+            .field("received_at", &self.received_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What resolving one request produced.
@@ -65,17 +76,29 @@ impl Store {
     }
 
     /// Stores a request's resolution: discovered chats into the inventory, one work item per
-    /// chat of the subject, holds applied, the request `in_progress` (or complete at once when
-    /// nothing is left to delete). One transaction.
+    /// chat of the subject, holds applied, one pending row per listing still to ask
+    /// (`listings`, see [`super::discovery`]), the request `in_progress` (or complete at once
+    /// when nothing is left to delete or list). One transaction.
     pub fn resolve_request(
         &mut self,
         req: &Received,
         discovered: &[NewSession],
+        listings: &[Listing],
         subject_hash: &str,
         now: i64,
         deadline_secs: i64,
     ) -> Result<Resolution> {
-        self.write(|tx| resolve_request_in(tx, req, discovered, subject_hash, now, deadline_secs))
+        self.write(|tx| {
+            resolve_request_in(
+                tx,
+                req,
+                discovered,
+                listings,
+                subject_hash,
+                now,
+                deadline_secs,
+            )
+        })
     }
 }
 
@@ -84,17 +107,21 @@ pub(crate) fn resolve_request_in(
     tx: &Tx<'_>,
     req: &Received,
     discovered: &[NewSession],
+    listings: &[Listing],
     subject_hash: &str,
     now: i64,
     deadline_secs: i64,
 ) -> Result<Resolution> {
     {
         {
-            let state: Option<String> = tx.row_opt(
-                "SELECT state FROM erasure_requests WHERE id = ?1",
-                args![req.id],
-                |r| r.get(0),
-            )?;
+            // PostgreSQL: the row is locked, so two instances never both resolve it.
+            let sql = match tx.engine() {
+                super::db::Engine::Sqlite => "SELECT state FROM erasure_requests WHERE id = ?1",
+                super::db::Engine::Postgres => {
+                    "SELECT state FROM erasure_requests WHERE id = ?1 FOR UPDATE"
+                }
+            };
+            let state: Option<String> = tx.row_opt(sql, args![req.id], |r| r.get(0))?;
             if state.as_deref() != Some("received") {
                 return Ok(Resolution::default()); // resolved meanwhile (or gone)
             }
@@ -157,6 +184,13 @@ pub(crate) fn resolve_request_in(
                 |r| r.get(0),
             )?;
             res.held = res.held.max(held_now);
+            for l in listings {
+                tx.exec(
+                    "INSERT INTO request_discovery (request_id, provider, scope) VALUES (?1, ?2, ?3)
+                     ON CONFLICT DO NOTHING",
+                    args![req.id, l.provider, l.scope],
+                )?;
+            }
             tx.exec(
                 "UPDATE erasure_requests SET state = 'in_progress', resolved_at = ?2, due_at = ?3, subject_hash = ?4, updated_at = ?2 WHERE id = ?1",
                 args![req.id, now, due_at, subject_hash],
@@ -166,6 +200,7 @@ pub(crate) fn resolve_request_in(
                 held: res.held,
                 discovered: res.discovered,
                 per_provider: res.per_provider.clone(),
+                discovering: listings.to_vec(),
             });
             super::audit::append(tx, now, Some(req.id), &resolved)?;
             requests::refresh_request(tx, req.id, now)?;
@@ -177,7 +212,7 @@ pub(crate) fn resolve_request_in(
     }
 }
 
-fn insert_discovered(tx: &Tx<'_>, d: &NewSession, now: i64) -> Result<bool> {
+pub(crate) fn insert_discovered(tx: &Tx<'_>, d: &NewSession, now: i64) -> Result<bool> {
     let n = tx.exec(
         "INSERT INTO sessions (provider, scope, session_id, subject, repo_id, created_at, discovered_at)
          VALUES (?1, ?2, ?3, ?4, ?5, coalesce(CAST(?6 AS BIGINT), ?7), ?7)
@@ -479,7 +514,7 @@ impl Store {
                 received_at: now,
                 due_at: None,
             };
-            resolve_request_in(tx, &req, discovered, "plan", now, deadline_secs)?;
+            resolve_request_in(tx, &req, discovered, &[], "plan", now, deadline_secs)?;
             let chats = planned(
                 tx,
                 "SELECT w.provider, w.scope, w.session_id, w.state, h.reason FROM request_items ri

@@ -31,10 +31,39 @@ pub struct Status {
     pub rules_awaiting_approval: Vec<String>,
     /// Read-after-delete verification over every deleted chat.
     pub verification: super::verification::VerificationCounts,
+    /// Listings by subject: how many are still to come, how many of those failed a try, and
+    /// the failed ones of requests that are not re-opened.
+    pub listings: ListingStatus,
     /// PostgreSQL: the instances working the queue and what each holds (none on SQLite: one
     /// daemon per file).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceRow>,
+}
+
+/// Listings by subject across requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ListingStatus {
+    pub pending: u64,
+    /// Pending after a failed try (waiting for the next).
+    pub retrying: u64,
+    /// Listings that failed for good (the request ends, or ended, failed).
+    pub failed_total: u64,
+    /// The latest of them (at most [`FAILED_LISTINGS_SHOWN`]).
+    pub failed: Vec<FailedListing>,
+}
+
+/// How many failed listings `status` names.
+pub const FAILED_LISTINGS_SHOWN: usize = 20;
+
+/// A listing by subject that failed for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedListing {
+    pub request_id: i64,
+    pub external_ref: Option<String>,
+    pub provider: String,
+    pub scope: String,
+    pub reason: Option<String>,
+    pub finished_at: Option<i64>,
 }
 
 /// One instance on a shared PostgreSQL queue, as `status` shows it.
@@ -142,6 +171,35 @@ impl Store {
                 st.due_soon.push(d);
             }
         }
+        let (pending, retrying, failed_total): (i64, i64, i64) = self.row(
+            "SELECT coalesce(sum(CASE WHEN state = 'pending' THEN 1 ELSE 0 END), 0),
+                    coalesce(sum(CASE WHEN state = 'pending' AND attempts > 0 THEN 1 ELSE 0 END), 0),
+                    coalesce(sum(CASE WHEN state = 'failed' THEN 1 ELSE 0 END), 0)
+             FROM request_discovery",
+            args![],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        st.listings = ListingStatus {
+            pending: pending.max(0) as u64,
+            retrying: retrying.max(0) as u64,
+            failed_total: failed_total.max(0) as u64,
+            failed: self.rows(
+                "SELECT d.request_id, r.external_ref, d.provider, d.scope, d.last_error, d.finished_at
+                 FROM request_discovery d LEFT JOIN erasure_requests r ON r.id = d.request_id
+                 WHERE d.state = 'failed' ORDER BY d.finished_at DESC, d.request_id DESC LIMIT ?1",
+                args![FAILED_LISTINGS_SHOWN],
+                |r| {
+                    Ok(FailedListing {
+                        request_id: r.get(0)?,
+                        external_ref: r.get(1)?,
+                        provider: r.get(2)?,
+                        scope: r.get(3)?,
+                        reason: r.get(4)?,
+                        finished_at: r.get(5)?,
+                    })
+                },
+            )?,
+        };
         st.oldest_pending_age_secs = self.row(
             "SELECT ?1 - min(created_at) FROM work_items WHERE state = 'pending'",
             args![now],

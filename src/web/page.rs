@@ -193,6 +193,9 @@ fn body(s: &Snapshot) -> Markup {
                 b data-count="dead" { (st.dead_items) } "dead items"
             }
             div class="tile" { b data-count="holds" { (s.overview.active_holds) } "active holds" }
+            div class={ "tile" @if st.listings.failed_total > 0 { " bad" } } {
+                b data-count="listings-failed" { (st.listings.failed_total) } "failed listings by subject"
+            }
             div class="tile" {
                 b data-count="oldest-pending" {
                     @match st.oldest_pending_age_secs { Some(a) => (rough(a)), None => "none" }
@@ -255,6 +258,24 @@ fn body(s: &Snapshot) -> Markup {
                         td { @if f.state == "dead" { "dead" } @else { "retrying" } }
                         td { (f.attempts) }
                         td { (f.error) }
+                    }
+                }
+            }
+        }
+        @if !st.listings.failed.is_empty() {
+            h2 { "Listings by subject that failed" }
+            p class="muted" {
+                "Their requests end failed: chats these listings would find may remain. Fix the cause, then `forgetd requests retry ID`."
+            }
+            table id="listings-failed" {
+                tr { th { "when" } th { "request" } th { "ref" } th { "provider / scope" } th { "reason" } }
+                @for l in &st.listings.failed {
+                    tr data-request=(l.request_id) {
+                        td { @match l.finished_at { Some(t) => (when(t, now)), None => "—" } }
+                        td { (l.request_id) }
+                        td { (l.external_ref.as_deref().unwrap_or("—")) }
+                        td { (l.provider) " / " (l.scope) }
+                        td { (l.reason.as_deref().unwrap_or("")) }
                     }
                 }
             }

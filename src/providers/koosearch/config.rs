@@ -25,6 +25,8 @@ pub struct KooSearchConfig {
     pub applications: Vec<String>,
     pub discover_by_user_name: bool,
     pub auth: KooSearchAuth,
+    /// How far one listing may walk (pages, time).
+    pub listing: super::ListingBounds,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +55,8 @@ struct Raw {
     discover_by_user_name: Option<bool>,
     token: Option<String>,
     iam: Option<RawIam>,
+    listing_max_pages: Option<i64>,
+    listing_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,7 +128,23 @@ pub(super) fn parse(table: toml::Table, p: &mut Problems) -> Option<Arc<dyn Sett
             }
         }
     };
+    let mut listing = super::ListingBounds::default();
+    match k.listing_max_pages {
+        None => {}
+        Some(n) if (1..=super::MAX_PAGES as i64).contains(&n) => listing.max_pages = n as u32,
+        Some(n) => p.push(format!(
+            "`{AT}.listing_max_pages` = {n}: must be 1 to {} (KooSearch's largest page_num)",
+            super::MAX_PAGES
+        )),
+    }
+    listing.timeout = fields::duration(
+        p,
+        &format!("{AT}.listing_timeout"),
+        k.listing_timeout.as_deref(),
+        listing.timeout,
+    );
     Some(Arc::new(KooSearchConfig {
+        listing,
         endpoint: endpoint?,
         project_id,
         applications: k.applications,

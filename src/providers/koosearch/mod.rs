@@ -78,9 +78,9 @@ pub fn is_id(id: &str) -> bool {
 /// Documented maximum of repo_ids; chat_ids has none documented, we send no more either.
 pub const MAX_BATCH: usize = 100;
 const PAGE_SIZE: u32 = 100;
-/// A listing never walks more pages than this, whatever `total` says (65,535 pages of 100 is
+/// The default page cap of a listing: the documented largest `page_num` (65,535 pages of 100 is
 /// more than any application holds; a provider that keeps answering pages is a bug).
-const MAX_PAGES: u32 = 65_535;
+pub const MAX_PAGES: u32 = 65_535;
 
 pub struct KooSearchClient {
     http: reqwest::Client,
@@ -93,6 +93,8 @@ pub struct KooSearchClient {
     /// cleaned of them before it is read.
     redact: crate::redact::Redactor,
     batch_size: usize,
+    /// How far one listing may walk.
+    listing: ListingBounds,
     /// Every call passes it; its clock reads "now" for Retry-After dates.
     gate: Arc<Gate>,
 }
@@ -200,6 +202,7 @@ impl KooSearchClient {
             discover_by_user_name: config.discover_by_user_name,
             auth,
             batch_size: limits.batch_size.min(MAX_BATCH),
+            listing: config.listing,
             gate,
         })
     }
@@ -340,6 +343,9 @@ impl KooSearchClient {
 
 impl KooSearchClient {
     /// [`Self::list_pages`] under a pass already taken (a background one when reading back).
+    /// The walk ends when what was listed says so ([`Walk`]); a listing that repeats a page,
+    /// reaches `listing_max_pages` or runs past `listing_timeout` fails as [`Action::Rejected`]
+    /// (trying again would do the same), naming which.
     async fn list_pages_under(
         &self,
         mut pass: Pass,
@@ -347,19 +353,171 @@ impl KooSearchClient {
         query: &[(&str, &str)],
         sink: ChatSink<'_>,
     ) -> Result<(), ProviderError> {
-        let mut page = 1u32;
+        let clock = self.gate.clock().clone();
+        let started = clock.instant();
+        let mut walk = Walk::new(PAGE_SIZE, self.listing.max_pages);
         loop {
+            let page = walk.next_page();
+            let elapsed = clock.instant().since(started);
+            if page > 1 && elapsed > self.listing.timeout {
+                return Err(unending(format!(
+                    "the listing did not end within listing_timeout ({}) after {} pages and {} records; raise `listing_timeout` if the application really holds that many chats",
+                    humantime::format_duration(self.listing.timeout),
+                    page - 1,
+                    walk.listed
+                )));
+            }
             let parsed = self
                 .fetch_page(&mut pass, scope, query, page, PAGE_SIZE)
                 .await?;
-            let last = parsed.is_last(page, PAGE_SIZE);
-            for chat in parsed.chats {
-                sink(chat);
+            let step = walk.after(&parsed);
+            if !matches!(step, Step::Repeats) {
+                for chat in parsed.chats {
+                    sink(chat);
+                }
             }
-            if last || page >= MAX_PAGES {
-                return Ok(());
+            match step {
+                Step::Next => {}
+                Step::End => {
+                    if let Some(note) = walk.inconsistency() {
+                        tracing::warn!(provider = %KIND, scope, "{note}; the listing was walked to its last record");
+                    }
+                    return Ok(());
+                }
+                Step::Repeats => {
+                    return Err(unending(format!(
+                        "page {page} of the listing repeats page {} (the provider ignores page_num); the listing cannot be walked to its end",
+                        page - 1
+                    )));
+                }
+                Step::Capped => {
+                    return Err(unending(format!(
+                        "the listing did not end within listing_max_pages ({}) pages of {PAGE_SIZE}",
+                        self.listing.max_pages
+                    )));
+                }
             }
-            page += 1;
+        }
+    }
+}
+
+/// A listing that cannot be walked to its end: not worth trying again at once.
+fn unending(why: String) -> ProviderError {
+    ProviderError::new(KIND, Operation::List, Action::Rejected, why)
+}
+
+/// Bounds of one listing walk (`[providers.koosearch] listing_max_pages`, `listing_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListingBounds {
+    pub max_pages: u32,
+    pub timeout: std::time::Duration,
+}
+
+impl Default for ListingBounds {
+    fn default() -> Self {
+        Self {
+            max_pages: MAX_PAGES,
+            timeout: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
+/// What a listing walk does after a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Fetch the next page.
+    Next,
+    /// The listing is complete.
+    End,
+    /// This page is the previous one again: walking on would never end.
+    Repeats,
+    /// Another page is needed but the page cap is reached.
+    Capped,
+}
+
+/// The end of a listing, decided by what was listed: an empty page ends it, and so does a short
+/// page unless `total` or `pages` say records remain (then the next page must be empty). A full
+/// page never ends it, whatever `total` says: a `total` that is too low would otherwise leave
+/// chats unlisted. Disagreements with `total` are kept, to be logged as the provider's.
+#[derive(Debug)]
+pub struct Walk {
+    page: u32,
+    size: u32,
+    max_pages: u32,
+    /// Records listed so far (deleted ones included).
+    pub listed: u64,
+    previous: Option<u64>,
+    /// The most records `total` (or `pages`) promised.
+    promised: Option<u64>,
+    short_seen: bool,
+}
+
+impl Walk {
+    pub fn new(size: u32, max_pages: u32) -> Self {
+        Self {
+            page: 0,
+            size,
+            max_pages: max_pages.max(1),
+            listed: 0,
+            previous: None,
+            promised: None,
+            short_seen: false,
+        }
+    }
+
+    /// The page to fetch next (1-based).
+    pub fn next_page(&mut self) -> u32 {
+        self.page += 1;
+        self.page
+    }
+
+    /// Takes the page just fetched; says what comes next.
+    pub fn after(&mut self, p: &ListedPage) -> Step {
+        if p.records == 0 {
+            return Step::End;
+        }
+        if self.previous == Some(p.fingerprint) {
+            return Step::Repeats;
+        }
+        self.previous = Some(p.fingerprint);
+        self.listed += p.records as u64;
+        let by_pages = p.pages.map(|n| n.saturating_mul(self.size as u64));
+        let promise = match (p.total, by_pages) {
+            (Some(t), Some(b)) => Some(t.min(b)),
+            (t, b) => t.or(b),
+        };
+        if let Some(n) = promise {
+            self.promised = Some(self.promised.map_or(n, |m| m.max(n)));
+        }
+        let more_promised = self.promised.is_some_and(|n| n > self.listed);
+        let short = p.records < self.size as usize;
+        if short {
+            if !more_promised {
+                return Step::End;
+            }
+            // A short page while records are promised: the provider pages by less than asked,
+            // or its total is wrong. Walk on; an empty page settles it.
+            self.short_seen = true;
+        }
+        if self.page >= self.max_pages {
+            return Step::Capped;
+        }
+        Step::Next
+    }
+
+    /// How the provider's own count disagreed with what was listed, if it did.
+    pub fn inconsistency(&self) -> Option<String> {
+        match self.promised {
+            Some(n) if n < self.listed => Some(format!(
+                "KooSearch's total said {n} records but the listing held {}",
+                self.listed
+            )),
+            Some(n) if n > self.listed => Some(format!(
+                "KooSearch's total said {n} records but the listing ended after {}",
+                self.listed
+            )),
+            _ if self.short_seen => Some("KooSearch answered a short page mid-listing".into()),
+            _ => None,
         }
     }
 }
@@ -463,27 +621,16 @@ fn error_parts(body: &[u8]) -> (Option<String>, String) {
     }
 }
 
-/// One page of a listing: its live chats, how many records it held, how many pages and records
-/// there are in all.
+/// One page of a listing: its live chats, how many records it held (deleted ones too), how many
+/// pages and records the provider says there are, and a fingerprint of its records' IDs in order
+/// (a page that repeats the previous one has the same).
 #[derive(Debug, Default)]
 pub struct ListedPage {
     pub chats: Vec<ListedChat>,
     pub records: usize,
     pub pages: Option<u64>,
     pub total: Option<u64>,
-}
-
-impl ListedPage {
-    /// Whether page `page` (1-based, of `size` records) is the listing's last: an empty page, the
-    /// end `pages` or `total` names, or, when neither is given, a short page.
-    pub fn is_last(&self, page: u32, size: u32) -> bool {
-        let seen = page as u64 * size as u64;
-        let by_count = match self.total {
-            Some(t) => seen >= t,
-            None => self.records < size as usize,
-        };
-        self.records == 0 || self.pages.is_some_and(|p| page as u64 >= p) || by_count
-    }
+    pub fingerprint: u64,
 }
 
 /// Reads one page of `GET .../chat-history`; records marked `is_del` or without a chat_id are
@@ -494,6 +641,14 @@ pub fn parse_page(scope: &str, body: &[u8]) -> Result<ListedPage, String> {
         return Err(format!("error_code {code} in a 200 answer"));
     }
     let records = page.records.len();
+    let fingerprint = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for r in &page.records {
+            r.chat_id.hash(&mut h);
+        }
+        h.finish()
+    };
     let chats = page
         .records
         .into_iter()
@@ -512,6 +667,7 @@ pub fn parse_page(scope: &str, body: &[u8]) -> Result<ListedPage, String> {
         records,
         pages: page.pages,
         total: page.total,
+        fingerprint,
     })
 }
 
@@ -628,8 +784,19 @@ impl Provider for KooSearchClient {
         if !self.discover_by_user_name {
             return Ok(false);
         }
+        // The answer to a call that names the person may quote the person back: only forgetd's
+        // own words about it leave this function (a subject is personal data, never logged).
         self.list_pages(scope, &[("user_name", subject)], sink)
-            .await?;
+            .await
+            .map_err(|e| match (&e.action, e.status) {
+                // No answer read (a transport failure, whose URL is removed; a cap; a repeated
+                // page; a paused gate): forgetd's own sentence, which names no one.
+                (_, None) => e,
+                (Action::Rejected, Some(_)) => e.without_provider_text(
+                    "KooSearch refused the user_name it was asked to list; it cannot look this subject up",
+                ),
+                _ => e.without_provider_text("the provider's message is not kept: it may quote the subject"),
+            })?;
         Ok(true)
     }
 
@@ -643,6 +810,10 @@ impl Provider for KooSearchClient {
 
     fn token_refreshes(&self) -> u64 {
         self.auth.refreshes()
+    }
+
+    fn listing_bound(&self) -> std::time::Duration {
+        self.listing.timeout
     }
 
     async fn lookup(
@@ -870,42 +1041,88 @@ mod tests {
             .is_err()
         );
         let p = parse_page("a", br#"{"total":0,"records":[]}"#).unwrap();
-        assert!(p.chats.is_empty() && p.is_last(1, 100));
+        assert!(p.chats.is_empty() && Walk::new(100, 9).after(&p) == Step::End);
+    }
+
+    fn page(records: usize, total: Option<u64>, pages: Option<u64>, first: usize) -> ListedPage {
+        let body = serde_json::json!({
+            "total": total, "pages": pages,
+            "records": (first..first + records)
+                .map(|i| serde_json::json!({"chat_id": format!("c{i}")}))
+                .collect::<Vec<_>>(),
+        });
+        parse_page("a", body.to_string().as_bytes()).unwrap()
+    }
+
+    /// Walks pages of `size` until the walk ends, the n-th page made by `make(n)`.
+    fn walk(size: u32, cap: u32, make: impl Fn(u32) -> ListedPage) -> (Step, u32, Walk) {
+        let mut w = Walk::new(size, cap);
+        loop {
+            let n = w.next_page();
+            let step = w.after(&make(n));
+            if step != Step::Next {
+                return (step, n, w);
+            }
+        }
     }
 
     #[test]
-    fn paging_stops_at_total_or_a_short_page_even_without_pages() {
-        let full = |total: Option<u64>| ListedPage {
-            records: 100,
-            total,
-            ..ListedPage::default()
+    fn a_listing_ends_on_an_empty_or_short_page_not_on_total() {
+        // Honest: 250 records, total 250: ends on the short third page.
+        let honest = |n: u32| {
+            let left = 250usize.saturating_sub((n as usize - 1) * 100);
+            page(left.min(100), Some(250), Some(3), (n as usize - 1) * 100)
         };
-        assert!(full(Some(200)).is_last(2, 100));
-        assert!(!full(Some(201)).is_last(2, 100));
-        assert!(
-            !full(None).is_last(7, 100),
-            "a full page with no total: go on"
-        );
-        let short = ListedPage {
-            records: 3,
-            ..ListedPage::default()
+        let (step, at, w) = walk(100, 100, honest);
+        assert_eq!((step, at, w.listed), (Step::End, 3, 250));
+        assert!(w.inconsistency().is_none());
+        // A total that is too low (100 of 250): full pages go on past it.
+        let low = |n: u32| {
+            let left = 250usize.saturating_sub((n as usize - 1) * 100);
+            page(left.min(100), Some(100), Some(1), (n as usize - 1) * 100)
         };
-        assert!(short.is_last(1, 100));
-        // An empty page ends the listing whatever `total` says (else up to 65,535 empty pages).
-        let empty = ListedPage {
-            total: Some(500),
-            pages: Some(5),
-            ..ListedPage::default()
+        let (step, at, w) = walk(100, 100, low);
+        assert_eq!((step, at, w.listed), (Step::End, 3, 250));
+        assert!(w.inconsistency().unwrap().contains("said 100"));
+        // Exactly full pages: an empty page ends it.
+        let even = |n: u32| {
+            let left = 200usize.saturating_sub((n as usize - 1) * 100);
+            page(left.min(100), Some(200), None, (n as usize - 1) * 100)
         };
-        assert!(empty.is_last(2, 100));
-        // `pages` alone ends it at that page, with full pages and no total.
-        let of_three = ListedPage {
-            records: 100,
-            pages: Some(3),
-            ..ListedPage::default()
+        assert_eq!(walk(100, 100, even).1, 3);
+        // A short page while the total promises more: walk on until a page is empty.
+        let stingy = |n: u32| {
+            let left = 150usize.saturating_sub((n as usize - 1) * 60);
+            page(left.min(60), Some(150), None, (n as usize - 1) * 60)
         };
-        assert!(!of_three.is_last(2, 100));
-        assert!(of_three.is_last(3, 100));
+        let (step, at, w) = walk(100, 100, stingy);
+        assert_eq!((step, at, w.listed), (Step::End, 3, 150));
+        // A total that is too high: the short page still ends it once the next is empty.
+        let high = |n: u32| {
+            if n == 1 {
+                page(40, Some(500), None, 0)
+            } else {
+                page(0, Some(500), None, 0)
+            }
+        };
+        let (step, _, w) = walk(100, 100, high);
+        assert_eq!(step, Step::End);
+        assert!(w.inconsistency().unwrap().contains("said 500"));
+    }
+
+    #[test]
+    fn a_listing_that_repeats_or_never_ends_is_stopped() {
+        // The same full page whatever page_num asks.
+        let (step, at, _) = walk(100, 65_535, |_| page(100, Some(1_000_000), None, 0));
+        assert_eq!((step, at), (Step::Repeats, 2));
+        // Fresh full pages forever: the cap ends it.
+        let (step, at, w) = walk(100, 50, |n| page(100, None, None, n as usize * 100));
+        assert_eq!((step, at, w.listed), (Step::Capped, 50, 5_000));
+        // A listing of exactly the cap's pages that then ends is not capped.
+        let (step, _, _) = walk(100, 3, |n| {
+            page(if n < 3 { 100 } else { 7 }, None, None, n as usize * 100)
+        });
+        assert_eq!(step, Step::End);
     }
 
     /// A one-chat read is "seen" only when content came back; empty fields, `null`, `{}` and a

@@ -42,10 +42,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/007_instances.sql")),
     (8, include_str!("migrations/008_trigger_search_path.sql")),
     (9, include_str!("migrations/009_held_index.sql")),
+    (10, include_str!("migrations/010_discovery.sql")),
 ];
 
 /// The schema version this binary writes on PostgreSQL.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// One connection, with its cache of prepared statements.
 pub struct PgConn {
