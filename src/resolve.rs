@@ -115,14 +115,16 @@ pub struct ListingProblem {
 }
 
 impl Resolver {
-    /// A claim on a listing outlasts the longest listing of `providers`, and a try's retries.
+    /// A claim on a listing outlasts one try: up to [`BRIEF_ATTEMPTS`] walks of the longest
+    /// listing of `providers`, each with its wait, and a margin. (A try that outlasts its claim
+    /// anyway writes nothing: the answer must match the claim it was asked under.)
     pub fn lease_for(providers: &[SharedProvider]) -> std::time::Duration {
         let longest = providers
             .iter()
             .map(|p| p.listing_bound())
             .max()
             .unwrap_or_default();
-        longest + BRIEF_MAX_WAIT * BRIEF_ATTEMPTS + std::time::Duration::from_secs(60)
+        (longest + BRIEF_MAX_WAIT) * BRIEF_ATTEMPTS + std::time::Duration::from_secs(60)
     }
 
     /// The listings by subject the configured providers can do.
@@ -159,6 +161,9 @@ impl Resolver {
                     .store
                     .call(move |s| s.resolve_request(&req, &[], &listings, &hash, now, deadline))
                     .await?;
+                if res.skipped {
+                    continue; // another instance resolved it first
+                }
                 tracing::info!(
                     request = id,
                     items = res.items,
@@ -181,7 +186,14 @@ impl Resolver {
         use futures_util::StreamExt;
         let now = self.clock.now();
         let due_by = if due_only { now } else { i64::MAX };
-        let lease = self.listing_lease.as_secs().max(1) as i64;
+        // A full try waits out the retry policy: a longer claim (an answer from a try that
+        // outlasts it anyway is dropped, never written twice).
+        let lease = match patience {
+            Patience::Brief => self.listing_lease,
+            Patience::Full => self.listing_lease * 4,
+        }
+        .as_secs()
+        .max(1) as i64;
         let claims = self
             .store
             .call(move |s| s.claim_listings(now, due_by, lease, LISTINGS_AT_ONCE))
@@ -282,6 +294,27 @@ impl Resolver {
             );
             return self.give_up(claim, why).await;
         };
+        if !p.subject_scopes().contains(&claim.scope) {
+            let why = format!(
+                "{} {} is no longer configured for listing by subject (`applications`, `discover_by_user_name`): its chats of this person cannot be listed",
+                claim.provider, claim.scope
+            );
+            return self.give_up(claim, why).await;
+        }
+        // The subject is listed only while it is the one forgetd took the request in for: a row
+        // edited to name someone else lists no one in this request's name.
+        let hash = self.key.hash(&claim.subject);
+        if claim.received_hash.as_deref() != Some(hash.as_str()) {
+            let why = match claim.received_hash {
+                Some(_) => {
+                    "the request's subject was changed after forgetd took it in (it differs from the sealed record): nothing is listed in its name; file a new request for the person"
+                }
+                None => {
+                    "the request's receipt is not in the audit trail: nothing is listed for a subject forgetd did not record"
+                }
+            };
+            return self.give_up(claim, why.to_string()).await;
+        }
         let listed = self
             .list_with_retry(&p, &claim.scope, Some(&claim.subject), &|_| true, patience)
             .await;
@@ -299,12 +332,22 @@ impl Resolver {
                     })
                     .collect();
                 let c2 = claim.clone();
+                let found = std::sync::Arc::new(found);
                 let done = self
-                    .store
-                    .call(move |s| s.listing_found(&c2, &found, now))
+                    .write_outcome(move |s| s.listing_found(&c2, &found, &hash, now))
                     .await?;
                 if !done.written {
                     return Ok(Asked::Lost);
+                }
+                if done.owned_by_others > 0 {
+                    tracing::warn!(
+                        request = claim.request_id,
+                        external_ref = claim.external_ref.as_deref().unwrap_or(""),
+                        provider = %claim.provider,
+                        scope = %claim.scope,
+                        chats = done.owned_by_others,
+                        "the provider lists chats for this request's person that the inventory gives to someone else: they were left to their recorded owner; check the inventory"
+                    );
                 }
                 tracing::info!(
                     request = claim.request_id,
@@ -368,14 +411,34 @@ impl Resolver {
                 let next = ListingNext::RetryAt { at, counted };
                 let problem = problem(&claim, "waits", &reason);
                 let mine = self
-                    .store
-                    .call(move |s| s.listing_failed(&c2, &reason, next, now))
+                    .write_outcome(move |s| s.listing_failed(&c2, &reason, next, now))
                     .await?;
                 Ok(if mine {
                     Asked::Retrying(problem)
                 } else {
                     Asked::Lost
                 })
+            }
+        }
+    }
+
+    /// Writes a listing's outcome, waiting out a database that refuses writes for a while (disk
+    /// full, a lock held): what was asked of the provider is kept, not asked again.
+    async fn write_outcome<T: Send + 'static>(
+        &self,
+        f: impl Fn(&mut crate::store::Store) -> Result<T> + Send + Sync + 'static,
+    ) -> Result<T> {
+        let f = std::sync::Arc::new(f);
+        let mut rest = std::time::Duration::from_millis(250);
+        loop {
+            let g = f.clone();
+            match self.store.call(move |s| g(s)).await {
+                Err(e) if e.is_transient() => {
+                    tracing::debug!(error = %e, "a listing's outcome waits for the database");
+                    tokio::time::sleep(rest).await;
+                    rest = (rest * 2).min(std::time::Duration::from_secs(5));
+                }
+                other => return other,
             }
         }
     }
@@ -395,8 +458,7 @@ impl Resolver {
         let c2 = claim.clone();
         let problem = problem(&claim, "failed", &reason);
         let mine = self
-            .store
-            .call(move |s| s.listing_failed(&c2, &reason, ListingNext::GiveUp, now))
+            .write_outcome(move |s| s.listing_failed(&c2, &reason, ListingNext::GiveUp, now))
             .await?;
         Ok(if mine {
             Asked::Failed(problem)
@@ -456,7 +518,18 @@ impl Resolver {
                 }
             };
             let result = match subject {
-                Some(s) => p.list_subject(scope, s, &mut sink).await.map(|_| ()),
+                Some(s) => match p.list_subject(scope, s, &mut sink).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        return Err(ProviderError::new(
+                            p.kind(),
+                            crate::providers::Operation::List,
+                            Action::Rejected,
+                            "the provider does not list chats by subject (discovery is off for it)",
+                        ));
+                    }
+                    Err(e) => Err(e),
+                },
                 None => p.list_scope(scope, &mut sink).await,
             };
             let e = match result {

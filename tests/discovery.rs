@@ -245,6 +245,39 @@ async fn a_subject_koosearch_refuses_ends_its_listings_failed_at_once_and_its_kn
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_subject_row_is_edited_lists_no_one_in_its_name() {
+    // The listings fail (the provider is down past the retry policy); someone who can write the
+    // database then points the request at Bob and sets its listings pending again, hoping
+    // forgetd lists Bob (finding, say, nothing) and certifies the request complete.
+    let sim = sim(Faults {
+        list_error_rate: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let s = Scratch::new();
+    let cfg = config(&s, &sim, "");
+    seed(&s, &sim, "alice", 1);
+    let id = erase(&s, &cfg, "alice", "DSR-12");
+    let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "run", "--once"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert_eq!(shown(&s, &cfg, &id)["state"], "failed");
+    sim.update_faults(|f| f.list_error_rate = 0.0);
+    let o = s.sqlite3(&format!(
+        "UPDATE erasure_requests SET subject = 'bob' WHERE id = {id};
+         UPDATE request_discovery SET state = 'pending', next_at = 0 WHERE request_id = {id};"
+    ));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let calls_before = listing_calls(&sim);
+    let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "run", "--once"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("subject was changed"), "{}", stderr(&o));
+    assert_eq!(listing_calls(&sim), calls_before, "someone was listed");
+    decoys_untouched(&sim);
+    let v = shown(&s, &cfg, &id);
+    assert_eq!(v["state"], "failed", "{v:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listing_that_repeats_its_page_or_never_ends_fails_and_the_known_chats_are_deleted() {
     // (the fault, the koosearch settings, listing calls per application, the reason's words)
     let cases = [

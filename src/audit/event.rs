@@ -254,6 +254,9 @@ pub struct Listing {
 pub struct RequestDiscovered {
     pub provider: String,
     pub scope: String,
+    /// The keyed hash of the subject that was listed (the certificate checks it is the one
+    /// `request.received` recorded).
+    pub subject_hash: String,
     pub found: u64,
     pub added: u64,
     pub held: u64,

@@ -127,7 +127,7 @@ pub fn render(cert: &Certificate, signed: Option<&Signed>) -> String {
                                 crate::store::audit::ListingState::Done { .. } => "done",
                                 crate::store::audit::ListingState::Failed { .. } => "failed",
                                 crate::store::audit::ListingState::NotFinished => "not_finished",
-                            }) { (l.describe()) }
+                            }) { (super::describe_listing(l)) }
                         }
                     }
                 }

@@ -34,6 +34,19 @@ use crate::report::{one_line, time};
 use crate::store::audit::ListingState;
 use crate::store::{Result, Store};
 
+/// Words for a person: a listing by subject and how it ended.
+pub fn describe_listing(l: &crate::store::audit::ListingOutcome) -> String {
+    let what = format!("{} {}", l.provider, one_line(&l.scope));
+    match &l.state {
+        ListingState::Done { found } => format!("{what}: complete, {found} chat(s) listed"),
+        ListingState::Failed { reason } => format!(
+            "{what}: FAILED ({}); chats this listing would have found may remain at the provider",
+            one_line(reason)
+        ),
+        ListingState::NotFinished => format!("{what}: not finished"),
+    }
+}
+
 pub const CAVEATS: [&str; 2] = [
     "Each deletion listed was confirmed by the provider's API at the time shown; how the provider erases internally (it may soft-delete first) is outside what forgetd can observe.",
     "Convai keeps long-term character memory in a separate store that deleting chat sessions does not touch.",
@@ -319,6 +332,12 @@ impl Certificate {
         cert.listings = store.listing_outcomes(request_id, seq)?;
         for l in &cert.listings {
             match &l.state {
+                ListingState::Done { .. } if l.listed_hash != cert.subject_hash => {
+                    unproven.push(format!(
+                        "the listing by subject at {} {} listed someone other than the person the request was received for",
+                        l.provider, l.scope
+                    ));
+                }
                 ListingState::Done { .. } => {}
                 ListingState::Failed { .. } | ListingState::NotFinished if event.complete => {
                     unproven.push(format!(
@@ -673,7 +692,7 @@ impl Certificate {
                 "\n  listings by subject (chats the provider finds for the person):"
             );
             for l in &self.listings {
-                let _ = writeln!(o, "    {}", l.describe());
+                let _ = writeln!(o, "    {}", describe_listing(l));
             }
         }
         if !self.failed.is_empty() {

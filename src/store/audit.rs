@@ -117,6 +117,23 @@ pub struct ChatEvidence {
     pub absent: Vec<(i64, i64)>,
 }
 
+/// The subject hash the request's first `request.received` recorded (sealed as forgetd wrote
+/// it), if it was taken in.
+pub(crate) fn received_subject_hash(tx: &Tx<'_>, request_id: i64) -> Result<Option<String>> {
+    let data: Option<String> = tx.row_opt(
+        "SELECT data FROM audit_log WHERE request_id = ?1 AND kind = 'request.received'
+         ORDER BY seq LIMIT 1",
+        args![request_id],
+        |r| r.get(0),
+    )?;
+    Ok(
+        data.and_then(|d| match Event::parse("request.received", &d) {
+            Ok(Event::RequestReceived(r)) => Some(r.subject_hash),
+            _ => None,
+        }),
+    )
+}
+
 /// How one listing by subject stood, by the trail.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ListingOutcome {
@@ -126,21 +143,9 @@ pub struct ListingOutcome {
     pub state: ListingState,
     /// The event that settled it.
     pub seq: Option<i64>,
-}
-
-impl ListingOutcome {
-    /// Words for a person: the listing and how it ended.
-    pub fn describe(&self) -> String {
-        let what = format!("{} {}", self.provider, crate::report::one_line(&self.scope));
-        match &self.state {
-            ListingState::Done { found } => format!("{what}: complete, {found} chat(s) listed"),
-            ListingState::Failed { reason } => format!(
-                "{what}: FAILED ({}); chats this listing would have found may remain at the provider",
-                crate::report::one_line(reason)
-            ),
-            ListingState::NotFinished => format!("{what}: not finished"),
-        }
-    }
+    /// The keyed hash of the subject a `request.discovered` says was listed.
+    #[serde(skip)]
+    pub listed_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -282,20 +287,33 @@ impl Store {
     }
 
     /// How many chats the request had by its last resolution step before event `before` (its
-    /// closing event): the latest `request.resolved` or `request.discovered` then.
+    /// closing event): the latest `request.discovered` then (certifying: only forgetd writes
+    /// it), else the first `request.resolved` (a later one appended by someone else counts for
+    /// nothing).
     pub fn resolved_items(&self, request_id: i64, before: i64) -> Result<Option<u64>> {
-        let row: Option<(String, String)> = self.row_opt(
-            "SELECT kind, data FROM audit_log WHERE request_id = ?1 AND seq < ?2
-               AND kind IN ('request.resolved', 'request.discovered')
-             ORDER BY seq DESC LIMIT 1",
+        let discovered: Option<String> = self.row_opt(
+            "SELECT data FROM audit_log WHERE request_id = ?1 AND seq < ?2
+               AND kind = 'request.discovered' ORDER BY seq DESC LIMIT 1",
             args![request_id, before],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| r.get(0),
         )?;
-        Ok(row.and_then(|(kind, d)| match Event::parse(&kind, &d) {
-            Ok(Event::RequestResolved(r)) => Some(r.items),
-            Ok(Event::RequestDiscovered(r)) => Some(r.items),
-            _ => None,
-        }))
+        if let Some(Ok(Event::RequestDiscovered(d))) =
+            discovered.map(|d| Event::parse("request.discovered", &d))
+        {
+            return Ok(Some(d.items));
+        }
+        let resolved: Option<String> = self.row_opt(
+            "SELECT data FROM audit_log WHERE request_id = ?1 AND seq < ?2
+               AND kind = 'request.resolved' ORDER BY seq LIMIT 1",
+            args![request_id, before],
+            |r| r.get(0),
+        )?;
+        Ok(
+            resolved.and_then(|d| match Event::parse("request.resolved", &d) {
+                Ok(Event::RequestResolved(r)) => Some(r.items),
+                _ => None,
+            }),
+        )
     }
 
     /// The listings by subject the request's resolution asked for, and how each stood before
@@ -312,23 +330,29 @@ impl Store {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         let mut out: Vec<ListingOutcome> = Vec::new();
+        let mut resolved_seen = false;
         for (seq, kind, data) in links {
-            let event = Event::parse(&kind, &data).map_err(|e| {
-                super::StoreError::Invalid(format!(
-                    "audit event {seq} ({kind}) does not read as one: {e}"
-                ))
-            })?;
-            let mut settle = |provider: &str, scope: &str, state: ListingState| {
-                if let Some(o) = out
-                    .iter_mut()
-                    .find(|o| o.provider == provider && o.scope == scope)
-                {
-                    o.state = state;
-                    o.seq = Some(seq);
-                }
+            // A link that does not read is not forgetd's (it writes typed events only): it
+            // states nothing here, and `audit verify` names it.
+            let Ok(event) = Event::parse(&kind, &data) else {
+                continue;
             };
+            let mut settle =
+                |provider: &str, scope: &str, state: ListingState, hash: Option<&str>| {
+                    if let Some(o) = out
+                        .iter_mut()
+                        .find(|o| o.provider == provider && o.scope == scope)
+                    {
+                        o.state = state;
+                        o.seq = Some(seq);
+                        o.listed_hash = hash.map(str::to_string);
+                    }
+                };
             match event {
-                Event::RequestResolved(r) => {
+                // The first resolution names the listings; a later `request.resolved` is not
+                // forgetd's (it resolves a request once).
+                Event::RequestResolved(r) if !resolved_seen => {
+                    resolved_seen = true;
                     for l in r.discovering {
                         if !out
                             .iter()
@@ -339,17 +363,22 @@ impl Store {
                                 scope: l.scope,
                                 state: ListingState::NotFinished,
                                 seq: None,
+                                listed_hash: None,
                             });
                         }
                     }
                 }
-                Event::RequestDiscovered(d) => {
-                    settle(&d.provider, &d.scope, ListingState::Done { found: d.found })
-                }
+                Event::RequestDiscovered(d) => settle(
+                    &d.provider,
+                    &d.scope,
+                    ListingState::Done { found: d.found },
+                    Some(&d.subject_hash),
+                ),
                 Event::RequestDiscoveryFailed(f) => settle(
                     &f.provider,
                     &f.scope,
                     ListingState::Failed { reason: f.reason },
+                    None,
                 ),
                 Event::RequestRetried(r) if r.rediscovering > 0 => {
                     for o in &mut out {

@@ -36,6 +36,12 @@ pub struct ListingClaim {
     pub attempts: u64,
     /// When the first of them failed (the retry policy's start).
     pub first_failed_at: Option<i64>,
+    /// The claim's lease end: with the owner, the token an answer must still match.
+    pub lease_until: i64,
+    /// The subject's keyed hash as forgetd recorded it when it took the request in (the sealed
+    /// `request.received`): the resolver lists only a subject that still hashes to it, so a
+    /// row edited to another person lists no one in this request's name.
+    pub received_hash: Option<String>,
 }
 
 impl std::fmt::Display for ListingClaim {
@@ -79,6 +85,8 @@ pub struct ListingDone {
     pub found: u64,
     pub added: u64,
     pub held: u64,
+    /// Listed for the person, but the inventory gives them to someone else: not added.
+    pub owned_by_others: u64,
 }
 
 /// One listing of a request, for `requests show` and `status`.
@@ -104,30 +112,51 @@ impl Store {
         lease_secs: i64,
         limit: usize,
     ) -> Result<Vec<ListingClaim>> {
-        let pick = match self.engine() {
+        // PostgreSQL: a MATERIALIZED pick, so the planner cannot run the LIMITed lock in a loop
+        // that locks more rows than it takes (as the batch claim does).
+        let sql = match self.engine() {
             Engine::Sqlite => {
-                "SELECT request_id, provider, scope FROM request_discovery
-                 WHERE state = 'pending' AND next_at <= ?3 AND (lease_until IS NULL OR lease_until <= ?2)
-                 ORDER BY next_at, request_id LIMIT ?4"
+                "UPDATE request_discovery SET lease_owner = ?1, lease_until = ?5
+                 WHERE (request_id, provider, scope) IN (
+                     SELECT request_id, provider, scope FROM request_discovery
+                     WHERE state = 'pending' AND next_at <= ?3
+                       AND (lease_until IS NULL OR lease_until <= ?2)
+                     ORDER BY next_at, request_id LIMIT ?4)
+                 RETURNING request_id, provider, scope, attempts, first_failed_at"
             }
             Engine::Postgres => {
-                "SELECT request_id, provider, scope FROM request_discovery
-                 WHERE state = 'pending' AND next_at <= ?3 AND (lease_until IS NULL OR lease_until <= ?2)
-                 ORDER BY next_at, request_id LIMIT ?4 FOR UPDATE SKIP LOCKED"
+                "WITH picked AS MATERIALIZED (
+                     SELECT request_id, provider, scope FROM request_discovery
+                     WHERE state = 'pending' AND next_at <= ?3
+                       AND (lease_until IS NULL OR lease_until <= ?2)
+                     ORDER BY next_at, request_id LIMIT ?4 FOR UPDATE SKIP LOCKED)
+                 UPDATE request_discovery d SET lease_owner = ?1, lease_until = ?5
+                 FROM picked p
+                 WHERE d.request_id = p.request_id AND d.provider = p.provider AND d.scope = p.scope
+                 RETURNING d.request_id, d.provider, d.scope, d.attempts, d.first_failed_at"
             }
         };
-        let sql = format!(
-            "UPDATE request_discovery SET lease_owner = ?1, lease_until = ?5
-             WHERE (request_id, provider, scope) IN ({pick})
-             RETURNING request_id, provider, scope, attempts, first_failed_at"
-        );
+        let until = now.saturating_add(lease_secs);
         self.write(|tx| {
+            // An instance taken for dead claims nothing (its row is gone; it stops on its next
+            // heartbeat); its row is locked against that rescue until this claim commits.
+            if let Some(me) = tx.instance() {
+                let alive = tx.row_opt(
+                    "SELECT id FROM forgetd_instances WHERE id = ?1 FOR KEY SHARE",
+                    args![me],
+                    |r| r.get::<String>(0),
+                )?;
+                if alive.is_none() {
+                    return Err(super::StoreError::Fenced {
+                        instance: me.to_string(),
+                    });
+                }
+            }
             let owner = owner(tx);
-            let rows: Vec<(i64, String, String, i64, Option<i64>)> = tx.rows(
-                &sql,
-                args![owner, now, due_by, limit, now.saturating_add(lease_secs)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )?;
+            let rows: Vec<(i64, String, String, i64, Option<i64>)> =
+                tx.rows(sql, args![owner, now, due_by, limit, until], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?;
             let mut claims = Vec::with_capacity(rows.len());
             for (request_id, provider, scope, attempts, first_failed_at) in rows {
                 let req: Option<(String, Option<String>)> = tx.row_opt(
@@ -151,6 +180,7 @@ impl Store {
                     )?;
                     continue;
                 };
+                let received_hash = super::audit::received_subject_hash(tx, request_id)?;
                 claims.push(ListingClaim {
                     request_id,
                     external_ref,
@@ -159,6 +189,8 @@ impl Store {
                     scope,
                     attempts: attempts.max(0) as u64,
                     first_failed_at,
+                    lease_until: until,
+                    received_hash,
                 });
             }
             claims.sort_by_key(|c| (c.request_id, c.provider.clone(), c.scope.clone()));
@@ -174,6 +206,7 @@ impl Store {
         &mut self,
         claim: &ListingClaim,
         found: &[NewSession],
+        subject_hash: &str,
         now: i64,
     ) -> Result<ListingDone> {
         self.write(|tx| {
@@ -205,7 +238,10 @@ impl Store {
                     args![d.provider, d.scope, d.session_id, claim.subject],
                     |r| r.get(0),
                 )?;
-                let Some(repo_id) = chat else { continue };
+                let Some(repo_id) = chat else {
+                    done.owned_by_others += 1;
+                    continue;
+                };
                 let item = ItemChat {
                     provider: &d.provider,
                     scope: &d.scope,
@@ -247,6 +283,7 @@ impl Store {
             let event = Event::RequestDiscovered(crate::audit::RequestDiscovered {
                 provider: claim.provider.clone(),
                 scope: claim.scope.clone(),
+                subject_hash: subject_hash.to_string(),
                 found: done.found,
                 added: done.added,
                 held: done.held,
@@ -370,24 +407,36 @@ fn owner<'a>(tx: &'a Tx<'_>) -> &'a str {
     tx.instance().unwrap_or("local")
 }
 
-/// Whether the claim is still this resolver's: the row pending and leased to it.
+/// Whether the claim is still this resolver's: the row pending, leased to it, under this very
+/// claim (a lease that ran out and was claimed again, even by this resolver, is another claim).
 fn still_mine(tx: &Tx<'_>, claim: &ListingClaim) -> Result<bool> {
     let sql = match tx.engine() {
         Engine::Sqlite => {
-            "SELECT lease_owner FROM request_discovery
+            "SELECT lease_owner, lease_until FROM request_discovery
              WHERE request_id = ?1 AND provider = ?2 AND scope = ?3 AND state = 'pending'"
         }
         Engine::Postgres => {
-            "SELECT lease_owner FROM request_discovery
+            "SELECT lease_owner, lease_until FROM request_discovery
              WHERE request_id = ?1 AND provider = ?2 AND scope = ?3 AND state = 'pending' FOR UPDATE"
         }
     };
-    let holder: Option<Option<String>> = tx.row_opt(
+    let holder: Option<(Option<String>, Option<i64>)> = tx.row_opt(
         sql,
         args![claim.request_id, claim.provider, claim.scope],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    Ok(holder.flatten().as_deref() == Some(owner(tx)))
+    Ok(
+        matches!(holder, Some((Some(o), Some(until))) if o == owner(tx) && until == claim.lease_until),
+    )
+}
+
+/// Hands back the listing claims of an instance taken for dead (PostgreSQL's rescuer).
+pub(crate) fn release_listings_of(tx: &Tx<'_>, instance: &str) -> Result<usize> {
+    tx.exec(
+        "UPDATE request_discovery SET lease_owner = NULL, lease_until = NULL
+         WHERE state = 'pending' AND lease_owner = ?1",
+        args![instance],
+    )
 }
 
 #[cfg(test)]
@@ -443,6 +492,7 @@ mod tests {
             !format!("{:?}", c[0]).contains("alice"),
             "Debug names the subject"
         );
+        assert_eq!(c[0].received_hash.as_deref(), Some("h"));
         // Leased: not claimed again while the lease runs.
         assert!(s.claim_listings(4, 4, 60, 8).unwrap().is_empty());
         assert!(
@@ -455,15 +505,34 @@ mod tests {
         assert_eq!(s.retry_request(id, 7).unwrap(), 1);
         assert_eq!(state(&s, id), "in_progress");
         let c = s.claim_listings(8, 8, 60, 8).unwrap();
-        let done = s.listing_found(&c[0], &[chat("k1", "alice")], 9).unwrap();
+        let done = s
+            .listing_found(&c[0], &[chat("k1", "alice")], "h", 9)
+            .unwrap();
         assert_eq!((done.written, done.found, done.added), (true, 1, 1));
         assert_eq!(state(&s, id), "in_progress", "its chat is to be deleted");
         let rows = s.listings_of(id).unwrap();
         assert_eq!((rows[0].state.as_str(), rows[0].found), ("done", 1));
         // The stale answer of the same claim writes nothing.
-        let again = s.listing_found(&c[0], &[chat("k2", "alice")], 10).unwrap();
+        let again = s
+            .listing_found(&c[0], &[chat("k2", "alice")], "h", 10)
+            .unwrap();
         assert!(!again.written);
-        assert!(s.request_detail(id, 86_400).unwrap().items.len() == 1);
+        assert_eq!(s.request_detail(id, 86_400).unwrap().items.len(), 1);
+    }
+
+    #[test]
+    fn an_answer_under_a_claim_that_ran_out_and_was_claimed_again_writes_nothing() {
+        let (_d, mut s) = crate::store::testing::temp_store();
+        resolved(&mut s, "alice", &[listing("app-a")]);
+        let old = s.claim_listings(3, 3, 60, 8).unwrap().remove(0);
+        // Its lease runs out; the same resolver (or another) claims it again.
+        let new = s.claim_listings(64, 64, 60, 8).unwrap().remove(0);
+        assert!(!s.listing_found(&old, &[], "h", 65).unwrap().written);
+        assert!(
+            !s.listing_failed(&old, "late", ListingNext::GiveUp, 65)
+                .unwrap()
+        );
+        assert!(s.listing_found(&new, &[], "h", 66).unwrap().written);
     }
 
     #[test]
@@ -473,9 +542,14 @@ mod tests {
         let id = resolved(&mut s, "alice", &[listing("app-a")]);
         let c = s.claim_listings(3, 3, 60, 8).unwrap();
         let done = s
-            .listing_found(&c[0], &[chat("k-bob", "alice"), chat("k-al", "alice")], 4)
+            .listing_found(
+                &c[0],
+                &[chat("k-bob", "alice"), chat("k-al", "alice")],
+                "h",
+                4,
+            )
             .unwrap();
-        assert_eq!((done.found, done.added), (2, 1));
+        assert_eq!((done.found, done.added, done.owned_by_others), (2, 1, 1));
         let items: Vec<String> = s
             .request_detail(id, 86_400)
             .unwrap()

@@ -283,7 +283,11 @@ fn the_recording_operations_advance_the_trail_with_their_event() {
         repo_id: None,
         created_at: Some(1),
     }];
-    assert!(s.listing_found(&claims[0], &found, 11).unwrap().written);
+    assert!(
+        s.listing_found(&claims[0], &found, "h", 11)
+            .unwrap()
+            .written
+    );
     check(&s, "listing_found");
     use crate::store::discovery::ListingNext;
     let retry = ListingNext::RetryAt {

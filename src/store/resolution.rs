@@ -54,6 +54,9 @@ pub struct Resolution {
     pub held: u64,
     pub discovered: u64,
     pub per_provider: BTreeMap<String, u64>,
+    /// The request was not `received` any more (another instance resolved it first): nothing
+    /// was done.
+    pub skipped: bool,
 }
 
 impl Store {
@@ -123,7 +126,11 @@ pub(crate) fn resolve_request_in(
             };
             let state: Option<String> = tx.row_opt(sql, args![req.id], |r| r.get(0))?;
             if state.as_deref() != Some("received") {
-                return Ok(Resolution::default()); // resolved meanwhile (or gone)
+                // Resolved meanwhile (or gone).
+                return Ok(Resolution {
+                    skipped: true,
+                    ..Resolution::default()
+                });
             }
             let due_at = req
                 .due_at

@@ -435,10 +435,13 @@ pub enum Step {
     Capped,
 }
 
-/// The end of a listing, decided by what was listed: an empty page ends it, and so does a short
-/// page unless `total` or `pages` say records remain (then the next page must be empty). A full
-/// page never ends it, whatever `total` says: a `total` that is too low would otherwise leave
-/// chats unlisted. Disagreements with `total` are kept, to be logged as the provider's.
+/// The end of a listing, decided by what was listed: an empty page ends it (fetched twice when
+/// `total` or `pages` said records remain, so one flaky answer does not cut the listing short),
+/// and so does a short page when `total` or `pages` says nothing remains. A full page never ends
+/// it, whatever `total` says: a `total` that is too low would otherwise leave chats unlisted; a
+/// short page with no `total` at all is followed by one more page (a provider may page by less
+/// than asked). A page equal to any earlier one means the provider ignores `page_num`.
+/// Disagreements with `total` are kept, to be logged as the provider's.
 #[derive(Debug)]
 pub struct Walk {
     page: u32,
@@ -446,10 +449,12 @@ pub struct Walk {
     max_pages: u32,
     /// Records listed so far (deleted ones included).
     pub listed: u64,
-    previous: Option<u64>,
+    seen: std::collections::HashSet<u64>,
     /// The most records `total` (or `pages`) promised.
     promised: Option<u64>,
     short_seen: bool,
+    /// The page just fetched came back empty once already.
+    refetched: bool,
 }
 
 impl Walk {
@@ -459,9 +464,10 @@ impl Walk {
             size,
             max_pages: max_pages.max(1),
             listed: 0,
-            previous: None,
+            seen: std::collections::HashSet::new(),
             promised: None,
             short_seen: false,
+            refetched: false,
         }
     }
 
@@ -474,12 +480,20 @@ impl Walk {
     /// Takes the page just fetched; says what comes next.
     pub fn after(&mut self, p: &ListedPage) -> Step {
         if p.records == 0 {
+            let more_promised = self.promised.is_some_and(|n| n > self.listed);
+            if more_promised && !self.refetched {
+                // Once more: a provider that promised more and answered nothing may have
+                // stumbled; the same page again settles it.
+                self.refetched = true;
+                self.page -= 1;
+                return Step::Next;
+            }
             return Step::End;
         }
-        if self.previous == Some(p.fingerprint) {
+        self.refetched = false;
+        if !self.seen.insert(p.fingerprint) {
             return Step::Repeats;
         }
-        self.previous = Some(p.fingerprint);
         self.listed += p.records as u64;
         let by_pages = p.pages.map(|n| n.saturating_mul(self.size as u64));
         let promise = match (p.total, by_pages) {
@@ -489,15 +503,14 @@ impl Walk {
         if let Some(n) = promise {
             self.promised = Some(self.promised.map_or(n, |m| m.max(n)));
         }
-        let more_promised = self.promised.is_some_and(|n| n > self.listed);
         let short = p.records < self.size as usize;
         if short {
-            if !more_promised {
-                return Step::End;
+            match self.promised {
+                // The provider's count is met: this short page is the last.
+                Some(n) if n <= self.listed => return Step::End,
+                // Records promised, or no count at all: walk on; an empty page settles it.
+                _ => self.short_seen = true,
             }
-            // A short page while records are promised: the provider pages by less than asked,
-            // or its total is wrong. Walk on; an empty page settles it.
-            self.short_seen = true;
         }
         if self.page >= self.max_pages {
             return Step::Capped;
@@ -516,7 +529,9 @@ impl Walk {
                 "KooSearch's total said {n} records but the listing ended after {}",
                 self.listed
             )),
-            _ if self.short_seen => Some("KooSearch answered a short page mid-listing".into()),
+            Some(_) if self.short_seen => {
+                Some("KooSearch answered a short page mid-listing".into())
+            }
             _ => None,
         }
     }
@@ -611,10 +626,23 @@ impl KooSearchClient {
     }
 }
 
+/// Whether `code` has the shape of Huawei's error codes (`KOS.00010002`, `APIG.0308`,
+/// `IAM.0001`): a service name, a dot, a short number. Only such a code is kept and shown: the
+/// field is the provider's text, and an answer to a listing by `user_name` may quote the person.
+fn is_error_code(code: &str) -> bool {
+    let Some((service, number)) = code.split_once('.') else {
+        return false;
+    };
+    (2..=16).contains(&service.len())
+        && service.bytes().all(|b| b.is_ascii_alphabetic())
+        && (1..=16).contains(&number.len())
+        && number.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 fn error_parts(body: &[u8]) -> (Option<String>, String) {
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(e) => (
-            e.error_code,
+            e.error_code.filter(|c| is_error_code(c)),
             truncate(e.error_msg.as_deref().unwrap_or(""), DETAIL_LEN),
         ),
         Err(_) => (None, truncate(&String::from_utf8_lossy(body), DETAIL_LEN)),
@@ -793,7 +821,7 @@ impl Provider for KooSearchClient {
                 // page; a paused gate): forgetd's own sentence, which names no one.
                 (_, None) => e,
                 (Action::Rejected, Some(_)) => e.without_provider_text(
-                    "KooSearch refused the user_name it was asked to list; it cannot look this subject up",
+                    "KooSearch refused the listing's parameters: most likely the user_name, which it cannot look up",
                 ),
                 _ => e.without_provider_text("the provider's message is not kept: it may quote the subject"),
             })?;
@@ -1097,6 +1125,11 @@ mod tests {
         };
         let (step, at, w) = walk(100, 100, stingy);
         assert_eq!((step, at, w.listed), (Step::End, 3, 150));
+        // No total at all: a short page is followed by one more, which ends it when empty.
+        let (step, at, w) = walk(100, 100, |n| {
+            page(if n == 1 { 30 } else { 0 }, None, None, 0)
+        });
+        assert_eq!((step, at, w.listed), (Step::End, 2, 30));
         // A total that is too high: the short page still ends it once the next is empty.
         let high = |n: u32| {
             if n == 1 {
@@ -1111,16 +1144,53 @@ mod tests {
     }
 
     #[test]
+    fn only_a_code_shaped_error_code_is_kept() {
+        for code in ["KOS.00010002", "APIG.0308", "IAM.0001", "kos.00060002"] {
+            assert!(is_error_code(code), "{code}");
+        }
+        for code in [
+            "alice@example.com",
+            "alice",
+            "KOS",
+            "a.b c",
+            "KOS.0001.2",
+            "",
+        ] {
+            assert!(!is_error_code(code), "{code}");
+        }
+        let (code, _) = error_parts(br#"{"error_code":"alice@example.com","error_msg":"x"}"#);
+        assert_eq!(code, None);
+    }
+
+    #[test]
     fn a_listing_that_repeats_or_never_ends_is_stopped() {
         // The same full page whatever page_num asks.
         let (step, at, _) = walk(100, 65_535, |_| page(100, Some(1_000_000), None, 0));
         assert_eq!((step, at), (Step::Repeats, 2));
+        // Two pages in turn.
+        let (step, at, _) = walk(100, 65_535, |n| {
+            page(100, None, None, (n as usize % 2) * 100)
+        });
+        assert_eq!((step, at), (Step::Repeats, 3));
+        // An empty page while the total promises more is asked once more before it ends.
+        let mut w = Walk::new(100, 100);
+        assert_eq!(w.next_page(), 1);
+        assert_eq!(w.after(&page(100, Some(300), None, 0)), Step::Next);
+        assert_eq!(w.next_page(), 2);
+        assert_eq!(w.after(&page(0, Some(300), None, 0)), Step::Next);
+        assert_eq!(w.next_page(), 2, "the same page again");
+        assert_eq!(w.after(&page(100, Some(300), None, 100)), Step::Next);
         // Fresh full pages forever: the cap ends it.
         let (step, at, w) = walk(100, 50, |n| page(100, None, None, n as usize * 100));
         assert_eq!((step, at, w.listed), (Step::Capped, 50, 5_000));
         // A listing of exactly the cap's pages that then ends is not capped.
         let (step, _, _) = walk(100, 3, |n| {
-            page(if n < 3 { 100 } else { 7 }, None, None, n as usize * 100)
+            page(
+                if n < 3 { 100 } else { 7 },
+                Some(207),
+                None,
+                n as usize * 100,
+            )
         });
         assert_eq!(step, Step::End);
     }

@@ -120,6 +120,7 @@ impl Store {
             let mut beat = Beat::default();
             for (id, host, pid) in dead.into_iter().chain(orphaned) {
                 let items = hand_back(tx, &id, at)?;
+                crate::store::discovery::release_listings_of(tx, &id)?;
                 crate::store::audit::append(
                     tx,
                     at,
