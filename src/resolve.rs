@@ -79,16 +79,6 @@ pub enum Patience {
 const BRIEF_ATTEMPTS: u32 = 3;
 const BRIEF_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A request that could not be resolved (`plan`'s discovery).
-#[derive(Debug, thiserror::Error)]
-#[error("request {request_id}: discovery at {provider} failed: {source}")]
-pub struct DiscoveryFailed {
-    pub request_id: i64,
-    pub provider: ProviderKind,
-    #[source]
-    pub source: ProviderError,
-}
-
 /// What one pass over the due listings did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListingPass {
@@ -467,35 +457,42 @@ impl Resolver {
         })
     }
 
-    /// Asks each provider that can list by person for the subject's chats (also `plan`'s path).
+    /// Asks each provider that can list by person for the subject's chats, as a resolution
+    /// would, for `plan`: the chats found, and each listing that could not be completed (a
+    /// real run would end the request failed).
     pub async fn discover(
         &self,
-        req: &Received,
+        subject: &str,
         patience: Patience,
-    ) -> Result<Vec<NewSession>, DiscoveryFailed> {
+    ) -> (Vec<NewSession>, Vec<ListingProblem>) {
         let mut found = Vec::new();
+        let mut failed = Vec::new();
         for p in &self.providers {
             for scope in p.subject_scopes() {
                 let kind = p.kind();
-                let listed = self
-                    .list_with_retry(p, &scope, Some(&req.subject), &|_| true, patience)
+                match self
+                    .list_with_retry(p, &scope, Some(subject), &|_| true, patience)
                     .await
-                    .map_err(|source| DiscoveryFailed {
-                        request_id: req.id,
-                        provider: kind,
-                        source,
-                    })?;
-                found.extend(valid_ids(p, listed).map(|c| NewSession {
-                    provider: kind.as_str().to_string(),
-                    scope: c.scope,
-                    session_id: c.session_id,
-                    subject: Some(req.subject.clone()),
-                    repo_id: c.repo_id,
-                    created_at: c.created_at,
-                }));
+                {
+                    Ok(listed) => found.extend(valid_ids(p, listed).map(|c| NewSession {
+                        provider: kind.as_str().to_string(),
+                        scope: c.scope,
+                        session_id: c.session_id,
+                        subject: Some(subject.to_string()),
+                        repo_id: c.repo_id,
+                        created_at: c.created_at,
+                    })),
+                    Err(e) => failed.push(ListingProblem {
+                        request_id: 0,
+                        provider: kind.as_str().to_string(),
+                        scope,
+                        what: "failed",
+                        reason: e.to_string(),
+                    }),
+                }
             }
         }
-        Ok(found)
+        (found, failed)
     }
 
     /// Lists one scope (by subject, or all of it), keeping only chats `keep` accepts, retrying

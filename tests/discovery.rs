@@ -128,8 +128,9 @@ fn decoys_untouched(sim: &Simulator) {
 /// No form of `subject` in `text` (raw, or as a URL would carry it).
 fn no_subject(what: &str, text: &str, subject: &str) {
     let encoded: String = url_encode(subject);
+    let form = encoded.replace("%20", "+");
     assert!(
-        !text.contains(subject) && !text.contains(&encoded),
+        !text.contains(subject) && !text.contains(&encoded) && !text.contains(&form),
         "{what} names the subject:\n{text}"
     );
 }
@@ -167,6 +168,25 @@ async fn a_subject_koosearch_refuses_ends_its_listings_failed_at_once_and_its_kn
     let s = Scratch::new();
     let cfg = config(&s, &sim, "");
     seed(&s, &sim, subject, 1);
+    // `plan` says what a run would do: delete the known chat, and fail the listings.
+    let o = s.forgetd(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "plan",
+        "--subject",
+        subject,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let plan = stdout(&o);
+    assert!(
+        plan.contains("delete") && plan.contains("alice-example-com-c"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("could not be completed (koosearch list: HTTP 400 KOS.00010002"),
+        "{plan}"
+    );
+    let calls_by_plan = listing_calls(&sim);
     let id = erase(&s, &cfg, subject, "DSR-7");
     let o = s.forgetd(&["--config", cfg.to_str().unwrap(), "run", "--once"]);
     let (out, err) = (stdout(&o), stderr(&o));
@@ -175,7 +195,7 @@ async fn a_subject_koosearch_refuses_ends_its_listings_failed_at_once_and_its_kn
     assert!(err.contains("KOS.00010002"), "{err}");
     no_subject("run --once's output", &format!("{out}\n{err}"), subject);
     // Refused at once: one listing call per application, none repeated.
-    assert_eq!(listing_calls(&sim), APPS.len());
+    assert_eq!(listing_calls(&sim) - calls_by_plan, APPS.len());
     // The chat the inventory knew is deleted all the same.
     let known = ChatKey::new(ProviderKind::CONVAI, "char-a", "alice-example-com-c");
     assert!(!sim.has(&known), "the known chat was not deleted");
@@ -466,6 +486,81 @@ async fn the_daemon_never_waits_on_a_listing_to_take_requests_in_feed_the_watchd
     for who in ["alice", "carol"] {
         no_subject("the daemon's log", &log, &format!("user_name={who}"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_fails_a_refused_listing_at_once_and_says_so_without_the_person() {
+    // Odd subjects KooSearch will not take as a user_name: the daemon ends their listings failed
+    // at once (no 30-second loop), deletes their known chats, and says so at warning level with
+    // the request id and ref; their names are in no log line, status or stored reason.
+    let subjects = ["alice@example.com", "Zoë O'Brien", "carol+dsr@example.org"];
+    let sim = sim(Faults {
+        strict_user_name: true,
+        ..Faults::default()
+    })
+    .await;
+    let s = Scratch::new();
+    let cfg = config(&s, &sim, "");
+    for who in subjects {
+        seed(&s, &sim, who, 1);
+    }
+    let mut n = Notify::new(&s, "notify.sock");
+    let child = daemon(&cfg, &n);
+    assert!(n.wait_for("READY=1").await, "no READY=1: {:?}", n.seen);
+    let ids: Vec<String> = subjects
+        .iter()
+        .enumerate()
+        .map(|(i, who)| erase(&s, &cfg, who, &format!("DSR-odd-{i}")))
+        .collect();
+    eventually("every request failed", || {
+        ids.iter().all(|id| state_of(&s, id) == "failed")
+    })
+    .await;
+    for who in subjects {
+        let known = ChatKey::new(ProviderKind::CONVAI, "char-a", &format!("{}-c", tag(who)));
+        assert!(!sim.has(&known), "{who}'s known chat was not deleted");
+    }
+    // Refused once per listing, never asked again.
+    assert_eq!(listing_calls(&sim), subjects.len() * APPS.len());
+    decoys_untouched(&sim);
+    let st = s.forgetd(&["--config", cfg.to_str().unwrap(), "status", "--json"]);
+    let status = stdout(&st);
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["listings"]["failed_total"], 6, "{v:#}");
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the daemon did not stop")
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    for (i, id) in ids.iter().enumerate() {
+        let warned = log.lines().any(|l| {
+            l.contains("WARN")
+                && l.contains("listing for an erasure request could not be completed")
+                && l.contains(&format!("request={id}"))
+                && l.contains(&format!("DSR-odd-{i}"))
+        });
+        assert!(warned, "no warning naming request {id} and its ref:\n{log}");
+        assert!(
+            log.lines().any(|l| l.contains("WARN")
+                && l.contains("erasure request failed")
+                && l.contains(&format!("request={id}"))),
+            "no failed-request warning for {id}:\n{log}"
+        );
+    }
+    for who in subjects {
+        no_subject("the daemon's log", &log, who);
+        no_subject("status --json", &status, who);
+    }
+    no_subject("the database", &stored_text(&s), subjects[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

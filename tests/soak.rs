@@ -311,6 +311,8 @@ async fn a_daemon_fed_continuously_through_faults_kills_and_reloads_keeps_every_
     let mut filed: BTreeMap<String, (i64, usize)> = BTreeMap::new();
     let mut picked: HashMap<String, i64> = HashMap::new();
     let mut pickup_ms: Vec<i64> = Vec::new();
+    let mut listed: HashSet<String> = HashSet::new();
+    let mut listed_ms: Vec<i64> = Vec::new();
 
     let began = Instant::now();
     let deadline = began + Duration::from_secs(secs);
@@ -370,6 +372,35 @@ async fn a_daemon_fed_continuously_through_faults_kills_and_reloads_keeps_every_
                     if *seg == segment {
                         pickup_ms.push(seen - at);
                     }
+                }
+            }
+            // Listed: the first time every listing by subject of a picked-up request has ended
+            // (its discovered chats joined it), by the same daemon.
+            let mut st = reader
+                .prepare_cached(
+                    "SELECT r.external_ref FROM erasure_requests r
+                     WHERE r.state <> 'received' AND r.received_at >= ?1
+                       AND EXISTS (SELECT 1 FROM request_discovery d WHERE d.request_id = r.id)
+                       AND NOT EXISTS (SELECT 1 FROM request_discovery d
+                                       WHERE d.request_id = r.id AND d.state = 'pending')",
+                )
+                .unwrap();
+            let refs: Vec<String> = st
+                .query_map([since], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            drop(st);
+            for r in refs {
+                if listed.contains(&r) {
+                    continue;
+                }
+                listed.insert(r.clone());
+                if let Some((at, seg)) = filed.get(&r)
+                    && *seg == segment
+                    && picked.contains_key(&r)
+                {
+                    listed_ms.push(seen - at);
                 }
             }
         }
@@ -538,7 +569,21 @@ async fn a_daemon_fed_continuously_through_faults_kills_and_reloads_keeps_every_
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        panic!("requests still open 4 minutes after the cut-off: {items:#?}");
+        let listings: Vec<String> = reader
+            .prepare(
+                "SELECT d.request_id || ' ' || d.provider || '/' || d.scope || ' ' || d.state || ' attempts ' || d.attempts
+                        || ' next ' || d.next_at || coalesce(' lease ' || d.lease_until, '') || coalesce(' (' || d.last_error || ')', '')
+                 FROM request_discovery d JOIN erasure_requests r ON r.id = d.request_id
+                 WHERE r.state NOT IN ('complete', 'failed')",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        panic!(
+            "requests still open 4 minutes after the cut-off: {items:#?}\ntheir listings: {listings:#?}"
+        );
     }
     let pid = daemon.id().unwrap().to_string();
     assert!(
@@ -576,6 +621,18 @@ async fn a_daemon_fed_continuously_through_faults_kills_and_reloads_keeps_every_
                         |row| row.get(0),
                     )
                     .unwrap();
+                let unexplained_listings: i64 = reader
+                    .query_row(
+                        "SELECT count(*) FROM request_discovery d JOIN erasure_requests e ON e.id = d.request_id
+                         WHERE e.external_ref = ?1 AND d.state = 'failed' AND d.last_error IS NULL",
+                        [r],
+                        |row| row.get(0),
+                    )
+                    .unwrap();
+                assert_eq!(
+                    unexplained_listings, 0,
+                    "request {r}'s listing failed without a reason"
+                );
                 assert_eq!(unexplained, 0, "request {r} failed without a reason");
             }
             other => panic!("request {r} lost or unfinished: {other:?}"),
@@ -728,10 +785,12 @@ async fn a_daemon_fed_continuously_through_faults_kills_and_reloads_keeps_every_
     );
 
     pickup_ms.sort();
+    listed_ms.sort();
     let deletes = calls.iter().filter(|c| c.op == "delete").count();
     eprintln!(
         "soak: {secs} s, seed {seed}: {} people, {} requests ({failed} failed with reasons), {} holds ({} lifted), {kills} SIGKILLs, {hups} SIGHUPs, {} fault phases, {deletes} delete calls\n\
          pickup latency (request committed -> seen resolved by the same daemon; looked at every ~150 ms): p50 {} ms, p99 {} ms, max {} ms over {} requests\n\
+         listed latency (request committed -> every listing by subject ended, same daemon): p50 {} ms, p99 {} ms, max {} ms over {} requests\n\
          database: {:.1} MiB file ({pages} pages, {free} free), WAL {:.1} MiB, {} sessions, {} work items\n{}",
         n,
         filed.len(),
@@ -742,6 +801,10 @@ async fn a_daemon_fed_continuously_through_faults_kills_and_reloads_keeps_every_
         percentile(&pickup_ms, 0.99),
         pickup_ms.last().copied().unwrap_or(0),
         pickup_ms.len(),
+        percentile(&listed_ms, 0.5),
+        percentile(&listed_ms, 0.99),
+        listed_ms.last().copied().unwrap_or(0),
+        listed_ms.len(),
         db_bytes as f64 / (1 << 20) as f64,
         wal_bytes as f64 / (1 << 20) as f64,
         rows.0,

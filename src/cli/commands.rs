@@ -300,19 +300,19 @@ fn plan(
             let subject = subject.expect("clap requires --subject or --rule");
             // The discovery a real resolution does, retries included.
             let resolver = resolver_for(&config, &store, providers, clock.clone())?;
-            let probe = crate::resolve::Received {
-                id: 0,
-                subject: subject.clone(),
-                external_ref: None,
-                received_at: now,
-                due_at: None,
-            };
-            let found = resolver
-                .discover(&probe, crate::resolve::Patience::Full)
-                .await?;
-            store
+            let (found, failed) = resolver
+                .discover(&subject, crate::resolve::Patience::Full)
+                .await;
+            let mut plan = store
                 .plan_subject(&subject, &found, now, deadline)
-                .map_err(InvalidArgument::from_store)?
+                .map_err(InvalidArgument::from_store)?;
+            for f in failed {
+                plan.notes.push(format!(
+                    "the listing by subject at {} {} could not be completed ({}): a real run deletes the chats above and ends the request failed, since chats this listing would find may remain",
+                    f.provider, f.scope, f.reason
+                ));
+            }
+            plan
         };
         if json {
             print_json(&plan)?;
