@@ -27,7 +27,6 @@
 
 use crate::audit::SubjectKey;
 use crate::clock::{Millis, SharedClock};
-use crate::model::ProviderKind;
 use crate::providers::{Action, ListedChat, ProviderError, SharedProvider};
 use crate::store::AsyncStore;
 use crate::store::Result;
