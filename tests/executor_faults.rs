@@ -779,3 +779,61 @@ async fn a_koosearch_id_outside_its_alphabet_in_a_listing_is_skipped_and_never_s
         assert!(!named.contains(&chat), "{id:?} was named in a delete call");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_up_plan_quota_pauses_convai_instead_of_retrying_and_the_next_run_resumes() {
+    // Convai's 429 "API usage limit exceeded for current plan." is a monthly quota, not a rate:
+    // the provider is paused with that reason after one refused call, never retried in a loop
+    // as a rate limit is; KooSearch carries on. Once the quota is back, the next run deletes.
+    let w = world(
+        Faults {
+            plan_quota_used: true,
+            ..Faults::default()
+        },
+        4,
+    )
+    .await;
+    let o = drain(&w).await;
+    let convai_deletes = |w: &World| {
+        w.sim
+            .calls()
+            .iter()
+            .filter(|c| c.provider == ProviderKind::CONVAI && c.op == "delete")
+            .count()
+    };
+    // At most the calls already on the wire when the first refusal came back (concurrency 3).
+    let refused = convai_deletes(&w);
+    assert!(
+        (1..=3).contains(&refused),
+        "a quota is not retried: {refused} calls"
+    );
+    let paused: Vec<String> = o.report.problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        paused
+            .iter()
+            .any(|p| p.contains("provider convai is paused") && p.contains("plan quota is used up")),
+        "{paused:?}"
+    );
+    let status = w.s.store().status(0, 0).unwrap();
+    assert!(
+        status
+            .paused_providers
+            .iter()
+            .any(|p| p.provider == "convai" && p.reason.contains("plan quota")),
+        "{:?}",
+        status.paused_providers
+    );
+    // KooSearch was not held up by Convai's quota.
+    assert!(
+        w.targeted
+            .iter()
+            .filter(|c| c.provider == ProviderKind::KOOSEARCH)
+            .all(|c| !exists(&w, c)),
+        "KooSearch's chats wait for Convai's quota"
+    );
+    check_safe(&w);
+    w.sim.update_faults(|f| f.plan_quota_used = false);
+    let o = drain(&w).await;
+    check_safe(&w);
+    check_all_deleted(&w, &o);
+}

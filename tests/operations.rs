@@ -61,6 +61,66 @@ fn a_backup_while_a_feeder_writes_is_whole_checked_and_never_overwrites() {
 }
 
 #[test]
+fn a_backup_killed_halfway_leaves_no_file_under_its_name() {
+    let s = Scratch::new();
+    assert_eq!(code(&s.forgetd(&["status"])), 0);
+    // Big enough that the copy takes many steps (256 pages each, 5 ms apart).
+    let o = s.sqlite3(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 199999)
+         INSERT INTO sessions (provider, scope, session_id, subject)
+         SELECT 'convai', 'c', 's' || i, printf('%.100c', 'p') || i FROM n;",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let backup = s.path("backup.db");
+    let mut child = std::process::Command::new(BIN)
+        .arg("--db")
+        .arg(s.db())
+        .args(["backup", backup.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    // SIGKILL as soon as the copy is being written.
+    let started = std::time::Instant::now();
+    let partial = loop {
+        let found = std::fs::read_dir(s.dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(".backup.db.partial-"))
+            });
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the copy never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        std::fs::symlink_metadata(&backup).is_err(),
+        "a killed backup left a file under the backup's name"
+    );
+    // The next backup to that name is whole; the killed one's leftover is named as partial.
+    let o = s.forgetd(&["backup", backup.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        stdout(&sqlite3(&backup, "SELECT count(*) FROM sessions")).trim(),
+        "200000"
+    );
+    assert!(
+        partial
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .contains("partial")
+    );
+}
+
+#[test]
 fn an_invalid_log_setting_is_a_configuration_error_naming_it() {
     let s = Scratch::new();
     for (var, value) in [("FORGETD_LOG", "verbose=="), ("FORGETD_LOG_FORMAT", "xml")] {

@@ -347,6 +347,18 @@ async fn idle_connections_cannot_take_the_descriptors_provider_calls_need() {
         fds < 64 + 60,
         "the daemon holds {fds} descriptors: the idle connections got in past the limit"
     );
+    // And /healthz answers while they are all still open, though it queued behind 300 silent
+    // clients: within the 5 s every one of them may take to send a head. (Before silent
+    // connections made room, the checker waited out their header timeouts and timed out.)
+    let started = std::time::Instant::now();
+    let health = tokio::time::timeout(Duration::from_secs(4), get(&format!("{base}/healthz")))
+        .await
+        .expect("/healthz starved by silent connections");
+    assert_eq!(health.map(|(c, _)| c), Some(200));
+    eprintln!(
+        "healthz behind 300 silent connections: {:?}",
+        started.elapsed()
+    );
     // Provider calls still get their sockets: a request completes meanwhile.
     for i in 0..5 {
         let id = format!("i{i}");

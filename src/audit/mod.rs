@@ -210,17 +210,38 @@ pub fn read_or_create_key(path: &Path) -> Result<Vec<u8>, KeyError> {
             len: bytes.len(),
         }),
         Err(KeyError::Io { source: e, .. }) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key: [u8; 32] = rand::random();
             use std::io::Write;
+            use std::os::unix::fs::MetadataExt;
+            // Only forgetd's user (the directory's owner) or root makes a key: a file a group
+            // member made would be theirs, refused by forgetd ever after (and a key they know).
+            let dir = dir_of(path);
+            let dir_meta = dir.metadata().map_err(io)?;
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let me = unsafe { libc::geteuid() };
+            if me != dir_meta.uid() && me != 0 {
+                return Err(KeyError::NotMaker {
+                    path: path.to_path_buf(),
+                    owner: dir_meta.uid(),
+                });
+            }
+            let key: [u8; 32] = rand::random();
             // The key is written whole to a temporary file (O_EXCL, mode 0600, so never through a
             // planted link) and only then linked into place without overwriting: a process that
             // starts at the same moment (a feeder's CLI call beside the first daemon start) reads
             // either no file or the whole key, never an empty one it would refuse as too short.
-            let dir = dir_of(path);
             let mut tmp = tempfile::Builder::new()
                 .prefix(".forgetd-key-")
                 .tempfile_in(dir)
                 .map_err(io)?;
+            if me == 0 && dir_meta.uid() != 0 {
+                // Root makes it for the daemon's user, who must read it.
+                std::os::unix::fs::fchown(
+                    tmp.as_file(),
+                    Some(dir_meta.uid()),
+                    Some(dir_meta.gid()),
+                )
+                .map_err(io)?;
+            }
             tmp.write_all(&key).map_err(io)?;
             tmp.as_file().sync_all().map_err(io)?;
             match tmp.persist_noclobber(path) {
@@ -265,6 +286,10 @@ pub enum KeyError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "key file {path} does not exist yet, and only forgetd's user (user id {owner}, the owner of the database's directory) or root makes it: run this once as that user (`sudo -u forgetd forgetd ...`) or start the daemon, which makes it"
+    )]
+    NotMaker { path: PathBuf, owner: u32 },
     #[error("key {what} is too short ({len} bytes; needs 32 or more: `head -c 32 /dev/urandom`)")]
     Short { what: String, len: usize },
     #[error(

@@ -938,13 +938,22 @@ fn migrate_to(config: &Config, url: &str) -> Result<ExitCode> {
 fn backup(config: &Config, file: &std::path::Path) -> Result<ExitCode> {
     let store =
         Store::connect(&config.database).with_context(|| format!("opening {}", config.database))?;
-    let pages = store
+    let backup = store
         .backup_to(file)
         .with_context(|| format!("backing up to {}", file.display()))?;
-    let copy = Store::open(file).with_context(|| format!("opening the copy {}", file.display()))?;
-    copy.quick_check()
-        .with_context(|| format!("checking the copy {}", file.display()))?;
-    let v = copy.verify_audit()?;
+    let pages = backup.pages;
+    // Checked under its temporary name; it takes the backup's name only once it passed.
+    let v = {
+        let copy = Store::open(backup.path())
+            .with_context(|| format!("opening the copy {}", backup.path().display()))?;
+        copy.quick_check()
+            .with_context(|| format!("checking the copy {}", backup.path().display()))?;
+        copy.verify_audit()?
+    };
+    // A faithful copy of a database whose chain is broken is still evidence: kept, and said.
+    backup
+        .keep()
+        .with_context(|| format!("moving the checked copy to {}", file.display()))?;
     if let Some(broken) = &v.broken {
         anyhow::bail!(
             "the copy {} was made, but its audit chain is broken at {broken:?}: the database itself is damaged or was edited; keep both files and run `forgetd audit verify`",

@@ -435,6 +435,14 @@ async fn convai_delete(State(st): St, headers: HeaderMap, body: Bytes) -> Respon
         st.record(p, "delete", &scope, ids, 401, "auth");
         return convai_unauthorized(&st, &headers);
     }
+    if st.faults.lock().unwrap().plan_quota_used {
+        st.record(p, "delete", &scope, ids, 429, "quota");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(json!({"ERROR": "API usage limit exceeded for current plan."})),
+        )
+            .into_response();
+    }
     if let Some(status) = st.refusal(p) {
         st.record(p, "delete", &scope, ids, status, "refused");
         return convai_refused(status);
@@ -536,6 +544,21 @@ async fn convai_list(State(st): St, headers: HeaderMap, body: Bytes) -> Response
         );
         return convai_unauthorized(&st, &headers);
     }
+    if st.faults.lock().unwrap().plan_quota_used {
+        st.record(
+            p,
+            "list",
+            scope.as_deref().unwrap_or(""),
+            vec![],
+            429,
+            "quota",
+        );
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(json!({"ERROR": "API usage limit exceeded for current plan."})),
+        )
+            .into_response();
+    }
     if let Some(status) = st.refusal(p) {
         st.record(
             p,
@@ -599,6 +622,14 @@ async fn convai_details(State(st): St, headers: HeaderMap, body: Bytes) -> Respo
     if !convai_key_ok(&st, &headers) {
         st.record(p, "read", &scope, vec![sid], 401, "auth");
         return convai_unauthorized(&st, &headers);
+    }
+    if st.faults.lock().unwrap().plan_quota_used {
+        st.record(p, "read", &scope, vec![sid.clone()], 429, "quota");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(json!({"ERROR": "API usage limit exceeded for current plan."})),
+        )
+            .into_response();
     }
     if let Some(status) = st.refusal(p) {
         st.record(p, "read", &scope, vec![sid], status, "refused");

@@ -116,6 +116,9 @@ pub struct Faults {
     pub echo_secrets: bool,
     /// How KooSearch's listing pages misbehave.
     pub listing: ListingFault,
+    /// Convai's plan quota is used up: every delete answers 429 "API usage limit exceeded for
+    /// current plan." (no Retry-After), until this is turned off.
+    pub plan_quota_used: bool,
     /// KooSearch refuses a `user_name` outside `[A-Za-z0-9_-]{1,64}` with 400 KOS.00010002,
     /// quoting it back ("Invalid parameter user_name: '<value>'").
     pub strict_user_name: bool,
@@ -161,6 +164,7 @@ impl Default for Faults {
             echo_secrets: false,
             listing: ListingFault::Honest,
             strict_user_name: false,
+            plan_quota_used: false,
         }
     }
 }

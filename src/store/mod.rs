@@ -72,6 +72,40 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/008_discovery.sql")),
 ];
 
+/// A backup copy under its temporary name (removed if dropped), until [`Backup::keep`].
+#[derive(Debug)]
+pub struct Backup {
+    dest: PathBuf,
+    tmp: tempfile::TempPath,
+    pub pages: u64,
+}
+
+impl Backup {
+    /// Where the copy is while it is checked.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Moves the checked copy to its name (never over a file that appeared there meanwhile), and
+    /// makes the move durable.
+    pub fn keep(self) -> Result<PathBuf> {
+        let dest = self.dest;
+        let io = |source| StoreError::Io {
+            path: dest.clone(),
+            source,
+        };
+        self.tmp.persist_noclobber(&dest).map_err(|e| io(e.error))?;
+        let dir = dest
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(dest)
+    }
+}
+
 /// Keeps the `providers` table equal to the registry, so the schema accepts exactly the
 /// providers this binary serves. Writes only when they differ (a CLI open stays read-only).
 fn sync_providers(store: &mut Store) -> Result<()> {
@@ -539,11 +573,13 @@ impl Store {
         self.connection()
     }
 
-    /// Copies the database to `file` with SQLite's online backup API: a consistent snapshot
-    /// while the daemon and feeders keep writing (copying the file alone is not one: in WAL mode
-    /// recent commits live in `-wal`). The copy is mode 0600, never written over an existing file
-    /// or through a link. Returns the pages copied.
-    pub fn backup_to(&self, file: &Path) -> Result<u64> {
+    /// Copies the database with SQLite's online backup API: a consistent snapshot while the
+    /// daemon and feeders keep writing (copying the file alone is not one: in WAL mode recent
+    /// commits live in `-wal`). The copy is written under a temporary name beside `file` (mode
+    /// 0600, never through a link) and reaches `file` only by [`Backup::keep`], after the caller
+    /// checked it: a backup killed halfway leaves no file under the backup's name. `file` must
+    /// not exist.
+    pub fn backup_to(&self, file: &Path) -> Result<Backup> {
         let Backend::Sqlite(conn) = &self.backend else {
             return Err(StoreError::Invalid(
                 "`forgetd backup` copies a SQLite file; back a PostgreSQL queue up with pg_dump (or the server's own backups)".into(),
@@ -553,15 +589,25 @@ impl Store {
             path: file.to_path_buf(),
             source,
         };
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(file)
-            .map_err(io)?;
-        let mut dst = Connection::open(file).map_err(|source| StoreError::Open {
-            path: file.to_path_buf(),
+        if std::fs::symlink_metadata(file).is_ok() {
+            return Err(io(std::io::Error::from(std::io::ErrorKind::AlreadyExists)));
+        }
+        let dir = file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // tempfile creates it 0600 with O_EXCL: never through a planted link.
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}.partial-"))
+            .tempfile_in(dir)
+            .map_err(io)?
+            .into_temp_path();
+        let mut dst = Connection::open(&tmp).map_err(|source| StoreError::Open {
+            path: tmp.to_path_buf(),
             source,
         })?;
         let pages = {
@@ -570,7 +616,12 @@ impl Store {
             backup.run_to_completion(256, Duration::from_millis(5), None)?;
             backup.progress().pagecount.max(0) as u64
         };
-        Ok(pages)
+        drop(dst);
+        Ok(Backup {
+            dest: file.to_path_buf(),
+            tmp,
+            pages,
+        })
     }
 
     /// `PRAGMA quick_check`: run by the daemon at start so a damaged file is found before work.

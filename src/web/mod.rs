@@ -11,6 +11,10 @@
 //!   request head must arrive within [`HEADER_TIMEOUT`], a connection lives at most
 //!   [`CONNECTION_TIMEOUT`], and there is no keep-alive. Idle sockets can then never take the
 //!   descriptors provider calls need (they did: ~370 idle connections exhausted the daemon's).
+//! - And they cannot starve `/healthz` (or a scrape): while every slot is taken, a connection
+//!   that has sent no request for [`IDLE_GRACE`] is closed to let the next one in, oldest first,
+//!   so a crowd of silent clients (a slowloris) costs the others a moment, not the header timeout
+//!   of everyone ahead of them. Connections with a request in hand are never closed for room.
 //! - Pages carry a strict Content-Security-Policy: scripts and styles only from this listener, no
 //!   inline script, no third-party origin; the page works offline.
 
@@ -38,6 +42,50 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest a connection lives, whatever it does.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// While every slot is taken, how long a connection may stay silent before it makes room.
+pub const IDLE_GRACE: Duration = Duration::from_millis(250);
+
+/// Connections that have not sent a request yet, oldest first: the ones closed for room. (One
+/// that spoke stays in the queue until it reaches the front, where it is dropped unclosed.)
+#[derive(Default)]
+struct Silent(std::sync::Mutex<std::collections::VecDeque<SilentConn>>);
+
+struct SilentConn {
+    since: tokio::time::Instant,
+    /// Set once its request head arrived (it is then never closed for room).
+    spoke: Arc<std::sync::atomic::AtomicBool>,
+    /// Cancelled to close it; also cancelled when it ends on its own.
+    close: CancellationToken,
+}
+
+impl Silent {
+    /// Closes every connection that has stayed silent past [`IDLE_GRACE`] (the queue is
+    /// oldest first); returns how many.
+    fn evict(&self) -> usize {
+        let mut q = self.0.lock().expect("never poisoned: no panics under it");
+        let now = tokio::time::Instant::now();
+        let mut closed = 0;
+        while let Some(c) = q.front() {
+            let done = c.spoke.load(Ordering::Relaxed) || c.close.is_cancelled();
+            if !done && now.duration_since(c.since) < IDLE_GRACE {
+                break;
+            }
+            let c = q.pop_front().expect("just looked");
+            if !done {
+                c.close.cancel();
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    fn push(&self, c: SilentConn) {
+        self.0
+            .lock()
+            .expect("never poisoned: no panics under it")
+            .push_back(c);
+    }
+}
 
 /// How often the page refreshes itself (its script reads it from the page).
 pub const REFRESH: Duration = Duration::from_secs(5);
@@ -237,12 +285,23 @@ pub async fn serve(
     });
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let connections = tokio_util::task::TaskTracker::new();
+    let silent = Arc::new(Silent::default());
     loop {
         // The permit first: over the limit, connections wait in the backlog, not in our table.
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => break,
-            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        // While none is free, silent connections past their grace make room, oldest first.
+        let permit = loop {
+            if let Ok(p) = permits.clone().try_acquire_owned() {
+                break Some(p);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break None,
+                p = permits.clone().acquire_owned() => break Some(p.expect("the semaphore is never closed")),
+                _ = tokio::time::sleep(IDLE_GRACE / 5) => {
+                    silent.evict();
+                }
+            }
         };
+        let Some(permit) = permit else { break };
         let (stream, _) = tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -255,7 +314,21 @@ pub async fn serve(
                 }
             },
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let spoke = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let close = CancellationToken::new();
+        silent.push(SilentConn {
+            since: tokio::time::Instant::now(),
+            spoke: spoke.clone(),
+            close: close.clone(),
+        });
+        let app = app.clone();
+        let service = hyper_util::service::TowerToHyperService::new(tower::service_fn(
+            move |req: hyper::Request<hyper::body::Incoming>| {
+                spoke.store(true, Ordering::Relaxed);
+                let mut app = app.clone();
+                async move { tower::Service::call(&mut app, req.map(axum::body::Body::new)).await }
+            },
+        ));
         let cancel = cancel.clone();
         connections.spawn(async move {
             let _permit = permit;
@@ -266,8 +339,10 @@ pub async fn serve(
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             tokio::select! {
                 _ = cancel.cancelled() => {}
+                _ = close.cancelled() => {}
                 _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
             }
+            close.cancel();
         });
     }
     connections.close();

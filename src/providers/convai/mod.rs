@@ -184,6 +184,10 @@ impl ConvaiClient {
             404 => Action::Pause(format!(
                 "Convai's chat-history API answered 404 ({message}): check providers.convai.base_url; if it is right, the API is not enabled for this key"
             )),
+            // A plan quota, not a rate: retrying soon spends the quota's reset day in a loop.
+            429 if is_plan_quota(&message) => Action::Pause(format!(
+                "Convai's plan quota is used up (HTTP 429: {message}); no retry helps before the plan's quota resets or the plan is raised: forgetd probes rarely and resumes on the first success"
+            )),
             429 => http::retry_after(headers, now_ms)
                 .map(Action::RetryAfter)
                 .unwrap_or(Action::Throttled),
@@ -529,9 +533,43 @@ impl Provider for ConvaiClient {
     }
 }
 
+/// Whether a 429's message is Convai's plan quota ("API usage limit exceeded for current plan.")
+/// rather than its rate limit ("API rate limit exceeded. Please try again later."): by the words
+/// that tell them apart, in any case.
+fn is_plan_quota(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("usage limit") || m.contains("current plan")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Convai's two 429s: the rate limit slows down and retries; the plan quota pauses.
+    #[test]
+    fn a_plan_quota_pauses_and_a_rate_limit_throttles() {
+        let classify = |body: &[u8]| {
+            ConvaiClient::classify(
+                0,
+                Operation::Delete,
+                StatusCode::TOO_MANY_REQUESTS,
+                &reqwest::header::HeaderMap::new(),
+                body,
+            )
+            .action
+        };
+        assert_eq!(
+            classify(br#"{"ERROR": "API rate limit exceeded. Please try again later."}"#),
+            Action::Throttled
+        );
+        match classify(br#"{"ERROR": "API usage limit exceeded for current plan."}"#) {
+            Action::Pause(why) => assert!(
+                why.contains("plan quota is used up") && why.contains("probes rarely"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
 
     /// Every refusal says what to do next, and which one it is depends on the call: a delete
     /// refused is the delete API not enabled, a listing refused is a missing permission, a gone
