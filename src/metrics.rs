@@ -429,6 +429,7 @@ impl Metrics {
                 }
             };
             put(&mut st.throttled, read(&self.throttled, &p));
+            put(&mut st.reappeared, read(&self.reappeared, &p));
             put(
                 &mut st.deleted,
                 read(
@@ -556,8 +557,23 @@ pub struct Stats {
     /// provider -> cause -> count of items sent back for another try
     pub retries: BTreeMap<String, BTreeMap<String, u64>>,
     pub throttled: BTreeMap<String, u64>,
+    /// provider -> confirmed deletions read back present afterwards (they did not hold)
+    pub reappeared: BTreeMap<String, u64>,
     pub lookups: u64,
     pub splits: u64,
     /// provider -> why it is paused (from the executor's lanes, not a counter)
     pub paused: BTreeMap<String, String>,
+}
+
+impl Stats {
+    /// provider -> deletions that held: confirmed ones, less those read back present since.
+    pub fn kept(&self) -> BTreeMap<String, u64> {
+        self.deleted
+            .iter()
+            .map(|(p, n)| {
+                let back = self.reappeared.get(p).copied().unwrap_or(0);
+                (p.clone(), n.saturating_sub(back))
+            })
+            .collect()
+    }
 }

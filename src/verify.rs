@@ -251,7 +251,9 @@ impl Verifier {
     fn judge(&self, d: &DueReadBack, answer: Result<Presence, ProviderError>) -> Option<ReadBack> {
         match answer {
             Ok(Presence::Absent) => Some(ReadBack::Absent),
-            Ok(Presence::Present) => Some(ReadBack::Present),
+            Ok(p @ (Presence::Present | Presence::Misfiled { .. })) => Some(ReadBack::Present {
+                note: p.note(d.repo_id.as_deref()),
+            }),
             Err(e) if matches!(e.action, Action::Pause(_)) => None,
             Err(e) => {
                 let wait = reread_wait(d.attempts, &e);

@@ -358,3 +358,90 @@ async fn the_daemon_reads_deletions_back_while_it_runs_and_deletes_a_reappeared_
     assert_eq!(audit_kinds(&w, "chat.reappeared"), 1);
     assert!(s.verify_audit().unwrap().broken.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_sent_for_the_wrong_knowledge_base_is_not_counted_and_names_the_real_one() {
+    // The inventory files Alice's KooSearch chat under knowledge base R1; KooSearch has it in
+    // R2, and confirms a deletion naming R1 without performing it. `run --once` must not count
+    // it deleted, and the dead item must say the inventory's repo_id is the likely cause, with
+    // the knowledge base KooSearch lists it under. Bob's chat in R1 (a decoy) stays.
+    let sim = Simulator::start(
+        Arc::new(forgetd::clock::SystemClock),
+        Faults {
+            repo_must_match: true,
+            ..Faults::default()
+        },
+        40,
+    )
+    .await
+    .unwrap();
+    let s = common::Scratch::new();
+    sim.add_koosearch_chat(
+        "app-a",
+        "alice-k1",
+        Some("alice"),
+        Some("R2"),
+        1_700_000_000,
+    );
+    sim.add_koosearch_chat("app-a", "bob-k1", Some("bob"), Some("R1"), 1_700_000_000);
+    let cfg = common::sim_config(
+        &s,
+        &sim,
+        &["app-a"],
+        "[verify]\nafter = \"0s\"\nmax_reappearances = 1\n",
+    );
+    let cfg = cfg.to_str().unwrap();
+    for (id, who) in [("alice-k1", "alice"), ("bob-k1", "bob")] {
+        let o = s.forgetd(&[
+            "--config",
+            cfg,
+            "sessions",
+            "add",
+            "--provider",
+            "koosearch",
+            "--scope",
+            "app-a",
+            "--id",
+            id,
+            "--subject",
+            who,
+            "--repo-id",
+            "R1",
+        ]);
+        assert_eq!(common::code(&o), 0, "{}", common::stderr(&o));
+    }
+    let o = s.forgetd(&[
+        "--config",
+        cfg,
+        "erase",
+        "--subject",
+        "alice",
+        "--ref",
+        "R-1",
+    ]);
+    assert_eq!(common::code(&o), 0, "{}", common::stderr(&o));
+    let o = s.forgetd(&["--config", cfg, "run", "--once"]);
+    let (out, err) = (common::stdout(&o), common::stderr(&o));
+    assert_eq!(common::code(&o), 1, "{out}\n{err}");
+    assert!(
+        out.contains("deleted 0,") && out.contains("nothing deleted"),
+        "{out}"
+    );
+    assert!(err.contains("confirmed did not hold"), "{err}");
+    let o = s.forgetd(&["--config", cfg, "requests", "show", "1", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    let item = &v["items"][0];
+    assert_eq!(item["state"], "dead", "{v:#}");
+    let why = item["last_error"].as_str().unwrap();
+    assert!(
+        why.contains("lists it under repo_id R2, not R1 as the inventory says"),
+        "{why}"
+    );
+    assert!(sim.exists(ProviderKind::KOOSEARCH, "app-a", "alice-k1"));
+    assert!(sim.exists(ProviderKind::KOOSEARCH, "app-a", "bob-k1"));
+    assert!(!sim.named_in_deletes().contains(&ChatKey::new(
+        ProviderKind::KOOSEARCH,
+        "app-a",
+        "bob-k1"
+    )));
+}

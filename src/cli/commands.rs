@@ -212,7 +212,10 @@ fn run(
             }
             let report = report?;
             let elapsed = started.elapsed();
-            let deleted: u64 = report.stats.deleted.values().sum();
+            // Counted as deleted only what held: a confirmation read back present is not one.
+            let kept = report.stats.kept();
+            let deleted: u64 = kept.values().sum();
+            let unkept: u64 = report.stats.reappeared.values().sum();
             outln!(
                 "resolved {} request(s), ran {} rule(s); deleted {deleted}, held {}, dead {}, pending {}",
                 report.resolved_requests,
@@ -221,9 +224,7 @@ fn run(
                 report.dead,
                 report.pending
             );
-            let by_provider: Vec<String> = report
-                .stats
-                .deleted
+            let by_provider: Vec<String> = kept
                 .iter()
                 .filter(|(_, n)| **n > 0)
                 .map(|(p, n)| format!("{p} {n}"))
@@ -246,6 +247,11 @@ fn run(
                 },
                 report.stats.calls
             );
+            if unkept > 0 {
+                errln!(
+                    "forgetd: warning: {unkept} deletion(s) the provider confirmed did not hold (read back present); `forgetd status` and `forgetd requests show ID` say which and why"
+                );
+            }
             for w in &report.warnings {
                 errln!("forgetd: warning: {w}");
             }

@@ -948,14 +948,13 @@ impl Executor {
                         already_absent: false,
                     };
                 }
-                Ok(Presence::Present) => {
+                Ok(p @ (Presence::Present | Presence::Misfiled { .. })) => {
                     let now = self.clock.instant();
-                    return self.outcome_after(
-                        item,
-                        now,
-                        self.retry.delay(item.attempts),
-                        "still present after a partial batch delete",
-                    );
+                    let why = match p.note(batch.repo_id.as_deref()) {
+                        Some(note) => format!("still present after a partial batch delete: {note}"),
+                        None => "still present after a partial batch delete".to_string(),
+                    };
+                    return self.outcome_after(item, now, self.retry.delay(item.attempts), &why);
                 }
                 Err(e) => e,
             };

@@ -60,10 +60,34 @@ pub enum DeleteOutcome {
 }
 
 /// Whether a chat exists at the provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Presence {
     Present,
     Absent,
+    /// Present, but the provider lists it under another container than the one the inventory
+    /// named (KooSearch: another `knowledge_repo_id`): deletions sent for the inventory's do not
+    /// reach it. The inventory is likely wrong.
+    Misfiled {
+        listed_repo_id: String,
+    },
+}
+
+impl Presence {
+    /// Whether the chat is there (wherever it is filed).
+    pub fn is_present(&self) -> bool {
+        !matches!(self, Presence::Absent)
+    }
+
+    /// Why a deletion did not reach the chat, when the provider shows why.
+    pub fn note(&self, inventory_repo_id: Option<&str>) -> Option<String> {
+        match self {
+            Presence::Misfiled { listed_repo_id } => Some(format!(
+                "the provider lists it under repo_id {listed_repo_id}, not {} as the inventory says: deletions were sent for the wrong repo_id; correct `sessions.repo_id` (and the queued item follows on the next request or rule), then `forgetd requests retry`",
+                inventory_repo_id.unwrap_or("none")
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// A chat found by listing at the provider.
@@ -247,6 +271,8 @@ impl ProviderError {
 pub(crate) struct Finder {
     target: String,
     found: bool,
+    /// The container the listing filed it under, when it said.
+    listed_repo_id: Option<String>,
 }
 
 impl Finder {
@@ -254,10 +280,26 @@ impl Finder {
         Self {
             target: session_id.to_string(),
             found: false,
+            listed_repo_id: None,
         }
     }
     pub(crate) fn see(&mut self, c: &ListedChat) {
-        self.found |= c.session_id == self.target;
+        if c.session_id == self.target {
+            self.found = true;
+            self.listed_repo_id = c.repo_id.clone();
+        }
+    }
+    /// The presence, knowing where the inventory files the chat: listed under another
+    /// container, it is [`Presence::Misfiled`].
+    pub(crate) fn presence_for(&self, expected_repo_id: Option<&str>) -> Presence {
+        match (&self.listed_repo_id, expected_repo_id) {
+            (Some(listed), Some(expected)) if self.found && listed != expected => {
+                Presence::Misfiled {
+                    listed_repo_id: listed.clone(),
+                }
+            }
+            _ => self.presence(),
+        }
     }
     pub(crate) fn presence(&self) -> Presence {
         if self.found {

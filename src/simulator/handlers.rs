@@ -801,7 +801,12 @@ async fn koo_batch(
     }
     let deleted = if fault != Fault::Reset || st.coin() {
         let confirms = !matches!(fault, Fault::Reset | Fault::Malformed);
-        koo_apply_delete(&st, &app, &ids, fault == Fault::Partial, confirms)
+        let misfiled = if faults.repo_must_match {
+            repos.as_deref()
+        } else {
+            None
+        };
+        koo_apply_delete(&st, &app, &ids, misfiled, fault == Fault::Partial, confirms)
     } else {
         0
     };
@@ -867,6 +872,7 @@ fn koo_apply_delete(
     st: &SimState,
     app: &str,
     ids: &[String],
+    repo_must_match: Option<&[String]>,
     partial: bool,
     confirms: bool,
 ) -> u64 {
@@ -882,6 +888,11 @@ fn koo_apply_delete(
             if let Some(c) = chats.get_mut(id)
                 && !c.is_del
             {
+                let named_repo = repo_must_match.and_then(|r| r.get(n));
+                if named_repo.is_some_and(|r| c.repo_id.as_deref() != Some(r.as_str())) {
+                    unkept += 1; // another knowledge base's chat: counted, not deleted
+                    continue;
+                }
                 if st.resurrects(app, id, confirms) {
                     unkept += 1; // counted as deleted, but not kept
                     continue;

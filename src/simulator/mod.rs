@@ -116,6 +116,10 @@ pub struct Faults {
     pub echo_secrets: bool,
     /// How KooSearch's listing pages misbehave.
     pub listing: ListingFault,
+    /// A KooSearch delete whose `repo_ids` name another knowledge base than a chat's leaves the
+    /// chat but counts it deleted (a confirmation that does not hold), as a provider that
+    /// matched the wrong knowledge base might.
+    pub repo_must_match: bool,
     /// Convai's plan quota is used up: every delete answers 429 "API usage limit exceeded for
     /// current plan." (no Retry-After), until this is turned off.
     pub plan_quota_used: bool,
@@ -165,6 +169,7 @@ impl Default for Faults {
             listing: ListingFault::Honest,
             strict_user_name: false,
             plan_quota_used: false,
+            repo_must_match: false,
         }
     }
 }

@@ -730,7 +730,7 @@ mod tests {
         let (h, _) = s.add_hold(&chat("c", "a1"), "litigation 7", 5).unwrap();
         s.record_read_backs(
             ProviderKind::CONVAI,
-            &[(a, ReadBack::Present)],
+            &[(a, ReadBack::Present { note: None })],
             Millis(10_000),
             ReadBackLimits {
                 max_reappearances: 3,

@@ -44,7 +44,11 @@ pub struct DueReadBack {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadBack {
     Absent,
-    Present,
+    /// There; `note` says why the deletion did not reach it, when the provider showed why
+    /// ([`crate::providers::Presence::note`]).
+    Present {
+        note: Option<String>,
+    },
     /// The reads could not decide: read again at `retry_at`, unless attempts are used up.
     Undecided {
         why: String,
@@ -246,8 +250,10 @@ impl Store {
                             None => {}
                         }
                     }
-                    ReadBack::Present => {
-                        if let Some(requeued) = reappeared(tx, provider, *id, now, limits)? {
+                    ReadBack::Present { note } => {
+                        if let Some(requeued) =
+                            reappeared(tx, provider, *id, now, limits, note.as_deref())?
+                        {
                             sum.reappeared += 1;
                             changed.push(*id);
                             if requeued {
@@ -326,6 +332,7 @@ fn reappeared(
     id: i64,
     now: Millis,
     limits: ReadBackLimits,
+    note: Option<&str>,
 ) -> Result<Option<bool>> {
     let row: Option<(i64, Option<i64>, String, String)> = tx.row_opt(
         "SELECT reappeared, finished_at, scope, session_id FROM work_items
@@ -342,10 +349,16 @@ fn reappeared(
         std::time::UNIX_EPOCH + Duration::from_secs(now.secs().max(0) as u64),
     );
     if requeue {
-        let why = format!(
-            "read back present at {at} after its deletion was confirmed (time {times} of at most {}); deleting it again",
-            limits.max_reappearances
-        );
+        let why = match note {
+            Some(note) => format!(
+                "read back present at {at} after its deletion was confirmed (time {times} of at most {}): {note}; deleting it again",
+                limits.max_reappearances
+            ),
+            None => format!(
+                "read back present at {at} after its deletion was confirmed (time {times} of at most {}); deleting it again",
+                limits.max_reappearances
+            ),
+        };
         tx.exec(
             "UPDATE work_items SET state = 'pending', outcome = NULL, finished_at = NULL, attempts = 0,
                     first_attempt_ms = NULL, next_attempt_ms = 0, reappeared = ?2, last_error = ?3,
@@ -355,9 +368,14 @@ fn reappeared(
         )?;
         tracing::error!(item = id, provider = %provider, scope, session_id, times, "a deleted chat reappeared at the provider; deleting it again");
     } else {
-        let why = format!(
-            "read back present {times} times after confirmed deletions (last at {at}): {provider} does not keep this deletion; raise it with {provider}, then `forgetd requests retry`"
-        );
+        let why = match note {
+            Some(note) => format!(
+                "read back present {times} times after confirmed deletions (last at {at}): {note}"
+            ),
+            None => format!(
+                "read back present {times} times after confirmed deletions (last at {at}): {provider} does not keep this deletion; raise it with {provider}, then `forgetd requests retry`"
+            ),
+        };
         tx.exec(
             "UPDATE work_items SET state = 'dead', outcome = NULL, finished_at = ?2, reappeared = ?3,
                     last_error = ?4, verify_error = NULL

@@ -602,21 +602,28 @@ impl KooSearchClient {
         c: &super::ReadBackChat,
         share: f64,
     ) -> Result<Presence, ProviderError> {
+        // Listed by chat_id alone (the chat is one per application): filtered by the inventory's
+        // repo_id too, a chat filed under another knowledge base would look absent.
+        let mut misfiled = None;
         let listed = async {
             let pass = self.gate.enter_background(Operation::List, share).await?;
-            let mut q = vec![("chat_id", c.session_id.as_str())];
-            if let Some(r) = &c.repo_id {
-                q.push(("repo_id", r.as_str()));
-            }
+            let q = [("chat_id", c.session_id.as_str())];
             let mut finder = super::Finder::new(&c.session_id);
             self.list_pages_under(pass, scope, &q, &mut |l: ListedChat| finder.see(&l))
                 .await?;
-            Ok::<_, ProviderError>(match finder.presence() {
-                Presence::Present => super::Sighting::Seen,
+            Ok::<_, ProviderError>(match finder.presence_for(c.repo_id.as_deref()) {
                 Presence::Absent => super::Sighting::Omitted,
+                m @ Presence::Misfiled { .. } => {
+                    misfiled = Some(m);
+                    super::Sighting::Seen
+                }
+                Presence::Present => super::Sighting::Seen,
             })
         }
         .await;
+        if let Some(m) = misfiled {
+            return Ok(m);
+        }
         let one = match &listed {
             Ok(super::Sighting::Seen) => Ok(super::Sighting::Seen),
             Err(e) => Err(e.repeated()),
@@ -850,14 +857,12 @@ impl Provider for KooSearchClient {
         repo_id: Option<&str>,
         session_id: &str,
     ) -> Result<Presence, ProviderError> {
-        let mut q = vec![("chat_id", session_id)];
-        if let Some(r) = repo_id {
-            q.push(("repo_id", r));
-        }
+        // By chat_id alone, as a read-back lists (see `read_one_back`).
+        let q = [("chat_id", session_id)];
         let mut finder = super::Finder::new(session_id);
         self.list_pages(scope, &q, &mut |c: ListedChat| finder.see(&c))
             .await?;
-        Ok(finder.presence())
+        Ok(finder.presence_for(repo_id))
     }
 
     async fn read_back(
