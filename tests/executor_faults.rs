@@ -146,7 +146,7 @@ fn check_safe(w: &World) {
             {
                 assert!(
                     later.at_ms >= c.at_ms + retry_after_ms,
-                    "re-sent {} ms after a 429 with Retry-After 2 s",
+                    "re-sent {} ms after a 429 with Retry-After 2 s:\n{c:?}\n{later:?}",
                     later.at_ms - c.at_ms
                 );
             }

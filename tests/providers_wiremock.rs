@@ -143,9 +143,16 @@ async fn convai_error_statuses_map_to_what_to_do_next() {
             |a| *a == Action::RetryAfter(Duration::from_secs(7)),
         ),
         (
+            ResponseTemplate::new(429).set_body_json(
+                json!({"ERROR": "API rate limit exceeded. Please try again later."}),
+            ),
+            |a| *a == Action::Throttled,
+        ),
+        // A plan quota is not a rate: paused, with the reason, instead of retried.
+        (
             ResponseTemplate::new(429)
                 .set_body_json(json!({"ERROR": "API usage limit exceeded for current plan."})),
-            |a| *a == Action::Throttled,
+            |a| matches!(a, Action::Pause(r) if r.contains("plan quota is used up")),
         ),
         (
             ResponseTemplate::new(503).set_body_json(json!({"ERROR": "unavailable"})),

@@ -482,7 +482,7 @@ async fn convai_delete(State(st): St, headers: HeaderMap, body: Bytes) -> Respon
         429 => {
             return throttled(
                 faults.retry_after.as_secs(),
-                json!({"ERROR": "API usage limit exceeded for current plan."}),
+                json!({"ERROR": "API rate limit exceeded. Please try again later."}),
             );
         }
         403 => return convai_error(StatusCode::FORBIDDEN, "Permission denied"),

@@ -185,9 +185,13 @@ impl ConvaiClient {
                 "Convai's chat-history API answered 404 ({message}): check providers.convai.base_url; if it is right, the API is not enabled for this key"
             )),
             // A plan quota, not a rate: retrying soon spends the quota's reset day in a loop.
-            429 if is_plan_quota(&message) => Action::Pause(format!(
-                "Convai's plan quota is used up (HTTP 429: {message}); no retry helps before the plan's quota resets or the plan is raised: forgetd probes rarely and resumes on the first success"
-            )),
+            // (A quota answer that names its wait is taken at its word, like any Retry-After;
+            // one longer than `retry.max_retry_after` pauses anyway.)
+            429 if is_plan_quota(&message) && http::retry_after(headers, now_ms).is_none() => {
+                Action::Pause(format!(
+                    "Convai's plan quota is used up (HTTP 429: {message}); no retry helps before the plan's quota resets or the plan is raised: forgetd probes rarely and resumes on the first success"
+                ))
+            }
             429 => http::retry_after(headers, now_ms)
                 .map(Action::RetryAfter)
                 .unwrap_or(Action::Throttled),
@@ -569,6 +573,20 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+        // One that names its wait is taken at its word, as every Retry-After is.
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("retry-after", "120".parse().unwrap());
+        let named = ConvaiClient::classify(
+            0,
+            Operation::Delete,
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers,
+            br#"{"ERROR": "API usage limit exceeded for current plan."}"#,
+        );
+        assert_eq!(
+            named.action,
+            Action::RetryAfter(std::time::Duration::from_secs(120))
+        );
     }
 
     /// Every refusal says what to do next, and which one it is depends on the call: a delete
