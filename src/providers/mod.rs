@@ -73,11 +73,6 @@ pub enum Presence {
 }
 
 impl Presence {
-    /// Whether the chat is there (wherever it is filed).
-    pub fn is_present(&self) -> bool {
-        !matches!(self, Presence::Absent)
-    }
-
     /// Why a deletion did not reach the chat, when the provider shows why.
     pub fn note(&self, inventory_repo_id: Option<&str>) -> Option<String> {
         match self {
