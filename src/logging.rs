@@ -12,6 +12,10 @@
 //!   variable (exit 78), never a silent fallback that drops every line.
 //! - Secrets never reach a log: they are `SecretString`s, whose Debug is redacted, and no code
 //!   formats their exposed value.
+//! - The scheduler library's own events are off unless a filter names `tokio_cron_scheduler`:
+//!   forgetd uses it as a timer only, and it logs ERROR lines in normal operation ("Could not get
+//!   job metadata" as one-shot jobs finish, "Error sending created job" at shutdown). A timer that
+//!   really fails is said by forgetd's scheduler (`scheduler: the timer failed`).
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -38,6 +42,27 @@ enum Format {
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
 fn filter(default: &str) -> Result<EnvFilter, LogSetupError> {
+    let asked = std::env::var("FORGETD_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_default();
+    Ok(quiet_libraries(env_filter(default)?, &asked))
+}
+
+/// `filter` with the scheduler library's events off, unless `asked` (the operator's filter)
+/// names it.
+fn quiet_libraries(filter: EnvFilter, asked: &str) -> EnvFilter {
+    if asked.contains("tokio_cron_scheduler") {
+        filter
+    } else {
+        filter.add_directive(
+            "tokio_cron_scheduler=off"
+                .parse()
+                .expect("a valid directive"),
+        )
+    }
+}
+
+fn env_filter(default: &str) -> Result<EnvFilter, LogSetupError> {
     match std::env::var("FORGETD_LOG") {
         // A bare word is a target to tracing ("verbose" = every event of a target named verbose,
         // which is none): one that is neither a level nor one of ours is a mistake, not a filter.
@@ -134,4 +159,63 @@ pub fn init_cli() -> Result<(), LogSetupError> {
 /// For the daemon and the benchmarks.
 pub fn init_daemon() -> Result<(), LogSetupError> {
     install("info")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts the events that get through, by whether their target is forgetd's.
+    #[derive(Default, Clone)]
+    struct Count(std::sync::Arc<(AtomicUsize, AtomicUsize)>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let slot = if event.metadata().target().starts_with("forgetd") {
+                &self.0.0
+            } else {
+                &self.0.1
+            };
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn through(filter: EnvFilter) -> (usize, usize) {
+        let count = Count::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(filter)
+            .with(count.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            // The library's lines, as 0.15 logs them in normal operation.
+            tracing::error!(target: "tokio_cron_scheduler::scheduler", "Could not get job metadata");
+            tracing::error!(target: "tokio_cron_scheduler::job::creator", "Error sending created job");
+            tracing::error!(target: "forgetd::scheduler", "scheduler: the timer failed");
+            tracing::warn!(target: "forgetd::resolve", "a listing failed");
+        });
+        (
+            count.0.0.load(Ordering::Relaxed),
+            count.0.1.load(Ordering::Relaxed),
+        )
+    }
+
+    #[test]
+    fn the_scheduler_librarys_lines_are_off_unless_asked_for_and_forgetds_stay() {
+        assert_eq!(through(quiet_libraries(EnvFilter::new("info"), "")), (2, 0));
+        assert_eq!(
+            through(quiet_libraries(EnvFilter::new("trace"), "trace")),
+            (2, 0)
+        );
+        let asked = "info,tokio_cron_scheduler=error";
+        assert_eq!(
+            through(quiet_libraries(EnvFilter::new(asked), asked)),
+            (2, 2)
+        );
+        // Without the rule, the library's ERROR lines get through a plain "info".
+        assert_eq!(through(EnvFilter::new("info")), (2, 2));
+    }
 }

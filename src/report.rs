@@ -520,6 +520,39 @@ pub fn doctor_text(r: &crate::doctor::Report) -> String {
     o
 }
 
+/// One rule's upcoming runs (`forgetd rules next`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RuleRuns {
+    pub rule: String,
+    pub schedule: String,
+    pub timezone: String,
+    pub runs: Vec<crate::schedule::Upcoming>,
+}
+
+pub fn rule_runs_text(all: &[RuleRuns]) -> String {
+    let mut o = String::new();
+    if all.is_empty() {
+        o.push_str("no rules\n");
+    }
+    for r in all {
+        let _ = writeln!(
+            o,
+            "rule {}: \"{}\" in {}",
+            one_line(&r.rule),
+            one_line(&r.schedule),
+            r.timezone
+        );
+        for u in &r.runs {
+            let _ = write!(o, "  {}  ({})", u.local, u.utc);
+            if let Some(d) = &u.dst {
+                let _ = write!(o, "  DST: {d}");
+            }
+            o.push('\n');
+        }
+    }
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -467,3 +467,85 @@ fn a_binary_signing_key_file_passes_the_secret_check() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(stdout(&o).trim().len(), 64, "{}", stdout(&o));
 }
+
+#[test]
+fn rules_next_shows_the_runs_a_dst_change_moves() {
+    let s = Scratch::new();
+    for (name, schedule) in [("nightly", "30 2 * * *"), ("early", "30 1 * * *")] {
+        let o = s.forgetd(&[
+            "rules",
+            "add",
+            name,
+            "--provider",
+            "convai",
+            "--scope",
+            "c",
+            "--max-age",
+            "30d",
+            "--schedule",
+            schedule,
+            "--timezone",
+            "Europe/Berlin",
+        ]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    let o = s.forgetd(&[
+        "rules",
+        "next",
+        "nightly",
+        "--from",
+        "2026-03-27T12:00:00Z",
+        "--count",
+        "3",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = stdout(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        lines[0].contains("rule nightly: \"30 2 * * *\" in Europe/Berlin"),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains("2026-03-28T02:30:00+01:00") && !lines[1].contains("DST"),
+        "{text}"
+    );
+    assert!(
+        lines[2].contains("2026-03-29T03:00:00+02:00  (2026-03-29T01:00:00Z)  DST: ")
+            && lines[2].contains("runs once, at the jump"),
+        "{text}"
+    );
+    assert!(lines[3].contains("2026-03-30T02:30:00+02:00"), "{text}");
+    // Every rule, as JSON: the 01:30 rule runs once on the night, at 01:30, not again at 03:00.
+    let o = s.forgetd(&[
+        "rules",
+        "next",
+        "--from",
+        "2026-03-28T12:00:00Z",
+        "--count",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let early = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == "early")
+        .unwrap();
+    let at: Vec<&str> = early["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["local"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        at,
+        ["2026-03-29T01:30:00+01:00", "2026-03-30T01:30:00+02:00"]
+    );
+    // An unknown rule is an error naming it.
+    let o = s.forgetd(&["rules", "next", "nope"]);
+    assert_ne!(code(&o), 0);
+    assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
+}

@@ -443,3 +443,52 @@ async fn on_a_clock_that_never_moves_intake_wakes_the_idle_lanes_for_new_work() 
     );
     stop_in_process(tx, running).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_runs_and_a_shutdown_log_nothing_at_warning_or_above_but_forgetds_own() {
+    // The scheduler library logs ERROR lines in normal operation ("Could not get job metadata",
+    // "Error sending created job"): an operator filtering `journalctl -p err` must not see them.
+    let (s, sim, cfg) = setup().await;
+    let text = std::fs::read_to_string(&cfg).unwrap()
+        + "\n[[rules]]\nname = \"every-two-seconds\"\nprovider = \"convai\"\nscope = \"char-a\"\nmax_age = \"3650d\"\nschedule = \"*/2 * * * * *\"\n";
+    std::fs::write(&cfg, text).unwrap();
+    let mut c = Command::new(BIN);
+    c.args(["--config", cfg.to_str().unwrap(), "run"])
+        .env("FORGETD_LOG", "info")
+        .env("FORGETD_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = c.spawn().unwrap();
+    eventually("three rule runs", || {
+        stdout(&s.sqlite3("SELECT count(*) FROM rule_runs WHERE rule_name = 'every-two-seconds'"))
+            .trim()
+            .parse::<u32>()
+            .unwrap_or(0)
+            >= 3
+    })
+    .await;
+    signal(&child, "-TERM");
+    let log = stopped(child).await;
+    let mut seen = 0;
+    for line in log.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        seen += 1;
+        let level = v["level"].as_str().unwrap_or("");
+        let target = v["target"].as_str().unwrap_or("");
+        if level == "WARN" || level == "ERROR" {
+            assert!(
+                target.starts_with("forgetd"),
+                "a library's {level} line in normal operation: {line}"
+            );
+        }
+        assert!(
+            !target.starts_with("tokio_cron_scheduler"),
+            "the scheduler library's line: {line}"
+        );
+    }
+    assert!(seen > 3, "no JSON log lines were read:\n{log}");
+    drop(sim);
+}

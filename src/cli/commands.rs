@@ -699,6 +699,34 @@ fn rules(config: &Config, cmd: RulesCommand, now: i64) -> Result<ExitCode> {
                 outln!("rule {name} removed");
             }
         }
+        RulesCommand::Next {
+            name,
+            from,
+            count,
+            json,
+        } => {
+            let rules = match &name {
+                Some(n) => vec![store.get_rule(n)?],
+                None => store.list_rules()?,
+            };
+            let from = from.unwrap_or(now);
+            let mut all = Vec::new();
+            for r in rules {
+                let schedule = crate::schedule::Schedule::parse(&r.schedule, &r.timezone)
+                    .map_err(|e| UsageError(format!("rule {}: {e}", r.name)))?;
+                all.push(crate::report::RuleRuns {
+                    runs: schedule.upcoming(from, count as usize),
+                    rule: r.name,
+                    schedule: r.schedule,
+                    timezone: r.timezone,
+                });
+            }
+            if json {
+                print_json(&all)?;
+            } else {
+                out!("{}", crate::report::rule_runs_text(&all));
+            }
+        }
         RulesCommand::Approve { name, json } => {
             store.approve_rule(&name, now)?;
             if json {

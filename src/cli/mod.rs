@@ -304,6 +304,21 @@ pub enum RulesCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The next runs of each rule (or of NAME), in its zone and in UTC, marking the ones a DST
+    /// change moves (a skipped time runs at the jump; a repeated one runs once, at the first).
+    Next {
+        /// Only this rule.
+        name: Option<String>,
+        /// From this moment (unix seconds or RFC 3339; default: now).
+        #[arg(long, value_parser = crate::fields::unix_seconds)]
+        from: Option<i64>,
+        /// How many runs per rule.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        count: u16,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Release a run held back by the rule's max_deletions.
     Approve {
         /// The rule's name.

@@ -181,4 +181,67 @@ mod loop_tests {
             "a rule added in the database runs without restart: {late}"
         );
     }
+
+    #[tokio::test]
+    async fn the_scheduler_loop_runs_each_rule_once_through_a_spring_forward_night() {
+        // Europe/Berlin, 2026-03-29: 02:00 CET becomes 03:00 CEST. The daemon's loop on the
+        // injected clock, from 23:00 UTC the evening before to 03:00 UTC.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let start = 1_774_738_800_000; // 2026-03-28T23:00:00Z
+        let clock = ManualClock::new(start);
+        let mut s = Store::open(&path).unwrap();
+        let spec = |name: &str, expr: &str| crate::config::RuleSpec {
+            name: name.into(),
+            provider: crate::model::ProviderKind::CONVAI,
+            scope: "*".into(),
+            max_age: Duration::from_secs(86_400),
+            schedule: expr.into(),
+            timezone: "Europe/Berlin".into(),
+            discover: false,
+            max_deletions: 10,
+        };
+        for (name, expr) in [
+            ("at-0130", "30 1 * * *"),
+            ("at-0230", "30 2 * * *"),
+            ("at-0300", "0 3 * * *"),
+        ] {
+            s.add_rule(&spec(name, expr), start / 1000).unwrap();
+        }
+        let store = AsyncStore::spawn(s);
+        let resolver = Arc::new(Resolver {
+            store: store.clone(),
+            providers: Vec::new(),
+            key: Arc::new(crate::audit::SubjectKey::from_bytes(&[1; 32])),
+            clock: Arc::new(clock.clone()),
+            deadline_secs: 0,
+            retry: crate::executor::retry::RetryPolicy::new(
+                &crate::config::Config::defaults().retry,
+            ),
+            listing_lease: std::time::Duration::from_secs(60),
+        });
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run_schedules(
+            resolver,
+            store,
+            || {},
+            Arc::new(clock.clone()),
+            Timer::Injected(Arc::new(clock.clone())),
+            Arc::new(Notify::new()),
+            cancel.clone(),
+        ));
+        while clock.now_ms() < start + 4 * 3_600_000 {
+            tokio::task::yield_now().await;
+        }
+        cancel.cancel();
+        task.await.unwrap();
+        let runs = Store::open(&path).unwrap().rule_runs().unwrap();
+        let of =
+            |name: &str| -> Vec<i64> { runs.iter().filter(|r| r.0 == name).map(|r| r.1).collect() };
+        // 01:30 CET once (00:30Z), not again at the jump; 02:30 (skipped) once, at the jump
+        // (01:00Z); 03:00 CEST once, at the same instant.
+        assert_eq!(of("at-0130"), [1_774_744_200], "{runs:?}");
+        assert_eq!(of("at-0230"), [1_774_746_000], "{runs:?}");
+        assert_eq!(of("at-0300"), [1_774_746_000], "{runs:?}");
+    }
 }

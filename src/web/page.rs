@@ -38,6 +38,8 @@ pub struct RuleLine {
     pub max_age: String,
     /// The next occurrence after now (unix seconds), when the schedule parses.
     pub next_run: Option<i64>,
+    /// How a DST change moves that run, when it does (`forgetd rules next` says the same).
+    pub next_run_dst: Option<String>,
     pub last_run_at: Option<i64>,
     /// Matched chats of a run waiting for `rules approve`.
     pub awaiting_matched: Option<u64>,
@@ -57,21 +59,25 @@ impl Snapshot {
     pub fn new(overview: Overview, rules: Vec<RuleRow>, configured: Vec<String>, now: i64) -> Self {
         let rules = rules
             .into_iter()
-            .map(|r| RuleLine {
-                next_run: crate::schedule::Schedule::parse(&r.schedule, &r.timezone)
+            .map(|r| {
+                let next = crate::schedule::Schedule::parse(&r.schedule, &r.timezone)
                     .ok()
-                    .and_then(|s| s.next_after(now)),
-                name: r.name,
-                provider: r.provider.to_string(),
-                scope: r.scope,
-                schedule: r.schedule,
-                timezone: r.timezone,
-                max_age: r.max_age,
-                last_run_at: r.last_run_at,
-                awaiting_matched: r
-                    .awaiting_approval
-                    .filter(|_| !r.approved)
-                    .and(r.awaiting_matched),
+                    .and_then(|s| s.upcoming(now, 1).pop());
+                RuleLine {
+                    next_run: next.as_ref().map(|u| u.at),
+                    next_run_dst: next.and_then(|u| u.dst),
+                    name: r.name,
+                    provider: r.provider.to_string(),
+                    scope: r.scope,
+                    schedule: r.schedule,
+                    timezone: r.timezone,
+                    max_age: r.max_age,
+                    last_run_at: r.last_run_at,
+                    awaiting_matched: r
+                        .awaiting_approval
+                        .filter(|_| !r.approved)
+                        .and(r.awaiting_matched),
+                }
             })
             .collect();
         Self {
@@ -292,7 +298,10 @@ fn body(s: &Snapshot) -> Markup {
                         td { (r.provider) " / " (r.scope) }
                         td { (r.max_age) }
                         td { (r.schedule) " (" (r.timezone) ")" }
-                        td { @match r.next_run { Some(t) => (when(t, now)), None => "—" } }
+                        td {
+                            @match r.next_run { Some(t) => (when(t, now)), None => "—" }
+                            @if let Some(d) = &r.next_run_dst { br; span class="dst" data-dst=(r.name) { "DST: " (d) } }
+                        }
                         td {
                             @match r.last_run_at { Some(t) => (when(t, now)), None => "never" }
                             @if let Some(run) = s.overview.last_runs.get(&r.name) {
@@ -368,6 +377,40 @@ mod tests {
         }
         assert_eq!(page.matches("not started yet").count(), 2);
         assert!(page.contains("No open requests.") && page.contains("No retention rules."));
+    }
+
+    #[test]
+    fn a_rule_whose_next_run_a_dst_change_moves_says_so() {
+        let (_d, mut store) = crate::store::testing::temp_store();
+        let rule = crate::config::RuleSpec {
+            name: "nightly".into(),
+            provider: crate::model::ProviderKind::CONVAI,
+            scope: "*".into(),
+            max_age: std::time::Duration::from_secs(86_400),
+            schedule: "30 2 * * *".into(),
+            timezone: "Europe/Berlin".into(),
+            discover: false,
+            max_deletions: 10,
+        };
+        store.add_rule(&rule, 1).unwrap();
+        // 2026-03-28 12:00 UTC: the next 02:30 does not exist in Berlin (the clocks jump).
+        let snap = Snapshot::new(
+            Overview::default(),
+            store.list_rules().unwrap(),
+            vec!["convai".into()],
+            1_774_699_200,
+        );
+        let page = full(&snap);
+        assert!(page.contains("data-dst=\"nightly\""), "{page}");
+        assert!(page.contains("runs once, at the jump"), "{page}");
+        // A day later, the next run is an ordinary one.
+        let snap = Snapshot::new(
+            Overview::default(),
+            store.list_rules().unwrap(),
+            vec!["convai".into()],
+            1_774_699_200 + 86_400,
+        );
+        assert!(!full(&snap).contains("data-dst="));
     }
 
     #[test]
