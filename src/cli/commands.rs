@@ -217,12 +217,20 @@ fn run(
             let deleted: u64 = kept.values().sum();
             let unkept: u64 = report.stats.reappeared.values().sum();
             outln!(
-                "resolved {} request(s), ran {} rule(s); deleted {deleted}, held {}, dead {}, pending {}",
+                "resolved {} request(s), ran {} rule(s); deleted {deleted}, held {}, dead {}, pending {}{}",
                 report.resolved_requests,
                 report.rule_runs.len(),
                 report.held,
                 report.dead,
-                report.pending
+                report.pending,
+                if report.unread > 0 {
+                    format!(
+                        " ({} deleted chat(s) not read back yet: a deletion counts as kept once read back absent)",
+                        report.unread
+                    )
+                } else {
+                    String::new()
+                }
             );
             let by_provider: Vec<String> = kept
                 .iter()

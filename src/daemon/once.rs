@@ -21,6 +21,8 @@ pub struct OnceReport {
     pub in_flight: u64,
     pub dead: u64,
     pub held: u64,
+    /// Deleted chats not read back yet (their deletion is confirmed, not yet shown to hold).
+    pub unread: u64,
     /// Why the run exits 1: items pending, in flight or dead, a paused provider, a failure.
     #[serde(serialize_with = "as_messages")]
     pub problems: Vec<OnceProblem>,
@@ -141,6 +143,7 @@ pub(super) async fn run(p: &Daemon) -> Result<OnceReport> {
     }
     report.stats = p.executor.stats();
     let status = p.store.call(|s| s.status(0, 0)).await?;
+    report.unread = status.verification.waiting;
     for (provider, counts) in &status.items {
         report.pending += counts.get(ItemState::Pending);
         report.in_flight += counts.get(ItemState::InFlight);

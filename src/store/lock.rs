@@ -74,66 +74,99 @@ impl DaemonLock {
         let dir_meta = dir.metadata().map_err(io)?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let me = unsafe { libc::geteuid() };
-        let mut replaced = false;
-        let file = loop {
+        let mut replaced = 0;
+        loop {
             let file = OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
                 .mode(0o600)
                 // A link planted at the lock path must not make forgetd create or truncate the
-                // file it points to.
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-                .map_err(|source| {
-                    if source.raw_os_error() == Some(libc::ELOOP) {
-                        LockError::Symlink { lock: path.clone() }
-                    } else if source.kind() == std::io::ErrorKind::PermissionDenied {
-                        LockError::NotOurs {
-                            lock: path.clone(),
-                            source,
-                        }
-                    } else {
-                        io(source)
+                // file it points to; a FIFO planted there must not block the open.
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&path);
+            // A FIFO with no reader refuses a non-blocking write open: not a lock file either.
+            if let Err(e) = &file
+                && e.raw_os_error() == Some(libc::ENXIO)
+                && replaced < 2
+            {
+                tracing::warn!(lock = %path.display(), "the lock path is not a plain file (planted in the shared directory?): replacing it with forgetd's own");
+                std::fs::remove_file(&path).map_err(io)?;
+                replaced += 1;
+                continue;
+            }
+            let file = file.map_err(|source| {
+                if source.raw_os_error() == Some(libc::ELOOP) {
+                    LockError::Symlink { lock: path.clone() }
+                } else if source.kind() == std::io::ErrorKind::PermissionDenied {
+                    LockError::NotOurs {
+                        lock: path.clone(),
+                        source,
                     }
-                })?;
+                } else {
+                    io(source)
+                }
+            })?;
             let meta = file.metadata().map_err(io)?;
             let owner = meta.uid();
-            if owner == dir_meta.uid() || owner == me {
-                break file;
+            // Only a regular file with no other name is a lock file: a hard link to the
+            // database (or any other file) planted at the lock path is not ours to lock or chmod.
+            let plain = meta.file_type().is_file() && meta.nlink() == 1;
+            // A file others may open (one made before lock files were 0600) may be open in
+            // someone else's process already, ready to lock: replaced, not chmod-ed.
+            let private = meta.permissions().mode() & 0o077 == 0;
+            // Trusted owners: this user, root, the directory's owner (forgetd, whose daemon made
+            // it) and the database file's owner (the service user, where root owns the
+            // directory): never a group member.
+            let db_owner = std::fs::symlink_metadata(db).ok().map(|m| m.uid());
+            let trusted = plain
+                && private
+                && (owner == me
+                    || owner == 0
+                    || owner == dir_meta.uid()
+                    || Some(owner) == db_owner);
+            if !trusted {
+                // Someone else's file (a group member planted it, perhaps holding a lock on it):
+                // not ours to honour. Unlinked and made again (the lock file's name only: a
+                // hard link's other name stays).
+                if replaced >= 2 {
+                    return Err(LockError::Planted { lock: path, owner });
+                }
+                tracing::warn!(lock = %path.display(), owner, "the lock file belongs to another user or is not a plain file (planted in the shared directory?): replacing it with forgetd's own");
+                drop(file);
+                std::fs::remove_file(&path).map_err(io)?;
+                replaced += 1;
+                continue;
             }
-            if owner == 0 && me == 0 {
+            if me == 0 && owner == 0 && dir_meta.uid() != 0 {
                 // Made by root: handed to the directory's owner, who runs the daemon.
                 std::os::unix::fs::fchown(&file, Some(dir_meta.uid()), Some(dir_meta.gid()))
                     .map_err(io)?;
-                break file;
             }
-            if owner == 0 {
-                // A forgetd run as root made it before root handed its files over; this process
-                // could open it only because it is readable: trust it as root's.
-                break file;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => {
+                    return Err(LockError::Held {
+                        db: db.to_path_buf(),
+                        lock: path,
+                    });
+                }
+                Err(TryLockError::Error(source)) => {
+                    return Err(LockError::Io { lock: path, source });
+                }
             }
-            // Someone else's file (a group member planted it, perhaps holding a lock on it):
-            // not ours to honour. Unlinked and made again, once.
-            if replaced {
-                return Err(LockError::Planted { lock: path, owner });
+            // The file locked must still be the one at the path: another start may have
+            // replaced it between our open and our lock (then that start's file is the lock).
+            match std::fs::symlink_metadata(&path) {
+                Ok(now) if now.dev() == meta.dev() && now.ino() == meta.ino() => {
+                    return Ok(Self { _file: file, path });
+                }
+                _ if replaced < 3 => {
+                    replaced += 1;
+                    continue;
+                }
+                _ => return Err(LockError::Planted { lock: path, owner }),
             }
-            tracing::warn!(lock = %path.display(), owner, "the lock file belongs to another user (planted in the shared directory?): replacing it with forgetd's own");
-            std::fs::remove_file(&path).map_err(io)?;
-            replaced = true;
-        };
-        let mode = file.metadata().map_err(io)?.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            file.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(io)?;
-        }
-        match file.try_lock() {
-            Ok(()) => Ok(Self { _file: file, path }),
-            Err(TryLockError::WouldBlock) => Err(LockError::Held {
-                db: db.to_path_buf(),
-                lock: path,
-            }),
-            Err(TryLockError::Error(source)) => Err(LockError::Io { lock: path, source }),
         }
     }
 
@@ -217,8 +250,9 @@ mod tests {
         let (dir, gid) = shared_dir();
         let db = dir.path().join("f.db");
         let lock = DaemonLock::lock_path(&db);
+        // 0600 and theirs, as forgetd's own would be: its owner is what gives it away.
         let script = format!(
-            "umask 000; touch {0}; flock -s {0} -c 'sleep 3'",
+            "umask 077; touch {0}; flock -s {0} -c 'sleep 3'",
             lock.display()
         );
         let Some(mut member) = as_group_member(gid, &script) else {
@@ -243,6 +277,31 @@ mod tests {
             DaemonLock::acquire(&db),
             Err(LockError::Held { .. })
         ));
+    }
+
+    #[test]
+    fn a_hard_link_or_a_fifo_at_the_lock_path_is_replaced_and_the_other_file_untouched() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("f.db");
+        std::fs::write(&db, b"the database").unwrap();
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o660)).unwrap();
+        let lock = DaemonLock::lock_path(&db);
+        // A group member's `ln forgetd.db forgetd.db.lock`, then a lock on the database.
+        std::fs::hard_link(&db, &lock).unwrap();
+        let held = std::fs::File::open(&db).unwrap();
+        held.lock_shared().unwrap();
+        let taken = DaemonLock::acquire(&db).expect("the linked database does not stop it");
+        assert_eq!(std::fs::read(&db).unwrap(), b"the database");
+        let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660, "the database's mode was changed");
+        drop((taken, held));
+        // A FIFO does not block the start.
+        std::fs::remove_file(&lock).unwrap();
+        let fifo = std::ffi::CString::new(lock.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string; mkfifo only creates the node.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o666) }, 0);
+        DaemonLock::acquire(&db).expect("a FIFO at the lock path does not stop it");
     }
 
     #[test]

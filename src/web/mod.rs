@@ -79,11 +79,17 @@ impl Silent {
         closed
     }
 
+    /// Adds a connection, dropping the ones at the front that spoke or ended (each connection
+    /// lives at most [`CONNECTION_TIMEOUT`], so the queue holds no more than that span's).
     fn push(&self, c: SilentConn) {
-        self.0
-            .lock()
-            .expect("never poisoned: no panics under it")
-            .push_back(c);
+        let mut q = self.0.lock().expect("never poisoned: no panics under it");
+        while q
+            .front()
+            .is_some_and(|f| f.spoke.load(Ordering::Relaxed) || f.close.is_cancelled())
+        {
+            q.pop_front();
+        }
+        q.push_back(c);
     }
 }
 
