@@ -405,6 +405,26 @@ fn daemon(cfg: &std::path::Path, notify: &Notify) -> Child {
         .unwrap()
 }
 
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Waits for a signalled daemon to exit, asserts it exited 0, and returns its log.
+async fn stopped(child: Child) -> String {
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the daemon did not stop")
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    log
+}
+
 fn state_of(s: &Scratch, id: &str) -> String {
     stdout(&s.sqlite3(&format!(
         "SELECT state FROM erasure_requests WHERE id = {id}"
@@ -457,20 +477,8 @@ async fn the_daemon_never_waits_on_a_listing_to_take_requests_in_feed_the_watchd
     decoys_untouched(&sim);
     // SIGTERM: stopped within shutdown_timeout (5 s), listings dropped and handed back.
     let started = std::time::Instant::now();
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("the daemon did not stop")
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{log}");
+    sigterm(&child);
+    let log = stopped(child).await;
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "took {:?}",
@@ -527,20 +535,8 @@ async fn the_daemon_fails_a_refused_listing_at_once_and_says_so_without_the_pers
     let status = stdout(&st);
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(v["listings"]["failed_total"], 6, "{v:#}");
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("the daemon did not stop")
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{log}");
+    sigterm(&child);
+    let log = stopped(child).await;
     for (i, id) in ids.iter().enumerate() {
         let warned = log.lines().any(|l| {
             l.contains("WARN")
@@ -602,22 +598,9 @@ async fn three_instances_ask_each_listing_once() {
     assert_eq!(listing_calls(&sim), people.len() * APPS.len());
     decoys_untouched(&sim);
     for child in &children {
-        let pid = child.id().unwrap().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
+        sigterm(child);
     }
     for child in children {
-        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-            .await
-            .expect("stopped")
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        stopped(child).await;
     }
 }
