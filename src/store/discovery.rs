@@ -140,18 +140,7 @@ impl Store {
         self.write(|tx| {
             // An instance taken for dead claims nothing (its row is gone; it stops on its next
             // heartbeat); its row is locked against that rescue until this claim commits.
-            if let Some(me) = tx.instance() {
-                let alive = tx.row_opt(
-                    "SELECT id FROM forgetd_instances WHERE id = ?1 FOR KEY SHARE",
-                    args![me],
-                    |r| r.get::<String>(0),
-                )?;
-                if alive.is_none() {
-                    return Err(super::StoreError::Fenced {
-                        instance: me.to_string(),
-                    });
-                }
-            }
+            super::pg::instances::claim_while_alive(tx)?;
             let owner = owner(tx);
             let rows: Vec<(i64, String, String, i64, Option<i64>)> =
                 tx.rows(sql, args![owner, now, due_by, limit, until], |r| {

@@ -627,18 +627,7 @@ fn claim_in_pg(
     // A claim names its instance, and only a live instance's claims are ever handed back: one
     // whose row a rescuer removed (it was taken for dead) must not claim again, or its claims
     // would belong to no one. The row is locked against that rescue until this claim commits.
-    if let Some(me) = tx.instance() {
-        let alive = tx.row_opt(
-            "SELECT id FROM forgetd_instances WHERE id = ?1 FOR KEY SHARE",
-            args![me],
-            |r| r.get::<String>(0),
-        )?;
-        if alive.is_none() {
-            return Err(StoreError::Fenced {
-                instance: me.to_string(),
-            });
-        }
-    }
+    super::pg::instances::claim_while_alive(tx)?;
     let rows: Vec<(ClaimedItem, i64, String, Option<String>)> = tx.rows(
         "WITH head AS (
              SELECT scope, repo_id FROM work_items

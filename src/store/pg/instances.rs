@@ -178,3 +178,24 @@ fn hand_back(tx: &crate::store::Tx<'_>, instance: &str, now: i64) -> Result<Vec<
     )?;
     Ok(items)
 }
+
+/// Before a claim (a batch, a listing): this instance's row must still be there, locked against
+/// a rescue until the claim commits. An instance taken for dead claims nothing
+/// ([`StoreError::Fenced`]): its claims would belong to no one. No-op for a process that is not
+/// a registered instance (SQLite, the CLI).
+pub(crate) fn claim_while_alive(tx: &crate::store::Tx<'_>) -> Result<()> {
+    let Some(me) = tx.instance() else {
+        return Ok(());
+    };
+    let alive = tx.row_opt(
+        "SELECT id FROM forgetd_instances WHERE id = ?1 FOR KEY SHARE",
+        args![me],
+        |r| r.get::<String>(0),
+    )?;
+    if alive.is_none() {
+        return Err(StoreError::Fenced {
+            instance: me.to_string(),
+        });
+    }
+    Ok(())
+}
